@@ -1,0 +1,279 @@
+"""The data contract (DESIGN section 3): read, validate and write NPZ and HDF5 datasets.
+
+The reader accepts what older files contain (key ``diffraction``, layout (N, N, M)) and never
+unpickles: NPZ files are opened with ``allow_pickle=False`` and an object array is rejected by
+name. Every rejection names the file, the key, what was expected and what was found, and lists the
+keys present.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .fileio import atomic_write_with
+from .physics import patches_inside
+
+NPZ_MAGIC = b"PK\x03\x04"
+HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+OPTIONAL_KEYS = ("Y", "scan_index", "metadata")
+
+
+class DataError(ValueError):
+    """A dataset file violates the contract; the message says where and how."""
+
+    def __init__(self, path: str | Path, key: str | None, expected: str, found: str, keys: list[str]):
+        self.path, self.key = str(path), key
+        where = f"key '{key}'" if key else "file"
+        super().__init__(
+            f"{path}: {where}: expected {expected}; found {found}. Keys present: {sorted(keys) or 'none'}"
+        )
+
+
+@dataclass
+class PtychoData:
+    """One split of a dataset, in the canonical layout of the contract."""
+
+    diff3d: np.ndarray  # (M, N, N) float32 amplitudes
+    xcoords: np.ndarray  # (M,) float64
+    ycoords: np.ndarray  # (M,) float64
+    probe: np.ndarray  # (N, N) complex64
+    obj: np.ndarray  # (H, W) complex64
+    Y: np.ndarray | None = None  # (M, N, N) complex64 ground-truth patches
+    scan_index: np.ndarray | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_positions(self) -> int:
+        return int(self.diff3d.shape[0])
+
+    @property
+    def N(self) -> int:  # noqa: N802 - the physics literature's name
+        return int(self.diff3d.shape[-1])
+
+    def subset(self, index: np.ndarray) -> PtychoData:
+        """The positions ``index`` (a view or a split), keeping their original scan indices."""
+        index = np.asarray(index, dtype=np.int64)
+        scan = self.scan_index if self.scan_index is not None else np.arange(self.n_positions)
+        return replace(
+            self,
+            diff3d=self.diff3d[index],
+            xcoords=self.xcoords[index],
+            ycoords=self.ycoords[index],
+            Y=None if self.Y is None else self.Y[index],
+            scan_index=scan[index],
+        )
+
+
+def write_dataset(path: str | Path, data: PtychoData) -> None:
+    """Write atomically; ``.h5``/``.hdf5`` give HDF5, anything else NPZ (uncompressed, memory-mappable)."""
+    path = Path(path)
+    arrays: dict[str, np.ndarray] = {
+        "diff3d": np.ascontiguousarray(data.diff3d, dtype=np.float32),
+        "xcoords": np.asarray(data.xcoords, dtype=np.float64),
+        "ycoords": np.asarray(data.ycoords, dtype=np.float64),
+        "probeGuess": np.asarray(data.probe, dtype=np.complex64),
+        "objectGuess": np.asarray(data.obj, dtype=np.complex64),
+        "metadata": np.array(json.dumps(data.metadata, sort_keys=True)),
+    }
+    if data.Y is not None:
+        arrays["Y"] = np.asarray(data.Y, dtype=np.complex64)
+    if data.scan_index is not None:
+        arrays["scan_index"] = np.asarray(data.scan_index, dtype=np.int64)
+    if path.suffix.lower() in (".h5", ".hdf5"):
+        atomic_write_with(path, lambda tmp: _write_hdf5(tmp, arrays))
+    else:
+        atomic_write_with(path, lambda tmp: _write_npz(tmp, arrays))
+
+
+def _write_npz(tmp: Path, arrays: dict[str, np.ndarray]) -> None:
+    with open(tmp, "wb") as fh:
+        np.savez(fh, **arrays)
+
+
+def _write_hdf5(tmp: Path, arrays: dict[str, np.ndarray]) -> None:
+    import h5py
+
+    with h5py.File(tmp, "w") as f:
+        for key, value in arrays.items():
+            if key == "metadata":
+                f.attrs["metadata"] = str(value)
+            else:
+                f.create_dataset(key, data=value, track_times=False)
+
+
+def read_dataset(path: str | Path) -> PtychoData:
+    """Read and validate a dataset file; raise DataError naming file and key on any violation."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, None, "an existing NPZ or HDF5 file", "no such file", [])
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+    if not head:
+        raise DataError(path, None, "an NPZ or HDF5 dataset", "an empty file (0 bytes)", [])
+    if head.startswith(NPZ_MAGIC):
+        raw = _read_npz(path)
+    elif head.startswith(HDF5_MAGIC):
+        raw = _read_hdf5(path)
+    else:
+        raise DataError(path, None, "an NPZ (zip) or HDF5 file", f"unrecognised leading bytes {head!r}", [])
+    return validate(path, raw)
+
+
+def _read_npz(path: Path) -> dict[str, Any]:
+    try:
+        npz = np.load(path, allow_pickle=False, mmap_mode=None)
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
+        raise DataError(path, None, "a readable NPZ archive", f"{type(exc).__name__}: {exc}", []) from exc
+    keys = [k for k in npz.files]
+    out: dict[str, Any] = {}
+    with npz:
+        for key in keys:
+            try:
+                out[key] = npz[key]
+            except ValueError as exc:  # object arrays: numpy refuses without unpickling anything
+                raise DataError(
+                    path, key, "a numeric or string array", f"an object (pickled) array, refused: {exc}", keys
+                ) from exc
+            except (zipfile.BadZipFile, EOFError, OSError) as exc:
+                raise DataError(path, key, "a complete array", f"a truncated member ({exc})", keys) from exc
+    return out
+
+
+def _read_hdf5(path: Path) -> dict[str, Any]:
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            keys = list(f.keys())
+            out: dict[str, Any] = {}
+            for key in keys:
+                node = f[key]
+                if not isinstance(node, h5py.Dataset):
+                    continue
+                if node.dtype.kind == "O":
+                    raise DataError(path, key, "a numeric dataset", "an object/variable-length dataset", keys)
+                out[key] = node[()]
+            if "metadata" in f.attrs:
+                meta = f.attrs["metadata"]
+                out["metadata"] = np.array(meta.decode() if isinstance(meta, bytes) else str(meta))
+    except DataError:
+        raise
+    except (OSError, KeyError, ValueError) as exc:
+        raise DataError(path, None, "a readable HDF5 file", f"{type(exc).__name__}: {exc}", []) from exc
+    return out
+
+
+def _finite(path: Path, key: str, arr: np.ndarray, keys: list[str]) -> None:
+    if not np.all(np.isfinite(arr)):
+        bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
+        raise DataError(path, key, "finite values", f"{bad} NaN or Inf values", keys)
+
+
+def validate(path: str | Path, raw: dict[str, Any]) -> PtychoData:
+    """Check one file's arrays against the contract and return them in canonical layout."""
+    path = Path(path)
+    keys = list(raw)
+    if not keys:
+        raise DataError(path, None, "the contract's arrays (diff3d, xcoords, ycoords, probeGuess)", "none", keys)
+    for key in ("probeGuess",):
+        if key not in raw:
+            raise DataError(path, key, "a (N, N) complex probe", "key missing", keys)
+    probe = np.asarray(raw["probeGuess"])
+    if probe.ndim != 2 or probe.shape[0] != probe.shape[1] or probe.dtype.kind not in "fc":
+        raise DataError(path, "probeGuess", "a square (N, N) complex array", f"{probe.shape} {probe.dtype}", keys)
+    _finite(path, "probeGuess", probe, keys)
+    n = probe.shape[0]
+
+    dkey = "diff3d" if "diff3d" in raw else "diffraction" if "diffraction" in raw else None
+    if dkey is None:
+        raise DataError(path, "diff3d", "diffraction amplitudes under 'diff3d' (or legacy 'diffraction')",
+                        "neither key", keys)
+    diff = np.asarray(raw[dkey])
+    if diff.dtype.kind != "f":
+        hint = " (store sqrt(counts) as float32)" if diff.dtype.kind in "iu" else ""
+        raise DataError(path, dkey, f"float amplitudes sqrt(counts){hint}", f"dtype {diff.dtype}", keys)
+    if diff.ndim != 3:
+        raise DataError(path, dkey, f"a 3-D array (M, {n}, {n})", f"shape {diff.shape}", keys)
+    if diff.shape[1:] != (n, n):
+        if diff.shape[:2] == (n, n):
+            diff = np.moveaxis(diff, -1, 0)  # legacy (N, N, M) layout
+        else:
+            raise DataError(path, dkey, f"shape (M, {n}, {n}) or legacy ({n}, {n}, M)", f"{diff.shape}", keys)
+    m = diff.shape[0]
+    if m == 0:
+        raise DataError(path, dkey, "at least one diffraction pattern", "M = 0", keys)
+    _finite(path, dkey, diff, keys)
+    if diff.min() < 0:
+        raise DataError(path, dkey, "non-negative amplitudes", f"minimum {float(diff.min()):.4g}", keys)
+
+    coords = {}
+    for key in ("xcoords", "ycoords"):
+        if key not in raw:
+            raise DataError(path, key, f"({m},) patch-centre coordinates", "key missing", keys)
+        c = np.asarray(raw[key])
+        if c.dtype.kind not in "fiu" or c.ndim != 1 or c.shape[0] != m:
+            raise DataError(path, key, f"a real 1-D array of length {m} (one per pattern)",
+                            f"shape {c.shape} {c.dtype}", keys)
+        _finite(path, key, c, keys)
+        coords[key] = c.astype(np.float64)
+
+    if "objectGuess" not in raw:
+        raise DataError(path, "objectGuess", "a (H, W) complex object", "key missing", keys)
+    obj = np.asarray(raw["objectGuess"])
+    if obj.ndim != 2 or obj.dtype.kind not in "fc":
+        raise DataError(path, "objectGuess", "a 2-D complex array", f"{obj.shape} {obj.dtype}", keys)
+    inside = patches_inside(coords["xcoords"], coords["ycoords"], n, obj.shape)
+    if not inside.all():
+        first = int(np.flatnonzero(~inside)[0])
+        raise DataError(
+            path, "xcoords/ycoords", f"every {n}x{n} patch inside the {obj.shape} object",
+            f"{int((~inside).sum())} patches leaving it (first: index {first} at "
+            f"x={coords['xcoords'][first]:.2f}, y={coords['ycoords'][first]:.2f})", keys,
+        )
+
+    y_patches = None
+    if "Y" in raw:
+        y_patches = np.asarray(raw["Y"])
+        if y_patches.shape[1:] == (n, n) and y_patches.shape[0] != m and y_patches.shape[:2] == (n, n):
+            y_patches = np.moveaxis(y_patches, -1, 0)
+        if y_patches.shape != (m, n, n) or y_patches.dtype.kind not in "fc":
+            raise DataError(path, "Y", f"complex patches of shape ({m}, {n}, {n})",
+                            f"{y_patches.shape} {y_patches.dtype}", keys)
+        y_patches = y_patches.astype(np.complex64)
+
+    scan_index = None
+    if "scan_index" in raw:
+        scan_index = np.asarray(raw["scan_index"])
+        if scan_index.shape != (m,) or scan_index.dtype.kind not in "iu":
+            raise DataError(path, "scan_index", f"int64 of shape ({m},)", f"{scan_index.shape} {scan_index.dtype}",
+                            keys)
+        scan_index = scan_index.astype(np.int64)
+
+    metadata: dict[str, Any] = {}
+    if "metadata" in raw:
+        meta = np.asarray(raw["metadata"])
+        if meta.dtype.kind not in "US" or meta.ndim != 0:
+            raise DataError(path, "metadata", "a 0-d string holding JSON", f"{meta.shape} {meta.dtype}", keys)
+        try:
+            metadata = json.loads(str(meta.item() if meta.dtype.kind == "U" else meta.item().decode()))
+        except json.JSONDecodeError as exc:
+            raise DataError(path, "metadata", "valid JSON", f"{exc}", keys) from exc
+        if not isinstance(metadata, dict):
+            raise DataError(path, "metadata", "a JSON object", type(metadata).__name__, keys)
+
+    return PtychoData(
+        diff3d=np.ascontiguousarray(diff, dtype=np.float32),
+        xcoords=coords["xcoords"],
+        ycoords=coords["ycoords"],
+        probe=probe.astype(np.complex64),
+        obj=obj.astype(np.complex64),
+        Y=y_patches,
+        scan_index=scan_index,
+        metadata=metadata,
+    )

@@ -1,0 +1,74 @@
+"""Grouped diffraction samples as tensors, batched without per-sample Python work.
+
+A batch is gathered with one indexing operation (``__getitems__``), so the data pipeline costs
+almost nothing next to the network. Arrays stay where they are (memory-mapped files are gathered
+batch by batch, never copied whole).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .grouping import Groups
+
+
+class GroupedPatterns(Dataset):
+    """Samples of C patterns: ``diff`` (C, N, N), ``offsets`` (C, 2), and ``Y`` (C, N, N) if known."""
+
+    def __init__(self, diff: np.ndarray, groups: Groups, y_patches: np.ndarray | None = None):
+        self.diff = diff
+        self.indices = groups.indices
+        self.offsets = torch.from_numpy(groups.offsets.astype(np.float32))
+        self.y = y_patches
+
+    def __len__(self) -> int:
+        return int(self.indices.shape[0])
+
+    def __getitems__(self, items: list[int]) -> dict[str, torch.Tensor]:
+        sel = np.asarray(items, dtype=np.int64)
+        members = self.indices[sel]  # (b, C)
+        flat = members.ravel()
+        order = np.argsort(flat, kind="stable")  # sorted reads are fast on memory-mapped files
+        gathered = np.empty((flat.size, *self.diff.shape[1:]), dtype=np.float32)
+        gathered[order] = self.diff[flat[order]]
+        batch = {
+            "diff": torch.from_numpy(gathered).reshape(*members.shape, *self.diff.shape[1:]),
+            "offsets": self.offsets[torch.from_numpy(sel)],
+            "index": torch.from_numpy(sel),
+        }
+        if self.y is not None:
+            batch["Y"] = torch.from_numpy(np.ascontiguousarray(self.y[flat])).reshape(
+                *members.shape, *self.y.shape[1:])
+        return batch
+
+    def __getitem__(self, item: int) -> dict[str, torch.Tensor]:
+        return {k: v[0] for k, v in self.__getitems__([item]).items()}
+
+
+def _already_batched(batch: Any) -> Any:
+    return batch
+
+
+def make_loader(dataset: GroupedPatterns, batch_size: int, shuffle: bool, seed: int) -> DataLoader:
+    gen = torch.Generator().manual_seed(int(seed))
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=gen,
+                      collate_fn=_already_batched, num_workers=0)
+
+
+def split_train_val(n: int, val_fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Random, seeded validation share of the training groups (at least one group each side)."""
+    perm = rng.permutation(n)
+    n_val = min(max(1, int(round(n * val_fraction))), n - 1) if val_fraction > 0 and n > 1 else 0
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+def input_scale(diff: np.ndarray) -> float:
+    """Scale that makes the mean total normalised intensity (N/2)^2, recorded for inference."""
+    n = diff.shape[-1]
+    sample = diff[:: max(1, diff.shape[0] // 4096)].astype(np.float64)
+    mean_total = float((sample**2).sum(axis=(1, 2)).mean())
+    return float(np.sqrt((n / 2) ** 2 / max(mean_total, 1e-12)))

@@ -1,0 +1,107 @@
+"""Figures people would rather look at than read: previews, reconstructions, error maps, FRC."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from .fileio import atomic_path  # noqa: E402
+
+
+def _save(fig: Any, path: str | Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def dataset_preview(path: str | Path, obj: np.ndarray, splits: dict[str, tuple[np.ndarray, np.ndarray]],
+                    patterns: np.ndarray, title: str) -> None:
+    """Object amplitude and phase with the scan positions, and a few patterns on a log scale."""
+    k = min(4, patterns.shape[0])
+    fig, axes = plt.subplots(1, 2 + k, figsize=(4 * (2 + k), 4))
+    for ax, img, name in ((axes[0], np.abs(obj), "amplitude"), (axes[1], np.angle(obj), "phase")):
+        im = ax.imshow(img, cmap="gray")
+        for (label, (x, y)), colour in zip(splits.items(), ("tab:orange", "tab:cyan", "tab:green"), strict=False):
+            ax.scatter(x, y, s=2, c=colour, label=f"{label} ({x.size})")
+        ax.set_title(f"object {name}")
+        fig.colorbar(im, ax=ax, fraction=0.046)
+    axes[0].legend(loc="upper right", fontsize=7, markerscale=4)
+    picks = np.linspace(0, patterns.shape[0] - 1, k).astype(int)
+    for ax, i in zip(axes[2:], picks, strict=True):
+        ax.imshow(np.log1p(patterns[i].astype(np.float64) ** 2), cmap="magma")
+        ax.set_title(f"pattern {i}: log(1 + counts)")
+        ax.axis("off")
+    fig.suptitle(title)
+    _save(fig, path)
+
+
+def complex_panels(path: str | Path, images: dict[str, np.ndarray], title: str,
+                   reference: np.ndarray | None = None) -> None:
+    """Amplitude and phase of each image (columns), plus error maps against ``reference`` if given."""
+    names = list(images)
+    rows = 2 if reference is None else 4
+    fig, axes = plt.subplots(rows, len(names), figsize=(3.6 * len(names), 3.3 * rows), squeeze=False)
+    for col, name in enumerate(names):
+        img = images[name]
+        panels = [(np.abs(img), "amplitude", "gray"), (np.angle(img), "phase", "twilight")]
+        if reference is not None:
+            panels += [(np.abs(img) - np.abs(reference), "amplitude error", "coolwarm"),
+                       (np.angle(img * np.conj(reference)), "phase error", "coolwarm")]
+        for row, (data, label, cmap) in enumerate(panels):
+            ax = axes[row, col]
+            if "error" in label:
+                lim = float(np.nanpercentile(np.abs(data), 99)) or 1.0
+                im = ax.imshow(data, cmap=cmap, vmin=-lim, vmax=lim)
+            else:
+                im = ax.imshow(data, cmap=cmap)
+            ax.set_title(f"{name}: {label}", fontsize=9)
+            ax.axis("off")
+            fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.suptitle(title)
+    _save(fig, path)
+
+
+def frc_curves(path: str | Path, curves: dict[str, tuple[np.ndarray, np.ndarray]], title: str) -> None:
+    """FRC against spatial frequency (cycles/pixel) with the 1/7 and 0.5 thresholds."""
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for name, (freq, frc) in curves.items():
+        ax.plot(freq, frc, label=name)
+    for thr, style in ((0.5, "--"), (1 / 7, ":")):
+        ax.axhline(thr, color="gray", linestyle=style, linewidth=1)
+    ax.set_xlabel("spatial frequency (cycles / pixel)")
+    ax.set_ylabel("FRC")
+    ax.set_ylim(-0.1, 1.05)
+    ax.legend(fontsize=8)
+    ax.set_title(title)
+    _save(fig, path)
+
+
+def metric_vs_dose(path: str | Path, series: dict[str, tuple[list[float], list[float]]], metric: str) -> None:
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for name, (doses, values) in sorted(series.items()):
+        order = np.argsort(doses)
+        ax.plot(np.asarray(doses)[order], np.asarray(values)[order], marker="o", label=name)
+    ax.set_xscale("log")
+    ax.set_xlabel("dose (photons per pattern)")
+    ax.set_ylabel(metric)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(f"{metric} against dose")
+    _save(fig, path)
+
+
+def loss_curve(path: str | Path, epochs: list[int], series: dict[str, list[float]], title: str) -> None:
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for name, values in series.items():
+        ax.plot(epochs[: len(values)], values, marker=".", label=name)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax.legend()
+    ax.set_title(title)
+    _save(fig, path)

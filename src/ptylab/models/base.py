@@ -1,0 +1,99 @@
+"""Shared LightningModule machinery: network, object prediction, optimiser, logging."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+
+from .network import EncoderDecoder
+
+
+def support_mask(n: int, kind: str) -> torch.Tensor:
+    """Where the object is predicted: the central N/2 x N/2 (illuminated) region, or everything."""
+    if kind == "full":
+        return torch.ones(n, n)
+    if kind != "center":
+        raise ValueError(f"model.object_support must be 'center' or 'full', got '{kind}'")
+    mask = torch.zeros(n, n)
+    q = n // 4
+    mask[q : n - q, q : n - q] = 1.0
+    return mask
+
+
+class PtychoModule(L.LightningModule):
+    """Base of both models. Subclasses define ``training_loss``; the object prediction is shared.
+
+    Hyperparameters are plain values saved in checkpoints, so ``Model.load_from_checkpoint(path)``
+    works in a notebook without Hydra.
+    """
+
+    separate_decoders = False
+
+    def __init__(
+        self,
+        N: int,  # noqa: N803
+        channels: int,
+        base_filters: list[int],
+        width: int,
+        object_support: str,
+        amp_activation: str,
+        input_scale: float,
+        lr: float,
+        lr_factor: float,
+        lr_patience: int,
+        min_lr: float,
+    ):
+        super().__init__()
+        if amp_activation not in ("sigmoid", "swish"):
+            raise ValueError(f"model.amp_activation must be 'sigmoid' or 'swish', got '{amp_activation}'")
+        filters = [int(f * width) for f in base_filters]
+        self.net = EncoderDecoder(channels, channels, filters, self.separate_decoders)
+        self.register_buffer("support", support_mask(N, object_support))
+        self.register_buffer("input_scale", torch.tensor(float(input_scale)))
+
+    def predict_amp_phase(self, diff: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Amplitudes (B, C, N, N) -> (amplitude, phase) of the object patches, before the support."""
+        amp_logit, phase_logit = self.net(diff * self.input_scale)
+        if self.hparams["amp_activation"] == "sigmoid":
+            amp = torch.sigmoid(amp_logit)
+        else:
+            amp = nn.functional.silu(amp_logit)
+        return amp, math.pi * torch.tanh(phase_logit)
+
+    def predict_patches(self, diff: torch.Tensor) -> torch.Tensor:
+        """Object patches (B, C, N, N) complex, zero off the support."""
+        amp, phase = self.predict_amp_phase(diff)
+        return torch.polar(amp * self.support, phase)
+
+    def predict_object(self, diff: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        """The model's object estimate for each member of each group (used for reconstruction)."""
+        return self.predict_patches(diff)
+
+    def training_loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        losses = self.training_loss(batch)
+        bs = batch["diff"].shape[0]
+        self.log("train_loss", losses["loss"], on_step=False, on_epoch=True, prog_bar=True, batch_size=bs)
+        for k, v in losses.items():
+            if k != "loss":
+                self.log(f"train_{k}", v, on_step=False, on_epoch=True, batch_size=bs)
+        return losses["loss"]
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        losses = self.training_loss(batch)
+        self.log("val_loss", losses["loss"], on_step=False, on_epoch=True, prog_bar=True,
+                 batch_size=batch["diff"].shape[0])
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        params = [p for p in self.parameters() if p.requires_grad]
+        opt = torch.optim.Adam(params, lr=hp["lr"])
+        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            opt, mode="min", factor=hp["lr_factor"], patience=hp["lr_patience"], min_lr=hp["min_lr"])
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": "val_loss"}}

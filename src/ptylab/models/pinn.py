@@ -1,0 +1,73 @@
+"""The physics-informed network: predicted object -> overlap constraint -> probe -> far field -> counts.
+
+The loss compares predicted and measured photon counts with the Poisson likelihood, so no ground
+truth is needed. The far field is the simulator's own ``physics.far_field``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ..physics import far_field, poisson_nll
+from .base import PtychoModule
+from .overlap import merge_overlaps
+
+
+class PINN(PtychoModule):
+    def __init__(
+        self,
+        N: int = 64,  # noqa: N803
+        gridsize: int = 2,
+        base_filters: tuple[int, ...] = (32, 64, 128),
+        width: int = 2,
+        object_support: str = "center",
+        amp_activation: str = "sigmoid",
+        input_scale: float = 1.0,
+        intensity_scale: float = 1.0,
+        probe_trainable: bool = False,
+        probe_mask: bool = False,
+        intensity_scale_trainable: bool = False,
+        nll_weight: float = 1.0,
+        mae_weight: float = 0.0,
+        lr: float = 1e-3,
+        lr_factor: float = 0.5,
+        lr_patience: int = 2,
+        min_lr: float = 1e-4,
+        probe: torch.Tensor | None = None,
+    ):
+        super().__init__(N, gridsize**2, list(base_filters), width, object_support, amp_activation,
+                         input_scale, lr, lr_factor, lr_patience, min_lr)
+        self.save_hyperparameters(ignore=["probe"])
+        init = torch.zeros(2, N, N) if probe is None else torch.stack((probe.real, probe.imag)).float()
+        self.probe_ri = nn.Parameter(init, requires_grad=probe_trainable)
+        self.log_intensity_scale = nn.Parameter(torch.tensor(math.log(intensity_scale)),
+                                                requires_grad=intensity_scale_trainable)
+        yy, xx = torch.meshgrid(torch.arange(N) - N // 2, torch.arange(N) - N // 2, indexing="ij")
+        disc = (torch.hypot(xx.float(), yy.float()) <= N / 4).float()
+        self.register_buffer("probe_support", disc if probe_mask else torch.ones(N, N))
+
+    @property
+    def probe(self) -> torch.Tensor:
+        return torch.complex(self.probe_ri[0], self.probe_ri[1]) * self.probe_support
+
+    def predict_object(self, diff: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        return merge_overlaps(self.predict_patches(diff), self.support, offsets)
+
+    def predicted_counts(self, obj: torch.Tensor) -> torch.Tensor:
+        return torch.exp(2 * self.log_intensity_scale) * far_field(self.probe * obj).abs().square()
+
+    def training_loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        diff = batch["diff"]
+        pred = self.predicted_counts(self.predict_object(diff, batch["offsets"]))
+        nll = poisson_nll(pred, diff.square())
+        out = {"nll": nll}
+        loss = self.hparams["nll_weight"] * nll
+        if self.hparams["mae_weight"] > 0:
+            mae = (pred.sqrt() - diff).abs().mean()
+            out["mae"] = mae
+            loss = loss + self.hparams["mae_weight"] * mae
+        out["loss"] = loss
+        return out

@@ -1,0 +1,167 @@
+"""Forward model of ptychography, shared by the simulator and the PINN's physics layer.
+
+Conventions (DESIGN section 2): positions are patch centres in object pixels (x = column,
+y = row); patch pixel (i, j) sees object pixel (y + i - N//2, x + j - N//2). Sub-pixel positions
+are handled by bilinear sampling (``sample_windows``), the same operation the PINN uses to place
+and cut patches on its overlap canvas, so simulation and model shift patches identically.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+EPS = 1e-6
+
+
+def _normalised_coords(centres: torch.Tensor, size: int, length: int) -> torch.Tensor:
+    """Pixel coordinates of a window of ``size`` around each centre, normalised for grid_sample."""
+    steps = torch.arange(size, dtype=centres.dtype, device=centres.device) - size // 2
+    pixels = centres[:, None] + steps[None, :]
+    return 2.0 * pixels / (length - 1) - 1.0
+
+
+def sample_windows(
+    images: torch.Tensor, cx: torch.Tensor, cy: torch.Tensor, height: int, width: int
+) -> torch.Tensor:
+    """Bilinearly sample a (height, width) window centred at (cx, cy) from each image.
+
+    ``images`` is real with shape (B, K, H, W) (K channels, e.g. real and imaginary part) or
+    (1, K, H, W) shared by all B windows. Outside the image the value is zero.
+    """
+    n_windows = cx.shape[0]
+    in_h, in_w = images.shape[-2:]
+    gx = _normalised_coords(cx, width, in_w)  # (B, width)
+    gy = _normalised_coords(cy, height, in_h)  # (B, height)
+    grid = torch.stack(
+        (gx[:, None, :].expand(-1, height, -1), gy[:, :, None].expand(-1, -1, width)), dim=-1
+    )
+    if images.shape[0] == 1 and n_windows > 1:
+        # One source image: sample all windows in one call by stacking them along the output rows.
+        out = F.grid_sample(
+            images, grid.reshape(1, n_windows * height, width, 2), align_corners=True, padding_mode="zeros"
+        )
+        return out.reshape(images.shape[1], n_windows, height, width).transpose(0, 1)
+    return F.grid_sample(images, grid, align_corners=True, padding_mode="zeros")
+
+
+def complex_to_channels(z: torch.Tensor) -> torch.Tensor:
+    """(..., H, W) complex -> (..., 2, H, W) real, for the real-valued sampling kernels."""
+    return torch.stack((z.real, z.imag), dim=-3)
+
+
+def channels_to_complex(c: torch.Tensor) -> torch.Tensor:
+    return torch.complex(c[..., 0, :, :], c[..., 1, :, :])
+
+
+def extract_patches(obj: torch.Tensor, x: torch.Tensor, y: torch.Tensor, n: int) -> torch.Tensor:
+    """Cut (M, n, n) complex patches centred at (x, y) from a (H, W) complex object."""
+    src = complex_to_channels(obj)[None]  # (1, 2, H, W)
+    return channels_to_complex(sample_windows(src, x.to(src.dtype), y.to(src.dtype), n, n))
+
+
+def patches_inside(x: np.ndarray, y: np.ndarray, n: int, shape: tuple[int, int]) -> np.ndarray:
+    """True where the whole n x n patch around (x, y) lies inside an object of ``shape``."""
+    h, w = shape
+    half = n // 2
+    return (x >= half) & (y >= half) & (x <= w - half) & (y <= h - half)
+
+
+def far_field(psi: torch.Tensor) -> torch.Tensor:
+    """Unitary far-field propagation with zero frequency at the array centre."""
+    return torch.fft.fftshift(torch.fft.fft2(psi, norm="ortho"), dim=(-2, -1))
+
+
+def exit_wave_intensity(probe: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
+    """|F(P * O)|^2 per pattern, before dose scaling."""
+    return far_field(probe * patches).abs().square()
+
+
+def dose_scale(probe: np.ndarray, patches: np.ndarray | torch.Tensor, nphotons: float) -> float:
+    """Scale s such that the mean over patterns of sum |s F|^2 equals ``nphotons``.
+
+    By Parseval (orthonormal FFT) sum |F|^2 = sum |P O|^2, so no FFT is needed here.
+    """
+    p = torch.as_tensor(probe)
+    o = torch.as_tensor(patches)
+    energy = (p * o).abs().square().sum(dim=(-2, -1)).double().mean().item()
+    if energy <= 0:
+        raise ValueError("exit waves carry no energy: probe or object is zero over the scan")
+    return float(np.sqrt(nphotons / energy))
+
+
+def poisson_nll(pred_counts: torch.Tensor, obs_counts: torch.Tensor) -> torch.Tensor:
+    """Poisson negative log-likelihood up to a data-only constant: mean(I_pred - I_obs log I_pred)."""
+    return (pred_counts - obs_counts * torch.log(pred_counts + EPS)).mean()
+
+
+def poisson_sample(intensity: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Seeded photon counts; the generator carries the stage's identity (seed, dose, split)."""
+    return rng.poisson(np.asarray(intensity, dtype=np.float64)).astype(np.float64)
+
+
+def effective_probe_radius(probe: np.ndarray) -> float:
+    """Radius of the disc with the probe's participation-ratio area (sum I)^2 / sum I^2.
+
+    For a uniform disc this is exactly its radius; blur changes it little.
+    """
+    intensity = np.abs(np.asarray(probe)) ** 2
+    area = intensity.sum() ** 2 / max(float((intensity**2).sum()), 1e-30)
+    return float(np.sqrt(area / np.pi))
+
+
+def make_probe(n: int, diameter: float, blur: float) -> np.ndarray:
+    """A blurred disc probe, unit peak amplitude, complex64."""
+    from scipy.ndimage import gaussian_filter
+
+    yy, xx = np.mgrid[0:n, 0:n] - n // 2
+    disc = (np.hypot(xx, yy) <= diameter / 2).astype(np.float64)
+    amp = gaussian_filter(disc, blur) if blur > 0 else disc
+    amp /= amp.max()
+    return amp.astype(np.complex64)
+
+
+def make_object(
+    size: int, amplitude_image: str, phase_image: str, amplitude_min: float, phase_range: float
+) -> np.ndarray:
+    """Complex test object: amplitude from one bundled image, phase from another (scikit-image)."""
+    amp = _bundled_image(amplitude_image, size)
+    phase = _bundled_image(phase_image, size)
+    amplitude = amplitude_min + (1.0 - amplitude_min) * amp
+    return (amplitude * np.exp(1j * phase_range * (phase - 0.5))).astype(np.complex64)
+
+
+def _bundled_image(name: str, size: int) -> np.ndarray:
+    import skimage.data
+    from skimage.color import rgb2gray
+    from skimage.transform import resize
+
+    loader = getattr(skimage.data, name, None)
+    if loader is None:
+        raise ValueError(f"dataset image '{name}' is not one of scikit-image's bundled data images")
+    img = np.asarray(loader(), dtype=np.float64)
+    if img.ndim == 3:
+        img = rgb2gray(img[..., :3])
+    img = resize(img, (size, size), anti_aliasing=True)
+    lo, hi = img.min(), img.max()
+    return (img - lo) / (hi - lo) if hi > lo else np.zeros_like(img)
+
+
+def raster_scan(
+    shape: tuple[int, int], n: int, step: float, jitter: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Fly-scan-like raster: rows top to bottom, each left to right, covering the object.
+
+    ``jitter`` adds uniform sub-pixel noise along the fast (x) axis, as continuous motion does.
+    """
+    h, w = shape
+    half = n // 2
+    xs = np.arange(half, w - half + 1e-9, step)
+    ys = np.arange(half, h - half + 1e-9, step)
+    yy, xx = np.meshgrid(ys, xs, indexing="ij")
+    x = xx.ravel().astype(np.float64)
+    y = yy.ravel().astype(np.float64)
+    if jitter > 0:
+        x = np.clip(x + rng.uniform(-jitter, jitter, size=x.shape), half, w - half)
+    return x, y
