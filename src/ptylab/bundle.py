@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import json
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -138,7 +139,7 @@ def load_bundle(path: str | Path, expected_sha256: str | None = None) -> Bundle:
                 if sha256_bytes(data) != want:
                     raise BundleError(f"{path}: entry '{name}' fails its sha256 check; refusing to load")
                 contents[name] = data
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, KeyError, ValueError, EOFError, OSError) as exc:
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, KeyError, ValueError, EOFError, OSError) as exc:
         if isinstance(exc, BundleError):
             raise
         raise BundleError(f"{path}: corrupt bundle ({type(exc).__name__}: {exc}); refusing to load") from exc
@@ -148,7 +149,3 @@ def load_bundle(path: str | Path, expected_sha256: str | None = None) -> Bundle:
               for name in manifest["models"]}
     return Bundle(path, digest, manifest, json.loads(contents["params.json"]),
                   contents["config.yaml"].decode(), json.loads(contents["inference.json"]), models)
-
-
-def bundle_digest_file(path: str | Path) -> str:
-    return sha256_file(path)

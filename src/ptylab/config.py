@@ -32,6 +32,7 @@ class DatasetConfig:
     probe_file: str | None = None
     probe_diameter: float = 22.0
     probe_blur: float = 1.5
+    probe_defocus: float = 0.0  # quadratic phase (rad) at the disc edge
     scan_step: float = 3.0
     scan_jitter: float = 0.0  # uniform sub-pixel jitter along the fast axis, in pixels
 
@@ -85,6 +86,7 @@ class EvalConfig:
     enabled: bool = True
     stitch_crop: int | None = None  # central region of each patch used for stitching (None: N/2)
     upsample_factor: int = 20  # sub-pixel registration precision: 1/upsample_factor px
+    max_shift_px: float = 4.0  # larger registration shifts are refused (the reconstruction is not trusted)
     remove_phase_plane: bool = False
     batch_size: int = 64
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -107,3 +108,21 @@ def reconstruct_from_bundle(bundle: Bundle, data: PtychoData, batch_size: int = 
     model = model_from_weights(bundle.models[info["model"]])
     return reconstruct(model, data, info["gridsize"], info["neighbours"], info.get("stitch_crop"), batch_size,
                        device)
+
+
+def write_reconstruction(out_dir: Path, stitched: Stitched, title: str) -> Path:
+    """``object.npz`` (complex ``object``, stitching ``weight``) and amplitude/phase PNGs."""
+    from .fileio import atomic_write_with
+    from .figures import complex_panels
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    r0, r1, c0, c1 = stitched.bbox
+
+    def _npz(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, object=stitched.obj, weight=stitched.weight, bbox=np.asarray(stitched.bbox))
+
+    path = out_dir / "object.npz"
+    atomic_write_with(path, _npz)
+    complex_panels(out_dir / "object.png", {"reconstruction": stitched.obj[r0:r1, c0:c1]}, title)
+    return path

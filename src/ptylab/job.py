@@ -115,12 +115,12 @@ def train_model(cfg: DictConfig, run_dir: Path, train: PtychoData, record: dict[
     y = train.Y if model_cfg.name == "supervised" else None
     train_loader = make_loader(GroupedPatterns(train.diff3d, _subset_groups(groups, tr), y),
                                model_cfg.batch_size, True, seed)
-    val_loader = make_loader(GroupedPatterns(train.diff3d, _subset_groups(groups, va), y),
-                             model_cfg.batch_size, False, seed)
+    val_loader = (make_loader(GroupedPatterns(train.diff3d, _subset_groups(groups, va), y),
+                              model_cfg.batch_size, False, seed) if va.size else None)
     trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
     assert isinstance(trainer_kwargs, dict)
     trainer, checkpoint = build_trainer(trainer_kwargs, run_dir, model_cfg.early_stop_patience,
-                                        str(cfg.get("logger", "csv")))
+                                        str(cfg.logger), "val_loss" if va.size else "train_loss")
     history = LossHistory()
     trainer.callbacks.append(history)
     record["groups"] = {"train": int(tr.size), "val": int(va.size), "patterns_per_group": gridsize**2}

@@ -111,15 +111,22 @@ def effective_probe_radius(probe: np.ndarray) -> float:
     return float(np.sqrt(area / np.pi))
 
 
-def make_probe(n: int, diameter: float, blur: float) -> np.ndarray:
-    """A blurred disc probe, unit peak amplitude, complex64."""
+def make_probe(n: int, diameter: float, blur: float, defocus: float = 0.0) -> np.ndarray:
+    """A blurred disc probe, unit peak amplitude, complex64.
+
+    ``defocus`` is the quadratic (defocus-like) phase in radians at the disc's edge. A flat real
+    probe makes an object and its conjugate twin give identical diffraction; a focusing optic's
+    curvature breaks that symmetry, as in real experiments.
+    """
     from scipy.ndimage import gaussian_filter
 
     yy, xx = np.mgrid[0:n, 0:n] - n // 2
-    disc = (np.hypot(xx, yy) <= diameter / 2).astype(np.float64)
+    r = np.hypot(xx, yy)
+    disc = (r <= diameter / 2).astype(np.float64)
     amp = gaussian_filter(disc, blur) if blur > 0 else disc
     amp /= amp.max()
-    return amp.astype(np.complex64)
+    phase = defocus * (r / (diameter / 2)) ** 2
+    return (amp * np.exp(1j * phase)).astype(np.complex64)
 
 
 def make_object(

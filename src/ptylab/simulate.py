@@ -34,7 +34,7 @@ CHUNK = 1024
 
 def load_probe(cfg: DatasetConfig) -> np.ndarray:
     if cfg.probe_file is None:
-        return make_probe(cfg.N, cfg.probe_diameter, cfg.probe_blur)
+        return make_probe(cfg.N, cfg.probe_diameter, cfg.probe_blur, cfg.probe_defocus)
     probe = read_probe_file(cfg.probe_file)
     if probe.shape != (cfg.N, cfg.N):
         raise DataError(cfg.probe_file, "probeGuess", f"shape ({cfg.N}, {cfg.N}) (dataset.N)", str(probe.shape),

@@ -11,16 +11,20 @@ from lightning.pytorch.loggers import CSVLogger, Logger
 
 
 def build_trainer(trainer_kwargs: dict[str, Any], run_dir: Path, early_stop_patience: int,
-                  logger: str = "csv") -> tuple[L.Trainer, ModelCheckpoint]:
-    """``trainer_kwargs`` go verbatim to ``lightning.Trainer``; callbacks and loggers are added here."""
+                  logger: str = "csv", monitor: str = "val_loss") -> tuple[L.Trainer, ModelCheckpoint]:
+    """``trainer_kwargs`` go verbatim to ``lightning.Trainer``; callbacks and loggers are added here.
+
+    ``monitor`` picks the best checkpoint and drives early stopping (train_loss when there is no
+    validation share).
+    """
     kwargs = dict(trainer_kwargs)
     checkpoint = ModelCheckpoint(
-        dirpath=run_dir / "checkpoints", filename="best-{epoch:03d}", monitor="val_loss", mode="min",
+        dirpath=run_dir / "checkpoints", filename="best-{epoch:03d}", monitor=monitor, mode="min",
         save_top_k=1, save_last=True,
     )
     callbacks: list[Any] = [checkpoint, LearningRateMonitor(logging_interval="epoch")]
     if early_stop_patience > 0:
-        callbacks.append(EarlyStopping(monitor="val_loss", mode="min", patience=early_stop_patience))
+        callbacks.append(EarlyStopping(monitor=monitor, mode="min", patience=early_stop_patience))
     loggers: list[Logger] = [CSVLogger(run_dir, name="logs", version="")]
     if logger == "tensorboard":
         from lightning.pytorch.loggers import TensorBoardLogger

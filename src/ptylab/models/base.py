@@ -51,13 +51,16 @@ class PtychoModule(L.LightningModule):
         if amp_activation not in ("sigmoid", "swish"):
             raise ValueError(f"model.amp_activation must be 'sigmoid' or 'swish', got '{amp_activation}'")
         filters = [int(f * width) for f in base_filters]
-        self.net = EncoderDecoder(channels, channels, filters, self.separate_decoders)
+        # channels-last convolutions run 10-25% faster on these CPUs (docs/performance.md).
+        self.net = EncoderDecoder(channels, channels, filters, self.separate_decoders).to(
+            memory_format=torch.channels_last)
         self.register_buffer("support", support_mask(N, object_support))
         self.register_buffer("input_scale", torch.tensor(float(input_scale)))
 
     def predict_amp_phase(self, diff: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Amplitudes (B, C, N, N) -> (amplitude, phase) of the object patches, before the support."""
-        amp_logit, phase_logit = self.net(diff * self.input_scale)
+        x = (diff * self.input_scale).contiguous(memory_format=torch.channels_last)
+        amp_logit, phase_logit = self.net(x)
         if self.hparams["amp_activation"] == "sigmoid":
             amp = torch.sigmoid(amp_logit)
         else:
@@ -96,4 +99,5 @@ class PtychoModule(L.LightningModule):
         opt = torch.optim.Adam(params, lr=hp["lr"])
         sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
             opt, mode="min", factor=hp["lr_factor"], patience=hp["lr_patience"], min_lr=hp["min_lr"])
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": "val_loss"}}
+        # Not strict: a training without a validation share simply keeps its learning rate.
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": "val_loss", "strict": False}}

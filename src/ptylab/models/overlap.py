@@ -20,6 +20,9 @@ def merge_overlaps(patches: torch.Tensor, support: torch.Tensor, offsets: torch.
     b, c, n, _ = patches.shape
     if c == 1:
         return patches
+    # The canvas frame is arbitrary: move it so the anchor's offset is integral. Members whose
+    # positions differ by whole pixels are then placed and cut exactly, without interpolation blur.
+    offsets = offsets - (offsets[:, :1] - torch.round(offsets[:, :1]))
     pad = int(math.ceil(float(offsets.abs().max()))) + 1
     size = n + 2 * pad
     weight = support.to(patches.real.dtype).expand(b, c, n, n)

@@ -1,0 +1,44 @@
+# The two commands of the README: `make run` and `make test`. Both create .venv on first use.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test lint bench bench-quick ptychi clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch is pinned exactly: this version installs from a local CPU wheel.
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(PY) train.py
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src scripts tests train.py
+
+bench: $(STAMP)
+	$(PY) scripts/benchmark.py
+
+bench-quick: $(STAMP)
+	$(PY) scripts/benchmark.py --quick
+
+# Optional pty-chi environment for the LSQML reference (torch 2.14.1 + torchvision 0.29.1 from local wheels).
+.venv-ptychi/.installed: pyproject.toml
+	$(PYTHON) -m venv .venv-ptychi
+	.venv-ptychi/bin/python -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	.venv-ptychi/bin/python -m pip install --quiet -e '.[dev,ptychi]'
+	touch .venv-ptychi/.installed
+
+ptychi: .venv-ptychi/.installed
+
+clean:
+	rm -rf $(VENV) .venv-ptychi

@@ -1,0 +1,37 @@
+"""Shared fixtures: a small embedded dataset configuration so tests stay fast on two cores."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ptylab.config import DatasetConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+
+# Small but real: 32 x 32 patterns from a 96 x 96 object, ~260 positions.
+SMALL_DATASET = {"N": 32, "object_size": 96, "probe_diameter": 11.0, "probe_blur": 1.0, "scan_step": 4.0}
+SMALL_OVERRIDES = [f"dataset.{k}={v}" for k, v in SMALL_DATASET.items()]
+# A tiny network and a short training for end-to-end tests.
+TINY_TRAIN = [
+    "model.base_filters=[8,16,32]", "model.width=1", "model.batch_size=8", "trainer.max_epochs=2",
+    "++trainer.limit_train_batches=4", "++trainer.limit_val_batches=2", "trainer.enable_progress_bar=false",
+    "view.min_train_positions=16",
+]
+
+
+@pytest.fixture
+def small_dataset_cfg() -> DatasetConfig:
+    return DatasetConfig(**SMALL_DATASET)
+
+
+def run_script(args: list[str], cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """Run a project entry point as a user would, in a subprocess."""
+    env = {**os.environ, "HYDRA_FULL_ERROR": "1", "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)

@@ -1,0 +1,37 @@
+import numpy as np
+
+from ptylab.cache import cache_key, load_or_simulate
+from ptylab.config import DatasetConfig
+
+
+def test_cache_hit_returns_identical_data(small_dataset_cfg, tmp_path):
+    first = load_or_simulate(small_dataset_cfg, 1e3, 1, tmp_path)
+    second = load_or_simulate(small_dataset_cfg, 1e3, 1, tmp_path)
+    assert not first.identity["from_cache"] and second.identity["from_cache"]
+    np.testing.assert_array_equal(first.train.diff3d, second.train.diff3d)
+    np.testing.assert_array_equal(first.test.Y, second.test.Y)
+    assert first.identity["files"] == second.identity["files"]
+
+
+def test_corrupt_or_incomplete_entries_are_rebuilt(small_dataset_cfg, tmp_path):
+    first = load_or_simulate(small_dataset_cfg, 1e3, 1, tmp_path)
+    entry = tmp_path / next(p.name for p in tmp_path.iterdir())
+    data = bytearray((entry / "train.npz").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (entry / "train.npz").write_bytes(bytes(data))
+    rebuilt = load_or_simulate(small_dataset_cfg, 1e3, 1, tmp_path)
+    assert not rebuilt.identity["from_cache"]
+    np.testing.assert_array_equal(rebuilt.train.diff3d, first.train.diff3d)
+    (entry / "complete.json").unlink()  # as if killed before the marker was written
+    assert not load_or_simulate(small_dataset_cfg, 1e3, 1, tmp_path).identity["from_cache"]
+
+
+def test_key_covers_every_input_that_changes_the_bytes(small_dataset_cfg):
+    base = cache_key(small_dataset_cfg, 1e3, 1)
+    assert cache_key(small_dataset_cfg, 1e4, 1) != base
+    assert cache_key(small_dataset_cfg, 1e3, 2) != base
+    other = DatasetConfig(**{**small_dataset_cfg.__dict__, "scan_step": 5.0})
+    assert cache_key(other, 1e3, 1) != base
+    # where the data would be read from is not an input of the simulation
+    same = DatasetConfig(**{**small_dataset_cfg.__dict__, "train_file": "x.npz"})
+    assert cache_key(same, 1e3, 1) == base

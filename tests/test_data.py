@@ -1,0 +1,155 @@
+import json
+import pathlib
+import pickle
+
+import h5py
+import numpy as np
+import pytest
+
+from ptylab.data import DataError, PtychoData, read_dataset, write_dataset
+from ptylab.fileio import atomic_write_with
+
+
+def _valid(m: int = 6, n: int = 8) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return {
+        "diff3d": rng.random((m, n, n)).astype(np.float32),
+        "xcoords": np.linspace(4, 20, m),
+        "ycoords": np.linspace(5, 18, m),
+        "probeGuess": np.ones((n, n), np.complex64),
+        "objectGuess": np.ones((24, 24), np.complex64),
+        "Y": np.ones((m, n, n), np.complex64),
+        "metadata": np.array(json.dumps({"nphotons": 10.0})),
+    }
+
+
+def _save(path: pathlib.Path, arrays: dict) -> pathlib.Path:
+    np.savez(path, **arrays)
+    return path
+
+
+def test_npz_and_hdf5_round_trip(tmp_path):
+    data = read_dataset(_save(tmp_path / "a.npz", _valid()))
+    write_dataset(tmp_path / "b.h5", data)
+    write_dataset(tmp_path / "c.npz", data)
+    for name in ("b.h5", "c.npz"):
+        again = read_dataset(tmp_path / name)
+        np.testing.assert_array_equal(again.diff3d, data.diff3d)
+        np.testing.assert_array_equal(again.xcoords, data.xcoords)
+        np.testing.assert_array_equal(again.Y, data.Y)
+        assert again.metadata == {"nphotons": 10.0}
+
+
+def test_legacy_key_and_layout_load_to_the_same_arrays(tmp_path):
+    arrays = _valid(m=5)
+    canonical = read_dataset(_save(tmp_path / "canonical.npz", arrays))
+    legacy = dict(arrays)
+    legacy["diffraction"] = np.moveaxis(legacy.pop("diff3d"), 0, -1)  # (N, N, M)
+    old = read_dataset(_save(tmp_path / "legacy.npz", legacy))
+    np.testing.assert_array_equal(old.diff3d, canonical.diff3d)
+    np.testing.assert_array_equal(old.ycoords, canonical.ycoords)
+
+
+def _mutate(**changes):
+    arrays = _valid()
+    for key, value in changes.items():
+        if value is None:
+            arrays.pop(key)
+        else:
+            arrays[key] = value
+    return arrays
+
+
+BAD = {
+    "missing_diff": (_mutate(diff3d=None), "diff3d", "neither key"),
+    "missing_coords": (_mutate(xcoords=None), "xcoords", "key missing"),
+    "coords_length": (_mutate(ycoords=np.zeros(4)), "ycoords", "length 6"),
+    "nan": (_mutate(diff3d=np.full((6, 8, 8), np.nan, np.float32)), "diff3d", "NaN or Inf"),
+    "inf_coords": (_mutate(xcoords=np.array([4, 5, np.inf, 7, 8, 9.0])), "xcoords", "NaN or Inf"),
+    "negative": (_mutate(diff3d=-np.ones((6, 8, 8), np.float32)), "diff3d", "non-negative"),
+    "complex": (_mutate(diff3d=np.ones((6, 8, 8), np.complex64)), "diff3d", "dtype complex64"),
+    "integer": (_mutate(diff3d=np.ones((6, 8, 8), np.int64)), "diff3d", "sqrt(counts)"),
+    "outside": (_mutate(xcoords=np.array([4, 5, 6, 7, 8, 21.0])), "xcoords/ycoords", "leaving it"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_inputs_are_rejected_naming_file_key_and_keys(tmp_path, case):
+    arrays, key, found = BAD[case]
+    path = _save(tmp_path / f"{case}.npz", arrays)
+    with pytest.raises(DataError) as err:
+        read_dataset(path)
+    msg = str(err.value)
+    assert str(path) in msg and f"'{key}'" in msg and found in msg
+    assert "Keys present: [" in msg and "probeGuess" in msg
+
+
+class _Trap:
+    """Unpickling this would create a file: proof that the reader never unpickles."""
+
+    def __init__(self, marker: pathlib.Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (pathlib.Path.touch, (self.marker,))
+
+
+def test_object_arrays_are_refused_without_unpickling(tmp_path):
+    marker = tmp_path / "unpickled"
+    arrays = _valid()
+    arrays["metadata"] = np.array([_Trap(marker)], dtype=object)
+    path = tmp_path / "pickled.npz"
+    np.savez(path, **arrays)
+    pickle.dumps(arrays["metadata"])  # the trap is real: pickle can serialise it
+    with pytest.raises(DataError, match=r"key 'metadata'.*object \(pickled\) array, refused"):
+        read_dataset(path)
+    assert not marker.exists()
+
+
+def test_empty_truncated_and_foreign_files(tmp_path):
+    empty = tmp_path / "empty.npz"
+    empty.write_bytes(b"")
+    with pytest.raises(DataError, match=r"empty\.npz: file: .*empty file"):
+        read_dataset(empty)
+    good = _save(tmp_path / "good.npz", _valid(m=50, n=16))
+    cut = tmp_path / "cut.npz"
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(DataError, match=r"cut\.npz"):
+        read_dataset(cut)
+    text = tmp_path / "notes.npz"
+    text.write_text("not data")
+    with pytest.raises(DataError, match=r"notes\.npz: file: expected an NPZ \(zip\) or HDF5 file"):
+        read_dataset(text)
+    with pytest.raises(DataError, match="no such file"):
+        read_dataset(tmp_path / "absent.npz")
+
+
+def test_hdf5_missing_key_is_named(tmp_path):
+    path = tmp_path / "bad.h5"
+    with h5py.File(path, "w") as f:
+        for k, v in _valid().items():
+            if k not in ("metadata", "diff3d"):
+                f[k] = v
+    with pytest.raises(DataError, match=r"bad\.h5: key 'diff3d'.*Keys present: \['Y', 'objectGuess'"):
+        read_dataset(path)
+
+
+def test_failed_write_leaves_nothing_behind(tmp_path):
+    target = tmp_path / "out.npz"
+
+    def half_then_crash(tmp):
+        tmp.write_bytes(b"PK\x03\x04 partial")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write_with(target, half_then_crash)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_subset_keeps_original_scan_index():
+    arrays = _valid()
+    data = PtychoData(arrays["diff3d"], arrays["xcoords"], arrays["ycoords"], arrays["probeGuess"],
+                      arrays["objectGuess"])
+    sub = data.subset(np.array([4, 1]))
+    np.testing.assert_array_equal(sub.scan_index, [4, 1])
+    np.testing.assert_array_equal(sub.subset(np.array([1])).scan_index, [1])

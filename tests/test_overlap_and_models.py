@@ -1,0 +1,97 @@
+"""Model-level identities: the overlap constraint, and real tiny trainings whose loss falls."""
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+
+from ptylab.cache import load_or_simulate
+from ptylab.datamodule import GroupedPatterns, make_loader
+from ptylab.grouping import group_positions
+from ptylab.job import build_model
+from ptylab.config import ModelConfig
+from ptylab.models import PINN, Supervised
+from ptylab.models.base import support_mask
+from ptylab.models.overlap import merge_overlaps
+from ptylab.physics import extract_patches, poisson_nll
+
+
+def test_merge_is_identity_for_patches_cut_from_one_object():
+    rng = np.random.default_rng(0)
+    obj = torch.from_numpy((0.5 + rng.random((64, 64)) + 1j * rng.random((64, 64))).astype(np.complex64))
+    n = 16
+    centres = torch.tensor([[30.0, 30.0], [33.0, 30.0], [30.0, 34.0], [35.0, 35.0]])  # (x, y)
+    patches = extract_patches(obj, centres[:, 0], centres[:, 1], n)
+    support = support_mask(n, "full")
+    offsets = (centres - centres.mean(dim=0))[None]  # centroid (32, 32.25) is fractional
+    merged = merge_overlaps(patches[None], support, offsets)
+    # patches cut from one object agree where they overlap, so averaging gives them back exactly
+    torch.testing.assert_close(merged[0], patches, atol=1e-5, rtol=0)
+
+
+def test_merge_averages_inconsistent_patches_and_gridsize_one_is_identity():
+    p = torch.ones(1, 2, 8, 8, dtype=torch.complex64)
+    p[0, 1] *= 3
+    zero = torch.zeros(1, 2, 2)
+    out = merge_overlaps(p, torch.ones(8, 8), zero)
+    torch.testing.assert_close(out, torch.full_like(p, 2.0))
+    single = torch.randn(3, 1, 8, 8, dtype=torch.complex64)
+    assert merge_overlaps(single, torch.ones(8, 8), torch.zeros(3, 1, 2)) is single
+
+
+def _nll_on(model, batch):
+    with torch.no_grad():
+        pred = model.predicted_counts(model.predict_object(batch["diff"], batch["offsets"]))
+        return float(poisson_nll(pred, batch["diff"].square()))
+
+
+@pytest.mark.parametrize("gridsize", [1, 2])
+def test_tiny_pinn_training_lowers_poisson_nll(small_dataset_cfg, tmp_path, gridsize):
+    src = load_or_simulate(small_dataset_cfg, 1e4, 0, tmp_path / "cache")
+    train = src.train
+    L.seed_everything(0, verbose=False)
+    model = build_model(ModelConfig(base_filters=[8, 16, 32], width=1, lr=3e-3), gridsize, train)
+    groups = group_positions(train.xcoords, train.ycoords, gridsize, 7)
+    ds = GroupedPatterns(train.diff3d, groups)
+    probe_batch = ds.__getitems__(list(range(min(32, len(ds)))))
+    # the NLL of the true object is the floor this loss can approach
+    truth = torch.from_numpy(train.Y[groups.indices[: len(probe_batch["index"])]])
+    with torch.no_grad():
+        floor = float(poisson_nll(model.predicted_counts(truth), probe_batch["diff"].square()))
+    before = _nll_on(model, probe_batch)
+    trainer = L.Trainer(max_epochs=6, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, deterministic=True)
+    trainer.fit(model, make_loader(ds, 8, True, 0))
+    after = _nll_on(model, probe_batch)
+    assert after < before
+    assert (before - after) > 0.3 * (before - floor), (before, after, floor)
+
+
+def test_supervised_baseline_learns_and_refuses_data_without_y(small_dataset_cfg, tmp_path):
+    train = load_or_simulate(small_dataset_cfg, 1e4, 0, tmp_path / "cache").train
+    L.seed_everything(0, verbose=False)
+    model = build_model(ModelConfig(name="supervised", base_filters=[8, 16, 32], width=1, lr=3e-3), 1, train)
+    assert isinstance(model, Supervised)
+    ds = GroupedPatterns(train.diff3d, group_positions(train.xcoords, train.ycoords, 1), train.Y)
+    batch = ds.__getitems__(list(range(32)))
+    before = float(model.training_loss(batch)["loss"])
+    L.Trainer(max_epochs=5, accelerator="cpu", logger=False, enable_checkpointing=False,
+              enable_progress_bar=False, enable_model_summary=False).fit(model, make_loader(ds, 8, True, 0))
+    after = float(model.training_loss(batch)["loss"])
+    assert after < 0.8 * before, (before, after)
+    train.Y = None
+    with pytest.raises(ValueError, match="needs ground-truth patches 'Y'"):
+        build_model(ModelConfig(name="supervised"), 1, train)
+    with pytest.raises(ValueError, match="trains at gridsize 1"):
+        build_model(ModelConfig(name="supervised"), 2, train)
+
+
+def test_checkpoint_loads_outside_hydra(tmp_path):
+    model = PINN(N=16, gridsize=2, base_filters=(4, 8, 8), width=1, probe=torch.ones(16, 16, dtype=torch.complex64),
+                 intensity_scale=5.0, input_scale=0.3)
+    trainer = L.Trainer(max_epochs=0, logger=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.strategy.connect(model)
+    trainer.save_checkpoint(tmp_path / "m.ckpt")
+    again = PINN.load_from_checkpoint(tmp_path / "m.ckpt", weights_only=True)
+    assert again.hparams["gridsize"] == 2 and float(again.input_scale) == pytest.approx(0.3)
+    torch.testing.assert_close(again.probe, model.probe)

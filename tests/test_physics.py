@@ -1,0 +1,84 @@
+import numpy as np
+import pytest
+import torch
+
+from ptylab.data import read_dataset, write_dataset
+from ptylab.physics import (
+    dose_scale,
+    effective_probe_radius,
+    exit_wave_intensity,
+    extract_patches,
+    far_field,
+    make_probe,
+)
+from ptylab.simulate import simulate
+
+
+def test_far_field_conserves_energy():
+    gen = torch.Generator().manual_seed(0)
+    psi = torch.complex(torch.randn(5, 32, 32, generator=gen), torch.randn(5, 32, 32, generator=gen))
+    spectrum = far_field(psi)
+    torch.testing.assert_close(spectrum.abs().square().sum(dim=(-2, -1)), psi.abs().square().sum(dim=(-2, -1)),
+                               rtol=1e-5, atol=1e-4)
+    # zero frequency at the array centre: a flat field puts all energy in pixel (N/2, N/2)
+    flat = far_field(torch.ones(1, 32, 32, dtype=torch.complex64))
+    assert flat.abs().argmax().item() == 16 * 32 + 16
+
+
+def test_dose_scale_makes_mean_intensity_equal_nphotons():
+    probe = make_probe(32, 11, 1.0)
+    obj = torch.from_numpy((0.5 + np.random.default_rng(0).random((80, 80))).astype(np.complex64))
+    x = torch.tensor([20.0, 40.0, 55.5])
+    y = torch.tensor([30.0, 41.25, 50.0])
+    patches = extract_patches(obj, x, y, 32)
+    s = dose_scale(probe, patches, 1234.0)
+    mean_total = (exit_wave_intensity(torch.from_numpy(probe), patches) * s**2).sum(dim=(-2, -1)).mean()
+    assert mean_total.item() == pytest.approx(1234.0, rel=1e-5)
+
+
+def test_extract_patches_integer_positions_match_slicing_and_subpixel_interpolates():
+    rng = np.random.default_rng(1)
+    obj = (rng.random((64, 64)) + 1j * rng.random((64, 64))).astype(np.complex64)
+    t = torch.from_numpy(obj)
+    p = extract_patches(t, torch.tensor([20.0]), torch.tensor([30.0]), 16)[0].numpy()
+    np.testing.assert_allclose(p, obj[30 - 8 : 30 + 8, 20 - 8 : 20 + 8], atol=1e-6)
+    half = extract_patches(t, torch.tensor([20.5]), torch.tensor([30.0]), 16)[0].numpy()
+    expected = 0.5 * (obj[22:38, 12:28] + obj[22:38, 13:29])
+    np.testing.assert_allclose(half, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("dose", [1e3, 1e4, 1e5])
+def test_mean_counts_per_pattern_within_one_percent_of_dose(small_dataset_cfg, dose):
+    train, test, summary = simulate(small_dataset_cfg, dose, seed=3)
+    counts = np.concatenate([train.diff3d, test.diff3d]).astype(np.float64) ** 2
+    mean_total = counts.sum(axis=(1, 2)).mean()
+    assert mean_total == pytest.approx(dose, rel=0.01)
+    assert train.metadata["nphotons"] == dose
+    assert summary["intensity_scale"] == train.metadata["intensity_scale"]
+    # counts are integers: amplitudes are exact square roots of them
+    np.testing.assert_allclose(counts, np.round(counts), atol=1e-3 * max(1.0, dose / 1e3))
+
+
+def test_split_is_by_position(small_dataset_cfg):
+    train, test, _ = simulate(small_dataset_cfg, 1e3, seed=0)
+    mid = small_dataset_cfg.object_size / 2
+    assert np.all(train.ycoords < mid) and np.all(test.ycoords >= mid)
+    assert train.n_positions > 0 and test.n_positions > 0
+
+
+def test_same_seed_gives_identical_bytes_other_seed_other_noise(small_dataset_cfg, tmp_path):
+    a_train, _, _ = simulate(small_dataset_cfg, 1e3, seed=7)
+    b_train, _, _ = simulate(small_dataset_cfg, 1e3, seed=7)
+    c_train, _, _ = simulate(small_dataset_cfg, 1e3, seed=8)
+    for name, data in (("a", a_train), ("b", b_train)):
+        write_dataset(tmp_path / f"{name}.npz", data)
+    assert (tmp_path / "a.npz").read_bytes() == (tmp_path / "b.npz").read_bytes()
+    assert not np.array_equal(a_train.diff3d, c_train.diff3d)
+    # same noiseless physics: the expected counts agree, only the noise differs
+    assert abs(float((a_train.diff3d**2).mean()) - float((c_train.diff3d**2).mean())) < 0.05 * float(
+        (a_train.diff3d**2).mean())
+    np.testing.assert_array_equal(read_dataset(tmp_path / "a.npz").diff3d, a_train.diff3d)
+
+
+def test_effective_radius_of_a_sharp_disc_is_its_radius():
+    assert effective_probe_radius(make_probe(64, 22, 0.0)) == pytest.approx(11, rel=0.03)

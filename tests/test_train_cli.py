@@ -1,0 +1,119 @@
+"""train.py and reconstruct.py run as a user would, in subprocesses, on tiny data."""
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ptylab.bundle import load_bundle
+from ptylab.data import read_dataset
+
+from .conftest import ROOT, SMALL_OVERRIDES, TINY_TRAIN, run_script
+
+SHA_LINE = re.compile(r"\[dose=1e3 view=dense gs=2 model=pinn\] bundle wts\.h5\.zip sha256 ([0-9a-f]{64})")
+
+
+def _train(tmp_path: Path, *extra: str):
+    return run_script(["train.py", "dose=1000", "view=dense", "gridsize=2", f"paths.output_root={tmp_path}",
+                       *SMALL_OVERRIDES, *TINY_TRAIN, *extra], cwd=ROOT)
+
+
+def _run_dirs(root: Path) -> list[Path]:
+    return sorted(p.parent for p in (root / "runs").glob("*/*/training_manifest.json"))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    res = _train(root)
+    assert res.returncode == 0, res.stderr[-4000:]
+    return root, res
+
+
+def test_run_directory_has_everything_the_design_lists(trained):
+    root, res = trained
+    (run,) = _run_dirs(root)
+    assert re.search(r"_dose1e3_dense_gs2_pinn$", run.name)
+    for name in (".hydra/config.yaml", "checkpoints/last.ckpt", "wts.h5.zip", "wts.h5.zip.sha256", "params.json",
+                 "training_manifest.json", "metrics.json", "reconstruction.npz", "reconstruction.png", "frc.png",
+                 "logs/metrics.csv"):
+        assert (run / name).exists(), name
+    manifest = json.loads((run / "training_manifest.json").read_text())
+    job = manifest["jobs"][0]
+    assert manifest["status"] == job["status"] == "succeeded"
+    assert job["bundle_path"] == "wts.h5.zip" and re.fullmatch(r"[0-9a-f]{64}", job["bundle_sha256"])
+    assert job["epochs"] == 2 and job["checkpoint_path"] == "checkpoints/last.ckpt"
+    assert job["dataset"]["cache_key"] and job["dataset"]["files"]["train.npz"]["sha256"]
+    assert manifest["skipped_count"] == 0 and manifest["skip_summary_path"] is None
+    assert SHA_LINE.search(res.stdout).group(1) == job["bundle_sha256"]
+    assert load_bundle(run / "wts.h5.zip").sha256 == job["bundle_sha256"]
+    params = json.loads((run / "params.json").read_text())
+    assert params["nphotons"] == 1000.0 and params["gridsize"] == 2 and params["output_prefix"] == str(run)
+    rec = np.load(run / "reconstruction.npz")
+    assert rec["object"].dtype == np.complex64 and rec["object"].shape == rec["ground_truth"].shape
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert {"mae", "mse", "psnr", "ssim", "ms_ssim", "frc_1_7", "frc_0_5"} <= set(metrics["phase"])
+
+
+def test_same_config_gives_the_same_bundle_digest(trained, tmp_path):
+    root, first = trained
+    again = _train(tmp_path)
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert SHA_LINE.search(again.stdout).group(1) == SHA_LINE.search(first.stdout).group(1)
+
+
+def test_reconstruct_from_the_bundle_alone(trained, tmp_path):
+    root, _ = trained
+    (run,) = _run_dirs(root)
+    data = next((root / "cache").glob("*/test.npz"))
+    res = run_script(["scripts/reconstruct.py", f"bundle={run / 'wts.h5.zip'}", f"data={data}",
+                      f"output_dir={tmp_path / 'rec'}"], cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-4000:]
+    obj = np.load(tmp_path / "rec" / "object.npz")["object"]
+    assert obj.dtype == np.complex64 and obj.shape == read_dataset(data).obj.shape
+    assert np.count_nonzero(obj) > 0 and (tmp_path / "rec" / "object.png").is_file()
+    tampered = tmp_path / "bad.zip"
+    raw = bytearray((run / "wts.h5.zip").read_bytes())
+    raw[100] ^= 0xFF
+    tampered.write_bytes(bytes(raw))
+    bad = run_script(["scripts/reconstruct.py", f"bundle={tampered}", f"data={data}", f"output_dir={tmp_path / 'x'}"],
+                     cwd=ROOT)
+    assert bad.returncode == 2 and str(tampered) in bad.stderr
+
+
+def test_resume_from_last_checkpoint_continues_from_its_epoch(trained, tmp_path):
+    root, _ = trained
+    (run,) = _run_dirs(root)
+    res = _train(tmp_path, f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", "trainer.max_epochs=3")
+    assert res.returncode == 0, res.stderr[-4000:]
+    (resumed,) = _run_dirs(tmp_path)
+    job = json.loads((resumed / "training_manifest.json").read_text())["jobs"][0]
+    assert job["epochs"] == 3 and len(job["loss_history"]["train"]) == 1  # only epoch 2 ran
+
+
+@pytest.mark.parametrize("problem", ["missing", "malformed"])
+def test_bad_data_file_fails_truthfully_with_nonzero_exit(tmp_path, problem):
+    train_file = tmp_path / "train.npz"
+    if problem == "malformed":
+        np.savez(train_file, diffraction=np.ones((3, 4, 4), np.int32))
+    res = run_script(["train.py", "dataset=npz", f"dataset.train_file={train_file}",
+                      f"dataset.test_file={train_file}", f"paths.output_root={tmp_path}", *TINY_TRAIN], cwd=ROOT)
+    assert res.returncode != 0
+    (run,) = _run_dirs(tmp_path)
+    manifest = json.loads((run / "training_manifest.json").read_text())
+    job = manifest["jobs"][0]
+    assert manifest["status"] == job["status"] == "failed" and job["bundle_sha256"] is None
+    assert str(train_file) in job["error"] and "FAILED" in res.stdout
+    assert not (run / "wts.h5.zip").exists()
+
+
+def test_skipped_view_is_recorded_and_exits_zero(tmp_path):
+    res = _train(tmp_path, "view=sparse", "view.min_train_positions=100000")
+    assert res.returncode == 0, res.stderr[-4000:]
+    (run,) = _run_dirs(tmp_path)
+    manifest = json.loads((run / "training_manifest.json").read_text())
+    assert manifest["status"] == "skipped" and manifest["skipped_count"] == 1
+    assert manifest["skip_summary_path"] == "skip_summary.json" and (run / "skip_summary.json").is_file()
+    assert "SKIPPED" in res.stdout and "fewer than the 100000" in res.stdout
