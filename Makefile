@@ -32,10 +32,14 @@ bench-quick: $(STAMP)
 	$(PY) scripts/benchmark.py --quick
 
 # Optional pty-chi environment for the LSQML reference (torch 2.14.1 + torchvision 0.29.1 from local wheels).
+# The base pin (torch==2.13.0) cannot coexist with it, so the project goes in with --no-deps after
+# its other dependencies, read from pyproject.toml without the torch pin.
 .venv-ptychi/.installed: pyproject.toml
 	$(PYTHON) -m venv .venv-ptychi
-	.venv-ptychi/bin/python -m pip install --quiet torch==2.14.1 torchvision==0.29.1
-	.venv-ptychi/bin/python -m pip install --quiet -e '.[dev,ptychi]'
+	$(PYTHON) scripts/requirements_without_torch.py > .venv-ptychi/requirements.txt
+	.venv-ptychi/bin/python -m pip install --quiet torch==2.14.1 torchvision==0.29.1 'ptychi>=2.2' \
+		-r .venv-ptychi/requirements.txt
+	.venv-ptychi/bin/python -m pip install --quiet --no-deps -e .
 	touch .venv-ptychi/.installed
 
 ptychi: .venv-ptychi/.installed

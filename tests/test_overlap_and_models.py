@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from ptylab.cache import load_or_simulate
+from ptylab.config import ModelConfig
 from ptylab.datamodule import GroupedPatterns, make_loader
 from ptylab.grouping import group_positions
 from ptylab.job import build_model
-from ptylab.config import ModelConfig
 from ptylab.models import PINN, Supervised
 from ptylab.models.base import support_mask
 from ptylab.models.overlap import merge_overlaps

@@ -58,7 +58,7 @@ def test_run_directory_has_everything_the_design_lists(trained):
 
 
 def test_same_config_gives_the_same_bundle_digest(trained, tmp_path):
-    root, first = trained
+    _, first = trained
     again = _train(tmp_path)
     assert again.returncode == 0, again.stderr[-4000:]
     assert SHA_LINE.search(again.stdout).group(1) == SHA_LINE.search(first.stdout).group(1)

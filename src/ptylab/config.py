@@ -123,7 +123,7 @@ def format_dose(dose: float) -> str:
     """Short, readable dose tag for directory names: 1000 -> '1e3', 1500 -> '1.5e3'."""
     if dose <= 0:
         return str(dose)
-    exponent = int(math.floor(math.log10(dose)))
+    exponent = math.floor(math.log10(dose))
     mantissa = round(dose / 10**exponent, 3)
     if mantissa >= 10:
         mantissa, exponent = mantissa / 10, exponent + 1

@@ -53,7 +53,7 @@ class PtychoData:
         return int(self.diff3d.shape[0])
 
     @property
-    def N(self) -> int:  # noqa: N802 - the physics literature's name
+    def N(self) -> int:
         return int(self.diff3d.shape[-1])
 
     def subset(self, index: np.ndarray) -> PtychoData:

@@ -62,7 +62,7 @@ def make_loader(dataset: GroupedPatterns, batch_size: int, shuffle: bool, seed: 
 def split_train_val(n: int, val_fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Random, seeded validation share of the training groups (at least one group each side)."""
     perm = rng.permutation(n)
-    n_val = min(max(1, int(round(n * val_fraction))), n - 1) if val_fraction > 0 and n > 1 else 0
+    n_val = min(max(1, round(n * val_fraction)), n - 1) if val_fraction > 0 and n > 1 else 0
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
 

@@ -20,8 +20,8 @@ from skimage.registration import phase_cross_correlation
 
 from .config import EvalConfig
 from .data import PtychoData
-from .fileio import atomic_write_json, atomic_write_with
 from .figures import complex_panels, frc_curves
+from .fileio import atomic_write_json, atomic_write_with
 from .inference import Stitched, reconstruct
 from .metrics import PSNR_CAP_DB, score_image
 from .models import PtychoModule
@@ -42,7 +42,7 @@ def register(rec: np.ndarray, gt: np.ndarray, upsample_factor: int,
     if float(np.max(np.abs(shift))) > max_shift:
         return rec, (float(shift[0]), float(shift[1])), 0, False
     moved = np.fft.ifft2(fourier_shift(np.fft.fft2(rec), shift))
-    margin = int(math.ceil(float(np.max(np.abs(shift))))) + 1 if np.any(shift) else 0
+    margin = math.ceil(float(np.max(np.abs(shift)))) + 1 if np.any(shift) else 0
     return moved.astype(np.complex64), (float(shift[0]), float(shift[1])), margin, True
 
 
@@ -111,8 +111,8 @@ def write_evaluation(run_dir: Path, scores: dict[str, Any], title: str, extra: d
             np.savez(fh, object=aligned, ground_truth=gt)
 
     atomic_write_with(run_dir / "reconstruction.npz", _npz)
-    complex_panels(run_dir / "reconstruction.png", {"ground truth": gt, "reconstruction": aligned}, title,
-                   reference=gt)
+    complex_panels(run_dir / "reconstruction.png", {"ground truth": (gt, None), "reconstruction": (aligned, gt)},
+                   title)
     frc_curves(run_dir / "frc.png", {
         f"{part}": (np.asarray(scores[part]["frc_curve"]["frequency"]), np.asarray(scores[part]["frc_curve"]["frc"]))
         for part in ("amplitude", "phase")}, f"FRC against ground truth {title}")

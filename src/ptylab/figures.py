@@ -8,10 +8,10 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from .fileio import atomic_path  # noqa: E402
+from .fileio import atomic_path
 
 
 def _save(fig: Any, path: str | Path) -> None:
@@ -41,27 +41,34 @@ def dataset_preview(path: str | Path, obj: np.ndarray, splits: dict[str, tuple[n
     _save(fig, path)
 
 
-def complex_panels(path: str | Path, images: dict[str, np.ndarray], title: str,
-                   reference: np.ndarray | None = None) -> None:
-    """Amplitude and phase of each image (columns), plus error maps against ``reference`` if given."""
-    names = list(images)
-    rows = 2 if reference is None else 4
-    fig, axes = plt.subplots(rows, len(names), figsize=(3.6 * len(names), 3.3 * rows), squeeze=False)
+def complex_panels(path: str | Path, entries: dict[str, tuple[np.ndarray, np.ndarray | None]], title: str) -> None:
+    """One column per entry: amplitude and phase, plus error maps against the entry's reference.
+
+    ``entries`` maps a name to (image, reference or None); references may differ per column
+    (each method is scored on its own registered crop).
+    """
+    names = list(entries)
+    with_errors = any(ref is not None for _, ref in entries.values())
+    rows = 4 if with_errors else 2
+    fig, axes = plt.subplots(rows, len(names), figsize=(3.6 * len(names), 3.0 * rows), squeeze=False)
     for col, name in enumerate(names):
-        img = images[name]
+        img, ref = entries[name]
         panels = [(np.abs(img), "amplitude", "gray"), (np.angle(img), "phase", "twilight")]
-        if reference is not None:
-            panels += [(np.abs(img) - np.abs(reference), "amplitude error", "coolwarm"),
-                       (np.angle(img * np.conj(reference)), "phase error", "coolwarm")]
-        for row, (data, label, cmap) in enumerate(panels):
+        if ref is not None:
+            panels += [(np.abs(img) - np.abs(ref), "amplitude error", "coolwarm"),
+                       (np.angle(img * np.conj(ref)), "phase error", "coolwarm")]
+        for row in range(rows):
             ax = axes[row, col]
+            ax.axis("off")
+            if row >= len(panels):
+                continue
+            data, label, cmap = panels[row]
             if "error" in label:
                 lim = float(np.nanpercentile(np.abs(data), 99)) or 1.0
                 im = ax.imshow(data, cmap=cmap, vmin=-lim, vmax=lim)
             else:
                 im = ax.imshow(data, cmap=cmap)
             ax.set_title(f"{name}: {label}", fontsize=9)
-            ax.axis("off")
             fig.colorbar(im, ax=ax, fraction=0.046)
     fig.suptitle(title)
     _save(fig, path)

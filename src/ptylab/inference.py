@@ -83,10 +83,16 @@ def stitch(patches: np.ndarray, x: np.ndarray, y: np.ndarray, shape: tuple[int, 
     valid = weight > 1e-3
     obj = torch.zeros(h, w, dtype=torch.complex128)
     obj[valid] = torch.complex(acc[0].reshape(h, w)[valid], acc[1].reshape(h, w)[valid]) / weight[valid]
+    return Stitched(obj.numpy().astype(np.complex64), weight.numpy().astype(np.float32),
+                    scanned_bbox(x, y, crop, shape))
+
+
+def scanned_bbox(x: np.ndarray, y: np.ndarray, crop: int, shape: tuple[int, int]) -> tuple[int, int, int, int]:
+    """Rows and columns covered by the central ``crop`` region of patches at (x, y): the evaluated area."""
+    h, w = shape
     half = crop / 2
-    bbox = (max(0, math.floor(y.min() - half + 1)), min(h, math.ceil(y.max() + half)),
+    return (max(0, math.floor(y.min() - half + 1)), min(h, math.ceil(y.max() + half)),
             max(0, math.floor(x.min() - half + 1)), min(w, math.ceil(x.max() + half)))
-    return Stitched(obj.numpy().astype(np.complex64), weight.numpy().astype(np.float32), bbox)
 
 
 def reconstruct(model: PtychoModule, data: PtychoData, gridsize: int, neighbours: int, crop: int | None,
@@ -103,7 +109,7 @@ def reconstruct(model: PtychoModule, data: PtychoData, gridsize: int, neighbours
 def reconstruct_from_bundle(bundle: Bundle, data: PtychoData, batch_size: int = 64,
                             device: str | torch.device = "cpu") -> Stitched:
     info = bundle.inference
-    if data.N != info["N"]:
+    if info["N"] != data.N:
         raise ValueError(f"{bundle.path}: model expects {info['N']}x{info['N']} patterns, data has {data.N}")
     model = model_from_weights(bundle.models[info["model"]])
     return reconstruct(model, data, info["gridsize"], info["neighbours"], info.get("stitch_crop"), batch_size,
@@ -112,8 +118,8 @@ def reconstruct_from_bundle(bundle: Bundle, data: PtychoData, batch_size: int = 
 
 def write_reconstruction(out_dir: Path, stitched: Stitched, title: str) -> Path:
     """``object.npz`` (complex ``object``, stitching ``weight``) and amplitude/phase PNGs."""
-    from .fileio import atomic_write_with
     from .figures import complex_panels
+    from .fileio import atomic_write_with
 
     out_dir.mkdir(parents=True, exist_ok=True)
     r0, r1, c0, c1 = stitched.bbox
@@ -124,5 +130,5 @@ def write_reconstruction(out_dir: Path, stitched: Stitched, title: str) -> Path:
 
     path = out_dir / "object.npz"
     atomic_write_with(path, _npz)
-    complex_panels(out_dir / "object.png", {"reconstruction": stitched.obj[r0:r1, c0:c1]}, title)
+    complex_panels(out_dir / "object.png", {"reconstruction": (stitched.obj[r0:r1, c0:c1], None)}, title)
     return path

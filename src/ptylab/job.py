@@ -29,10 +29,9 @@ from .grouping import Groups, group_positions
 from .legacy_params import bridged, location_free
 from .manifest import SKIP_SUMMARY_NAME, JobContext, finished_status, new_record, read_manifest, write_manifest
 from .models import MODEL_CLASSES, PtychoModule
-from .physics import effective_probe_radius
 from .rng import stage_rng
 from .training import build_trainer
-from .views import select_view
+from .views import select_view_for
 
 log = logging.getLogger(__name__)
 BUNDLE_NAME = "wts.h5.zip"
@@ -173,8 +172,7 @@ def prepare_view(cfg: DictConfig, source: DatasetSource, run_dir: Path,
                  record: dict[str, Any]) -> tuple[PtychoData, PtychoData] | None:
     """Apply the view; None (and a skip summary) when it is too small to train on."""
     view_cfg: ViewConfig = OmegaConf.to_object(cfg.view)  # type: ignore[assignment]
-    sel = select_view(view_cfg, (source.train.xcoords, source.train.ycoords),
-                      (source.test.xcoords, source.test.ycoords), effective_probe_radius(source.train.probe))
+    sel = select_view_for(view_cfg, source.train, source.test)
     record["view"] = {**sel.stats, "skip_reason": sel.skip_reason}
     if sel.skipped:
         atomic_write_json(run_dir / SKIP_SUMMARY_NAME, {

@@ -16,7 +16,7 @@ import torch
 
 from . import __version__
 from .config import DatasetConfig
-from .data import DataError, PtychoData, read_dataset
+from .data import DataError, PtychoData
 from .physics import (
     dose_scale,
     exit_wave_intensity,

@@ -11,10 +11,9 @@ from omegaconf import DictConfig, OmegaConf
 from .cache import load_dataset
 from .config import DatasetConfig, ViewConfig
 from .data import write_dataset
-from .fileio import atomic_write_json
 from .figures import dataset_preview
-from .physics import effective_probe_radius
-from .views import select_view
+from .fileio import atomic_write_json
+from .views import select_view_for
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +33,7 @@ def run_simulate(cfg: DictConfig) -> dict[str, Any]:
     )
     if cfg.get("view") is not None:
         view: ViewConfig = OmegaConf.to_object(cfg.view)  # type: ignore[assignment]
-        sel = select_view(view, (source.train.xcoords, source.train.ycoords),
-                          (source.test.xcoords, source.test.ycoords), effective_probe_radius(source.train.probe))
+        sel = select_view_for(view, source.train, source.test)
         summary["view"] = {**sel.stats, "skipped": sel.skipped, "skip_reason": sel.skip_reason}
         if sel.skipped:
             log.warning("view skipped: %s", sel.skip_reason)

@@ -16,6 +16,8 @@ from scipy.optimize import brentq
 from scipy.spatial import cKDTree
 
 from .config import ViewConfig
+from .data import PtychoData
+from .physics import effective_probe_radius
 
 
 def overlap_fraction(d: float | np.ndarray, radius: float) -> float | np.ndarray:
@@ -123,3 +125,9 @@ def select_view(
     elif test_idx.size == 0:
         reason = f"view '{cfg.name}' keeps no test positions"
     return ViewSelection(cfg.name, train_idx, test_idx, stats, reason)
+
+
+def select_view_for(cfg: ViewConfig, train: PtychoData, test: PtychoData) -> ViewSelection:
+    """The view applied to a dataset's two splits, with the probe's own effective radius."""
+    return select_view(cfg, (train.xcoords, train.ycoords), (test.xcoords, test.ycoords),
+                       effective_probe_radius(train.probe))

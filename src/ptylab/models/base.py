@@ -35,7 +35,7 @@ class PtychoModule(L.LightningModule):
 
     def __init__(
         self,
-        N: int,  # noqa: N803
+        N: int,
         channels: int,
         base_filters: list[int],
         width: int,
@@ -61,10 +61,8 @@ class PtychoModule(L.LightningModule):
         """Amplitudes (B, C, N, N) -> (amplitude, phase) of the object patches, before the support."""
         x = (diff * self.input_scale).contiguous(memory_format=torch.channels_last)
         amp_logit, phase_logit = self.net(x)
-        if self.hparams["amp_activation"] == "sigmoid":
-            amp = torch.sigmoid(amp_logit)
-        else:
-            amp = nn.functional.silu(amp_logit)
+        sigmoid = self.hparams["amp_activation"] == "sigmoid"
+        amp = torch.sigmoid(amp_logit) if sigmoid else nn.functional.silu(amp_logit)
         return amp, math.pi * torch.tanh(phase_logit)
 
     def predict_patches(self, diff: torch.Tensor) -> torch.Tensor:

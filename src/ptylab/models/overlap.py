@@ -23,7 +23,7 @@ def merge_overlaps(patches: torch.Tensor, support: torch.Tensor, offsets: torch.
     # The canvas frame is arbitrary: move it so the anchor's offset is integral. Members whose
     # positions differ by whole pixels are then placed and cut exactly, without interpolation blur.
     offsets = offsets - (offsets[:, :1] - torch.round(offsets[:, :1]))
-    pad = int(math.ceil(float(offsets.abs().max()))) + 1
+    pad = math.ceil(float(offsets.abs().max())) + 1
     size = n + 2 * pad
     weight = support.to(patches.real.dtype).expand(b, c, n, n)
     src = torch.stack((patches.real, patches.imag, weight), dim=2).reshape(b * c, 3, n, n)

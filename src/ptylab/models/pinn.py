@@ -19,7 +19,7 @@ from .overlap import merge_overlaps
 class PINN(PtychoModule):
     def __init__(
         self,
-        N: int = 64,  # noqa: N803
+        N: int = 64,
         gridsize: int = 2,
         base_filters: tuple[int, ...] = (32, 64, 128),
         width: int = 2,

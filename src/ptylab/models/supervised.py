@@ -12,7 +12,7 @@ class Supervised(PtychoModule):
 
     def __init__(
         self,
-        N: int = 64,  # noqa: N803
+        N: int = 64,
         gridsize: int = 1,
         base_filters: tuple[int, ...] = (32, 64, 128),
         width: int = 2,

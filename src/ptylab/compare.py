@@ -1,0 +1,159 @@
+"""Put methods side by side on the same test positions and dose: PINN runs, supervised runs and
+the LSQML reference. Every requested method gets a row; one that could not run says why.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from .cache import load_dataset
+from .config import TrainConfig, format_dose
+from .data import PtychoData
+from .evaluation import headline, score_reconstruction
+from .figures import complex_panels, frc_curves
+from .fileio import atomic_write_json, atomic_write_text
+from .inference import Stitched, scanned_bbox
+from .manifest import read_manifest
+from .views import select_view_for
+
+log = logging.getLogger(__name__)
+COLUMNS = ["method", "dose", "view", "status", "reason", "amplitude_ssim", "amplitude_psnr", "amplitude_frc50_px",
+           "phase_ssim", "phase_psnr", "phase_frc50_px", "train_s", "reconstruct_s", "iterations", "source"]
+
+
+def method_name(context: dict[str, Any]) -> str:
+    if context["model"] == "pinn":
+        return f"PINN gs{context['gridsize']}"
+    return str(context["model"])
+
+
+def run_config(run_dir: Path) -> DictConfig:
+    """The job's config snapshot, typed against the schema (Hydra stores it unresolved)."""
+    snapshot = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), snapshot)
+    assert isinstance(cfg, DictConfig)
+    return cfg
+
+
+def run_row(run_dir: Path) -> dict[str, Any]:
+    """One row from a run directory's manifest and metrics; a reason instead of numbers if it has none."""
+    row: dict[str, Any] = {c: None for c in COLUMNS}
+    row["source"] = str(run_dir)
+    manifest = read_manifest(run_dir)
+    if manifest is None:
+        row.update(method=run_dir.name, status="missing", reason=f"no training_manifest.json in {run_dir}")
+        return row
+    job = manifest["jobs"][0]
+    ctx = job["context"]
+    row.update(method=method_name(ctx), dose=ctx["dose"], view=ctx["view"], status=job["status"],
+               train_s=job.get("train_s"))
+    if job["status"] != "succeeded":
+        row["reason"] = job.get("error") or f"job {job['status']}"
+        return row
+    try:
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+    except (OSError, ValueError) as exc:
+        row.update(status="failed", reason=f"metrics.json unreadable in {run_dir}: {exc}")
+        return row
+    row.update(metrics["headline"])
+    row["reconstruct_s"] = metrics.get("inference_s")
+    return row
+
+
+def rebuild_test_split(cfg: DictConfig) -> PtychoData:
+    """Rebuild the run's test positions (same dataset, dose, seed and view) from its config."""
+    source = load_dataset(OmegaConf.to_object(cfg.dataset), float(cfg.dose), int(cfg.seed),  # type: ignore[arg-type]
+                          cfg.paths.cache_dir)
+    sel = select_view_for(OmegaConf.to_object(cfg.view), source.train, source.test)  # type: ignore[arg-type]
+    return source.test.subset(sel.test_index)
+
+
+def lsqml_row(cfg: DictConfig, lsqml: DictConfig, out_dir: Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    from .lsqml import NOT_INSTALLED, ptychi_available, run_lsqml
+
+    row: dict[str, Any] = {c: None for c in COLUMNS}
+    row.update(method="LSQML", dose=float(cfg.dose), view=str(cfg.view.name), source="pty-chi")
+    if not ptychi_available():
+        row.update(status="not run", reason=NOT_INSTALLED)
+        return row, None
+    try:
+        test = rebuild_test_split(cfg)
+        obj, info = run_lsqml(test, int(lsqml.epochs), str(lsqml.noise_model), str(lsqml.device))
+        crop = cfg.eval.stitch_crop or test.N // 2
+        stitched = Stitched(obj, np.ones(obj.shape, np.float32),
+                            scanned_bbox(test.xcoords, test.ycoords, crop, obj.shape))
+        scores = score_reconstruction(stitched, test.obj, OmegaConf.to_object(cfg.eval))  # type: ignore[arg-type]
+    except Exception as exc:  # a reference that fails is reported as a row, not a crash
+        log.exception("LSQML failed")
+        row.update(status="failed", reason=f"{type(exc).__name__}: {exc}")
+        return row, None
+    row.update(headline(scores), status="succeeded", reconstruct_s=info["wall_s"], iterations=info["iterations"])
+    tag = f"lsqml_dose{format_dose(float(cfg.dose))}_{cfg.view.name}"
+    with open(out_dir / f"{tag}.npz", "wb") as fh:
+        np.savez(fh, object=scores["aligned"], ground_truth=scores["ground_truth"])
+    atomic_write_json(out_dir / f"{tag}.json", {**{k: v for k, v in scores.items()
+                                                   if k not in ("aligned", "ground_truth")}, "lsqml": info})
+    return row, scores
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 1e4 else f"{value:.3e}"
+    return "" if value is None else str(value)
+
+
+def write_tables(rows: list[dict[str, Any]], out_dir: Path, stem: str = "comparison") -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(out_dir / f"{stem}.csv", buf.getvalue())
+    lines = ["| " + " | ".join(COLUMNS[:-1]) + " |", "|" + "---|" * (len(COLUMNS) - 1)]
+    lines += ["| " + " | ".join(_fmt(r.get(c)) for c in COLUMNS[:-1]) + " |" for r in rows]
+    atomic_write_text(out_dir / f"{stem}.md", "\n".join(lines) + "\n")
+
+
+def compare(run_dirs: list[str], out_dir: Path, lsqml: DictConfig) -> list[dict[str, Any]]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = [run_row(Path(r)) for r in run_dirs]
+    panels: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
+    curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for row in rows:
+        if row["status"] != "succeeded":
+            continue
+        run = Path(row["source"])
+        label = f"{row['method']} {row['view']} {format_dose(row['dose'])}"
+        rec = np.load(run / "reconstruction.npz")
+        if not panels:
+            panels["ground truth"] = (rec["ground_truth"], None)
+        panels[label] = (rec["object"], rec["ground_truth"])
+        m = json.loads((run / "metrics.json").read_text())["phase"]["frc_curve"]
+        curves[f"{label} (phase)"] = (np.asarray(m["frequency"]), np.asarray(m["frc"]))
+    if lsqml.enabled:
+        seen: set[tuple[float, str]] = set()
+        for row in list(rows):
+            if row["status"] != "succeeded" or (row["dose"], row["view"]) in seen:
+                continue
+            seen.add((row["dose"], row["view"]))
+            lrow, scores = lsqml_row(run_config(Path(row["source"])), lsqml, out_dir)
+            rows.append(lrow)
+            if scores is not None:
+                label = f"LSQML {row['view']} {format_dose(row['dose'])}"
+                panels[label] = (scores["aligned"], scores["ground_truth"])
+                c = scores["phase"]["frc_curve"]
+                curves[f"{label} (phase)"] = (np.asarray(c["frequency"]), np.asarray(c["frc"]))
+    write_tables(rows, out_dir)
+    atomic_write_json(out_dir / "comparison.json", rows)
+    if panels:
+        complex_panels(out_dir / "comparison.png", panels, "test split: each method against the ground truth")
+        frc_curves(out_dir / "comparison_frc.png", curves, "FRC against ground truth")
+    return rows
+

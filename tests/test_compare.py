@@ -1,0 +1,63 @@
+"""scripts/compare.py on real (tiny) runs, a failed run and a missing one; LSQML where pty-chi exists."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from ptylab.config import EvalConfig
+from ptylab.evaluation import score_reconstruction
+from ptylab.inference import Stitched, scanned_bbox
+from ptylab.lsqml import ptychi_available
+
+from .conftest import ROOT, SMALL_OVERRIDES, TINY_TRAIN, run_script
+
+
+def test_compare_lists_every_run_with_numbers_or_reasons(tmp_path):
+    ok = run_script(["train.py", "dose=1000", "gridsize=1", f"paths.output_root={tmp_path}", *SMALL_OVERRIDES,
+                     *TINY_TRAIN], cwd=ROOT)
+    assert ok.returncode == 0, ok.stderr[-3000:]
+    bad = run_script(["train.py", "dataset=npz", f"dataset.train_file={tmp_path / 'absent.npz'}",
+                      f"dataset.test_file={tmp_path / 'absent.npz'}", f"paths.output_root={tmp_path}", *TINY_TRAIN],
+                     cwd=ROOT)
+    assert bad.returncode != 0
+    good_run, failed_run = (p.parent for p in sorted((tmp_path / "runs").glob("*/*/training_manifest.json")))
+    missing = tmp_path / "never_ran"
+    res = run_script(["scripts/compare.py", f"runs=[{good_run},{failed_run},{missing}]",
+                      f"output_dir={tmp_path / 'cmp'}", "lsqml.epochs=5"], cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = list(csv.DictReader(open(tmp_path / "cmp" / "comparison.csv")))
+    by_source = {r["source"]: r for r in rows}
+    assert by_source[str(good_run)]["status"] == "succeeded"
+    assert float(by_source[str(good_run)]["phase_ssim"]) <= 1.0
+    assert by_source[str(failed_run)]["status"] == "failed" and "absent.npz" in by_source[str(failed_run)]["reason"]
+    assert by_source[str(missing)]["status"] == "missing" and "no training_manifest.json" in by_source[str(missing)][
+        "reason"]
+    lsqml = [r for r in rows if r["method"] == "LSQML"]
+    assert len(lsqml) == 1 and lsqml[0]["status"] in ("succeeded", "not run")
+    if lsqml[0]["status"] == "not run":
+        assert "make ptychi" in lsqml[0]["reason"]
+    for row in rows:  # never an empty row: numbers or a reason
+        assert row["phase_ssim"] or row["reason"]
+    assert (tmp_path / "cmp" / "comparison.md").read_text().count("\n") == len(rows) + 2
+    assert (tmp_path / "cmp" / "comparison.png").is_file()
+
+
+@pytest.mark.skipif(not ptychi_available(), reason="pty-chi is not installed here (make ptychi builds .venv-ptychi)")
+def test_lsqml_beats_its_flat_start(small_dataset_cfg, tmp_path):
+    from ptylab.cache import load_or_simulate
+    from ptylab.lsqml import run_lsqml
+
+    test = load_or_simulate(small_dataset_cfg, 1e4, 0, tmp_path).test
+    obj, info = run_lsqml(test, epochs=30)
+    assert info["start"] == "flat" and info["iterations"] == 30
+    bbox = scanned_bbox(test.xcoords, test.ycoords, test.N // 2, obj.shape)
+    ones = np.ones(obj.shape, np.float32)
+    flat = score_reconstruction(Stitched(np.ones_like(obj), ones, bbox), test.obj, EvalConfig())
+    got = score_reconstruction(Stitched(obj, ones, bbox), test.obj, EvalConfig())
+    assert got["phase"]["ssim"] > flat["phase"]["ssim"] + 0.1
+    assert got["amplitude"]["ssim"] > flat["amplitude"]["ssim"] + 0.1
+    # positions passed in pty-chi's convention: the object lands where it belongs
+    assert max(abs(s) for s in got["registration"]["shift_yx"]) < 0.5
+    json.dumps(info)

@@ -1,0 +1,84 @@
+"""Metrics on cases with known answers."""
+
+import math
+
+import numpy as np
+import pytest
+from scipy.ndimage import fourier_shift
+
+from ptylab.config import EvalConfig
+from ptylab.evaluation import register, score_reconstruction
+from ptylab.inference import Stitched
+from ptylab.metrics import PSNR_CAP_DB, frc_curve, frc_resolution, ms_ssim_scales, psnr, score_image
+from ptylab.physics import make_object
+
+
+@pytest.fixture(scope="module")
+def obj():
+    return make_object(128, "camera", "astronaut", 0.3, 2.0)
+
+
+def test_identical_images_score_perfectly(obj):
+    amp = np.abs(obj)
+    s = score_image(amp, amp)
+    assert s["mae"] == 0 and s["mse"] == 0
+    assert s["ssim"] == pytest.approx(1.0) and s["ms_ssim"] == pytest.approx(1.0)
+    assert s["psnr"] == PSNR_CAP_DB  # infinite PSNR is capped (and documented) at 100 dB
+    assert s["frc_0_5"]["reached_nyquist"] and s["frc_1_7"]["period_px"] == pytest.approx(2.0, rel=0.02)
+
+
+def test_psnr_textbook_value_and_dependence_on_data_range():
+    target = np.linspace(0, 1, 400).reshape(20, 20)
+    pred = target + 0.1  # MSE = 0.01
+    assert psnr(pred, target, 1.0) == pytest.approx(20.0, abs=1e-5)
+    assert psnr(pred, target, 2.0) == pytest.approx(20.0 + 20 * math.log10(2), abs=1e-5)
+    # score_image takes the range from the ground truth itself, never 255
+    assert score_image(pred * 3, target * 3)["psnr"] == pytest.approx(20.0, abs=1e-5)
+    assert score_image(pred * 3, target * 3)["data_range"] == pytest.approx(3.0)
+
+
+def test_registration_recovers_a_known_subpixel_shift(obj):
+    gt = obj[20:100, 10:110]
+    shifted = np.fft.ifft2(fourier_shift(np.fft.fft2(gt), (1.3, -0.7))).astype(np.complex64)
+    moved, shift, margin, applied = register(shifted, gt, upsample_factor=20, max_shift=4)
+    assert applied and shift == pytest.approx((-1.3, 0.7), abs=0.05)
+    inner = (slice(margin, -margin), slice(margin, -margin))
+    assert np.abs(moved[inner] - gt[inner]).mean() < 0.02 * np.abs(gt).mean()
+
+
+def test_scores_ignore_global_phase_and_amplitude_scale(obj):
+    stitched = Stitched((0.5 * obj * np.exp(1j * 0.8)).astype(np.complex64), np.ones(obj.shape, np.float32),
+                        (10, 100, 10, 120))
+    s = score_reconstruction(stitched, obj, EvalConfig())
+    assert s["phase"]["ssim"] == pytest.approx(1.0, abs=1e-4)
+    assert s["amplitude"]["ssim"] == pytest.approx(1.0, abs=1e-4)
+    assert s["alignment"]["phase_offset"] == pytest.approx(0.8, abs=1e-4)
+    assert s["alignment"]["amplitude_scale"] == pytest.approx(2.0, rel=1e-4)
+
+
+def test_frc_of_an_image_with_itself_is_one_and_of_independent_noise_about_zero(obj):
+    amp = np.abs(obj)
+    _, same = frc_curve(amp, amp)
+    np.testing.assert_allclose(same, 1.0, atol=1e-9)
+    rng = np.random.default_rng(0)
+    freq, noise = frc_curve(rng.normal(size=(128, 128)), rng.normal(size=(128, 128)))
+    # a ring of n pixels scatters by about 1/sqrt(n): loose at the centre, tight further out
+    assert abs(noise.mean()) < 0.03 and np.abs(noise[10:]).mean() < 0.08 and np.abs(noise[10:]).max() < 0.3
+    res = frc_resolution(freq, noise, 0.5)
+    assert not res["reached_nyquist"] and res["frequency"] == pytest.approx(freq[0])
+
+
+def test_frc_threshold_crossing_is_interpolated():
+    freq = np.array([0.1, 0.2, 0.3, 0.4])
+    curve = np.array([0.9, 0.7, 0.3, 0.1])
+    res = frc_resolution(freq, curve, 0.5)
+    assert res["frequency"] == pytest.approx(0.25) and res["period_px"] == pytest.approx(4.0)
+
+
+def test_ms_ssim_scales_fit_the_image():
+    assert ms_ssim_scales((512, 512)) == 5
+    assert ms_ssim_scales((112, 224)) == 4
+    assert ms_ssim_scales((30, 30)) == 2
+    assert ms_ssim_scales((20, 20)) < 2
+    s = score_image(np.ones((20, 20)), np.ones((20, 20)) * 0.5)
+    assert s["ms_ssim"] is None and s["ms_ssim_scales"] < 2
