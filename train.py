@@ -21,6 +21,8 @@ from ptylab.job import run_job, summary_line
 def main(cfg: DictConfig) -> str:
     hc = HydraConfig.get()
     record = run_job(cfg, hc.runtime.output_dir)
+    if record["status"] == "rank-nonzero":  # DDP: rank zero reports for the job
+        return str(record["status"])
     print(summary_line(record), flush=True)
     if record["status"] == "failed" and hc.mode == RunMode.RUN:
         sys.exit(1)

@@ -17,6 +17,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from .bundle import ModelWeights, write_bundle
@@ -137,7 +138,7 @@ def train_model(cfg: DictConfig, run_dir: Path, train: PtychoData, record: dict[
         "checkpoint_path": _relative(checkpoint.last_model_path, run_dir),
         "best_checkpoint_path": _relative(best, run_dir),
     })
-    if history.train:
+    if history.train and trainer.is_global_zero:
         from .figures import loss_curve
 
         loss_curve(run_dir / "loss.png", list(range(len(history.train))),
@@ -183,7 +184,12 @@ def prepare_view(cfg: DictConfig, source: DatasetSource, run_dir: Path,
 
 
 def run_job(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
-    """Run one job into ``run_dir`` and return its manifest record (never raises for job failures)."""
+    """Run one job into ``run_dir`` and return its manifest record (never raises for job failures).
+
+    Under DDP every rank trains, but only rank zero writes params, bundle, metrics and manifest.
+    """
+    if rank_zero_only.rank != 0:
+        return _train_only(cfg, Path(run_dir))
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     ctx = context_of(cfg)
@@ -226,6 +232,17 @@ def run_job(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         record["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         write_manifest(run_dir, record)
     return record
+
+
+def _train_only(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """A non-zero DDP rank: same data and training, no files of its own."""
+    with bridged(cfg, str(run_dir)):
+        source = load_dataset(OmegaConf.to_object(cfg.dataset), float(cfg.dose), int(cfg.seed),  # type: ignore[arg-type]
+                              cfg.paths.cache_dir)
+        sel = select_view_for(OmegaConf.to_object(cfg.view), source.train, source.test)  # type: ignore[arg-type]
+        if not sel.skipped:
+            train_model(cfg, run_dir, source.train.subset(sel.train_index), {})
+    return {"status": "rank-nonzero", "label": context_of(cfg).label()}
 
 
 def evaluate_job(cfg: DictConfig, run_dir: Path, model: PtychoModule, test: PtychoData,

@@ -1,0 +1,136 @@
+"""Turn a sweep into a study report: table (CSV, Markdown), metric-vs-dose plots, one HTML page.
+
+Reads only manifests and metrics files (and LSQML results where compare.py wrote them), so it
+works on a sweep directory copied from a cluster.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+from .config import format_dose
+from .figures import metric_vs_dose
+from .fileio import atomic_write_text
+from .manifest import MANIFEST_NAME, read_manifest
+
+METRICS = ["amplitude_ssim", "phase_ssim", "amplitude_psnr", "phase_psnr", "amplitude_frc50_px", "phase_frc50_px"]
+COLUMNS = ["dose", "view", "model", "gridsize", "status", *METRICS, "amplitude_ms_ssim", "phase_ms_ssim",
+           "amplitude_mae", "phase_mae", "epochs", "duration_s", "bundle_sha256", "run_dir", "reason"]
+
+
+def _method(model: str, gridsize: Any) -> str:
+    return f"{model} gs{gridsize}" if model == "pinn" else model
+
+
+def job_rows(sweep_dir: Path) -> list[dict[str, Any]]:
+    rows = []
+    for path in sorted(sweep_dir.glob(f"**/{MANIFEST_NAME}")):
+        manifest = read_manifest(path.parent)
+        if not manifest:
+            continue
+        for job in manifest["jobs"]:
+            ctx = job["context"]
+            row: dict[str, Any] = {c: None for c in COLUMNS}
+            row.update(dose=ctx["dose"], view=ctx["view"], model=ctx["model"], gridsize=ctx["gridsize"],
+                       status=job["status"], epochs=job.get("epochs"), duration_s=job.get("duration_s"),
+                       bundle_sha256=job.get("bundle_sha256"), run_dir=str(path.parent.relative_to(sweep_dir)),
+                       reason=job.get("error"))
+            metrics_path = path.parent / "metrics.json"
+            if job["status"] == "succeeded" and metrics_path.is_file():
+                metrics = json.loads(metrics_path.read_text())
+                row.update(metrics["headline"])
+                for part in ("amplitude", "phase"):
+                    row[f"{part}_ms_ssim"] = metrics[part].get("ms_ssim")
+                    row[f"{part}_mae"] = metrics[part].get("mae")
+            rows.append(row)
+    return rows
+
+
+def lsqml_rows(sweep_dir: Path) -> list[dict[str, Any]]:
+    """LSQML results written by compare.py anywhere inside the sweep directory."""
+    rows = []
+    for path in sorted(sweep_dir.glob("**/comparison.json")):
+        for r in json.loads(path.read_text()):
+            if r.get("method") != "LSQML":
+                continue
+            row: dict[str, Any] = {c: None for c in COLUMNS}
+            row.update({k: r.get(k) for k in METRICS})
+            row.update(dose=r["dose"], view=r["view"], model="LSQML", gridsize="-", status=r["status"],
+                       duration_s=r.get("reconstruct_s"), reason=r.get("reason"),
+                       run_dir=str(path.parent.relative_to(sweep_dir)))
+            rows.append(row)
+    return rows
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return "" if v is None else str(v)
+
+
+def _png_b64(path: Path) -> str:
+    return base64.b64encode(path.read_bytes()).decode()
+
+
+def write_report(sweep_dir: Path, out_dir: Path) -> dict[str, Any]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = sorted(job_rows(sweep_dir) + lsqml_rows(sweep_dir),
+                  key=lambda r: (r["dose"] or 0, r["view"] or "", r["model"], str(r["gridsize"])))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(out_dir / "study.csv", buf.getvalue())
+    shown = ["dose", "view", "model", "gridsize", "status", *METRICS]
+    md = ["| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
+    md += ["| " + " | ".join(_fmt(r[c]) for c in shown) + " |" for r in rows]
+    problems = [r for r in rows if r["status"] != "succeeded"]
+    if problems:
+        md += ["", "Jobs that did not succeed:", ""]
+        md += [f"- dose {_fmt(r['dose'])} {r['view']} {_method(r['model'], r['gridsize'])}: {r['status']} - "
+               f"{r['reason']}" for r in problems]
+    atomic_write_text(out_dir / "study.md", "\n".join(md) + "\n")
+    plots = []
+    for metric in METRICS:
+        series: dict[str, tuple[list[float], list[float]]] = {}
+        for r in rows:
+            if r["status"] == "succeeded" and isinstance(r[metric], int | float):
+                key = f"{_method(r['model'], r['gridsize'])} {r['view']}"
+                series.setdefault(key, ([], []))
+                series[key][0].append(float(r["dose"]))
+                series[key][1].append(float(r[metric]))
+        if series:
+            path = out_dir / f"{metric}_vs_dose.png"
+            metric_vs_dose(path, series, metric)
+            plots.append(path)
+    _write_html(out_dir / "study.html", sweep_dir, rows, shown, problems, plots)
+    return {"rows": len(rows), "failed_or_skipped": len(problems), "plots": [p.name for p in plots]}
+
+
+def _write_html(path: Path, sweep_dir: Path, rows: list[dict[str, Any]], shown: list[str],
+                problems: list[dict[str, Any]], plots: list[Path]) -> None:
+    e = html.escape
+    head = "".join(f"<th>{e(c)}</th>" for c in shown)
+    body = "".join("<tr>" + "".join(f"<td>{e(_fmt(r[c]))}</td>" for c in shown) + "</tr>" for r in rows)
+    issues = "".join(f"<li>dose {e(_fmt(r['dose']))} {e(str(r['view']))} {e(_method(r['model'], r['gridsize']))}: "
+                     f"<b>{e(r['status'])}</b> &mdash; {e(str(r['reason']))}</li>" for r in problems)
+    figs = "".join(f'<figure><img alt="{e(p.stem)}" src="data:image/png;base64,{_png_b64(p)}"></figure>' for p in plots)
+    doses = ", ".join(sorted({format_dose(float(r["dose"])) for r in rows if r["dose"]}))
+    page = f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>ptylab study: {e(sweep_dir.name)}</title>
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}figure{{display:inline-block;margin:0.5em}}
+img{{max-width:480px}}</style></head><body>
+<h1>Study report</h1><p>Sweep <code>{e(str(sweep_dir))}</code>: {len(rows)} rows, doses {e(doses)}.</p>
+<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>
+<h2>Jobs that did not succeed</h2><ul>{issues or "<li>none</li>"}</ul>
+<h2>Metrics against dose</h2>{figs}
+</body></html>
+"""
+    atomic_write_text(path, page)

@@ -1,0 +1,136 @@
+"""Sweeps through Hydra's launchers, for real, on tiny data; reproduce and the study report."""
+
+import json
+import shutil
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+import ptylab.config  # noqa: F401
+
+from .conftest import CONF, ROOT, SMALL_OVERRIDES, TINY_TRAIN, run_script
+
+SWEEP_TINY = [*SMALL_OVERRIDES, *TINY_TRAIN, "trainer.max_epochs=1", "eval.enabled=true"]
+
+
+def _sweep(sweep_dir, *overrides):
+    return run_script(["train.py", "-m", f"hydra.sweep.dir={sweep_dir}", f"paths.output_root={sweep_dir.parent}",
+                       *SWEEP_TINY, *overrides], cwd=ROOT)
+
+
+def _manifest(sweep_dir):
+    return json.loads((sweep_dir / "sweep_manifest.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    sweep_dir = tmp_path_factory.mktemp("sweep") / "study"
+    res = _sweep(sweep_dir, "dose=1000,10000", "view=dense,sparse", "view.min_train_positions=8")
+    assert res.returncode == 0, res.stderr[-4000:]
+    return sweep_dir, res
+
+
+def test_multirun_writes_one_directory_per_job_and_a_sweep_manifest(sweep):
+    sweep_dir, res = sweep
+    jobs = sorted(p.name for p in sweep_dir.iterdir() if (p / "training_manifest.json").is_file())
+    assert len(jobs) == 4
+    assert {j.rsplit("_job", 1)[0] for j in jobs} == {f"dose{d}_{v}_gs2_pinn" for d in ("1e3", "1e4")
+                                                       for v in ("dense", "sparse")}
+    manifest = _manifest(sweep_dir)
+    assert manifest["status"] == "succeeded" and manifest["counts"]["succeeded"] == 4
+    for job in manifest["jobs"]:
+        assert len(job["bundle_sha256"]) == 64 and job["headline_metrics"]["phase_ssim"] is not None
+    assert res.stdout.count("bundle wts.h5.zip sha256") == 4
+
+
+def test_rerunning_a_sweep_skips_finished_jobs_and_redoes_half_finished(sweep, tmp_path):
+    sweep_dir, _ = sweep
+    copy = tmp_path / "copy"
+    shutil.copytree(sweep_dir, copy)
+    half = next(p for p in sorted(copy.iterdir()) if (p / "training_manifest.json").is_file())
+    m = json.loads((half / "training_manifest.json").read_text())
+    m["jobs"][0]["status"] = m["status"] = "running"  # as if killed mid-job
+    (half / "training_manifest.json").write_text(json.dumps(m))
+    res = _sweep(copy, "dose=1000,10000", "view=dense,sparse", "view.min_train_positions=8")
+    assert res.returncode == 0, res.stderr[-4000:]
+    assert res.stdout.count("(already finished; reused)") == 3
+    assert json.loads((half / "training_manifest.json").read_text())["status"] == "succeeded"
+
+
+def test_a_failing_job_does_not_stop_the_others_and_the_sweep_exits_nonzero(tmp_path):
+    sweep_dir = tmp_path / "study"
+    res = _sweep(sweep_dir, "dataset=embedded,npz", f"dataset.train_file={tmp_path / 'missing.npz'}",
+                 f"dataset.test_file={tmp_path / 'missing.npz'}")
+    assert res.returncode != 0
+    manifest = _manifest(sweep_dir)
+    statuses = sorted(j["status"] for j in manifest["jobs"])
+    assert statuses == ["failed", "succeeded"] and manifest["status"] == "failed"
+    failed = next(j for j in manifest["jobs"] if j["status"] == "failed")
+    assert "missing.npz" in failed["error"]
+
+
+@pytest.mark.parametrize("launcher", ["joblib", "submitit_local"])
+def test_parallel_and_submitit_launchers_run_a_tiny_sweep(tmp_path, launcher):
+    sweep_dir = tmp_path / "study"
+    extra = ["hydra.launcher.n_jobs=2"] if launcher == "joblib" else ["hydra.launcher.timeout_min=10"]
+    res = _sweep(sweep_dir, f"hydra/launcher={launcher}", *extra, "dose=1000,10000")
+    assert res.returncode == 0, res.stderr[-4000:]
+    manifest = _manifest(sweep_dir)
+    assert manifest["counts"]["succeeded"] == 2
+    # each job bridged its own legacy params, in its own process
+    params = sorted(json.loads((p / "params.json").read_text())["nphotons"]
+                    for p in sweep_dir.iterdir() if (p / "params.json").is_file())
+    assert params == [1000.0, 10000.0]
+
+
+def test_slurm_launcher_composes_with_submitit_parameters():
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu-a100",
+                                          "hydra.launcher.gpus_per_node=4", "hydra.launcher.mem_gb=64",
+                                          "trainer=ddp"], return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
+    assert launcher.partition == "gpu-a100" and launcher.gpus_per_node == 4 and launcher.mem_gb == 64
+    assert launcher.timeout_min == 120 and launcher.cpus_per_task == 8
+    assert cfg.trainer.strategy == "ddp"
+
+
+def test_study_preset_expands_to_the_whole_matrix():
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=dose_overlap_study"], return_hydra_config=True)
+        params = cfg.hydra.sweeper.params
+        assert params["dose"] == "1000,10000,100000"
+        arms = params["+arm"].split(",")
+        seen = set()
+        for arm in arms:
+            job = compose("train", overrides=["experiment=dose_overlap_study", f"+arm={arm}"])
+            seen.add((job.model.name, job.gridsize, job.view.name))
+    assert seen == {("pinn", 2, "dense"), ("pinn", 2, "sparse"), ("pinn", 1, "dense"), ("supervised", 1, "dense")}
+
+
+def test_reproduce_reports_identical_and_then_the_edit(sweep, tmp_path):
+    sweep_dir, _ = sweep
+    run = next(p for p in sorted(sweep_dir.iterdir()) if (p / "wts.h5.zip").is_file())
+    same = run_script(["scripts/reproduce.py", str(run), "--output-dir", str(tmp_path / "again")], cwd=ROOT)
+    assert same.returncode == 0, same.stdout[-2000:] + same.stderr[-3000:]
+    assert "IDENTICAL" in same.stdout
+    edited = tmp_path / "edited"
+    shutil.copytree(run, edited)
+    snap = edited / ".hydra" / "config.yaml"
+    snap.write_text(snap.read_text().replace("seed: 1", "seed: 2"))
+    diff = run_script(["scripts/reproduce.py", str(edited), "--output-dir", str(tmp_path / "other")], cwd=ROOT)
+    assert diff.returncode == 1, diff.stderr[-3000:]
+    assert "bundle sha256" in diff.stdout and "config seed: 1 -> 2" in diff.stdout
+
+
+def test_study_report_has_one_row_per_job_plots_and_html(sweep, tmp_path):
+    sweep_dir, _ = sweep
+    res = run_script(["scripts/study_report.py", str(sweep_dir), "--output-dir", str(tmp_path / "rep")], cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rep = tmp_path / "rep"
+    rows = (rep / "study.csv").read_text().strip().splitlines()
+    assert len(rows) == 1 + 4
+    assert (rep / "phase_ssim_vs_dose.png").is_file() and (rep / "amplitude_psnr_vs_dose.png").is_file()
+    page = (rep / "study.html").read_text()
+    assert page.count("<tr>") == 1 + 4 and "data:image/png;base64," in page
+    assert "dense" in (rep / "study.md").read_text() and "sparse" in (rep / "study.md").read_text()
