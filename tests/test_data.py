@@ -12,12 +12,13 @@ from ptylab.fileio import atomic_write_with
 
 def _valid(m: int = 6, n: int = 8) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(0)
+    size = 3 * n  # positions from n/2 to 2.5 n keep every patch inside
     return {
         "diff3d": rng.random((m, n, n)).astype(np.float32),
-        "xcoords": np.linspace(4, 20, m),
-        "ycoords": np.linspace(5, 18, m),
+        "xcoords": np.linspace(n / 2, 2.5 * n, m),
+        "ycoords": np.linspace(n / 2 + 1, 2.5 * n - 2, m),
         "probeGuess": np.ones((n, n), np.complex64),
-        "objectGuess": np.ones((24, 24), np.complex64),
+        "objectGuess": np.ones((size, size), np.complex64),
         "Y": np.ones((m, n, n), np.complex64),
         "metadata": np.array(json.dumps({"nphotons": 10.0})),
     }
@@ -69,7 +70,7 @@ BAD = {
     "negative": (_mutate(diff3d=-np.ones((6, 8, 8), np.float32)), "diff3d", "non-negative"),
     "complex": (_mutate(diff3d=np.ones((6, 8, 8), np.complex64)), "diff3d", "dtype complex64"),
     "integer": (_mutate(diff3d=np.ones((6, 8, 8), np.int64)), "diff3d", "sqrt(counts)"),
-    "outside": (_mutate(xcoords=np.array([4, 5, 6, 7, 8, 21.0])), "xcoords/ycoords", "leaving it"),
+    "outside": (_mutate(xcoords=np.array([4, 5, 6, 7, 8, 20.5])), "xcoords/ycoords", "leaving it"),
 }
 
 
@@ -153,3 +154,27 @@ def test_subset_keeps_original_scan_index():
     sub = data.subset(np.array([4, 1]))
     np.testing.assert_array_equal(sub.scan_index, [4, 1])
     np.testing.assert_array_equal(sub.subset(np.array([1])).scan_index, [1])
+
+
+def test_uncompressed_npz_is_memory_mapped_not_loaded(tmp_path):
+    arrays = _valid(m=40, n=16)
+    path = _save(tmp_path / "big.npz", arrays)
+    data = read_dataset(path)
+    assert isinstance(data.diff3d, np.memmap) and isinstance(data.Y, np.memmap)
+    np.testing.assert_array_equal(np.asarray(data.diff3d), arrays["diff3d"])
+    compressed = tmp_path / "small.npz"
+    np.savez_compressed(compressed, **arrays)
+    again = read_dataset(compressed)
+    assert not isinstance(again.diff3d, np.memmap)
+    np.testing.assert_array_equal(again.diff3d, arrays["diff3d"])
+
+
+def test_training_batches_gather_from_the_map_without_copying_it(tmp_path):
+    from ptylab.datamodule import GroupedPatterns
+    from ptylab.grouping import group_positions
+
+    data = read_dataset(_save(tmp_path / "big.npz", _valid(m=40, n=16)))
+    ds = GroupedPatterns(data.diff3d, group_positions(data.xcoords, data.ycoords, 2, 7))
+    assert ds.diff is data.diff3d  # the dataset holds the map itself
+    batch = ds.__getitems__([0, 5, 7])
+    np.testing.assert_array_equal(batch["diff"][1, 0].numpy(), data.diff3d[ds.indices[5, 0]])

@@ -85,6 +85,7 @@ class EvalConfig:
 
     enabled: bool = True
     stitch_crop: int | None = None  # central region of each patch used for stitching (None: N/2)
+    sync_phase: bool = True  # make per-patch phase offsets consistent before stitching
     upsample_factor: int = 20  # sub-pixel registration precision: 1/upsample_factor px
     max_shift_px: float = 4.0  # larger registration shifts are refused (the reconstruction is not trusted)
     remove_phase_plane: bool = False

@@ -125,6 +125,37 @@ def read_dataset(path: str | Path) -> PtychoData:
     return validate(path, raw)
 
 
+MMAP_KEYS = ("diff3d", "diffraction", "Y")
+
+
+def _mmap_npz_member(path: Path, info: zipfile.ZipInfo) -> np.ndarray | None:
+    """Memory-map an uncompressed NPZ member in place (None if it cannot be mapped).
+
+    A stored (not deflated) member is a plain .npy file at a known offset inside the zip, so large
+    arrays are read page by page on demand instead of being loaded whole.
+    """
+    if info.compress_type != zipfile.ZIP_STORED:
+        return None
+    with open(path, "rb") as fh:
+        fh.seek(info.header_offset)
+        local = fh.read(30)
+        if local[:4] != NPZ_MAGIC:
+            return None
+        name_len = int.from_bytes(local[26:28], "little")
+        extra_len = int.from_bytes(local[28:30], "little")
+        start = info.header_offset + 30 + name_len + extra_len
+        fh.seek(start)
+        version = np.lib.format.read_magic(fh)
+        readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+        if version not in readers:
+            return None
+        shape, fortran, dtype = readers[version](fh)  # parses the header literal only, never unpickles
+        if dtype.hasobject or fortran:
+            return None
+        offset = fh.tell()
+    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)
+
+
 def _read_npz(path: Path) -> dict[str, Any]:
     try:
         npz = np.load(path, allow_pickle=False, mmap_mode=None)
@@ -133,9 +164,11 @@ def _read_npz(path: Path) -> dict[str, Any]:
     keys = [k for k in npz.files]
     out: dict[str, Any] = {}
     with npz:
+        members = {i.filename.removesuffix(".npy"): i for i in npz.zip.infolist()}
         for key in keys:
             try:
-                out[key] = npz[key]
+                mapped = _mmap_npz_member(path, members[key]) if key in MMAP_KEYS and key in members else None
+                out[key] = mapped if mapped is not None else npz[key]
             except ValueError as exc:  # object arrays: numpy refuses without unpickling anything
                 raise DataError(
                     path, key, "a numeric or string array", f"an object (pickled) array, refused: {exc}", keys
@@ -169,9 +202,21 @@ def _read_hdf5(path: Path) -> dict[str, Any]:
     return out
 
 
+CHUNK_PATTERNS = 4096
+
+
+def _chunks(arr: np.ndarray) -> Any:
+    """Validate large (possibly memory-mapped) arrays a slab at a time, never whole."""
+    if arr.ndim == 0:
+        yield arr
+        return
+    for start in range(0, max(arr.shape[0], 1), CHUNK_PATTERNS):
+        yield np.asarray(arr[start : start + CHUNK_PATTERNS])
+
+
 def _finite(path: Path, key: str, arr: np.ndarray, keys: list[str]) -> None:
-    if not np.all(np.isfinite(arr)):
-        bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
+    bad = sum(int(np.size(c) - np.count_nonzero(np.isfinite(c))) for c in _chunks(arr))
+    if bad:
         raise DataError(path, key, "finite values", f"{bad} NaN or Inf values", keys)
 
 
@@ -194,7 +239,7 @@ def validate(path: str | Path, raw: dict[str, Any]) -> PtychoData:
     if dkey is None:
         raise DataError(path, "diff3d", "diffraction amplitudes under 'diff3d' (or legacy 'diffraction')",
                         "neither key", keys)
-    diff = np.asarray(raw[dkey])
+    diff = np.asanyarray(raw[dkey])
     if diff.dtype.kind != "f":
         hint = " (store sqrt(counts) as float32)" if diff.dtype.kind in "iu" else ""
         raise DataError(path, dkey, f"float amplitudes sqrt(counts){hint}", f"dtype {diff.dtype}", keys)
@@ -209,8 +254,9 @@ def validate(path: str | Path, raw: dict[str, Any]) -> PtychoData:
     if m == 0:
         raise DataError(path, dkey, "at least one diffraction pattern", "M = 0", keys)
     _finite(path, dkey, diff, keys)
-    if diff.min() < 0:
-        raise DataError(path, dkey, "non-negative amplitudes", f"minimum {float(diff.min()):.4g}", keys)
+    lowest = min(float(c.min()) for c in _chunks(diff))
+    if lowest < 0:
+        raise DataError(path, dkey, "non-negative amplitudes", f"minimum {lowest:.4g}", keys)
 
     coords = {}
     for key in ("xcoords", "ycoords"):
@@ -239,13 +285,14 @@ def validate(path: str | Path, raw: dict[str, Any]) -> PtychoData:
 
     y_patches = None
     if "Y" in raw:
-        y_patches = np.asarray(raw["Y"])
+        y_patches = np.asanyarray(raw["Y"])
         if y_patches.shape[1:] == (n, n) and y_patches.shape[0] != m and y_patches.shape[:2] == (n, n):
             y_patches = np.moveaxis(y_patches, -1, 0)
         if y_patches.shape != (m, n, n) or y_patches.dtype.kind not in "fc":
             raise DataError(path, "Y", f"complex patches of shape ({m}, {n}, {n})",
                             f"{y_patches.shape} {y_patches.dtype}", keys)
-        y_patches = y_patches.astype(np.complex64)
+        if y_patches.dtype != np.complex64:
+            y_patches = y_patches.astype(np.complex64)
 
     scan_index = None
     if "scan_index" in raw:
@@ -267,8 +314,10 @@ def validate(path: str | Path, raw: dict[str, Any]) -> PtychoData:
         if not isinstance(metadata, dict):
             raise DataError(path, "metadata", "a JSON object", type(metadata).__name__, keys)
 
+    if diff.dtype != np.float32 or not diff.flags.c_contiguous:
+        diff = np.ascontiguousarray(diff, dtype=np.float32)  # memory-mapped float32 data stays mapped
     return PtychoData(
-        diff3d=np.ascontiguousarray(diff, dtype=np.float32),
+        diff3d=diff,
         xcoords=coords["xcoords"],
         ycoords=coords["ycoords"],
         probe=probe.astype(np.complex64),

@@ -122,11 +122,13 @@ def write_evaluation(run_dir: Path, scores: dict[str, Any], title: str, extra: d
 def evaluate_reconstruction(model: PtychoModule, test: PtychoData, gridsize: int, neighbours: int,
                             cfg: EvalConfig, run_dir: Path, title: str) -> dict[str, Any]:
     t0 = time.perf_counter()
-    stitched = reconstruct(model, test, gridsize, neighbours, cfg.stitch_crop, cfg.batch_size)
+    stitched = reconstruct(model, test, gridsize, neighbours, cfg.stitch_crop, cfg.batch_size,
+                           sync_phase=cfg.sync_phase)
     infer_s = time.perf_counter() - t0
     scores = score_reconstruction(stitched, test.obj, cfg)
     extra = {"inference_s": round(infer_s, 3), "evaluate_s": round(time.perf_counter() - t0, 3),
-             "test_positions": test.n_positions, "stitch_crop": cfg.stitch_crop or test.N // 2}
+             "test_positions": test.n_positions, "stitch_crop": cfg.stitch_crop or test.N // 2,
+             "sync_phase": cfg.sync_phase}
     metrics = write_evaluation(run_dir, scores, title, extra)
     log.info("%s amplitude SSIM %.3f, phase SSIM %.3f", title, metrics["amplitude"]["ssim"],
              metrics["phase"]["ssim"])

@@ -50,40 +50,99 @@ class Stitched:
     bbox: tuple[int, int, int, int]  # row0, row1, col0, col1 of the scanned area (exclusive ends)
 
 
-def stitch(patches: np.ndarray, x: np.ndarray, y: np.ndarray, shape: tuple[int, int], crop: int,
-           chunk: int = 512) -> Stitched:
-    """Average the central ``crop`` x ``crop`` region of each patch into an object of ``shape``.
+@dataclass
+class Placement:
+    """Where each patch's central crop lands on the object canvas, with its bilinear weights.
 
-    Sub-pixel positions: each crop is shifted by its fractional offset with the bilinear sampler
-    (the same one the simulator uses) and added with matching bilinear weights.
+    ``values`` (M, S) are the crops shifted by their fractional offsets, ``weights`` (M, S) the
+    matching interpolation weights and ``index`` (M, S) the flat canvas pixels (S = (crop+1)^2;
+    entries outside the canvas carry weight zero).
     """
+
+    values: torch.Tensor
+    weights: torch.Tensor
+    index: torch.Tensor
+    size: int
+
+    def accumulate(self, phasors: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sum of (phase-adjusted) values and of weights per canvas pixel."""
+        vals = self.values if phasors is None else self.values * phasors[:, None]
+        total = torch.zeros(self.size, dtype=torch.complex128).index_add_(0, self.index.ravel(), vals.ravel())
+        weight = torch.zeros(self.size, dtype=torch.float64).index_add_(0, self.index.ravel(),
+                                                                         self.weights.ravel())
+        return total, weight
+
+
+def place(patches: np.ndarray, x: np.ndarray, y: np.ndarray, shape: tuple[int, int], crop: int) -> Placement:
     h, w = shape
     n = patches.shape[-1]
     lo = n // 2 - crop // 2
-    crops = torch.from_numpy(np.ascontiguousarray(patches[:, lo : lo + crop, lo : lo + crop]))
-    acc = torch.zeros(3, h * w, dtype=torch.float64)
+    c = torch.from_numpy(np.ascontiguousarray(patches[:, lo : lo + crop, lo : lo + crop]))
     span = crop + 1
     steps = torch.arange(span)
-    for s in range(0, crops.shape[0], chunk):
-        c = crops[s : s + chunk]
-        xs = torch.from_numpy(x[s : s + chunk]).double()
-        ys = torch.from_numpy(y[s : s + chunk]).double()
-        col0 = torch.floor(xs).long() - crop // 2
-        row0 = torch.floor(ys).long() - crop // 2
-        fx, fy = (xs - torch.floor(xs)).float(), (ys - torch.floor(ys)).float()
-        src = torch.stack((c.real, c.imag, torch.ones_like(c.real)), dim=1)
-        win = sample_windows(src, span // 2 - fx, span // 2 - fy, span, span)  # (b, 3, span, span)
-        rows = row0[:, None, None] + steps[None, :, None]
-        cols = col0[:, None, None] + steps[None, None, :]
-        ok = ((rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)).expand(-1, span, span)
-        flat = (rows * w + cols).expand(-1, span, span)[ok]
-        for k in range(3):
-            acc[k].index_add_(0, flat, win[:, k][ok].double())
-    weight = acc[2].reshape(h, w)
+    xs, ys = torch.from_numpy(np.asarray(x, np.float64)), torch.from_numpy(np.asarray(y, np.float64))
+    col0 = torch.floor(xs).long() - crop // 2
+    row0 = torch.floor(ys).long() - crop // 2
+    fx, fy = (xs - torch.floor(xs)).float(), (ys - torch.floor(ys)).float()
+    src = torch.stack((c.real, c.imag, torch.ones_like(c.real)), dim=1)
+    win = sample_windows(src, span // 2 - fx, span // 2 - fy, span, span).double()  # (M, 3, span, span)
+    rows = row0[:, None, None] + steps[None, :, None]
+    cols = col0[:, None, None] + steps[None, None, :]
+    ok = ((rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)).expand(-1, span, span)
+    index = torch.where(ok, rows * w + cols, torch.zeros_like(rows * w + cols)).reshape(len(xs), -1)
+    weights = (win[:, 2] * ok).reshape(len(xs), -1)
+    values = (torch.complex(win[:, 0], win[:, 1]) * ok).reshape(len(xs), -1)
+    return Placement(values, weights, index, h * w)
+
+
+def phase_sync(placement: Placement, refine: int = 20) -> torch.Tensor:
+    """Per-patch phase factors that make overlapping predictions agree (spectral synchronisation).
+
+    Diffraction is blind to a patch's absolute phase, so independently predicted patches carry
+    arbitrary phase offsets; averaged as they are, large-scale phase is lost. The offsets that
+    best agree on the overlaps maximise v^H A v with A = V^H W^-1 V (V places patches on the
+    canvas, W the accumulated weights); its leading eigenvector, projected to unit modulus and
+    refined by a few generalised power steps, gives them. Uses the predictions only.
+    """
+    from scipy.sparse.linalg import LinearOperator, eigsh
+
+    m = placement.values.shape[0]
+    _, weight = placement.accumulate()
+    inv_w = torch.where(weight > 1e-6, 1.0 / weight.clamp_min(1e-6), torch.zeros_like(weight))
+    conj_vals = placement.values.conj()
+
+    def apply(v: torch.Tensor) -> torch.Tensor:
+        canvas = torch.zeros(placement.size, dtype=torch.complex128).index_add_(
+            0, placement.index.ravel(), (placement.values * v[:, None]).ravel()) * inv_w
+        return (conj_vals * canvas[placement.index]).sum(dim=1)
+
+    op = LinearOperator((m, m), matvec=lambda v: apply(torch.from_numpy(np.asarray(v).ravel())).numpy(),
+                        dtype=np.complex128)
+    _, vec = eigsh(op, k=1, which="LA", v0=np.ones(m, np.complex128), tol=1e-6)
+    v = torch.from_numpy(vec[:, 0])
+    v = v / v.abs().clamp_min(1e-12)
+    for _ in range(refine):
+        z = apply(v)
+        v = z / z.abs().clamp_min(1e-12)
+    return v * (v[0].conj() / v[0].abs())  # fix the global gauge: the first patch keeps its phase
+
+
+def stitch(patches: np.ndarray, x: np.ndarray, y: np.ndarray, shape: tuple[int, int], crop: int,
+           sync_phase: bool = False) -> Stitched:
+    """Average the central ``crop`` x ``crop`` region of each patch into an object of ``shape``.
+
+    Sub-pixel positions: each crop is shifted by its fractional offset with the bilinear sampler
+    (the same one the simulator uses) and added with matching bilinear weights. With
+    ``sync_phase`` each patch's phase offset is first made consistent with its neighbours.
+    """
+    placement = place(patches, x, y, shape, crop)
+    phasors = phase_sync(placement) if sync_phase and len(x) > 1 else None
+    total, weight = placement.accumulate(phasors)
     valid = weight > 1e-3
-    obj = torch.zeros(h, w, dtype=torch.complex128)
-    obj[valid] = torch.complex(acc[0].reshape(h, w)[valid], acc[1].reshape(h, w)[valid]) / weight[valid]
-    return Stitched(obj.numpy().astype(np.complex64), weight.numpy().astype(np.float32),
+    obj = torch.zeros_like(total)
+    obj[valid] = total[valid] / weight[valid]
+    h, w = shape
+    return Stitched(obj.reshape(h, w).numpy().astype(np.complex64), weight.reshape(h, w).numpy().astype(np.float32),
                     scanned_bbox(x, y, crop, shape))
 
 
@@ -96,14 +155,14 @@ def scanned_bbox(x: np.ndarray, y: np.ndarray, crop: int, shape: tuple[int, int]
 
 
 def reconstruct(model: PtychoModule, data: PtychoData, gridsize: int, neighbours: int, crop: int | None,
-                batch_size: int = 64, device: str | torch.device = "cpu") -> Stitched:
+                batch_size: int = 64, device: str | torch.device = "cpu", sync_phase: bool = True) -> Stitched:
     """Group the dataset's positions as in training (one group per anchor), predict, stitch."""
     groups = group_positions(data.xcoords, data.ycoords, gridsize, neighbours)
     patches = predict_groups(model, data.diff3d, groups, batch_size, device)
     flat = groups.indices.ravel()
     crop = crop or data.N // 2
     return stitch(patches.reshape(-1, data.N, data.N), data.xcoords[flat], data.ycoords[flat], data.obj.shape,
-                  crop)
+                  crop, sync_phase)
 
 
 def reconstruct_from_bundle(bundle: Bundle, data: PtychoData, batch_size: int = 64,
@@ -113,7 +172,7 @@ def reconstruct_from_bundle(bundle: Bundle, data: PtychoData, batch_size: int = 
         raise ValueError(f"{bundle.path}: model expects {info['N']}x{info['N']} patterns, data has {data.N}")
     model = model_from_weights(bundle.models[info["model"]])
     return reconstruct(model, data, info["gridsize"], info["neighbours"], info.get("stitch_crop"), batch_size,
-                       device)
+                       device, info.get("sync_phase", True))
 
 
 def write_reconstruction(out_dir: Path, stitched: Stitched, title: str) -> Path:

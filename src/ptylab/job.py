@@ -163,6 +163,7 @@ def save_bundle(cfg: DictConfig, run_dir: Path, model: PtychoModule, params: dic
     inference = {
         "model": kind, "N": int(hparams["N"]), "gridsize": int(cfg.gridsize),
         "neighbours": int(cfg.model.neighbours), "stitch_crop": eval_cfg.stitch_crop,
+        "sync_phase": eval_cfg.sync_phase,
         "input_scale": float(model.input_scale), "dose": float(cfg.dose),
     }
     return write_bundle(run_dir / BUNDLE_NAME, {kind: weights}, location_free(params), bundle_config_yaml(cfg),

@@ -52,15 +52,20 @@ class PtychoModule(L.LightningModule):
             raise ValueError(f"model.amp_activation must be 'sigmoid' or 'swish', got '{amp_activation}'")
         filters = [int(f * width) for f in base_filters]
         # channels-last convolutions run 10-25% faster on these CPUs (docs/performance.md).
-        self.net = EncoderDecoder(channels, channels, filters, self.separate_decoders).to(
+        self.net = EncoderDecoder(channels, channels, filters, self.separate_decoders,
+                                  out_size_factor=2 if object_support == "center" else 1).to(
             memory_format=torch.channels_last)
         self.register_buffer("support", support_mask(N, object_support))
+        self.pad = (N - N // 2) // 2 if object_support == "center" else 0
         self.register_buffer("input_scale", torch.tensor(float(input_scale)))
 
     def predict_amp_phase(self, diff: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Amplitudes (B, C, N, N) -> (amplitude, phase) of the object patches, before the support."""
         x = (diff * self.input_scale).contiguous(memory_format=torch.channels_last)
         amp_logit, phase_logit = self.net(x)
+        if self.pad:  # the central N/2 x N/2 prediction, zero-padded to N (amplitude 0 off-support)
+            amp_logit = nn.functional.pad(amp_logit, (self.pad,) * 4)
+            phase_logit = nn.functional.pad(phase_logit, (self.pad,) * 4)
         sigmoid = self.hparams["amp_activation"] == "sigmoid"
         amp = torch.sigmoid(amp_logit) if sigmoid else nn.functional.silu(amp_logit)
         return amp, math.pi * torch.tanh(phase_logit)

@@ -1,4 +1,11 @@
-"""U-Net-like encoder-decoder with an amplitude and a phase output (DESIGN section 7)."""
+"""Encoder-decoder with an amplitude and a phase output (DESIGN section 7).
+
+The input is a diffraction pattern (reciprocal space) and the output an object patch (real
+space): every output pixel depends on the whole pattern. The encoder therefore pools three times
+(N -> N/8, receptive field about the whole pattern) and the decoder rebuilds the object without
+same-resolution skip connections, which would join unrelated pixels of the two domains. The
+decoder stops at the predicted support: N/2 x N/2 for the default central support, N for full.
+"""
 
 from __future__ import annotations
 
@@ -14,30 +21,32 @@ def _block(cin: int, cout: int) -> nn.Sequential:
 
 
 class Decoder(nn.Module):
-    def __init__(self, filters: list[int], out_channels: int):
-        super().__init__()
-        self.ups = nn.ModuleList()
-        self.blocks = nn.ModuleList()
-        for deep, shallow in zip(filters[:0:-1], filters[-2::-1], strict=True):
-            self.ups.append(nn.ConvTranspose2d(deep, shallow, 2, stride=2))
-            self.blocks.append(_block(2 * shallow, shallow))
-        self.head = nn.Conv2d(filters[0], out_channels, 1)
+    """Bottleneck (N/8) -> output size by transposed-conv upsampling through ``filters`` reversed."""
 
-    def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
-        x = feats[-1]
-        for up, block, skip in zip(self.ups, self.blocks, feats[-2::-1], strict=True):
-            x = block(torch.cat((up(x), skip), dim=1))
+    def __init__(self, filters: list[int], out_channels: int, levels: int):
+        super().__init__()
+        widths = [filters[-1], *filters[::-1]][: levels + 1]
+        while len(widths) < levels + 1:
+            widths.append(filters[0])
+        self.ups = nn.ModuleList(nn.ConvTranspose2d(a, a, 2, stride=2) for a in widths[:-1])
+        self.blocks = nn.ModuleList(_block(a, b) for a, b in zip(widths[:-1], widths[1:], strict=True))
+        self.head = nn.Conv2d(widths[-1], out_channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for up, block in zip(self.ups, self.blocks, strict=True):
+            x = block(up(x))
         return self.head(x)
 
 
 class EncoderDecoder(nn.Module):
-    """Encoder over ``len(filters)`` levels; one shared decoder with two heads, or two decoders.
+    """Encoder over ``len(filters)`` pooled levels plus a bottleneck; one shared decoder with two
+    heads (PINN: the physics couples amplitude and phase) or two decoders (supervised baseline).
 
-    The PINN shares its decoder trunk (the physics constrains amplitude and phase jointly); the
-    supervised baseline uses two decoders, as published baselines do.
+    ``out_size_factor`` is the output size as a fraction of the input: 2 -> N/2, 1 -> N.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, filters: list[int], separate_decoders: bool):
+    def __init__(self, in_channels: int, out_channels: int, filters: list[int], separate_decoders: bool,
+                 out_size_factor: int = 2):
         super().__init__()
         self.down = nn.ModuleList()
         cin = in_channels
@@ -45,20 +54,21 @@ class EncoderDecoder(nn.Module):
             self.down.append(_block(cin, f))
             cin = f
         self.pool = nn.MaxPool2d(2)
+        self.bottleneck = _block(filters[-1], filters[-1])
+        levels = len(filters) - (out_size_factor.bit_length() - 1)
         self.separate = separate_decoders
         if separate_decoders:
-            self.amp_decoder = Decoder(filters, out_channels)
-            self.phase_decoder = Decoder(filters, out_channels)
+            self.amp_decoder = Decoder(filters, out_channels, levels)
+            self.phase_decoder = Decoder(filters, out_channels, levels)
         else:
-            self.decoder = Decoder(filters, 2 * out_channels)
+            self.decoder = Decoder(filters, 2 * out_channels, levels)
         self.out_channels = out_channels
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        feats = []
-        for i, block in enumerate(self.down):
-            x = block(x if i == 0 else self.pool(x))
-            feats.append(x)
+        for block in self.down:
+            x = self.pool(block(x))
+        x = self.bottleneck(x)
         if self.separate:
-            return self.amp_decoder(feats), self.phase_decoder(feats)
-        out = self.decoder(feats)
+            return self.amp_decoder(x), self.phase_decoder(x)
+        out = self.decoder(x)
         return out[:, : self.out_channels], out[:, self.out_channels :]

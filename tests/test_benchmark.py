@@ -1,0 +1,21 @@
+"""The benchmark harness runs (its --quick mode); numbers are reported, never asserted as times."""
+
+import json
+
+from .conftest import ROOT, run_script
+
+KEYS = ["physics_bound_patterns_per_s_gs2", "train_patterns_per_s_bare_gs2", "train_patterns_per_s_lightning_gs2",
+        "lightning_over_bare_gs2", "train_model_flop_utilization_gs2", "inference_patterns_per_s", "reconstruct_s",
+        "simulate_patterns_per_s", "peak_rss_mb", "default_job_s", "peak_matmul_gflops"]
+
+
+def test_quick_benchmark_writes_every_figure(tmp_path):
+    out = tmp_path / "benchmark.json"
+    res = run_script(["scripts/benchmark.py", "--quick", "--output", str(out)], cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-3000:]
+    figures = json.loads(out.read_text())
+    for key in KEYS:
+        assert figures[key] > 0, key
+    # a training step counts the network's FLOPs: far more than the physics layer alone
+    assert figures["train_flops_per_step_gs2"] > 1e8
+    assert "lightning_over_bare_gs2" in res.stdout
