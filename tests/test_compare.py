@@ -27,7 +27,7 @@ def test_compare_lists_every_run_with_numbers_or_reasons(tmp_path):
     res = run_script(["scripts/compare.py", f"runs=[{good_run},{failed_run},{missing}]",
                       f"output_dir={tmp_path / 'cmp'}", "lsqml.epochs=5"], cwd=ROOT)
     assert res.returncode == 0, res.stderr[-3000:]
-    rows = list(csv.DictReader(open(tmp_path / "cmp" / "comparison.csv")))
+    rows = list(csv.DictReader((tmp_path / "cmp" / "comparison.csv").read_text().splitlines()))
     by_source = {r["source"]: r for r in rows}
     assert by_source[str(good_run)]["status"] == "succeeded"
     assert float(by_source[str(good_run)]["phase_ssim"]) <= 1.0

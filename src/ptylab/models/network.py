@@ -9,6 +9,8 @@ decoder stops at the predicted support: N/2 x N/2 for the default central suppor
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from torch import nn
 
@@ -29,7 +31,7 @@ class Decoder(nn.Module):
         while len(widths) < levels + 1:
             widths.append(filters[0])
         self.ups = nn.ModuleList(nn.ConvTranspose2d(a, a, 2, stride=2) for a in widths[:-1])
-        self.blocks = nn.ModuleList(_block(a, b) for a, b in zip(widths[:-1], widths[1:], strict=True))
+        self.blocks = nn.ModuleList(_block(a, b) for a, b in itertools.pairwise(widths))
         self.head = nn.Conv2d(widths[-1], out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
