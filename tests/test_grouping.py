@@ -49,3 +49,11 @@ def test_oversampling_only_when_valid():
 def test_too_few_positions_is_a_clear_error():
     with pytest.raises(GroupingError, match="cannot form groups of 4"):
         group_positions(np.array([1.0, 2.0]), np.array([1.0, 2.0]), gridsize=2)
+
+
+def test_coincident_positions_keep_each_anchor_first():
+    x = np.array([0.0, 0.0, 5.0, 5.0, 10.0, 0.0])
+    y = np.array([0.0, 0.0, 0.0, 5.0, 0.0, 0.0])
+    g = group_positions(x, y, gridsize=2, neighbours=4)
+    np.testing.assert_array_equal(g.indices[:, 0], np.arange(6))
+    assert all(len(set(row.tolist())) == 4 for row in g.indices)

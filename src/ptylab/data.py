@@ -226,9 +226,8 @@ def validate(path: str | Path, raw: dict[str, Any]) -> PtychoData:
     keys = list(raw)
     if not keys:
         raise DataError(path, None, "the contract's arrays (diff3d, xcoords, ycoords, probeGuess)", "none", keys)
-    for key in ("probeGuess",):
-        if key not in raw:
-            raise DataError(path, key, "a (N, N) complex probe", "key missing", keys)
+    if "probeGuess" not in raw:
+        raise DataError(path, "probeGuess", "a (N, N) complex probe", "key missing", keys)
     probe = np.asarray(raw["probeGuess"])
     if probe.ndim != 2 or probe.shape[0] != probe.shape[1] or probe.dtype.kind not in "fc":
         raise DataError(path, "probeGuess", "a square (N, N) complex array", f"{probe.shape} {probe.dtype}", keys)

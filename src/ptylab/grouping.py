@@ -58,7 +58,10 @@ def group_positions(
     k = min(neighbours, m - 1)
     _, nn = cKDTree(xy).query(xy, k=k + 1)  # column 0 is the anchor itself
     nn = np.asarray(nn, dtype=np.int64)
-    # Ties: the KD-tree may return the anchor in a later column when positions coincide.
+    # Coincident positions can put the anchor in a later column: move it to the front.
+    for i in np.flatnonzero(nn[:, 0] != np.arange(m)):
+        at = np.flatnonzero(nn[i] == i)
+        nn[i, [0, at[0]] if at.size else [0]] = nn[i, [at[0], 0]] if at.size else [i]
     groups = [nn[:, :c]]
     if oversample:
         if rng is None:

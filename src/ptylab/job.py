@@ -7,7 +7,6 @@ A job never raises for its own failures; the entrypoint turns ``failed`` into a 
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import traceback
@@ -270,7 +269,3 @@ def summary_line(record: dict[str, Any]) -> str:
         reused = " (already finished; reused)" if record.get("reused") else ""
         return f"{record['label']} bundle {record['bundle_path']} sha256 {record['bundle_sha256']}{extra}{reused}"
     return f"{record['label']} {record['status'].upper()}: {record['error']}"
-
-
-def dump(record: dict[str, Any]) -> str:
-    return json.dumps(record, indent=2, sort_keys=True)

@@ -7,7 +7,6 @@ standard five scales as the image size allows and reports how many.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -121,7 +120,3 @@ def score_image(pred: np.ndarray, target: np.ndarray) -> dict[str, Any]:
         "frc_0_5": frc_resolution(freq, curve, 0.5),
         "frc_curve": {"frequency": freq.tolist(), "frc": curve.tolist()},
     }
-
-
-def finite_or_none(x: float | None) -> float | None:
-    return None if x is None or not math.isfinite(x) else x

@@ -24,7 +24,6 @@ from .manifest import read_manifest
 
 # Values that name where a run lives; they may differ between the original and the re-run.
 LOCATION_PARAMS = ("output_prefix",)
-METRIC_TOLERANCE = 0.0
 
 
 @dataclass
