@@ -32,7 +32,7 @@ from ptylab.cache import load_or_simulate
 from ptylab.config import EvalConfig
 from ptylab.datamodule import make_loader
 from ptylab.evaluation import score_reconstruction
-from ptylab.inference import Stitched, reconstruct_from_bundle, scanned_bbox
+from ptylab.inference import Stitched, illuminated_bbox, reconstruct_from_bundle
 from ptylab.job import save_bundle
 from ptylab.simulate import simulate
 from ptylab.views import select_view_for
@@ -134,8 +134,8 @@ def main() -> int:
 
         if ptychi_available():
             obj, info = run_lsqml(test, 5 if args.quick else 200)
-            bbox = scanned_bbox(test.xcoords, test.ycoords, test.N // 2, obj.shape)
-            scores = score_reconstruction(Stitched(obj, stitched.weight, bbox), test.obj, EvalConfig())
+            scores = score_reconstruction(Stitched(obj, stitched.weight, illuminated_bbox(test)), test.obj,
+                                          EvalConfig())
             out.update(lsqml_s=info["wall_s"], lsqml_epochs=info["iterations"],
                        lsqml_phase_ssim=scores["phase"]["ssim"], lsqml_amplitude_ssim=scores["amplitude"]["ssim"],
                        pinn_speedup_vs_lsqml=info["wall_s"] / out["reconstruct_s"])

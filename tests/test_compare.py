@@ -8,7 +8,7 @@ import pytest
 
 from ptylab.config import EvalConfig
 from ptylab.evaluation import score_reconstruction
-from ptylab.inference import Stitched, scanned_bbox
+from ptylab.inference import Stitched, illuminated_bbox
 from ptylab.lsqml import ptychi_available
 
 from .conftest import ROOT, SMALL_OVERRIDES, TINY_TRAIN, run_script
@@ -52,7 +52,7 @@ def test_lsqml_beats_its_flat_start(small_dataset_cfg, tmp_path):
     test = load_or_simulate(small_dataset_cfg, 1e4, 0, tmp_path).test
     obj, info = run_lsqml(test, epochs=30)
     assert info["start"] == "flat" and info["iterations"] == 30
-    bbox = scanned_bbox(test.xcoords, test.ycoords, test.N // 2, obj.shape)
+    bbox = illuminated_bbox(test)
     ones = np.ones(obj.shape, np.float32)
     flat = score_reconstruction(Stitched(np.ones_like(obj), ones, bbox), test.obj, EvalConfig())
     got = score_reconstruction(Stitched(obj, ones, bbox), test.obj, EvalConfig())

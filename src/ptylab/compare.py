@@ -20,7 +20,7 @@ from .data import PtychoData
 from .evaluation import headline, score_reconstruction
 from .figures import complex_panels, frc_curves
 from .fileio import atomic_write_json, atomic_write_text
-from .inference import Stitched, scanned_bbox
+from .inference import Stitched, illuminated_bbox
 from .manifest import read_manifest
 from .views import select_view_for
 
@@ -87,9 +87,7 @@ def lsqml_row(cfg: DictConfig, lsqml: DictConfig, out_dir: Path) -> tuple[dict[s
     try:
         test = rebuild_test_split(cfg)
         obj, info = run_lsqml(test, int(lsqml.epochs), str(lsqml.noise_model), str(lsqml.device))
-        crop = cfg.eval.stitch_crop or test.N // 2
-        stitched = Stitched(obj, np.ones(obj.shape, np.float32),
-                            scanned_bbox(test.xcoords, test.ycoords, crop, obj.shape))
+        stitched = Stitched(obj, np.ones(obj.shape, np.float32), illuminated_bbox(test))
         scores = score_reconstruction(stitched, test.obj, OmegaConf.to_object(cfg.eval))  # type: ignore[arg-type]
     except Exception as exc:  # a reference that fails is reported as a row, not a crash
         log.exception("LSQML failed")
@@ -104,7 +102,9 @@ def lsqml_row(cfg: DictConfig, lsqml: DictConfig, out_dir: Path) -> tuple[dict[s
     return row, scores
 
 
-def _fmt(value: Any) -> str:
+def _fmt(value: Any, column: str = "") -> str:
+    if column == "dose" and isinstance(value, float):
+        return format_dose(value)
     if isinstance(value, float):
         return f"{value:.3g}" if abs(value) < 1e4 else f"{value:.3e}"
     return "" if value is None else str(value)
@@ -117,7 +117,7 @@ def write_tables(rows: list[dict[str, Any]], out_dir: Path, stem: str = "compari
     writer.writerows(rows)
     atomic_write_text(out_dir / f"{stem}.csv", buf.getvalue())
     lines = ["| " + " | ".join(COLUMNS[:-1]) + " |", "|" + "---|" * (len(COLUMNS) - 1)]
-    lines += ["| " + " | ".join(_fmt(r.get(c)) for c in COLUMNS[:-1]) + " |" for r in rows]
+    lines += ["| " + " | ".join(_fmt(r.get(c), c) for c in COLUMNS[:-1]) + " |" for r in rows]
     atomic_write_text(out_dir / f"{stem}.md", "\n".join(lines) + "\n")
 
 

@@ -14,7 +14,7 @@ from .bundle import Bundle, ModelWeights
 from .data import PtychoData
 from .grouping import Groups, group_positions
 from .models import MODEL_CLASSES, PtychoModule
-from .physics import sample_windows
+from .physics import effective_probe_radius, sample_windows
 
 log = logging.getLogger(__name__)
 
@@ -73,18 +73,23 @@ class Placement:
         return total, weight
 
 
-def place(patches: np.ndarray, x: np.ndarray, y: np.ndarray, shape: tuple[int, int], crop: int) -> Placement:
+def place(patches: np.ndarray, x: np.ndarray, y: np.ndarray, shape: tuple[int, int], crop: int,
+          illumination: np.ndarray | None = None) -> Placement:
     h, w = shape
     n = patches.shape[-1]
     lo = n // 2 - crop // 2
     c = torch.from_numpy(np.ascontiguousarray(patches[:, lo : lo + crop, lo : lo + crop]))
+    if illumination is None:
+        weight_map = torch.ones(crop, crop)
+    else:
+        weight_map = torch.from_numpy(np.asarray(illumination, np.float32)[lo : lo + crop, lo : lo + crop])
     span = crop + 1
     steps = torch.arange(span)
     xs, ys = torch.from_numpy(np.asarray(x, np.float64)), torch.from_numpy(np.asarray(y, np.float64))
     col0 = torch.floor(xs).long() - crop // 2
     row0 = torch.floor(ys).long() - crop // 2
     fx, fy = (xs - torch.floor(xs)).float(), (ys - torch.floor(ys)).float()
-    src = torch.stack((c.real, c.imag, torch.ones_like(c.real)), dim=1)
+    src = torch.stack((c.real * weight_map, c.imag * weight_map, weight_map.expand_as(c.real)), dim=1)
     win = sample_windows(src, span // 2 - fx, span // 2 - fy, span, span).double()  # (M, 3, span, span)
     rows = row0[:, None, None] + steps[None, :, None]
     cols = col0[:, None, None] + steps[None, None, :]
@@ -128,17 +133,20 @@ def phase_sync(placement: Placement, refine: int = 20) -> torch.Tensor:
 
 
 def stitch(patches: np.ndarray, x: np.ndarray, y: np.ndarray, shape: tuple[int, int], crop: int,
-           sync_phase: bool = False) -> Stitched:
+           sync_phase: bool = False, illumination: np.ndarray | None = None) -> Stitched:
     """Average the central ``crop`` x ``crop`` region of each patch into an object of ``shape``.
 
     Sub-pixel positions: each crop is shifted by its fractional offset with the bilinear sampler
-    (the same one the simulator uses) and added with matching bilinear weights. With
-    ``sync_phase`` each patch's phase offset is first made consistent with its neighbours.
+    (the same one the simulator uses) and added with matching bilinear weights. ``illumination``
+    (N, N), typically |P|^2, weights each patch pixel by how strongly the data constrain it:
+    the object is sum(|P|^2 o) / sum(|P|^2), the usual ptychographic average, so pixels the probe
+    barely lit do not blur the result. With ``sync_phase`` each patch's phase offset is first
+    made consistent with its neighbours.
     """
-    placement = place(patches, x, y, shape, crop)
+    placement = place(patches, x, y, shape, crop, illumination)
     phasors = phase_sync(placement) if sync_phase and len(x) > 1 else None
     total, weight = placement.accumulate(phasors)
-    valid = weight > 1e-3
+    valid = weight > 1e-3 * float(weight.max())
     obj = torch.zeros_like(total)
     obj[valid] = total[valid] / weight[valid]
     h, w = shape
@@ -146,8 +154,13 @@ def stitch(patches: np.ndarray, x: np.ndarray, y: np.ndarray, shape: tuple[int, 
                     scanned_bbox(x, y, crop, shape))
 
 
-def scanned_bbox(x: np.ndarray, y: np.ndarray, crop: int, shape: tuple[int, int]) -> tuple[int, int, int, int]:
-    """Rows and columns covered by the central ``crop`` region of patches at (x, y): the evaluated area."""
+def illuminated_bbox(data: PtychoData) -> tuple[int, int, int, int]:
+    """The evaluated area, the same for every method: the scan widened by the probe's effective radius."""
+    return scanned_bbox(data.xcoords, data.ycoords, 2 * effective_probe_radius(data.probe), data.obj.shape)
+
+
+def scanned_bbox(x: np.ndarray, y: np.ndarray, crop: float, shape: tuple[int, int]) -> tuple[int, int, int, int]:
+    """Rows and columns covered by a ``crop``-wide region around each position (x, y)."""
     h, w = shape
     half = crop / 2
     return (max(0, math.floor(y.min() - half + 1)), min(h, math.ceil(y.max() + half)),
@@ -161,8 +174,11 @@ def reconstruct(model: PtychoModule, data: PtychoData, gridsize: int, neighbours
     patches = predict_groups(model, data.diff3d, groups, batch_size, device)
     flat = groups.indices.ravel()
     crop = crop or data.N // 2
-    return stitch(patches.reshape(-1, data.N, data.N), data.xcoords[flat], data.ycoords[flat], data.obj.shape,
-                  crop, sync_phase)
+    illumination = np.abs(data.probe) ** 2
+    stitched = stitch(patches.reshape(-1, data.N, data.N), data.xcoords[flat], data.ycoords[flat], data.obj.shape,
+                      crop, sync_phase, illumination / illumination.max())
+    stitched.bbox = illuminated_bbox(data)
+    return stitched
 
 
 def reconstruct_from_bundle(bundle: Bundle, data: PtychoData, batch_size: int = 64,
