@@ -17,7 +17,8 @@ from ptylab.reproduce import reproduce
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir")
-    parser.add_argument("--output-dir", default=None, help="where the re-run goes (default: RUN_DIR/../reproduced/)")
+    parser.add_argument("--output-dir", default=None,
+                        help="where the re-run goes (default: <paths.output_root>/reproduced/)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
     try:

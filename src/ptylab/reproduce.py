@@ -78,7 +78,8 @@ def _json(path: Path) -> dict[str, Any]:
 
 
 def reproduce(run_dir: str | Path, out_dir: str | Path | None = None) -> ReproduceReport:
-    """Re-run ``run_dir``'s job into ``out_dir`` (default: a fresh sibling under ``reproduced/``)."""
+    """Re-run ``run_dir``'s job into ``out_dir`` (default: ``<paths.output_root>/reproduced/<name>_<time>``,
+    outside any sweep directory so a study report never mistakes it for one of the sweep's jobs)."""
     run_dir = Path(run_dir)
     original = read_manifest(run_dir)
     if original is None or not (run_dir / ".hydra" / "config.yaml").is_file():
@@ -87,7 +88,7 @@ def reproduce(run_dir: str | Path, out_dir: str | Path | None = None) -> Reprodu
     cfg = run_config(run_dir)
     cfg.ckpt_path = None
     if out_dir is None:
-        out_dir = run_dir.parent / "reproduced" / f"{run_dir.name}_{time.strftime('%Y%m%d-%H%M%S')}"
+        out_dir = Path(cfg.paths.output_root) / "reproduced" / f"{run_dir.name}_{time.strftime('%Y%m%d-%H%M%S')}"
     out = Path(out_dir)
     (out / ".hydra").mkdir(parents=True, exist_ok=True)
     shutil.copy2(run_dir / ".hydra" / "config.yaml", out / ".hydra" / "config.yaml")

@@ -30,7 +30,7 @@ def _method(model: str, gridsize: Any) -> str:
 
 def job_rows(sweep_dir: Path) -> list[dict[str, Any]]:
     rows = []
-    for path in sorted(sweep_dir.glob(f"**/{MANIFEST_NAME}")):
+    for path in sorted(sweep_dir.glob(f"*/{MANIFEST_NAME}")):  # one directory per job
         manifest = read_manifest(path.parent)
         if not manifest:
             continue
@@ -68,7 +68,9 @@ def lsqml_rows(sweep_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _fmt(v: Any) -> str:
+def _fmt(v: Any, column: str = "") -> str:
+    if column == "dose" and isinstance(v, int | float):
+        return format_dose(float(v))
     if isinstance(v, float):
         return f"{v:.4g}"
     return "" if v is None else str(v)
@@ -89,11 +91,11 @@ def write_report(sweep_dir: Path, out_dir: Path) -> dict[str, Any]:
     atomic_write_text(out_dir / "study.csv", buf.getvalue())
     shown = ["dose", "view", "model", "gridsize", "status", *METRICS]
     md = ["| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
-    md += ["| " + " | ".join(_fmt(r[c]) for c in shown) + " |" for r in rows]
+    md += ["| " + " | ".join(_fmt(r[c], c) for c in shown) + " |" for r in rows]
     problems = [r for r in rows if r["status"] != "succeeded"]
     if problems:
         md += ["", "Jobs that did not succeed:", ""]
-        md += [f"- dose {_fmt(r['dose'])} {r['view']} {_method(r['model'], r['gridsize'])}: {r['status']} - "
+        md += [f"- dose {_fmt(r['dose'], 'dose')} {r['view']} {_method(r['model'], r['gridsize'])}: {r['status']} - "
                f"{r['reason']}" for r in problems]
     atomic_write_text(out_dir / "study.md", "\n".join(md) + "\n")
     plots = []
@@ -117,9 +119,10 @@ def _write_html(path: Path, sweep_dir: Path, rows: list[dict[str, Any]], shown: 
                 problems: list[dict[str, Any]], plots: list[Path]) -> None:
     e = html.escape
     head = "".join(f"<th>{e(c)}</th>" for c in shown)
-    body = "".join("<tr>" + "".join(f"<td>{e(_fmt(r[c]))}</td>" for c in shown) + "</tr>" for r in rows)
-    issues = "".join(f"<li>dose {e(_fmt(r['dose']))} {e(str(r['view']))} {e(_method(r['model'], r['gridsize']))}: "
-                     f"<b>{e(r['status'])}</b> &mdash; {e(str(r['reason']))}</li>" for r in problems)
+    body = "".join("<tr>" + "".join(f"<td>{e(_fmt(r[c], c))}</td>" for c in shown) + "</tr>" for r in rows)
+    issues = "".join(f"<li>dose {e(_fmt(r['dose'], 'dose'))} {e(str(r['view']))} "
+                     f"{e(_method(r['model'], r['gridsize']))}: <b>{e(r['status'])}</b> &mdash; "
+                     f"{e(str(r['reason']))}</li>" for r in problems)
     figs = "".join(f'<figure><img alt="{e(p.stem)}" src="data:image/png;base64,{_png_b64(p)}"></figure>' for p in plots)
     doses = ", ".join(sorted({format_dose(float(r["dose"])) for r in rows if r["dose"]}))
     page = f"""<!doctype html>
