@@ -12,8 +12,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -49,16 +49,20 @@ def _compose(overrides: list[str]) -> Any:
 
 
 def _run_job_subprocess(overrides: list[str], out_root: Path) -> tuple[float, float]:
-    """Wall time (s) and peak RSS (MB) of one train.py job in a child process."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    """Wall time (s) and peak RSS (MB) of one train.py job in a child process (that child's own
+    rusage via wait4; RUSAGE_CHILDREN would report the largest child so far)."""
+    log_path = out_root.with_suffix(".log")
+    out_root.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    res = subprocess.run([sys.executable, str(ROOT / "train.py"), *overrides, f"paths.output_root={out_root}",
-                          "trainer.enable_progress_bar=false"], capture_output=True, text=True, cwd=ROOT)
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *overrides, f"paths.output_root={out_root}",
+                                 "trainer.enable_progress_bar=false"], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
-    if res.returncode != 0:
-        raise RuntimeError(f"train.py {' '.join(overrides)} failed:\n{res.stderr[-3000:]}")
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return wall, max(peak, before) / 1024.0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"train.py {' '.join(overrides)} failed:\n{log_path.read_text()[-3000:]}")
+    return wall, usage.ru_maxrss / 1024.0
 
 
 def main() -> int:
@@ -73,7 +77,7 @@ def main() -> int:
     logging.basicConfig(level=logging.WARNING)
     device, accel = args.device, ("gpu" if args.device.startswith("cuda") else "cpu")
     extra = QUICK if args.quick else []
-    steps = 4 if args.quick else 20
+    steps = 4 if args.quick else 40
     cfg = _compose([*DEFAULT_JOB, *extra])
     dataset = OmegaConf.to_object(cfg.dataset)
     work = Path(tempfile.mkdtemp(prefix="ptylab-bench-"))
@@ -156,7 +160,7 @@ def main() -> int:
             wall, rss = _run_job_subprocess(job, work / f"scale_{positions}")
             run = next((work / f"scale_{positions}" / "runs").glob("*/*"))
             manifest = json.loads((run / "training_manifest.json").read_text())["jobs"][0]
-            per_step = manifest["train_s"] / 21
+            per_step = manifest["train_s"] / 21  # 20 training batches and 1 validation batch
             scaling[str(positions)] = {"positions": ((size - 64) // 3 + 1) ** 2, "peak_rss_mb": rss, "job_s": wall,
                                        "epoch_s_extrapolated": per_step * manifest["groups"]["train"] / batch}
         out["scaling"] = scaling
