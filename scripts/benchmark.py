@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import platform
 import subprocess
 import sys
@@ -48,21 +47,36 @@ def _compose(overrides: list[str]) -> Any:
         return compose("train", overrides=overrides)
 
 
+def _vm_hwm_mb(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        return None
+    return None
+
+
 def _run_job_subprocess(overrides: list[str], out_root: Path) -> tuple[float, float]:
-    """Wall time (s) and peak RSS (MB) of one train.py job in a child process (that child's own
-    rusage via wait4; RUSAGE_CHILDREN would report the largest child so far)."""
+    """Wall time (s) and peak RSS (MB) of one train.py job in a child process.
+
+    The peak is the child's own VmHWM (high-water mark of the address space it exec'd into),
+    polled until it exits; rusage's ru_maxrss would include this large parent's RSS at fork.
+    """
     log_path = out_root.with_suffix(".log")
     out_root.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
+    peak = 0.0
     with open(log_path, "w") as log:
         proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *overrides, f"paths.output_root={out_root}",
                                  "trainer.enable_progress_bar=false"], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-        _, status, usage = os.wait4(proc.pid, 0)
+        while proc.poll() is None:
+            peak = max(peak, _vm_hwm_mb(proc.pid) or 0.0)
+            time.sleep(0.1)
     wall = time.perf_counter() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise RuntimeError(f"train.py {' '.join(overrides)} failed:\n{log_path.read_text()[-3000:]}")
-    return wall, usage.ru_maxrss / 1024.0
+    return wall, peak
 
 
 def main() -> int:
