@@ -27,11 +27,10 @@ from omegaconf import OmegaConf
 import ptylab.config  # noqa: F401
 from ptylab import benchmark as bm
 from ptylab.bundle import load_bundle
-from ptylab.cache import load_or_simulate
 from ptylab.config import EvalConfig
 from ptylab.datamodule import make_loader
 from ptylab.evaluation import score_reconstruction
-from ptylab.inference import Stitched, illuminated_bbox, reconstruct_from_bundle
+from ptylab.inference import reconstruct_from_bundle
 from ptylab.job import save_bundle
 from ptylab.simulate import simulate
 from ptylab.views import select_view_for
@@ -101,9 +100,7 @@ def main() -> int:
     t0 = time.perf_counter()
     train, test, _ = simulate(dataset, float(cfg.dose), int(cfg.seed))
     out["simulate_patterns_per_s"] = (train.n_positions + test.n_positions) / (time.perf_counter() - t0)
-    source = load_or_simulate(dataset, float(cfg.dose), int(cfg.seed), work / "cache")
-    sel = select_view_for(OmegaConf.to_object(cfg.view), source.train, source.test)
-    train, test = source.train.subset(sel.train_index), source.test.subset(sel.test_index)
+    train, test = select_view_for(OmegaConf.to_object(cfg.view), train, test).apply(train, test)
     out["peak_matmul_gflops"] = bm.peak_matmul_flops(device) / 1e9
     model_cfg = OmegaConf.to_object(cfg.model)
     batch = model_cfg.batch_size
@@ -148,12 +145,10 @@ def main() -> int:
     out["pinn_bundle"] = str(bundle_path) if args.bundle else "benchmark model (briefly trained)"
 
     try:
-        from ptylab.lsqml import ptychi_available, run_lsqml
+        from ptylab.lsqml import ptychi_available, reconstruct_and_score
 
         if ptychi_available():
-            obj, info = run_lsqml(test, 5 if args.quick else 200)
-            scores = score_reconstruction(Stitched(obj, stitched.weight, illuminated_bbox(test)), test.obj,
-                                          EvalConfig())
+            scores, info = reconstruct_and_score(test, 5 if args.quick else 200, EvalConfig())
             out.update(lsqml_s=info["wall_s"], lsqml_epochs=info["iterations"],
                        lsqml_phase_ssim=scores["phase"]["ssim"], lsqml_amplitude_ssim=scores["amplitude"]["ssim"],
                        pinn_speedup_vs_lsqml=info["wall_s"] / out["reconstruct_s"])

@@ -4,8 +4,6 @@ the LSQML reference. Every requested method gets a row; one that could not run s
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 from pathlib import Path
@@ -14,15 +12,14 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from .cache import load_dataset
 from .config import TrainConfig, format_dose
 from .data import PtychoData
-from .evaluation import headline, score_reconstruction
+from .evaluation import headline
 from .figures import complex_panels, frc_curves
 from .fileio import atomic_write_json, atomic_write_text
-from .inference import Stitched, illuminated_bbox
+from .job import load_job_data
 from .manifest import read_manifest
-from .views import select_view_for
+from .tables import csv_text, markdown_lines
 
 log = logging.getLogger(__name__)
 COLUMNS = ["method", "dose", "view", "status", "reason", "amplitude_ssim", "amplitude_psnr", "amplitude_frc50_px",
@@ -70,14 +67,12 @@ def run_row(run_dir: Path) -> dict[str, Any]:
 
 def rebuild_test_split(cfg: DictConfig) -> PtychoData:
     """Rebuild the run's test positions (same dataset, dose, seed and view) from its config."""
-    source = load_dataset(OmegaConf.to_object(cfg.dataset), float(cfg.dose), int(cfg.seed),  # type: ignore[arg-type]
-                          cfg.paths.cache_dir)
-    sel = select_view_for(OmegaConf.to_object(cfg.view), source.train, source.test)  # type: ignore[arg-type]
-    return source.test.subset(sel.test_index)
+    source, sel = load_job_data(cfg)
+    return sel.apply(source.train, source.test)[1]
 
 
 def lsqml_row(cfg: DictConfig, lsqml: DictConfig, out_dir: Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    from .lsqml import NOT_INSTALLED, ptychi_available, run_lsqml
+    from .lsqml import NOT_INSTALLED, ptychi_available, reconstruct_and_score
 
     row: dict[str, Any] = {c: None for c in COLUMNS}
     row.update(method="LSQML", dose=float(cfg.dose), view=str(cfg.view.name), source="pty-chi")
@@ -85,10 +80,9 @@ def lsqml_row(cfg: DictConfig, lsqml: DictConfig, out_dir: Path) -> tuple[dict[s
         row.update(status="not run", reason=NOT_INSTALLED)
         return row, None
     try:
-        test = rebuild_test_split(cfg)
-        obj, info = run_lsqml(test, int(lsqml.epochs), str(lsqml.noise_model), str(lsqml.device))
-        stitched = Stitched(obj, np.ones(obj.shape, np.float32), illuminated_bbox(test))
-        scores = score_reconstruction(stitched, test.obj, OmegaConf.to_object(cfg.eval))  # type: ignore[arg-type]
+        scores, info = reconstruct_and_score(rebuild_test_split(cfg), int(lsqml.epochs),
+                                             OmegaConf.to_object(cfg.eval),  # type: ignore[arg-type]
+                                             str(lsqml.noise_model), str(lsqml.device))
     except Exception as exc:  # a reference that fails is reported as a row, not a crash
         log.exception("LSQML failed")
         row.update(status="failed", reason=f"{type(exc).__name__}: {exc}")
@@ -102,23 +96,9 @@ def lsqml_row(cfg: DictConfig, lsqml: DictConfig, out_dir: Path) -> tuple[dict[s
     return row, scores
 
 
-def _fmt(value: Any, column: str = "") -> str:
-    if column == "dose" and isinstance(value, float):
-        return format_dose(value)
-    if isinstance(value, float):
-        return f"{value:.3g}" if abs(value) < 1e4 else f"{value:.3e}"
-    return "" if value is None else str(value)
-
-
 def write_tables(rows: list[dict[str, Any]], out_dir: Path, stem: str = "comparison") -> None:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(out_dir / f"{stem}.csv", buf.getvalue())
-    lines = ["| " + " | ".join(COLUMNS[:-1]) + " |", "|" + "---|" * (len(COLUMNS) - 1)]
-    lines += ["| " + " | ".join(_fmt(r.get(c), c) for c in COLUMNS[:-1]) + " |" for r in rows]
-    atomic_write_text(out_dir / f"{stem}.md", "\n".join(lines) + "\n")
+    atomic_write_text(out_dir / f"{stem}.csv", csv_text(rows, COLUMNS))
+    atomic_write_text(out_dir / f"{stem}.md", "\n".join(markdown_lines(rows, COLUMNS[:-1], digits=3)) + "\n")
 
 
 def compare(run_dirs: list[str], out_dir: Path, lsqml: DictConfig) -> list[dict[str, Any]]:

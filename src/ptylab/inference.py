@@ -64,13 +64,14 @@ class Placement:
     index: torch.Tensor
     size: int
 
-    def accumulate(self, phasors: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sum of (phase-adjusted) values and of weights per canvas pixel."""
+    def weight_sum(self) -> torch.Tensor:
+        """Accumulated weights per canvas pixel."""
+        return torch.zeros(self.size, dtype=torch.float64).index_add_(0, self.index.ravel(), self.weights.ravel())
+
+    def value_sum(self, phasors: torch.Tensor | None = None) -> torch.Tensor:
+        """Accumulated (phase-adjusted) values per canvas pixel."""
         vals = self.values if phasors is None else self.values * phasors[:, None]
-        total = torch.zeros(self.size, dtype=torch.complex128).index_add_(0, self.index.ravel(), vals.ravel())
-        weight = torch.zeros(self.size, dtype=torch.float64).index_add_(0, self.index.ravel(),
-                                                                         self.weights.ravel())
-        return total, weight
+        return torch.zeros(self.size, dtype=torch.complex128).index_add_(0, self.index.ravel(), vals.ravel())
 
 
 def place(patches: np.ndarray, x: np.ndarray, y: np.ndarray, shape: tuple[int, int], crop: int,
@@ -94,7 +95,8 @@ def place(patches: np.ndarray, x: np.ndarray, y: np.ndarray, shape: tuple[int, i
     rows = row0[:, None, None] + steps[None, :, None]
     cols = col0[:, None, None] + steps[None, None, :]
     ok = ((rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)).expand(-1, span, span)
-    index = torch.where(ok, rows * w + cols, torch.zeros_like(rows * w + cols)).reshape(len(xs), -1)
+    flat = rows * w + cols
+    index = torch.where(ok, flat, torch.zeros_like(flat)).reshape(len(xs), -1)
     weights = (win[:, 2] * ok).reshape(len(xs), -1)
     values = (torch.complex(win[:, 0], win[:, 1]) * ok).reshape(len(xs), -1)
     return Placement(values, weights, index, h * w)
@@ -112,7 +114,7 @@ def phase_sync(placement: Placement, refine: int = 20) -> torch.Tensor:
     from scipy.sparse.linalg import LinearOperator, eigsh
 
     m = placement.values.shape[0]
-    _, weight = placement.accumulate()
+    weight = placement.weight_sum()
     inv_w = torch.where(weight > 1e-6, 1.0 / weight.clamp_min(1e-6), torch.zeros_like(weight))
     conj_vals = placement.values.conj()
 
@@ -133,7 +135,8 @@ def phase_sync(placement: Placement, refine: int = 20) -> torch.Tensor:
 
 
 def stitch(patches: np.ndarray, x: np.ndarray, y: np.ndarray, shape: tuple[int, int], crop: int,
-           sync_phase: bool = False, illumination: np.ndarray | None = None) -> Stitched:
+           sync_phase: bool = False, illumination: np.ndarray | None = None,
+           bbox: tuple[int, int, int, int] | None = None) -> Stitched:
     """Average the central ``crop`` x ``crop`` region of each patch into an object of ``shape``.
 
     Sub-pixel positions: each crop is shifted by its fractional offset with the bilinear sampler
@@ -141,17 +144,18 @@ def stitch(patches: np.ndarray, x: np.ndarray, y: np.ndarray, shape: tuple[int, 
     (N, N), typically |P|^2, weights each patch pixel by how strongly the data constrain it:
     the object is sum(|P|^2 o) / sum(|P|^2), the usual ptychographic average, so pixels the probe
     barely lit do not blur the result. With ``sync_phase`` each patch's phase offset is first
-    made consistent with its neighbours.
+    made consistent with its neighbours. ``bbox`` is the area to evaluate (default: the area the
+    crops cover).
     """
     placement = place(patches, x, y, shape, crop, illumination)
     phasors = phase_sync(placement) if sync_phase and len(x) > 1 else None
-    total, weight = placement.accumulate(phasors)
+    total, weight = placement.value_sum(phasors), placement.weight_sum()
     valid = weight > 1e-3 * float(weight.max())
     obj = torch.zeros_like(total)
     obj[valid] = total[valid] / weight[valid]
     h, w = shape
     return Stitched(obj.reshape(h, w).numpy().astype(np.complex64), weight.reshape(h, w).numpy().astype(np.float32),
-                    scanned_bbox(x, y, crop, shape))
+                    bbox or scanned_bbox(x, y, crop, shape))
 
 
 def illuminated_bbox(data: PtychoData) -> tuple[int, int, int, int]:
@@ -175,10 +179,8 @@ def reconstruct(model: PtychoModule, data: PtychoData, gridsize: int, neighbours
     flat = groups.indices.ravel()
     crop = crop or data.N // 2
     illumination = np.abs(data.probe) ** 2
-    stitched = stitch(patches.reshape(-1, data.N, data.N), data.xcoords[flat], data.ycoords[flat], data.obj.shape,
-                      crop, sync_phase, illumination / illumination.max())
-    stitched.bbox = illuminated_bbox(data)
-    return stitched
+    return stitch(patches.reshape(-1, data.N, data.N), data.xcoords[flat], data.ycoords[flat], data.obj.shape,
+                  crop, sync_phase, illumination / illumination.max(), illuminated_bbox(data))
 
 
 def reconstruct_from_bundle(bundle: Bundle, data: PtychoData, batch_size: int = 64,

@@ -31,7 +31,7 @@ from .manifest import SKIP_SUMMARY_NAME, JobContext, finished_status, new_record
 from .models import MODEL_CLASSES, PtychoModule
 from .rng import stage_rng
 from .training import build_trainer
-from .views import select_view_for
+from .views import ViewSelection, select_view_for
 
 log = logging.getLogger(__name__)
 BUNDLE_NAME = "wts.h5.zip"
@@ -169,18 +169,21 @@ def save_bundle(cfg: DictConfig, run_dir: Path, model: PtychoModule, params: dic
                         inference)
 
 
-def prepare_view(cfg: DictConfig, source: DatasetSource, run_dir: Path,
-                 record: dict[str, Any]) -> tuple[PtychoData, PtychoData] | None:
-    """Apply the view; None (and a skip summary) when it is too small to train on."""
+def load_job_data(cfg: DictConfig) -> tuple[DatasetSource, ViewSelection]:
+    """The job's dataset (cached simulation or the user's files) and its overlap view, from the config.
+
+    Training, non-zero DDP ranks and the comparison's LSQML reference all see the same positions.
+    """
+    dataset_cfg: DatasetConfig = OmegaConf.to_object(cfg.dataset)  # type: ignore[assignment]
     view_cfg: ViewConfig = OmegaConf.to_object(cfg.view)  # type: ignore[assignment]
-    sel = select_view_for(view_cfg, source.train, source.test)
-    record["view"] = {**sel.stats, "skip_reason": sel.skip_reason}
-    if sel.skipped:
-        atomic_write_json(run_dir / SKIP_SUMMARY_NAME, {
-            "skipped_views": [{"view": view_cfg.name, "reason": sel.skip_reason, "stats": sel.stats}],
-            "skipped_count": 1, "context": record["context"]})
-        return None
-    return source.train.subset(sel.train_index), source.test.subset(sel.test_index)
+    source = load_dataset(dataset_cfg, float(cfg.dose), int(cfg.seed), cfg.paths.cache_dir)
+    return source, select_view_for(view_cfg, source.train, source.test)
+
+
+def write_skip_summary(run_dir: Path, sel: ViewSelection, context: dict[str, Any]) -> None:
+    atomic_write_json(run_dir / SKIP_SUMMARY_NAME, {
+        "skipped_views": [{"view": sel.name, "reason": sel.skip_reason, "stats": sel.stats}],
+        "skipped_count": 1, "context": context})
 
 
 def run_job(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
@@ -207,16 +210,16 @@ def run_job(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     try:
         with bridged(cfg, str(run_dir)) as params:
             atomic_write_json(run_dir / "params.json", dict(params))
-            dataset_cfg: DatasetConfig = OmegaConf.to_object(cfg.dataset)  # type: ignore[assignment]
-            source = load_dataset(dataset_cfg, float(cfg.dose), int(cfg.seed), cfg.paths.cache_dir)
+            source, sel = load_job_data(cfg)
             record["dataset"] = source.identity
-            splits = prepare_view(cfg, source, run_dir, record)
-            if splits is None:
+            record["view"] = {**sel.stats, "skip_reason": sel.skip_reason}
+            if sel.skipped:
+                write_skip_summary(run_dir, sel, record["context"])
                 record["status"] = "skipped"
-                record["error"] = record["view"]["skip_reason"]
+                record["error"] = sel.skip_reason
                 log.warning("%s skipped: %s", ctx.label(), record["error"])
             else:
-                train, test = splits
+                train, test = sel.apply(source.train, source.test)
                 model = train_model(cfg, run_dir, train, record)
                 record["bundle_sha256"] = save_bundle(cfg, run_dir, model, dict(params))
                 record["bundle_path"] = BUNDLE_NAME
@@ -237,11 +240,9 @@ def run_job(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
 def _train_only(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """A non-zero DDP rank: same data and training, no files of its own."""
     with bridged(cfg, str(run_dir)):
-        source = load_dataset(OmegaConf.to_object(cfg.dataset), float(cfg.dose), int(cfg.seed),  # type: ignore[arg-type]
-                              cfg.paths.cache_dir)
-        sel = select_view_for(OmegaConf.to_object(cfg.view), source.train, source.test)  # type: ignore[arg-type]
+        source, sel = load_job_data(cfg)
         if not sel.skipped:
-            train_model(cfg, run_dir, source.train.subset(sel.train_index), {})
+            train_model(cfg, run_dir, sel.apply(source.train, source.test)[0], {})
     return {"status": "rank-nonzero", "label": context_of(cfg).label()}
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from .config import EvalConfig
 from .data import PtychoData
 
 log = logging.getLogger(__name__)
@@ -78,3 +79,14 @@ def run_lsqml(data: PtychoData, epochs: int, noise_model: str = "gaussian", devi
             "batch_size": batch_size, "device": device, "positions": "x - 0.5, y - 0.5 with origin (0, 0)"}
     log.info("LSQML: %d epochs in %.1f s", epochs, wall)
     return obj, info
+
+
+def reconstruct_and_score(data: PtychoData, epochs: int, eval_cfg: EvalConfig, noise_model: str = "gaussian",
+                          device: str = "cpu") -> tuple[dict[str, Any], dict[str, Any]]:
+    """LSQML on ``data`` scored exactly as the networks are (same region, registration, alignment)."""
+    from .evaluation import score_reconstruction
+    from .inference import Stitched, illuminated_bbox
+
+    obj, info = run_lsqml(data, epochs, noise_model, device)
+    stitched = Stitched(obj, np.ones(obj.shape, np.float32), illuminated_bbox(data))
+    return score_reconstruction(stitched, data.obj, eval_cfg), info

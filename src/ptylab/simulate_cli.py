@@ -40,7 +40,8 @@ def run_simulate(cfg: DictConfig) -> dict[str, Any]:
             atomic_write_json(out / "skip_summary.json", {"skipped_views": [
                 {"view": view.name, "reason": sel.skip_reason, "stats": sel.stats}], "skipped_count": 1})
         else:
-            write_dataset(out / f"train_{view.name}.npz", source.train.subset(sel.train_index))
-            write_dataset(out / f"test_{view.name}.npz", source.test.subset(sel.test_index))
+            train, test = sel.apply(source.train, source.test)
+            write_dataset(out / f"train_{view.name}.npz", train)
+            write_dataset(out / f"test_{view.name}.npz", test)
     atomic_write_json(out / "summary.json", summary)
     return summary

@@ -7,9 +7,7 @@ works on a sweep directory copied from a cluster.
 from __future__ import annotations
 
 import base64
-import csv
 import html
-import io
 import json
 from pathlib import Path
 from typing import Any
@@ -18,6 +16,7 @@ from .config import format_dose
 from .figures import metric_vs_dose
 from .fileio import atomic_write_text
 from .manifest import MANIFEST_NAME, read_manifest
+from .tables import cell, csv_text, markdown_lines
 
 METRICS = ["amplitude_ssim", "phase_ssim", "amplitude_psnr", "phase_psnr", "amplitude_frc50_px", "phase_frc50_px"]
 COLUMNS = ["dose", "view", "model", "gridsize", "status", *METRICS, "amplitude_ms_ssim", "phase_ms_ssim",
@@ -68,14 +67,6 @@ def lsqml_rows(sweep_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _fmt(v: Any, column: str = "") -> str:
-    if column == "dose" and isinstance(v, int | float):
-        return format_dose(float(v))
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return "" if v is None else str(v)
-
-
 def _png_b64(path: Path) -> str:
     return base64.b64encode(path.read_bytes()).decode()
 
@@ -84,18 +75,13 @@ def write_report(sweep_dir: Path, out_dir: Path) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = sorted(job_rows(sweep_dir) + lsqml_rows(sweep_dir),
                   key=lambda r: (r["dose"] or 0, r["view"] or "", r["model"], str(r["gridsize"])))
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=COLUMNS)
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(out_dir / "study.csv", buf.getvalue())
+    atomic_write_text(out_dir / "study.csv", csv_text(rows, COLUMNS))
     shown = ["dose", "view", "model", "gridsize", "status", *METRICS]
-    md = ["| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
-    md += ["| " + " | ".join(_fmt(r[c], c) for c in shown) + " |" for r in rows]
+    md = markdown_lines(rows, shown)
     problems = [r for r in rows if r["status"] != "succeeded"]
     if problems:
         md += ["", "Jobs that did not succeed:", ""]
-        md += [f"- dose {_fmt(r['dose'], 'dose')} {r['view']} {_method(r['model'], r['gridsize'])}: {r['status']} - "
+        md += [f"- dose {cell(r['dose'], 'dose')} {r['view']} {_method(r['model'], r['gridsize'])}: {r['status']} - "
                f"{r['reason']}" for r in problems]
     atomic_write_text(out_dir / "study.md", "\n".join(md) + "\n")
     plots = []
@@ -119,8 +105,8 @@ def _write_html(path: Path, sweep_dir: Path, rows: list[dict[str, Any]], shown: 
                 problems: list[dict[str, Any]], plots: list[Path]) -> None:
     e = html.escape
     head = "".join(f"<th>{e(c)}</th>" for c in shown)
-    body = "".join("<tr>" + "".join(f"<td>{e(_fmt(r[c], c))}</td>" for c in shown) + "</tr>" for r in rows)
-    issues = "".join(f"<li>dose {e(_fmt(r['dose'], 'dose'))} {e(str(r['view']))} "
+    body = "".join("<tr>" + "".join(f"<td>{e(cell(r[c], c))}</td>" for c in shown) + "</tr>" for r in rows)
+    issues = "".join(f"<li>dose {e(cell(r['dose'], 'dose'))} {e(str(r['view']))} "
                      f"{e(_method(r['model'], r['gridsize']))}: <b>{e(r['status'])}</b> &mdash; "
                      f"{e(str(r['reason']))}</li>" for r in problems)
     figs = "".join(f'<figure><img alt="{e(p.stem)}" src="data:image/png;base64,{_png_b64(p)}"></figure>' for p in plots)

@@ -86,6 +86,10 @@ class ViewSelection:
     def skipped(self) -> bool:
         return self.skip_reason is not None
 
+    def apply(self, train: PtychoData, test: PtychoData) -> tuple[PtychoData, PtychoData]:
+        """The kept positions of each split."""
+        return train.subset(self.train_index), test.subset(self.test_index)
+
 
 def _split_stats(x: np.ndarray, y: np.ndarray, kept: np.ndarray, radius: float) -> dict[str, Any]:
     nn = median_nn_distance(x[kept], y[kept])
