@@ -25,6 +25,10 @@ def main(cfg: DictConfig) -> str:
         return str(record["status"])
     print(summary_line(record), flush=True)
     if record["status"] == "failed" and hc.mode == RunMode.RUN:
+        # Bad input (config, files) is the user's to fix: one error line, exit 2; anything else is 1.
+        if record.get("user_error"):
+            print(f"error: {record['error'].split(': ', 1)[-1]}", file=sys.stderr, flush=True)
+            sys.exit(2)
         sys.exit(1)
     return str(record["status"])
 

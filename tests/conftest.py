@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ptylab.config import DatasetConfig
+from ptylab.config import EmbeddedDatasetConfig as DatasetConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"

@@ -1,7 +1,7 @@
 import numpy as np
 
 from ptylab.cache import cache_key, load_or_simulate
-from ptylab.config import DatasetConfig
+from ptylab.config import EmbeddedDatasetConfig as DatasetConfig
 
 
 def test_cache_hit_returns_identical_data(small_dataset_cfg, tmp_path):
@@ -32,6 +32,5 @@ def test_key_covers_every_input_that_changes_the_bytes(small_dataset_cfg):
     assert cache_key(small_dataset_cfg, 1e3, 2) != base
     other = DatasetConfig(**{**small_dataset_cfg.__dict__, "scan_step": 5.0})
     assert cache_key(other, 1e3, 1) != base
-    # where the data would be read from is not an input of the simulation
-    same = DatasetConfig(**{**small_dataset_cfg.__dict__, "train_file": "x.npz"})
-    assert cache_key(same, 1e3, 1) == base
+    brighter = DatasetConfig(**{**small_dataset_cfg.__dict__, "amplitude_max": 2.0})
+    assert cache_key(brighter, 1e3, 1) != base

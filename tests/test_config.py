@@ -5,12 +5,12 @@ import json
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
-from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
 import ptylab.config  # noqa: F401
-from ptylab.cache import load_dataset
+from ptylab.config import validate
 from ptylab.data import read_dataset
+from ptylab.errors import ConfigError
 
 from .conftest import CONF, ROOT, SMALL_OVERRIDES, run_script
 
@@ -47,10 +47,11 @@ def test_wrong_type_fails_at_composition(override):
 
 def test_user_files_need_both_paths():
     cfg = _compose(["dataset=npz"])
-    with pytest.raises(ValueError, match=r"dataset.train_file=\.\.\. and dataset.test_file"):
-        load_dataset(OmegaConf.to_object(cfg.dataset), 1.0, 1, "unused")
+    with pytest.raises(ConfigError, match=r"dataset.train_file: a value is required"):
+        validate(cfg)
     cfg = _compose(["dataset=npz", "dataset.train_file=a.npz", "dataset.test_file=b.npz"])
     assert cfg.dataset.name == "file" and cfg.dataset.train_file == "a.npz"
+    assert _compose(["dataset=hdf5", "dataset.train_file=a.h5", "dataset.test_file=b.h5"]).dataset.name == "file"
 
 
 def test_simulate_config_has_no_view_unless_asked():

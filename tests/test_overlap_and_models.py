@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ptylab.cache import load_or_simulate
-from ptylab.config import ModelConfig
+from ptylab.config import PinnConfig, SupervisedConfig
 from ptylab.datamodule import GroupedPatterns, make_loader
 from ptylab.grouping import group_positions
 from ptylab.job import build_model
@@ -50,7 +50,7 @@ def test_tiny_pinn_training_lowers_poisson_nll(small_dataset_cfg, tmp_path, grid
     src = load_or_simulate(small_dataset_cfg, 1e4, 0, tmp_path / "cache")
     train = src.train
     L.seed_everything(0, verbose=False)
-    model = build_model(ModelConfig(base_filters=[8, 16, 32], width=1, lr=3e-3), gridsize, train)
+    model = build_model(PinnConfig(base_filters=[8, 16, 32], width=1, lr=3e-3), gridsize, train)
     groups = group_positions(train.xcoords, train.ycoords, gridsize, 7)
     ds = GroupedPatterns(train.diff3d, groups)
     probe_batch = ds.__getitems__(list(range(min(32, len(ds)))))
@@ -70,7 +70,7 @@ def test_tiny_pinn_training_lowers_poisson_nll(small_dataset_cfg, tmp_path, grid
 def test_supervised_baseline_learns_and_refuses_data_without_y(small_dataset_cfg, tmp_path):
     train = load_or_simulate(small_dataset_cfg, 1e4, 0, tmp_path / "cache").train
     L.seed_everything(0, verbose=False)
-    model = build_model(ModelConfig(name="supervised", base_filters=[8, 16, 32], width=1, lr=3e-3), 1, train)
+    model = build_model(SupervisedConfig(base_filters=[8, 16, 32], width=1, lr=3e-3), 1, train)
     assert isinstance(model, Supervised)
     ds = GroupedPatterns(train.diff3d, group_positions(train.xcoords, train.ycoords, 1), train.Y)
     batch = ds.__getitems__(list(range(32)))
@@ -81,9 +81,9 @@ def test_supervised_baseline_learns_and_refuses_data_without_y(small_dataset_cfg
     assert after < 0.8 * before, (before, after)
     train.Y = None
     with pytest.raises(ValueError, match="needs ground-truth patches 'Y'"):
-        build_model(ModelConfig(name="supervised"), 1, train)
+        build_model(SupervisedConfig(), 1, train)
     with pytest.raises(ValueError, match="trains at gridsize 1"):
-        build_model(ModelConfig(name="supervised"), 2, train)
+        build_model(SupervisedConfig(), 2, train)
 
 
 def test_checkpoint_loads_outside_hydra(tmp_path):

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import DatasetConfig
+from .config import DatasetConfig, EmbeddedDatasetConfig, FileDatasetConfig
 from .data import PtychoData, read_dataset, write_dataset
 from .fileio import atomic_write_json, sha256_bytes, sha256_file
 from .simulate import simulate
@@ -34,8 +34,8 @@ class DatasetSource:
     summary: dict[str, Any]
 
 
-def cache_key(cfg: DatasetConfig, dose: float, seed: int) -> str:
-    inputs = {k: v for k, v in asdict(cfg).items() if k not in ("name", "train_file", "test_file")}
+def cache_key(cfg: EmbeddedDatasetConfig, dose: float, seed: int) -> str:
+    inputs = {k: v for k, v in asdict(cfg).items() if k != "name"}
     if cfg.probe_file is not None:
         inputs["probe_file_sha256"] = sha256_file(cfg.probe_file)
     blob = json.dumps({"format": CACHE_FORMAT, "dataset": inputs, "dose": float(dose), "seed": int(seed)},
@@ -43,7 +43,7 @@ def cache_key(cfg: DatasetConfig, dose: float, seed: int) -> str:
     return sha256_bytes(blob.encode())
 
 
-def load_or_simulate(cfg: DatasetConfig, dose: float, seed: int, cache_dir: str | Path) -> DatasetSource:
+def load_or_simulate(cfg: EmbeddedDatasetConfig, dose: float, seed: int, cache_dir: str | Path) -> DatasetSource:
     key = cache_key(cfg, dose, seed)
     entry = Path(cache_dir) / f"embedded-{key[:24]}"
     marker = entry / "complete.json"
@@ -102,11 +102,7 @@ def load_files(train_file: str, test_file: str) -> DatasetSource:
 
 
 def load_dataset(cfg: DatasetConfig, dose: float, seed: int, cache_dir: str | Path) -> DatasetSource:
-    """Dispatch on ``dataset.name``: the embedded simulation (cached) or files."""
-    if cfg.name == "embedded":
-        return load_or_simulate(cfg, dose, seed, cache_dir)
-    if cfg.name == "file":
-        if not cfg.train_file or not cfg.test_file:
-            raise ValueError("dataset=file needs dataset.train_file=... and dataset.test_file=...")
+    """Dispatch on the dataset's kind: the embedded simulation (cached) or the user's files."""
+    if isinstance(cfg, FileDatasetConfig):
         return load_files(cfg.train_file, cfg.test_file)
-    raise ValueError(f"dataset.name must be 'embedded' or 'file', got '{cfg.name}'")
+    return load_or_simulate(cfg, dose, seed, cache_dir)

@@ -9,25 +9,74 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, OmegaConf
+from omegaconf import MISSING, MissingMandatoryValue, OmegaConf, ValidationError
+
+from .errors import ConfigError
+
+
+class ObjectSupport(StrEnum):
+    """Where the object is predicted: the illuminated central N/2 x N/2, or the whole patch."""
+
+    center = "center"
+    full = "full"
+
+
+class AmpActivation(StrEnum):
+    sigmoid = "sigmoid"
+    swish = "swish"
+
+
+class Schedule(StrEnum):
+    """Learning-rate schedule over the Trainer's step budget."""
+
+    cosine = "cosine"  # linear warm-up, then cosine decay to min_lr
+    constant = "constant"
+    plateau = "plateau"  # the first design's reduce-on-plateau (ablations)
+
+
+class Init(StrEnum):
+    glorot = "glorot"
+    kaiming = "kaiming"
+    default = "default"  # PyTorch's own (ablations)
+
+
+class DecoderLayout(StrEnum):
+    upsample = "upsample"
+    transposed = "transposed"
+
+
+class ViewName(StrEnum):
+    dense = "dense"
+    sparse = "sparse"
+    full = "full"
+    custom = "custom"
+
+
+class LoggerKind(StrEnum):
+    csv = "csv"
+    tensorboard = "tensorboard"
+
+
+def _check(ok: bool, key: str, value: Any, expectation: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r}: must be {expectation}")
 
 
 @dataclass
-class DatasetConfig:
-    """Where the diffraction data come from: the embedded simulation or the user's own files."""
+class EmbeddedDatasetConfig:
+    """The embedded simulation: object from bundled images, a focused probe, a dense raster."""
 
-    name: str = "embedded"  # embedded | file
-    train_file: str | None = None
-    test_file: str | None = None
-    # Embedded simulation (ignored for files).
+    name: str = "embedded"
     N: int = 64
     object_size: int = 256
     amplitude_image: str = "camera"
     phase_image: str = "astronaut"
     amplitude_min: float = 0.3
+    amplitude_max: float = 1.0
     phase_range: float = 2.0  # radians, peak to peak
     probe_file: str | None = None
     probe_diameter: float = 22.0
@@ -36,41 +85,109 @@ class DatasetConfig:
     scan_step: float = 3.0
     scan_jitter: float = 0.0  # uniform sub-pixel jitter along the fast axis, in pixels
 
+    def __post_init__(self) -> None:
+        _check(self.N >= 8 and self.N % 8 == 0, "dataset.N", self.N, "a multiple of 8, at least 8")
+        _check(self.object_size > self.N, "dataset.object_size", self.object_size, f"larger than N={self.N}")
+        _check(0 <= self.amplitude_min < self.amplitude_max, "dataset.amplitude_min", self.amplitude_min,
+               f">= 0 and below amplitude_max={self.amplitude_max}")
+        _check(self.probe_diameter > 0, "dataset.probe_diameter", self.probe_diameter, "> 0")
+        _check(self.scan_step > 0, "dataset.scan_step", self.scan_step, "> 0")
+        _check(self.scan_jitter >= 0, "dataset.scan_jitter", self.scan_jitter, ">= 0")
+
+
+@dataclass
+class FileDatasetConfig:
+    """The user's own contract-conforming files (NPZ or HDF5, detected from the bytes)."""
+
+    name: str = "file"
+    train_file: str = MISSING
+    test_file: str = MISSING
+
+
+DatasetConfig = EmbeddedDatasetConfig | FileDatasetConfig
+
 
 @dataclass
 class ViewConfig:
     """An overlap view: thin the scan so neighbours overlap by ``target_overlap`` (None: keep all)."""
 
-    name: str = "dense"
+    name: ViewName = ViewName.dense
     target_overlap: float | None = 0.7
     min_train_positions: int = 64
     probe_radius: float | None = None  # None: effective radius measured from the probe
 
+    def __post_init__(self) -> None:
+        if self.target_overlap is not None:
+            _check(0 < self.target_overlap < 1, "view.target_overlap", self.target_overlap,
+                   "in (0, 1), or null for no thinning")
+        _check(self.min_train_positions >= 1, "view.min_train_positions", self.min_train_positions, ">= 1")
+
 
 @dataclass
 class ModelConfig:
-    """Network, physics layer and optimisation settings of one model kind."""
+    """Settings every model kind shares: network, optimisation, batching, validation share."""
 
-    name: str = "pinn"  # pinn | supervised
+    name: str = MISSING
     base_filters: list[int] = field(default_factory=lambda: [32, 64, 128])
-    width: int = 2
-    neighbours: int = 7  # K of the KD-tree grouping
+    width: int = 1
+    neighbours: int = 7  # K of the KD-tree grouping (reconstruction uses it too)
+    object_support: ObjectSupport = ObjectSupport.center
+    amp_activation: AmpActivation = AmpActivation.sigmoid
+    init: Init = Init.glorot
+    decoder: DecoderLayout = DecoderLayout.upsample
+    separate_decoders: bool = False
+    lr: float = 1e-3
+    schedule: Schedule = Schedule.cosine
+    warmup_steps: int = 100
+    min_lr: float = 1e-5
+    lr_factor: float = 0.5  # plateau only
+    lr_patience: int = 2  # plateau only
+    early_stop_patience: int = 0  # 0: off (the whole budget is spent; the best checkpoint is still kept)
+    batch_size: int = 16
+    val_fraction: float = 0.1
+    max_train_groups: int | None = None  # cap on training samples (None: all)
+
+    def __post_init__(self) -> None:
+        _check(len(self.base_filters) == 3 and all(f > 0 for f in self.base_filters), "model.base_filters",
+               self.base_filters, "three positive filter counts")
+        _check(self.width >= 1, "model.width", self.width, ">= 1")
+        _check(self.lr > 0, "model.lr", self.lr, "> 0")
+        _check(0 < self.min_lr <= self.lr, "model.min_lr", self.min_lr, f"in (0, lr={self.lr}]")
+        _check(self.warmup_steps >= 0, "model.warmup_steps", self.warmup_steps, ">= 0")
+        _check(0 < self.lr_factor < 1, "model.lr_factor", self.lr_factor, "in (0, 1)")
+        _check(self.batch_size >= 1, "model.batch_size", self.batch_size, ">= 1")
+        _check(0 <= self.val_fraction < 1, "model.val_fraction", self.val_fraction, "in [0, 1)")
+        _check(self.early_stop_patience >= 0, "model.early_stop_patience", self.early_stop_patience, ">= 0")
+        _check(self.neighbours >= 1, "model.neighbours", self.neighbours, ">= 1")
+        if self.max_train_groups is not None:
+            _check(self.max_train_groups >= 1, "model.max_train_groups", self.max_train_groups, ">= 1 or null")
+
+
+@dataclass
+class PinnConfig(ModelConfig):
+    """The self-supervised PINN: physics layer, overlap constraint, group sampling."""
+
+    name: str = "pinn"
     oversample: int = 0  # extra random groups per anchor (gridsize > 1 and K >= C only)
-    object_support: str = "center"  # center (N/2 x N/2, zero-padded) | full
-    amp_activation: str = "sigmoid"  # sigmoid | swish
     probe_trainable: bool = False
     probe_mask: bool = False
     intensity_scale_trainable: bool = False
     nll_weight: float = 1.0
     mae_weight: float = 0.0
-    lr: float = 1e-3
-    lr_factor: float = 0.5
-    lr_patience: int = 2
-    min_lr: float = 1e-4
-    early_stop_patience: int = 3
-    batch_size: int = 16
-    val_fraction: float = 0.1
-    max_train_groups: int | None = None  # cap on training samples (None: all)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(self.oversample >= 0, "model.oversample", self.oversample, ">= 0")
+        _check(self.nll_weight >= 0 and self.mae_weight >= 0 and self.nll_weight + self.mae_weight > 0,
+               "model.nll_weight", self.nll_weight, "non-negative, with mae_weight, and not both zero")
+
+
+@dataclass
+class SupervisedConfig(ModelConfig):
+    """The supervised baseline: MAE against ground-truth patches Y, gridsize 1."""
+
+    name: str = "supervised"
+    separate_decoders: bool = True
 
 
 @dataclass
@@ -91,12 +208,22 @@ class EvalConfig:
     remove_phase_plane: bool = False
     batch_size: int = 64
 
+    def __post_init__(self) -> None:
+        _check(self.upsample_factor >= 1, "eval.upsample_factor", self.upsample_factor, ">= 1")
+        _check(self.max_shift_px > 0, "eval.max_shift_px", self.max_shift_px, "> 0")
+        _check(self.batch_size >= 1, "eval.batch_size", self.batch_size, ">= 1")
+        if self.stitch_crop is not None:
+            _check(self.stitch_crop >= 1, "eval.stitch_crop", self.stitch_crop, ">= 1 or null")
+
+
+SUPPORTED_GRIDSIZES = (1, 2, 3)
+
 
 @dataclass
 class TrainConfig:
-    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    dataset: Any = MISSING  # one of the dataset schemas, chosen by the dataset group
     view: ViewConfig = field(default_factory=ViewConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: Any = MISSING  # one of the model schemas, chosen by the model group
     # Passed verbatim to lightning.Trainer, so any Trainer argument works (``++trainer.x=...``).
     trainer: dict[str, Any] = field(default_factory=dict)
     paths: PathsConfig = field(default_factory=PathsConfig)
@@ -106,18 +233,84 @@ class TrainConfig:
     seed: int = 1
     ckpt_path: str | None = None
     redo: bool = False  # re-run a job whose directory already holds a finished manifest
-    logger: str = "csv"  # csv | tensorboard (needs the tensorboard extra)
+    logger: LoggerKind = LoggerKind.csv  # tensorboard needs the tensorboard extra
     experiment: str | None = None
+
+    def __post_init__(self) -> None:
+        _check(self.dose > 0, "dose", self.dose, "positive (photons per pattern)")
+        _check(self.gridsize in SUPPORTED_GRIDSIZES, "gridsize", self.gridsize, f"one of {SUPPORTED_GRIDSIZES}")
+        if isinstance(self.model, SupervisedConfig):
+            _check(self.gridsize == 1, "gridsize", self.gridsize, "1 for model=supervised (it trains on single "
+                   "patterns)")
+        if isinstance(self.model, PinnConfig) and self.model.oversample:
+            _check(self.gridsize > 1, "model.oversample", self.model.oversample,
+                   "0 at gridsize 1 (a single pattern has no alternative neighbours)")
+            _check(self.model.neighbours >= self.gridsize**2, "model.neighbours", self.model.neighbours,
+                   f">= gridsize^2 = {self.gridsize**2} for oversampling")
 
 
 @dataclass
 class SimulateConfig:
-    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    dataset: Any = MISSING
     view: ViewConfig | None = None
     paths: PathsConfig = field(default_factory=PathsConfig)
     dose: float = 1e4
     seed: int = 1
     output_dir: str = MISSING
+    as_user_files: bool = False  # drop intensity_scale and simulation settings from the files' metadata
+
+    def __post_init__(self) -> None:
+        _check(self.dose > 0, "dose", self.dose, "positive (photons per pattern)")
+        _check(isinstance(self.dataset, EmbeddedDatasetConfig), "dataset", getattr(self.dataset, "name", None),
+               "a simulated dataset (dataset=embedded or a preset built on it)")
+
+
+@dataclass
+class LsqmlConfig:
+    enabled: bool = True
+    epochs: int = 200
+    noise_model: str = "gaussian"  # scored better than poisson on Poisson data in our trials
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        _check(self.epochs >= 1, "lsqml.epochs", self.epochs, ">= 1")
+        _check(self.noise_model in ("gaussian", "poisson"), "lsqml.noise_model", self.noise_model,
+               "'gaussian' or 'poisson'")
+
+
+@dataclass
+class CompareConfig:
+    runs: list[str] = field(default_factory=list)
+    output_dir: str = MISSING
+    lsqml: LsqmlConfig = field(default_factory=LsqmlConfig)
+
+
+@dataclass
+class ReconstructConfig:
+    bundle: str = MISSING
+    data: str = MISSING
+    output_dir: str = MISSING
+    batch_size: int = 64
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        _check(self.batch_size >= 1, "batch_size", self.batch_size, ">= 1")
+
+
+def validate(cfg: Any) -> Any:
+    """Instantiate a composed config as its schema, running every range check before any work.
+
+    Returns the typed object; a missing required value or a value out of range raises
+    ``ConfigError`` naming the key and the value.
+    """
+    try:
+        return OmegaConf.to_object(cfg)
+    except MissingMandatoryValue as exc:
+        key = exc.full_key or "?"
+        hint = " (dataset=npz needs dataset.train_file=PATH and dataset.test_file=PATH)" if "_file" in key else ""
+        raise ConfigError(f"{key}: a value is required{hint}") from None
+    except ValidationError as exc:
+        raise ConfigError(str(exc).splitlines()[0]) from None
 
 
 def format_dose(dose: float) -> str:
@@ -141,6 +334,13 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="simulate_schema", node=SimulateConfig)
+    cs.store(name="compare_schema", node=CompareConfig)
+    cs.store(name="reconstruct_schema", node=ReconstructConfig)
+    # One schema per kind, registered in its group: a key of another kind fails at composition.
+    cs.store(group="model", name="pinn_schema", node=PinnConfig)
+    cs.store(group="model", name="supervised_schema", node=SupervisedConfig)
+    cs.store(group="dataset", name="embedded_schema", node=EmbeddedDatasetConfig)
+    cs.store(group="dataset", name="file_schema", node=FileDatasetConfig)
     if not OmegaConf.has_resolver("ptylab_tag"):
         OmegaConf.register_new_resolver("ptylab_tag", run_tag)
 

@@ -23,7 +23,7 @@ from .data import PtychoData
 from .figures import complex_panels, frc_curves
 from .fileio import atomic_write_json, atomic_write_with
 from .inference import Stitched, reconstruct
-from .metrics import PSNR_CAP_DB, score_image
+from .metrics import PSNR_CAP_DB, beats_flat, score_image
 from .models import PtychoModule
 
 log = logging.getLogger(__name__)
@@ -95,15 +95,31 @@ def headline(scores: dict[str, Any]) -> dict[str, float | None]:
     for part in ("amplitude", "phase"):
         s = scores[part]
         out[f"{part}_ssim"] = s["ssim"]
+        out[f"{part}_corr"] = s.get("pearson")
         out[f"{part}_psnr"] = s["psnr"]
         out[f"{part}_frc50_px"] = s["frc_0_5"]["period_px"]
+        if "flat" in s:
+            out[f"{part}_flat_ssim"] = s["flat"]["ssim"]
     return out
+
+
+def flat_image_flags(scores: dict[str, Any]) -> list[str]:
+    """Plain-language flags for every score where the reconstruction does not beat a flat image."""
+    flags = []
+    for part in ("amplitude", "phase"):
+        s = scores[part]
+        if "flat" not in s:
+            continue
+        for key, better in beats_flat(s).items():
+            if not better:
+                flags.append(f"{part} {key} {s[key]:.3f} does not beat a flat image ({s['flat'][key]:.3f})")
+    return flags
 
 
 def write_evaluation(run_dir: Path, scores: dict[str, Any], title: str, extra: dict[str, Any]) -> dict[str, Any]:
     """metrics.json, reconstruction.npz and figures for one method's scores."""
     aligned, gt = scores.pop("aligned"), scores.pop("ground_truth")
-    metrics = {**scores, **extra, "headline": headline(scores)}
+    metrics = {**scores, **extra, "headline": headline(scores), "flat_image_flags": flat_image_flags(scores)}
     atomic_write_json(run_dir / "metrics.json", metrics)
 
     def _npz(tmp: Path) -> None:
@@ -130,6 +146,8 @@ def evaluate_reconstruction(model: PtychoModule, test: PtychoData, gridsize: int
              "test_positions": test.n_positions, "stitch_crop": cfg.stitch_crop or test.N // 2,
              "sync_phase": cfg.sync_phase}
     metrics = write_evaluation(run_dir, scores, title, extra)
-    log.info("%s amplitude SSIM %.3f, phase SSIM %.3f", title, metrics["amplitude"]["ssim"],
-             metrics["phase"]["ssim"])
+    log.info("%s amplitude SSIM %.3f corr %.3f, phase SSIM %.3f corr %.3f", title, metrics["amplitude"]["ssim"],
+             metrics["amplitude"]["pearson"], metrics["phase"]["ssim"], metrics["phase"]["pearson"])
+    for flag in metrics["flat_image_flags"]:
+        log.warning("%s: %s", title, flag)
     return metrics

@@ -21,9 +21,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from .bundle import ModelWeights, write_bundle
 from .cache import DatasetSource, load_dataset
-from .config import DatasetConfig, EvalConfig, ModelConfig, ViewConfig
+from .config import DatasetConfig, EvalConfig, ModelConfig, PinnConfig, SupervisedConfig, ViewConfig, validate
 from .data import PtychoData
 from .datamodule import GroupedPatterns, input_scale, make_loader, split_train_val
+from .errors import ConfigError, PtylabError
 from .fileio import atomic_write_json, atomic_write_text
 from .grouping import Groups, group_positions
 from .legacy_params import bridged, location_free
@@ -45,7 +46,7 @@ def context_of(cfg: DictConfig) -> JobContext:
 
 def bundle_config_yaml(cfg: DictConfig) -> str:
     """Resolved config without location-only nodes, so that the bundle identifies the model alone."""
-    container = OmegaConf.to_container(cfg, resolve=True)
+    container = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     assert isinstance(container, dict)
     for key in LOCATION_NODES:
         container.pop(key, None)
@@ -55,11 +56,14 @@ def bundle_config_yaml(cfg: DictConfig) -> str:
 def build_model(model_cfg: ModelConfig, gridsize: int, train: PtychoData) -> PtychoModule:
     common = {
         "N": train.N, "gridsize": gridsize, "base_filters": list(model_cfg.base_filters), "width": model_cfg.width,
-        "object_support": model_cfg.object_support, "amp_activation": model_cfg.amp_activation,
-        "input_scale": input_scale(train.diff3d), "lr": model_cfg.lr, "lr_factor": model_cfg.lr_factor,
-        "lr_patience": model_cfg.lr_patience, "min_lr": model_cfg.min_lr,
+        # Choices go in as plain strings: hyperparameters are saved in checkpoints and bundles.
+        "object_support": str(model_cfg.object_support), "amp_activation": str(model_cfg.amp_activation),
+        "input_scale": input_scale(train.diff3d), "lr": model_cfg.lr, "schedule": str(model_cfg.schedule),
+        "warmup_steps": model_cfg.warmup_steps, "min_lr": model_cfg.min_lr, "lr_factor": model_cfg.lr_factor,
+        "lr_patience": model_cfg.lr_patience, "init": str(model_cfg.init), "decoder": str(model_cfg.decoder),
+        "separate_decoders": model_cfg.separate_decoders,
     }
-    if model_cfg.name == "pinn":
+    if isinstance(model_cfg, PinnConfig):
         scale = train.metadata.get("intensity_scale")
         if scale is None:  # user data: match mean counts to a flat unit object under the probe (Parseval)
             mean_counts = float((train.diff3d.astype(np.float64) ** 2).sum(axis=(1, 2)).mean())
@@ -69,7 +73,7 @@ def build_model(model_cfg: ModelConfig, gridsize: int, train: PtychoData) -> Pty
             probe_mask=model_cfg.probe_mask, intensity_scale_trainable=model_cfg.intensity_scale_trainable,
             nll_weight=model_cfg.nll_weight, mae_weight=model_cfg.mae_weight, probe=torch.from_numpy(train.probe),
         )
-    if model_cfg.name == "supervised":
+    if isinstance(model_cfg, SupervisedConfig):
         if gridsize != 1:
             raise ValueError(f"the supervised baseline trains at gridsize 1 (got gridsize={gridsize}); "
                              "run it with gridsize=1")
@@ -77,7 +81,7 @@ def build_model(model_cfg: ModelConfig, gridsize: int, train: PtychoData) -> Pty
             raise ValueError("the supervised baseline needs ground-truth patches 'Y' in the training data, and "
                              "this dataset has none (key 'Y' missing)")
         return MODEL_CLASSES["supervised"](**common)
-    raise ValueError(f"model.name must be one of {sorted(MODEL_CLASSES)}, got '{model_cfg.name}'")
+    raise ConfigError(f"model.name must be one of {sorted(MODEL_CLASSES)}, got '{model_cfg.name}'")
 
 
 def _subset_groups(groups: Groups, sel: np.ndarray) -> Groups:
@@ -105,7 +109,8 @@ def train_model(cfg: DictConfig, run_dir: Path, train: PtychoData, record: dict[
     seed = int(cfg.seed)
     L.seed_everything(seed, workers=True, verbose=False)
     model = build_model(model_cfg, gridsize, train)
-    groups = group_positions(train.xcoords, train.ycoords, gridsize, model_cfg.neighbours, model_cfg.oversample,
+    oversample = model_cfg.oversample if isinstance(model_cfg, PinnConfig) else 0
+    groups = group_positions(train.xcoords, train.ycoords, gridsize, model_cfg.neighbours, oversample,
                              stage_rng(seed, "oversample"))
     if model_cfg.max_train_groups is not None and groups.n_groups > model_cfg.max_train_groups:
         keep = np.sort(stage_rng(seed, "cap").permutation(groups.n_groups)[: model_cfg.max_train_groups])
@@ -132,6 +137,7 @@ def train_model(cfg: DictConfig, run_dir: Path, train: PtychoData, record: dict[
         model.load_state_dict(state)
     record.update({
         "epochs": int(trainer.current_epoch),
+        "steps": int(trainer.global_step),
         "best_val_loss": None if checkpoint.best_model_score is None else float(checkpoint.best_model_score),
         "loss_history": {"train": history.train, "val": history.val},
         "checkpoint_path": _relative(checkpoint.last_model_path, run_dir),
@@ -208,6 +214,7 @@ def run_job(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     write_manifest(run_dir, record)
     t0 = time.perf_counter()
     try:
+        validate(cfg)  # every range and kind check, before any data are touched
         with bridged(cfg, str(run_dir)) as params:
             atomic_write_json(run_dir / "params.json", dict(params))
             source, sel = load_job_data(cfg)
@@ -228,6 +235,7 @@ def run_job(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     except Exception as exc:  # the job's failure is data, recorded and reported, not a crash
         record["status"] = "failed"
         record["error"] = f"{type(exc).__name__}: {exc}"
+        record["user_error"] = isinstance(exc, PtylabError)
         atomic_write_text(run_dir / "error.log", traceback.format_exc())
         log.error("%s failed: %s", ctx.label(), record["error"])
     finally:
@@ -258,6 +266,7 @@ def evaluate_job(cfg: DictConfig, run_dir: Path, model: PtychoModule, test: Ptyc
                                       context_of(cfg).label())
     record["metrics_path"] = "metrics.json"
     record["headline_metrics"] = metrics["headline"]
+    record["flat_image_flags"] = metrics["flat_image_flags"]
 
 
 def summary_line(record: dict[str, Any]) -> str:
@@ -268,5 +277,8 @@ def summary_line(record: dict[str, Any]) -> str:
         if head:
             extra = " " + " ".join(f"{k}={v:.3f}" for k, v in head.items() if isinstance(v, float))
         reused = " (already finished; reused)" if record.get("reused") else ""
-        return f"{record['label']} bundle {record['bundle_path']} sha256 {record['bundle_sha256']}{extra}{reused}"
+        flags = record.get("flat_image_flags") or []
+        warn = f" WARNING: {len(flags)} score(s) do not beat a flat image ({'; '.join(flags)})" if flags else ""
+        return (f"{record['label']} bundle {record['bundle_path']} sha256 {record['bundle_sha256']}{extra}{reused}"
+                f"{warn}")
     return f"{record['label']} {record['status'].upper()}: {record['error']}"

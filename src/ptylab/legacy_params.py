@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Mapping
+from enum import StrEnum
 from types import MappingProxyType
 from typing import Any
 
@@ -21,7 +22,11 @@ class LegacyParamsError(RuntimeError):
 
 
 def _path(dotted: str) -> Callable[[DictConfig, str], Any]:
-    return lambda cfg, _out: OmegaConf.select(cfg, dotted, default=None)
+    def get(cfg: DictConfig, _out: str) -> Any:
+        value = OmegaConf.select(cfg, dotted, default=None)
+        return str(value) if isinstance(value, StrEnum) else value  # params.json holds plain values
+
+    return get
 
 
 # legacy key -> how its value is obtained from the composed config (and the job's output directory).
@@ -36,7 +41,7 @@ LEGACY_MAP: dict[str, Callable[[DictConfig, str], Any]] = {
     # Patches are merged on a shared canvas (the overlap constraint) when a group has several.
     "object.big": lambda cfg, _out: int(cfg.gridsize) > 1,
     # The object may be predicted beyond the central N/2 region.
-    "probe.big": lambda cfg, _out: cfg.model.object_support == "full",
+    "probe.big": lambda cfg, _out: str(cfg.model.object_support) == "full",
     "probe.mask": _path("model.probe_mask"),
     "probe.trainable": _path("model.probe_trainable"),
     "intensity_scale.trainable": _path("model.intensity_scale_trainable"),

@@ -57,6 +57,8 @@ def new_record(ctx: JobContext, run_dir: Path) -> dict[str, Any]:
         "view": None,
         "metrics_path": None,
         "headline_metrics": None,
+        "flat_image_flags": None,
+        "steps": None,
     }
 
 

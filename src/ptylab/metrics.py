@@ -102,13 +102,46 @@ def frc_resolution(freq: np.ndarray, curve: np.ndarray, threshold: float) -> dic
     return {"frequency": f, "period_px": 1.0 / f, "reached_nyquist": False}
 
 
+def pearson(pred: np.ndarray, target: np.ndarray) -> float:
+    """Pearson correlation; 0 for a constant image (it carries no structure to correlate)."""
+    a = np.asarray(pred, np.float64).ravel() - np.mean(pred)
+    b = np.asarray(target, np.float64).ravel() - np.mean(target)
+    denom = float(np.sqrt((a @ a) * (b @ b)))
+    return float(a @ b / denom) if denom > 0 else 0.0
+
+
+def flat_baseline(target: np.ndarray) -> dict[str, float]:
+    """What a flat image (the truth's own mean) scores: the floor a reconstruction must beat.
+
+    On smooth, mid-grey objects SSIM rewards flatness, so a noisy but structured reconstruction can
+    score below this and a failed, flat one close to it; reporting it beside the scores makes both
+    visible.
+    """
+    flat = np.full_like(np.asarray(target, np.float64), float(np.mean(target)))
+    data_range = float(target.max() - target.min()) or 1.0
+    p, t = _t(flat), _t(target)
+    return {
+        "ssim": float(structural_similarity_index_measure(p, t, data_range=data_range)),
+        "psnr": psnr(flat, np.asarray(target, np.float64), data_range),
+        "pearson": 0.0,
+    }
+
+
+def beats_flat(scores: dict[str, Any]) -> dict[str, bool]:
+    """Per score (SSIM, PSNR, correlation), whether the reconstruction beats the flat image."""
+    flat = scores["flat"]
+    return {k: bool(scores[k] > flat[k]) for k in ("ssim", "psnr", "pearson")}
+
+
 def score_image(pred: np.ndarray, target: np.ndarray) -> dict[str, Any]:
-    """All metrics for one real image pair (amplitude or phase)."""
+    """All metrics for one real image pair (amplitude or phase), with the flat image's for reference."""
     data_range = float(target.max() - target.min()) or 1.0
     p, t = _t(pred), _t(target)
     ms, scales = ms_ssim(pred, target, data_range)
     freq, curve = frc_curve(pred, target)
     return {
+        "pearson": pearson(pred, target),
+        "flat": flat_baseline(target),
         "mae": float(mean_absolute_error(p, t)),
         "mse": float(mean_squared_error(p, t)),
         "psnr": psnr(pred, target, data_range),

@@ -130,12 +130,13 @@ def make_probe(n: int, diameter: float, blur: float, defocus: float = 0.0) -> np
 
 
 def make_object(
-    size: int, amplitude_image: str, phase_image: str, amplitude_min: float, phase_range: float
+    size: int, amplitude_image: str, phase_image: str, amplitude_min: float, phase_range: float,
+    amplitude_max: float = 1.0,
 ) -> np.ndarray:
     """Complex test object: amplitude from one bundled image, phase from another (scikit-image)."""
     amp = _bundled_image(amplitude_image, size)
     phase = _bundled_image(phase_image, size)
-    amplitude = amplitude_min + (1.0 - amplitude_min) * amp
+    amplitude = amplitude_min + (amplitude_max - amplitude_min) * amp
     return (amplitude * np.exp(1j * phase_range * (phase - 0.5))).astype(np.complex64)
 
 

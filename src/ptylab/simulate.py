@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from . import __version__
-from .config import DatasetConfig
+from .config import EmbeddedDatasetConfig
 from .data import DataError, PtychoData
 from .physics import (
     dose_scale,
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 CHUNK = 1024
 
 
-def load_probe(cfg: DatasetConfig) -> np.ndarray:
+def load_probe(cfg: EmbeddedDatasetConfig) -> np.ndarray:
     if cfg.probe_file is None:
         return make_probe(cfg.N, cfg.probe_diameter, cfg.probe_blur, cfg.probe_defocus)
     probe = read_probe_file(cfg.probe_file)
@@ -63,13 +63,14 @@ def read_probe_file(path: str) -> np.ndarray:
         raise DataError(path, None, "an NPZ or HDF5 file with probeGuess", str(exc), []) from exc
 
 
-def simulate(cfg: DatasetConfig, dose: float, seed: int) -> tuple[PtychoData, PtychoData, dict[str, Any]]:
+def simulate(cfg: EmbeddedDatasetConfig, dose: float, seed: int) -> tuple[PtychoData, PtychoData, dict[str, Any]]:
     """Return (train, test, summary) for the embedded dataset at ``dose`` photons per pattern."""
     if dose <= 0:
         raise ValueError(f"dose must be positive photons per pattern, got {dose}")
     t0 = time.perf_counter()
     probe = load_probe(cfg)
-    obj = make_object(cfg.object_size, cfg.amplitude_image, cfg.phase_image, cfg.amplitude_min, cfg.phase_range)
+    obj = make_object(cfg.object_size, cfg.amplitude_image, cfg.phase_image, cfg.amplitude_min, cfg.phase_range,
+                      cfg.amplitude_max)
     x, y = raster_scan(obj.shape, cfg.N, cfg.scan_step, cfg.scan_jitter, stage_rng(seed, "scan"))
     obj_t = torch.from_numpy(obj)
     probe_t = torch.from_numpy(probe)

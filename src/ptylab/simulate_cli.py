@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .cache import load_dataset
 from .config import DatasetConfig, ViewConfig
-from .data import write_dataset
+from .data import PtychoData, write_dataset
 from .figures import dataset_preview
 from .fileio import atomic_write_json
 from .views import select_view_for
@@ -18,11 +19,21 @@ from .views import select_view_for
 log = logging.getLogger(__name__)
 
 
+def as_user_file(data: PtychoData) -> PtychoData:
+    """The split as an instrument would write it: no intensity scale, no simulation settings.
+
+    Used to test what users meet: the model must derive every scale from the data alone.
+    """
+    return replace(data, metadata={"source": "user-style simulation", "split": data.metadata.get("split")})
+
+
 def run_simulate(cfg: DictConfig) -> dict[str, Any]:
     """Write train.npz, test.npz, summary.json, preview.png (and the view's subset) to output_dir."""
     out = Path(cfg.output_dir)
     dataset: DatasetConfig = OmegaConf.to_object(cfg.dataset)  # type: ignore[assignment]
     source = load_dataset(dataset, cfg.dose, cfg.seed, cfg.paths.cache_dir)
+    if cfg.get("as_user_files", False):
+        source = replace(source, train=as_user_file(source.train), test=as_user_file(source.test))
     write_dataset(out / "train.npz", source.train)
     write_dataset(out / "test.npz", source.test)
     summary: dict[str, Any] = {**source.summary, "identity": source.identity}

@@ -5,6 +5,10 @@ space): every output pixel depends on the whole pattern. The encoder therefore p
 (N -> N/8, receptive field about the whole pattern) and the decoder rebuilds the object without
 same-resolution skip connections, which would join unrelated pixels of the two domains. The
 decoder stops at the predicted support: N/2 x N/2 for the default central support, N for full.
+
+Two decoder layouts (measured in docs/quality.md): ``upsample`` (nearest-neighbour upsampling, two
+convolutions per level except one at the finest, about half the cost) and ``transposed`` (the first
+design: a transposed convolution and two convolutions per level).
 """
 
 from __future__ import annotations
@@ -15,23 +19,30 @@ import torch
 from torch import nn
 
 
-def _block(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(inplace=True),
-        nn.Conv2d(cout, cout, 3, padding=1), nn.ReLU(inplace=True),
-    )
+def _block(cin: int, cout: int, convs: int = 2) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i in range(convs):
+        layers += [nn.Conv2d(cin if i == 0 else cout, cout, 3, padding=1), nn.ReLU(inplace=True)]
+    return nn.Sequential(*layers)
 
 
 class Decoder(nn.Module):
-    """Bottleneck (N/8) -> output size by transposed-conv upsampling through ``filters`` reversed."""
+    """Bottleneck (N/8) -> output size, doubling ``levels`` times through ``filters`` reversed."""
 
-    def __init__(self, filters: list[int], out_channels: int, levels: int):
+    def __init__(self, filters: list[int], out_channels: int, levels: int, layout: str):
         super().__init__()
         widths = [filters[-1], *filters[::-1]][: levels + 1]
         while len(widths) < levels + 1:
             widths.append(filters[0])
-        self.ups = nn.ModuleList(nn.ConvTranspose2d(a, a, 2, stride=2) for a in widths[:-1])
-        self.blocks = nn.ModuleList(_block(a, b) for a, b in itertools.pairwise(widths))
+        pairs = list(itertools.pairwise(widths))
+        if layout == "transposed":
+            self.ups = nn.ModuleList(nn.ConvTranspose2d(a, a, 2, stride=2) for a in widths[:-1])
+            self.blocks = nn.ModuleList(_block(a, b) for a, b in pairs)
+        elif layout == "upsample":
+            self.ups = nn.ModuleList(nn.Upsample(scale_factor=2, mode="nearest") for _ in pairs)
+            self.blocks = nn.ModuleList(_block(a, b, 1 if i == len(pairs) - 1 else 2) for i, (a, b) in enumerate(pairs))
+        else:
+            raise ValueError(f"decoder layout must be 'upsample' or 'transposed', got '{layout}'")
         self.head = nn.Conv2d(widths[-1], out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -42,13 +53,13 @@ class Decoder(nn.Module):
 
 class EncoderDecoder(nn.Module):
     """Encoder over ``len(filters)`` pooled levels plus a bottleneck; one shared decoder with two
-    heads (PINN: the physics couples amplitude and phase) or two decoders (supervised baseline).
+    heads or separate amplitude and phase decoders.
 
     ``out_size_factor`` is the output size as a fraction of the input: 2 -> N/2, 1 -> N.
     """
 
     def __init__(self, in_channels: int, out_channels: int, filters: list[int], separate_decoders: bool,
-                 out_size_factor: int = 2):
+                 out_size_factor: int = 2, layout: str = "upsample"):
         super().__init__()
         self.down = nn.ModuleList()
         cin = in_channels
@@ -60,10 +71,10 @@ class EncoderDecoder(nn.Module):
         levels = len(filters) - (out_size_factor.bit_length() - 1)
         self.separate = separate_decoders
         if separate_decoders:
-            self.amp_decoder = Decoder(filters, out_channels, levels)
-            self.phase_decoder = Decoder(filters, out_channels, levels)
+            self.amp_decoder = Decoder(filters, out_channels, levels, layout)
+            self.phase_decoder = Decoder(filters, out_channels, levels, layout)
         else:
-            self.decoder = Decoder(filters, 2 * out_channels, levels)
+            self.decoder = Decoder(filters, 2 * out_channels, levels, layout)
         self.out_channels = out_channels
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -74,3 +85,25 @@ class EncoderDecoder(nn.Module):
             return self.amp_decoder(x), self.phase_decoder(x)
         out = self.decoder(x)
         return out[:, : self.out_channels], out[:, self.out_channels :]
+
+
+def initialise(module: nn.Module, scheme: str) -> None:
+    """Explicit initialisation of every convolution, biases zero.
+
+    With PyTorch's default init the amplitude logits of different inputs differed by about 2e-6 of
+    their size at the start, so the output ignored the input and training settled on a flat object.
+    ``glorot`` (Keras' default, as upstream) and ``kaiming`` keep the input's variation alive;
+    ``default`` leaves PyTorch's init (for ablations).
+    """
+    if scheme == "default":
+        return
+    if scheme not in ("glorot", "kaiming"):
+        raise ValueError(f"model.init must be 'glorot', 'kaiming' or 'default', got '{scheme}'")
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d | nn.ConvTranspose2d):
+            if scheme == "glorot":
+                nn.init.xavier_uniform_(m.weight)
+            else:
+                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)

@@ -22,7 +22,7 @@ class PINN(PtychoModule):
         N: int = 64,
         gridsize: int = 2,
         base_filters: tuple[int, ...] = (32, 64, 128),
-        width: int = 2,
+        width: int = 1,
         object_support: str = "center",
         amp_activation: str = "sigmoid",
         input_scale: float = 1.0,
@@ -33,13 +33,19 @@ class PINN(PtychoModule):
         nll_weight: float = 1.0,
         mae_weight: float = 0.0,
         lr: float = 1e-3,
+        schedule: str = "cosine",
+        warmup_steps: int = 100,
+        min_lr: float = 1e-5,
         lr_factor: float = 0.5,
         lr_patience: int = 2,
-        min_lr: float = 1e-4,
+        init: str = "glorot",
+        decoder: str = "upsample",
+        separate_decoders: bool = False,
         probe: torch.Tensor | None = None,
     ):
         super().__init__(N, gridsize**2, list(base_filters), width, object_support, amp_activation,
-                         input_scale, lr, lr_factor, lr_patience, min_lr)
+                         input_scale, lr, schedule, warmup_steps, min_lr, lr_factor, lr_patience, init, decoder,
+                         separate_decoders)
         self.save_hyperparameters(ignore=["probe"])
         init = torch.zeros(2, N, N) if probe is None else torch.stack((probe.real, probe.imag)).float()
         self.probe_ri = nn.Parameter(init, requires_grad=probe_trainable)

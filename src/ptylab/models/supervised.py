@@ -8,24 +8,28 @@ from .base import PtychoModule
 
 
 class Supervised(PtychoModule):
-    separate_decoders = True
-
     def __init__(
         self,
         N: int = 64,
         gridsize: int = 1,
         base_filters: tuple[int, ...] = (32, 64, 128),
-        width: int = 2,
+        width: int = 1,
         object_support: str = "center",
         amp_activation: str = "sigmoid",
         input_scale: float = 1.0,
         lr: float = 1e-3,
+        schedule: str = "cosine",
+        warmup_steps: int = 100,
+        min_lr: float = 1e-5,
         lr_factor: float = 0.5,
         lr_patience: int = 2,
-        min_lr: float = 1e-4,
+        init: str = "glorot",
+        decoder: str = "upsample",
+        separate_decoders: bool = True,
     ):
         super().__init__(N, gridsize**2, list(base_filters), width, object_support, amp_activation,
-                         input_scale, lr, lr_factor, lr_patience, min_lr)
+                         input_scale, lr, schedule, warmup_steps, min_lr, lr_factor, lr_patience, init, decoder,
+                         separate_decoders)
         self.save_hyperparameters()
 
     def training_loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -1,0 +1,105 @@
+"""Configs that would be silently ignored or fail late are refused at composition or validation.
+
+Every case here was once accepted: a key of another model or dataset kind, a misspelt choice, an
+out-of-range value. Each must fail before any data are touched, naming the key and the value.
+"""
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+
+from ptylab.cli import preflight
+from ptylab.config import PinnConfig, SupervisedConfig, validate
+from ptylab.errors import ConfigError, PtylabError
+
+from .conftest import CONF, ROOT, run_script
+
+
+def _compose(overrides, name="train"):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name=name, overrides=overrides)
+
+
+@pytest.mark.parametrize("overrides, schema", [
+    (["model=supervised", "gridsize=1", "model.probe_trainable=true"], "SupervisedConfig"),
+    (["dataset=npz", "dataset.scan_step=5"], "FileDatasetConfig"),
+])
+def test_key_of_another_kind_fails_at_composition(overrides, schema):
+    with pytest.raises(ConfigCompositionException) as info:
+        _compose(overrides)
+    assert schema in str(info.value.__cause__)
+
+
+@pytest.mark.parametrize("override, valid", [
+    ("model.object_support=centre", "center, full"),
+    ("model.amp_activation=relu", "sigmoid, swish"),
+    ("model.schedule=linear", "cosine, constant, plateau"),
+    ("view.name=medium", "dense, sparse, full, custom"),
+    ("logger=wandb", "csv, tensorboard"),
+])
+def test_wrong_choice_fails_at_composition_with_the_valid_ones(override, valid):
+    with pytest.raises(ConfigCompositionException) as info:
+        _compose([override])
+    assert valid in str(info.value.__cause__)
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["dose=-1"], "dose=-1.0"),
+    (["dose=0"], "dose=0.0"),
+    (["gridsize=4"], "gridsize=4"),
+    (["view.target_overlap=1.5"], "view.target_overlap=1.5"),
+    (["model.lr=0"], "model.lr=0.0"),
+    (["model=supervised", "gridsize=2"], "gridsize=2"),
+    (["gridsize=1", "model.oversample=2"], "model.oversample=2"),
+    (["dataset.N=30"], "dataset.N=30"),
+    (["model.val_fraction=1.0"], "model.val_fraction=1.0"),
+])
+def test_out_of_range_values_are_refused_with_key_and_value(overrides, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        validate(_compose(overrides))
+
+
+def test_defaults_live_in_the_schema_once():
+    cfg = validate(_compose([]))
+    assert isinstance(cfg.model, PinnConfig)
+    assert cfg.model.width == PinnConfig().width  # the YAML repeats no default
+    sup = validate(_compose(["model=supervised", "gridsize=1"])).model
+    assert isinstance(sup, SupervisedConfig) and sup.separate_decoders
+
+
+def test_config_error_is_a_package_error():
+    assert issubclass(ConfigError, PtylabError)
+
+
+@pytest.mark.parametrize("args", [
+    ["model=supervised", "gridsize=1", "model.probe_trainable=true"],
+    ["-m", "dose=1000,-5"],
+])
+def test_preflight_exits_2_with_one_error_line(args, capsys):
+    with pytest.raises(SystemExit) as info:
+        preflight("train", args)
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ")
+
+
+def test_train_script_refuses_bad_input_before_any_work(tmp_path):
+    res = run_script(["train.py", "model.object_support=centre", f"paths.output_root={tmp_path}"], cwd=ROOT)
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert res.stderr.strip().startswith("error: ") and "Traceback" not in res.stderr
+    assert "center, full" in res.stderr
+    assert not (tmp_path / "runs").exists()  # nothing was started
+
+
+@pytest.mark.parametrize("script, args, needle", [
+    ("scripts/simulate.py", ["dose=-1", "output_dir=OUT"], "dose=-1.0"),
+    ("scripts/reconstruct.py", ["bundle=missing.zip", "data=missing.npz", "output_dir=OUT"], "missing.zip"),
+    ("scripts/reproduce.py", ["run_dir=does/not/exist"], "does/not/exist"),
+])
+def test_scripts_answer_bad_input_with_one_error_line(tmp_path, script, args, needle):
+    args = [a.replace("OUT", str(tmp_path / "out")) for a in args]
+    res = run_script([script, *args], cwd=ROOT)
+    assert res.returncode == 2, (res.stdout[-1000:], res.stderr[-2000:])
+    lines = res.stderr.strip().splitlines()
+    assert lines and lines[-1].startswith("error: ") and needle in lines[-1]
+    assert "Traceback" not in res.stderr
