@@ -24,12 +24,13 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src scripts tests train.py
+	$(VENV)/bin/mypy
 
 bench: $(STAMP)
 	$(PY) scripts/benchmark.py
 
 bench-quick: $(STAMP)
-	$(PY) scripts/benchmark.py --quick
+	$(PY) scripts/benchmark.py quick=true
 
 # Optional pty-chi environment for the LSQML reference (torch 2.14.1 + torchvision 0.29.1 from local wheels).
 # The base pin (torch==2.13.0) cannot coexist with it, so the project goes in with --no-deps after

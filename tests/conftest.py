@@ -21,7 +21,7 @@ SMALL_OVERRIDES = [f"dataset.{k}={v}" for k, v in SMALL_DATASET.items()]
 TINY_TRAIN = [
     "model.base_filters=[8,16,32]", "model.width=1", "model.batch_size=8", "trainer.max_epochs=2",
     "++trainer.limit_train_batches=4", "++trainer.limit_val_batches=2", "trainer.enable_progress_bar=false",
-    "view.min_train_positions=16",
+    "view.min_train_positions=16", "refine.steps=3",
 ]
 
 

@@ -11,7 +11,7 @@ KEYS = ["physics_bound_patterns_per_s_gs2", "train_patterns_per_s_bare_gs2", "tr
 
 def test_quick_benchmark_writes_every_figure(tmp_path):
     out = tmp_path / "benchmark.json"
-    res = run_script(["scripts/benchmark.py", "--quick", "--output", str(out)], cwd=ROOT)
+    res = run_script(["scripts/benchmark.py", "quick=true", f"output={out}"], cwd=ROOT)
     assert res.returncode == 0, res.stderr[-3000:]
     figures = json.loads(out.read_text())
     for key in KEYS:

@@ -7,9 +7,9 @@ from omegaconf import OmegaConf
 
 from ptylab import legacy_params
 from ptylab.bundle import BundleError, ModelWeights, load_bundle, write_bundle
-from ptylab.inference import model_from_weights
 from ptylab.legacy_params import LegacyParamsError, bridge, bridged, params
 from ptylab.models import PINN
+from ptylab.stitching import model_from_weights
 
 
 def _model(seed=0):

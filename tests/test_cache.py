@@ -1,7 +1,7 @@
 import numpy as np
 
-from ptylab.cache import cache_key, load_or_simulate
 from ptylab.config import EmbeddedDatasetConfig as DatasetConfig
+from ptylab.datasets import cache_key, load_or_simulate
 
 
 def test_cache_hit_returns_identical_data(small_dataset_cfg, tmp_path):

@@ -8,8 +8,8 @@ import pytest
 
 from ptylab.config import EvalConfig
 from ptylab.evaluation import score_reconstruction
-from ptylab.inference import Stitched, illuminated_bbox
 from ptylab.lsqml import ptychi_available
+from ptylab.stitching import Stitched, illuminated_bbox
 
 from .conftest import ROOT, SMALL_OVERRIDES, TINY_TRAIN, run_script
 
@@ -46,7 +46,7 @@ def test_compare_lists_every_run_with_numbers_or_reasons(tmp_path):
 
 @pytest.mark.skipif(not ptychi_available(), reason="pty-chi is not installed here (make ptychi builds .venv-ptychi)")
 def test_lsqml_beats_its_flat_start(small_dataset_cfg, tmp_path):
-    from ptylab.cache import load_or_simulate
+    from ptylab.datasets import load_or_simulate
     from ptylab.lsqml import run_lsqml
 
     test = load_or_simulate(small_dataset_cfg, 1e4, 0, tmp_path).test

@@ -170,7 +170,7 @@ def test_uncompressed_npz_is_memory_mapped_not_loaded(tmp_path):
 
 
 def test_training_batches_gather_from_the_map_without_copying_it(tmp_path):
-    from ptylab.datamodule import GroupedPatterns
+    from ptylab.batches import GroupedPatterns
     from ptylab.grouping import group_positions
 
     data = read_dataset(_save(tmp_path / "big.npz", _valid(m=40, n=16)))

@@ -8,9 +8,9 @@ from scipy.ndimage import fourier_shift
 
 from ptylab.config import EvalConfig
 from ptylab.evaluation import register, score_reconstruction
-from ptylab.inference import Stitched
 from ptylab.metrics import PSNR_CAP_DB, frc_curve, frc_resolution, ms_ssim_scales, psnr, score_image
 from ptylab.physics import make_object
+from ptylab.stitching import Stitched
 
 
 @pytest.fixture(scope="module")

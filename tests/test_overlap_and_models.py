@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from ptylab.cache import load_or_simulate
+from ptylab.batches import GroupedPatterns, make_loader
 from ptylab.config import PinnConfig, SupervisedConfig
-from ptylab.datamodule import GroupedPatterns, make_loader
+from ptylab.datasets import load_or_simulate
+from ptylab.errors import ConfigError, PtylabError
 from ptylab.grouping import group_positions
-from ptylab.job import build_model
-from ptylab.models import PINN, Supervised
+from ptylab.models import PINN, Supervised, build_model
 from ptylab.models.base import support_mask
 from ptylab.models.overlap import merge_overlaps
 from ptylab.physics import extract_patches, poisson_nll
@@ -80,9 +80,9 @@ def test_supervised_baseline_learns_and_refuses_data_without_y(small_dataset_cfg
     after = float(model.training_loss(batch)["loss"])
     assert after < 0.8 * before, (before, after)
     train.Y = None
-    with pytest.raises(ValueError, match="needs ground-truth patches 'Y'"):
+    with pytest.raises(PtylabError, match="needs ground-truth patches 'Y'"):
         build_model(SupervisedConfig(), 1, train)
-    with pytest.raises(ValueError, match="trains at gridsize 1"):
+    with pytest.raises(ConfigError, match="trains at gridsize 1"):
         build_model(SupervisedConfig(), 2, train)
 
 

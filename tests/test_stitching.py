@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from ptylab.inference import stitch
 from ptylab.physics import extract_patches, make_object, raster_scan
 from ptylab.rng import stage_rng
+from ptylab.stitching import stitch
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 import ptylab.config  # noqa: F401
+from ptylab.data import write_dataset
+from ptylab.datasets import load_or_simulate
 
 from .conftest import CONF, ROOT, SMALL_OVERRIDES, TINY_TRAIN, run_script
 
@@ -57,10 +59,15 @@ def test_rerunning_a_sweep_skips_finished_jobs_and_redoes_half_finished(sweep, t
     assert json.loads((half / "training_manifest.json").read_text())["status"] == "succeeded"
 
 
-def test_a_failing_job_does_not_stop_the_others_and_the_sweep_exits_nonzero(tmp_path):
+def test_a_failing_job_does_not_stop_the_others_and_the_sweep_exits_nonzero(tmp_path, small_dataset_cfg):
+    source = load_or_simulate(small_dataset_cfg, 1e3, 1, tmp_path / "cache")
+    write_dataset(tmp_path / "train.npz", source.train)
+    write_dataset(tmp_path / "test.npz", source.test)
     sweep_dir = tmp_path / "study"
-    res = _sweep(sweep_dir, "dataset=embedded,npz", f"dataset.train_file={tmp_path / 'missing.npz'}",
-                 f"dataset.test_file={tmp_path / 'missing.npz'}")
+    res = run_script(["train.py", "-m", f"hydra.sweep.dir={sweep_dir}", f"paths.output_root={tmp_path}", *TINY_TRAIN,
+                      "trainer.max_epochs=1", "dataset=npz", "view=full",
+                      f"dataset.train_file={tmp_path / 'train.npz'},{tmp_path / 'missing.npz'}",
+                      f"dataset.test_file={tmp_path / 'test.npz'}"], cwd=ROOT)
     assert res.returncode != 0
     manifest = _manifest(sweep_dir)
     statuses = sorted(j["status"] for j in manifest["jobs"])
@@ -111,26 +118,28 @@ def test_study_preset_expands_to_the_whole_matrix():
 def test_reproduce_reports_identical_and_then_the_edit(sweep, tmp_path):
     sweep_dir, _ = sweep
     run = next(p for p in sorted(sweep_dir.iterdir()) if (p / "wts.h5.zip").is_file())
-    same = run_script(["scripts/reproduce.py", str(run), "--output-dir", str(tmp_path / "again")], cwd=ROOT)
+    same = run_script(["scripts/reproduce.py", str(run), f"output_dir={tmp_path / 'again'}"], cwd=ROOT)
     assert same.returncode == 0, same.stdout[-2000:] + same.stderr[-3000:]
     assert "IDENTICAL" in same.stdout
     edited = tmp_path / "edited"
     shutil.copytree(run, edited)
     snap = edited / ".hydra" / "config.yaml"
     snap.write_text(snap.read_text().replace("seed: 1", "seed: 2"))
-    diff = run_script(["scripts/reproduce.py", str(edited), "--output-dir", str(tmp_path / "other")], cwd=ROOT)
+    diff = run_script(["scripts/reproduce.py", str(edited), f"output_dir={tmp_path / 'other'}"], cwd=ROOT)
     assert diff.returncode == 1, diff.stderr[-3000:]
     assert "bundle sha256" in diff.stdout and "config seed: 1 -> 2" in diff.stdout
 
 
 def test_study_report_has_one_row_per_job_plots_and_html(sweep, tmp_path):
     sweep_dir, _ = sweep
-    res = run_script(["scripts/study_report.py", str(sweep_dir), "--output-dir", str(tmp_path / "rep")], cwd=ROOT)
+    res = run_script(["scripts/study_report.py", str(sweep_dir), f"output_dir={tmp_path / 'rep'}"], cwd=ROOT)
     assert res.returncode == 0, res.stderr[-3000:]
     rep = tmp_path / "rep"
     rows = (rep / "study.csv").read_text().strip().splitlines()
-    assert len(rows) == 1 + 4
+    assert len(rows) == 1 + 2 * 4  # each PINN job: the single-pass network and its refined arm
+    assert sum(",pinn-refined," in r for r in rows) == 4
     assert (rep / "phase_ssim_vs_dose.png").is_file() and (rep / "amplitude_psnr_vs_dose.png").is_file()
     page = (rep / "study.html").read_text()
-    assert page.count("<tr>") == 1 + 4 and "data:image/png;base64," in page
+    assert page.count("<tr>") == 1 + 2 * 4 and "data:image/png;base64," in page
+    assert "below_flat" in (rep / "study.md").read_text()
     assert "dense" in (rep / "study.md").read_text() and "sparse" in (rep / "study.md").read_text()

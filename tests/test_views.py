@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 from scipy.spatial.distance import pdist
 
-from ptylab.config import EmbeddedDatasetConfig as DatasetConfig, ViewConfig
+from ptylab.config import EmbeddedDatasetConfig as DatasetConfig
+from ptylab.config import ViewConfig
 from ptylab.physics import effective_probe_radius, make_probe, raster_scan
 from ptylab.rng import stage_rng
 from ptylab.views import greedy_thin, overlap_fraction, select_view, spacing_for_overlap

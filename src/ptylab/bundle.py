@@ -22,15 +22,22 @@ from typing import Any
 import h5py
 import numpy as np
 import torch
+from omegaconf import DictConfig, OmegaConf
 
-from .fileio import atomic_write_bytes, atomic_write_text, sha256_bytes, sha256_file
+from .errors import PtylabError
+from .fileio import atomic_write_bytes, atomic_write_text, check_format_version, sha256_bytes, sha256_file
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = "2.0"  # major.minor; a newer major is refused, format 1 still loads
+BUNDLE_NAME = "wts.h5.zip"
+# Config nodes that say where things live or how progress is shown, not what is computed: kept out of
+# the bundle, so the digest identifies the model alone.
+LOCATION_NODES = ("paths", "ckpt_path", "redo", "resume")
+PRESENTATION_TRAINER_KEYS = ("enable_progress_bar", "enable_model_summary", "log_every_n_steps")
 ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 
 
-class BundleError(ValueError):
-    pass
+class BundleError(PtylabError, ValueError):
+    """A bundle that is missing, truncated, tampered with or of an unknown format."""
 
 
 @dataclass
@@ -143,9 +150,27 @@ def load_bundle(path: str | Path, expected_sha256: str | None = None) -> Bundle:
         if isinstance(exc, BundleError):
             raise
         raise BundleError(f"{path}: corrupt bundle ({type(exc).__name__}: {exc}); refusing to load") from exc
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise BundleError(f"{path}: bundle format {manifest.get('format_version')} is not {FORMAT_VERSION}")
+    check_format_version(path, manifest.get("format_version"), FORMAT_VERSION, BundleError)
     models = {name: _read_weights_h5(contents[f"{name}/wts.h5"], f"{path}:{name}/wts.h5")
               for name in manifest["models"]}
     return Bundle(path, digest, manifest, json.loads(contents["params.json"]),
                   contents["config.yaml"].decode(), json.loads(contents["inference.json"]), models)
+
+
+def bundle_config_yaml(cfg: DictConfig) -> str:
+    """Resolved config without location-only nodes or presentation-only Trainer keys."""
+    container = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    assert isinstance(container, dict)
+    for key in LOCATION_NODES:
+        container.pop(key, None)
+    for key in PRESENTATION_TRAINER_KEYS:
+        container.get("trainer", {}).pop(key, None)
+    return OmegaConf.to_yaml(OmegaConf.create(container), sort_keys=True)
+
+
+def save_model_bundle(path: Path, model: torch.nn.Module, kind: str, inference: dict[str, Any],
+                      params: dict[str, Any], config_yaml: str) -> str:
+    """Write ``model`` (hyperparameters and weights) with what inference needs; return the digest."""
+    hparams = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dict(model.hparams).items()}  # type: ignore[operator]
+    weights = ModelWeights(kind, hparams, {k: v.detach().cpu() for k, v in model.state_dict().items()})
+    return write_bundle(path, {kind: weights}, params, config_yaml, inference)

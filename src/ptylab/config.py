@@ -10,10 +10,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, MissingMandatoryValue, OmegaConf, ValidationError
+from omegaconf import MISSING, DictConfig, MissingMandatoryValue, OmegaConf, ValidationError
+from omegaconf.errors import ConfigKeyError
 
 from .errors import ConfigError
 
@@ -28,6 +30,7 @@ class ObjectSupport(StrEnum):
 class AmpActivation(StrEnum):
     sigmoid = "sigmoid"
     swish = "swish"
+    softplus = "softplus"
 
 
 class Schedule(StrEnum):
@@ -216,6 +219,21 @@ class EvalConfig:
             _check(self.stitch_crop >= 1, "eval.stitch_crop", self.stitch_crop, ">= 1 or null")
 
 
+@dataclass
+class RefineConfig:
+    """The refined arm: fine-tune the trained PINN on the test diffraction alone (no ground truth)."""
+
+    enabled: bool = True  # PINN jobs only; reported beside the single-pass network
+    steps: int = 300
+    lr: float = 3e-4
+    warmup_steps: int = 20
+    batch_size: int | None = None  # None: the model's
+
+    def __post_init__(self) -> None:
+        _check(self.steps >= 1, "refine.steps", self.steps, ">= 1")
+        _check(self.lr > 0, "refine.lr", self.lr, "> 0")
+
+
 SUPPORTED_GRIDSIZES = (1, 2, 3)
 
 
@@ -228,6 +246,7 @@ class TrainConfig:
     trainer: dict[str, Any] = field(default_factory=dict)
     paths: PathsConfig = field(default_factory=PathsConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    refine: RefineConfig = field(default_factory=RefineConfig)
     dose: float = 1e4
     gridsize: int = 2
     seed: int = 1
@@ -295,6 +314,30 @@ class ReconstructConfig:
 
     def __post_init__(self) -> None:
         _check(self.batch_size >= 1, "batch_size", self.batch_size, ">= 1")
+
+
+MODEL_SCHEMAS: dict[str, type] = {"pinn": PinnConfig, "supervised": SupervisedConfig}
+DATASET_SCHEMAS: dict[str, type] = {"embedded": EmbeddedDatasetConfig, "file": FileDatasetConfig}
+
+
+def load_run_config(path: str | Path) -> DictConfig:
+    """A run's ``.hydra/config.yaml`` snapshot, typed against the schemas of its model and dataset kinds.
+
+    Hydra stores it unresolved; the result keeps interpolations (``${now:...}``) for the caller.
+    """
+    try:
+        snapshot = OmegaConf.load(path)
+        base = OmegaConf.structured(TrainConfig)
+        for node, schemas in (("model", MODEL_SCHEMAS), ("dataset", DATASET_SCHEMAS)):
+            kind = OmegaConf.select(snapshot, f"{node}.name")
+            if kind not in schemas:
+                raise ConfigError(f"{path}: {node}.name={kind!r} is not one of {sorted(schemas)}")
+            base[node] = OmegaConf.structured(schemas[kind])
+        cfg = OmegaConf.merge(base, snapshot)
+    except (OSError, ValidationError, ConfigKeyError) as exc:
+        raise ConfigError(f"{path}: not a config snapshot this ptylab can read ({str(exc).splitlines()[0]})") from None
+    assert isinstance(cfg, DictConfig)
+    return cfg
 
 
 def validate(cfg: Any) -> Any:

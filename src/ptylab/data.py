@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from .errors import PtylabError
 from .fileio import atomic_write_with
 from .physics import patches_inside
 
@@ -24,7 +25,7 @@ HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 OPTIONAL_KEYS = ("Y", "scan_index", "metadata")
 
 
-class DataError(ValueError):
+class DataError(PtylabError, ValueError):
     """A dataset file violates the contract; the message says where and how."""
 
     def __init__(self, path: str | Path, key: str | None, expected: str, found: str, keys: list[str]):

@@ -22,9 +22,9 @@ from .config import EvalConfig
 from .data import PtychoData
 from .figures import complex_panels, frc_curves
 from .fileio import atomic_write_json, atomic_write_with
-from .inference import Stitched, reconstruct
 from .metrics import PSNR_CAP_DB, beats_flat, score_image
 from .models import PtychoModule
+from .stitching import Stitched, reconstruct
 
 log = logging.getLogger(__name__)
 

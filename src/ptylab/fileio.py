@@ -69,3 +69,16 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def check_format_version(path: Path | str, found: Any, current: str, error: type[Exception]) -> None:
+    """Refuse an artefact written by a newer major format (it may mean something this code cannot read).
+
+    Older formats (including the first, an integer 1) are accepted; readers keep them working.
+    """
+    major = str(found).split(".")[0]
+    if not major.isdigit():
+        raise error(f"{path}: format_version {found!r} is not a version this ptylab understands")
+    if int(major) > int(current.split(".")[0]):
+        raise error(f"{path}: written in format {found}, newer than this ptylab's {current}; "
+                    "upgrade ptylab to read it")

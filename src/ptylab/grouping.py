@@ -13,8 +13,10 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.spatial import cKDTree
 
+from .errors import PtylabError
 
-class GroupingError(ValueError):
+
+class GroupingError(PtylabError, ValueError):
     pass
 
 

@@ -85,7 +85,7 @@ def reconstruct_and_score(data: PtychoData, epochs: int, eval_cfg: EvalConfig, n
                           device: str = "cpu") -> tuple[dict[str, Any], dict[str, Any]]:
     """LSQML on ``data`` scored exactly as the networks are (same region, registration, alignment)."""
     from .evaluation import score_reconstruction
-    from .inference import Stitched, illuminated_bbox
+    from .stitching import Stitched, illuminated_bbox
 
     obj, info = run_lsqml(data, epochs, noise_model, device)
     stitched = Stitched(obj, np.ones(obj.shape, np.float32), illuminated_bbox(data))

@@ -8,17 +8,23 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, fields
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from . import __version__
 from .config import format_dose
-from .fileio import atomic_write_json
+from .errors import PtylabError
+from .fileio import atomic_write_json, check_format_version
 
 MANIFEST_NAME = "training_manifest.json"
 SKIP_SUMMARY_NAME = "skip_summary.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = "2.0"  # major.minor; a newer major is refused
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
 @dataclass(frozen=True)
@@ -37,40 +43,96 @@ class JobContext:
                 "seed": self.seed}
 
 
-def new_record(ctx: JobContext, run_dir: Path) -> dict[str, Any]:
-    return {
-        "context": ctx.as_dict(),
-        "label": ctx.label(),
-        "run_dir": str(run_dir),
-        "status": "running",
-        "error": None,
-        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "finished_at": None,
-        "duration_s": None,
-        "bundle_path": None,
-        "bundle_sha256": None,
-        "checkpoint_path": None,
-        "best_checkpoint_path": None,
-        "epochs": None,
-        "best_val_loss": None,
-        "dataset": None,
-        "view": None,
-        "metrics_path": None,
-        "headline_metrics": None,
-        "flat_image_flags": None,
-        "steps": None,
-    }
+class Status(StrEnum):
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    skipped = "skipped"
+    interrupted = "interrupted"
 
 
-def write_manifest(run_dir: Path, record: dict[str, Any]) -> Path:
+@dataclass
+class TrainingOutcome:
+    """What a training run did: its budget spent, losses and checkpoints."""
+
+    epochs: int
+    steps: int
+    train_s: float
+    best_val_loss: float | None
+    loss_history: dict[str, list[float]]
+    checkpoint_path: str | None
+    best_checkpoint_path: str | None
+    groups: dict[str, int]
+    stalled: bool = False  # the training loss stopped moving (logged as a warning)
+
+
+@dataclass
+class JobRecord:
+    """One job's entry in ``training_manifest.json``; its JSON keeps the first format's fields."""
+
+    context: dict[str, Any]
+    label: str
+    run_dir: str
+    status: Status = Status.running
+    error: str | None = None
+    user_error: bool = False  # bad input (config, files) rather than a bug
+    started_at: str = field(default_factory=_now)
+    finished_at: str | None = None
+    duration_s: float | None = None
+    bundle_path: str | None = None
+    bundle_sha256: str | None = None
+    checkpoint_path: str | None = None
+    best_checkpoint_path: str | None = None
+    epochs: int | None = None
+    steps: int | None = None
+    train_s: float | None = None
+    best_val_loss: float | None = None
+    loss_history: dict[str, list[float]] | None = None
+    groups: dict[str, int] | None = None
+    stalled: bool = False
+    dataset: dict[str, Any] | None = None
+    view: dict[str, Any] | None = None
+    metrics_path: str | None = None
+    headline_metrics: dict[str, Any] | None = None
+    flat_image_flags: list[str] | None = None
+    refined: dict[str, Any] | None = None  # the refined arm: steps, time, headline scores, flags
+    reused: bool = False
+
+    @classmethod
+    def start(cls, ctx: JobContext, run_dir: Path) -> JobRecord:
+        return cls(context=ctx.as_dict(), label=ctx.label(), run_dir=str(run_dir))
+
+    def add_training(self, outcome: TrainingOutcome) -> None:
+        for f in fields(outcome):
+            setattr(self, f.name, getattr(outcome, f.name))
+
+    def finish(self, status: Status, error: str | None = None, duration_s: float | None = None) -> None:
+        self.status, self.error = status, error
+        self.duration_s = duration_s
+        self.finished_at = _now()
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["status"] = str(self.status)
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> JobRecord:
+        known = {f.name for f in fields(cls)}
+        record = cls(**{k: v for k, v in data.items() if k in known})
+        record.status = Status(record.status)
+        return record
+
+
+def write_manifest(run_dir: Path, record: JobRecord) -> Path:
     """One job per invocation directory; skipped views are summarised at the top level too."""
-    skipped = [record["view"]] if record["status"] == "skipped" and record.get("view") else []
+    skipped = [record.view] if record.status == Status.skipped and record.view else []
     skip_path = run_dir / SKIP_SUMMARY_NAME
     manifest = {
         "format_version": FORMAT_VERSION,
         "ptylab_version": __version__,
-        "status": record["status"],
-        "jobs": [record],
+        "status": str(record.status),
+        "jobs": [record.to_json()],
         "skipped_views": skipped,
         "skipped_count": len(skipped),
         "skip_summary_path": SKIP_SUMMARY_NAME if skip_path.is_file() else None,
@@ -80,11 +142,26 @@ def write_manifest(run_dir: Path, record: dict[str, Any]) -> Path:
     return path
 
 
+class ManifestError(PtylabError):
+    """A manifest written by a newer, incompatible ptylab."""
+
+
 def read_manifest(run_dir: Path) -> dict[str, Any] | None:
+    """The manifest as JSON, or None when absent or unreadable; a newer major format is refused."""
+    path = Path(run_dir) / MANIFEST_NAME
     try:
-        return json.loads((Path(run_dir) / MANIFEST_NAME).read_text())
+        manifest = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+    check_format_version(path, manifest.get("format_version"), FORMAT_VERSION, ManifestError)
+    return manifest
+
+
+def read_record(run_dir: Path) -> JobRecord | None:
+    manifest = read_manifest(run_dir)
+    if not manifest or not manifest.get("jobs"):
+        return None
+    return JobRecord.from_json(manifest["jobs"][0])
 
 
 def finished_status(run_dir: Path) -> str | None:

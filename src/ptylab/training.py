@@ -1,13 +1,34 @@
-"""Build the Lightning Trainer for a job: checkpoints (last and best), early stopping, loggers."""
+"""Training one model on one dataset split: groups, loaders, the Lightning Trainer, the outcome.
+
+The Trainer gets checkpoints (last and best by validation loss), optional early stopping, loggers
+and a loss history; its arguments come verbatim from the config's ``trainer`` node, so any
+Lightning argument works. The result is the best checkpoint's model and a ``TrainingOutcome``.
+"""
 
 from __future__ import annotations
 
+import logging
+import time
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
+import torch
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, Logger
+
+from .batches import GroupedPatterns, make_loader, split_train_val
+from .config import ModelConfig, PinnConfig, SupervisedConfig
+from .data import PtychoData
+from .grouping import Groups, group_positions
+from .manifest import TrainingOutcome
+from .models import PtychoModule, build_model
+from .rng import stage_rng
+
+log = logging.getLogger(__name__)
+STALL_EPOCHS = 3
+STALL_RTOL = 1e-6
 
 
 def build_trainer(trainer_kwargs: dict[str, Any], run_dir: Path, early_stop_patience: int,
@@ -30,8 +51,95 @@ def build_trainer(trainer_kwargs: dict[str, Any], run_dir: Path, early_stop_pati
         from lightning.pytorch.loggers import TensorBoardLogger
 
         loggers.append(TensorBoardLogger(run_dir, name="tensorboard", version=""))
-    elif logger != "csv":
-        raise ValueError(f"logger must be 'csv' or 'tensorboard', got '{logger}'")
     kwargs.setdefault("default_root_dir", str(run_dir))
     trainer = L.Trainer(callbacks=callbacks, logger=loggers, **kwargs)
     return trainer, checkpoint
+
+
+class LossHistory(L.Callback):
+    """Per-epoch train and validation losses; warns once when the training loss stops moving.
+
+    A loss frozen to six significant digits for several epochs is how a collapsed network (a flat
+    object at a saturated activation) looks from outside; saying so in the log beats finding out
+    from the scores.
+    """
+
+    def __init__(self) -> None:
+        self.train: list[float] = []
+        self.val: list[float] = []
+        self.stalled = False
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        metrics = trainer.callback_metrics
+        if "train_loss" in metrics:
+            self.train.append(float(metrics["train_loss"]))
+        if "val_loss" in metrics:
+            self.val.append(float(metrics["val_loss"]))
+        recent = self.train[-STALL_EPOCHS - 1:]
+        if not self.stalled and len(recent) > STALL_EPOCHS:
+            spread = max(recent) - min(recent)
+            if spread <= STALL_RTOL * max(abs(float(np.mean(recent))), 1e-12):
+                self.stalled = True
+                log.warning("training loss has not moved for %d epochs (%.7g): the network may have collapsed "
+                            "to a constant output; check the reconstruction against the flat-image scores",
+                            STALL_EPOCHS, recent[-1])
+
+
+def _subset(groups: Groups, sel: np.ndarray) -> Groups:
+    return Groups(groups.indices[sel], groups.offsets[sel])
+
+
+def training_groups(train: PtychoData, model_cfg: ModelConfig, gridsize: int, seed: int) -> Groups:
+    """The job's training samples: one group per anchor, plus random neighbour combinations when
+    oversampling, capped at ``max_train_groups``."""
+    oversample = model_cfg.oversample if isinstance(model_cfg, PinnConfig) else 0
+    groups = group_positions(train.xcoords, train.ycoords, gridsize, model_cfg.neighbours, oversample,
+                             stage_rng(seed, "oversample"))
+    if model_cfg.max_train_groups is not None and groups.n_groups > model_cfg.max_train_groups:
+        keep = np.sort(stage_rng(seed, "cap").permutation(groups.n_groups)[: model_cfg.max_train_groups])
+        groups = _subset(groups, keep)
+    return groups
+
+
+def fit(model_cfg: ModelConfig, gridsize: int, seed: int, train: PtychoData, trainer_kwargs: dict[str, Any],
+        run_dir: Path, logger: str = "csv", ckpt_path: str | None = None,
+        model: PtychoModule | None = None) -> tuple[PtychoModule, TrainingOutcome]:
+    """Train (a new model, or ``model`` to fine-tune it) and return the best checkpoint's model."""
+    L.seed_everything(seed, workers=True, verbose=False)
+    model = model or build_model(model_cfg, gridsize, train)
+    groups = training_groups(train, model_cfg, gridsize, seed)
+    tr, va = split_train_val(groups.n_groups, model_cfg.val_fraction, stage_rng(seed, "val_split"))
+    y = train.Y if isinstance(model_cfg, SupervisedConfig) else None
+    train_loader = make_loader(GroupedPatterns(train.diff3d, _subset(groups, tr), y), model_cfg.batch_size, True,
+                               seed)
+    val_loader = (make_loader(GroupedPatterns(train.diff3d, _subset(groups, va), y), model_cfg.batch_size, False,
+                              seed) if va.size else None)
+    trainer, checkpoint = build_trainer(trainer_kwargs, run_dir, model_cfg.early_stop_patience, logger,
+                                        "val_loss" if va.size else "train_loss")
+    history = LossHistory()
+    trainer.callbacks.append(history)  # type: ignore[attr-defined]
+    t0 = time.perf_counter()
+    trainer.fit(model, train_loader, val_loader, ckpt_path=ckpt_path)
+    train_s = round(time.perf_counter() - t0, 2)
+    best = checkpoint.best_model_path
+    if best:
+        state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
+        model.load_state_dict(state)
+    outcome = TrainingOutcome(
+        epochs=int(trainer.current_epoch), steps=int(trainer.global_step), train_s=train_s,
+        best_val_loss=None if checkpoint.best_model_score is None else float(checkpoint.best_model_score),
+        loss_history={"train": history.train, "val": history.val},
+        checkpoint_path=_relative(checkpoint.last_model_path, run_dir), best_checkpoint_path=_relative(best, run_dir),
+        groups={"train": int(tr.size), "val": int(va.size), "patterns_per_group": gridsize**2},
+        stalled=history.stalled,
+    )
+    return model.cpu().eval(), outcome
+
+
+def _relative(path: str | None, run_dir: Path) -> str | None:
+    if not path:
+        return None
+    try:
+        return str(Path(path).resolve().relative_to(run_dir.resolve()))
+    except ValueError:
+        return str(path)

@@ -6,4 +6,6 @@ from .supervised import Supervised
 
 MODEL_CLASSES: dict[str, type[PtychoModule]] = {"pinn": PINN, "supervised": Supervised}
 
-__all__ = ["MODEL_CLASSES", "PINN", "PtychoModule", "Supervised"]
+from .factory import build_model  # noqa: E402  (needs MODEL_CLASSES' modules first)
+
+__all__ = ["MODEL_CLASSES", "PINN", "PtychoModule", "Supervised", "build_model"]

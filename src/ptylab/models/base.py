@@ -12,6 +12,9 @@ from torch import nn
 from .network import EncoderDecoder, initialise
 
 SCHEDULES = ("cosine", "constant", "plateau")
+# softplus never caps the amplitude (an object brighter than the intensity scale assumes still fits);
+# sigmoid caps it at 1, which a bright user object can hit.
+AMP_ACTIVATIONS = {"sigmoid": torch.sigmoid, "swish": nn.functional.silu, "softplus": nn.functional.softplus}
 
 
 def warmup_cosine(step: int, warmup: int, total: int, floor: float) -> float:
@@ -61,8 +64,8 @@ class PtychoModule(L.LightningModule):
         separate_decoders: bool,
     ):
         super().__init__()
-        if amp_activation not in ("sigmoid", "swish"):
-            raise ValueError(f"model.amp_activation must be 'sigmoid' or 'swish', got '{amp_activation}'")
+        if amp_activation not in AMP_ACTIVATIONS:
+            raise ValueError(f"model.amp_activation must be one of {sorted(AMP_ACTIVATIONS)}, got '{amp_activation}'")
         if schedule not in SCHEDULES:
             raise ValueError(f"model.schedule must be one of {SCHEDULES}, got '{schedule}'")
         filters = [int(f * width) for f in base_filters]
@@ -82,8 +85,7 @@ class PtychoModule(L.LightningModule):
         if self.pad:  # the central N/2 x N/2 prediction, zero-padded to N (amplitude 0 off-support)
             amp_logit = nn.functional.pad(amp_logit, (self.pad,) * 4)
             phase_logit = nn.functional.pad(phase_logit, (self.pad,) * 4)
-        sigmoid = self.hparams["amp_activation"] == "sigmoid"
-        amp = torch.sigmoid(amp_logit) if sigmoid else nn.functional.silu(amp_logit)
+        amp = AMP_ACTIVATIONS[self.hparams["amp_activation"]](amp_logit)
         return amp, math.pi * torch.tanh(phase_logit)
 
     def predict_patches(self, diff: torch.Tensor) -> torch.Tensor:

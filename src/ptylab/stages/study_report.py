@@ -12,19 +12,21 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .config import format_dose
-from .figures import metric_vs_dose
-from .fileio import atomic_write_text
-from .manifest import MANIFEST_NAME, read_manifest
-from .tables import cell, csv_text, markdown_lines
+from ..config import format_dose
+from ..figures import metric_vs_dose
+from ..fileio import atomic_write_text
+from ..manifest import MANIFEST_NAME, read_manifest
+from ..tables import cell, csv_text, markdown_lines
 
-METRICS = ["amplitude_ssim", "phase_ssim", "amplitude_psnr", "phase_psnr", "amplitude_frc50_px", "phase_frc50_px"]
-COLUMNS = ["dose", "view", "model", "gridsize", "status", *METRICS, "amplitude_ms_ssim", "phase_ms_ssim",
-           "amplitude_mae", "phase_mae", "epochs", "duration_s", "bundle_sha256", "run_dir", "reason"]
+METRICS = ["amplitude_ssim", "phase_ssim", "amplitude_corr", "phase_corr", "amplitude_psnr", "phase_psnr",
+           "amplitude_frc50_px", "phase_frc50_px"]
+COLUMNS = ["dose", "view", "model", "gridsize", "status", *METRICS, "below_flat", "amplitude_flat_ssim",
+           "phase_flat_ssim", "amplitude_ms_ssim", "phase_ms_ssim", "amplitude_mae", "phase_mae", "epochs", "steps",
+           "duration_s", "bundle_sha256", "run_dir", "reason"]
 
 
 def _method(model: str, gridsize: Any) -> str:
-    return f"{model} gs{gridsize}" if model == "pinn" else model
+    return f"{model} gs{gridsize}" if model.startswith("pinn") else model
 
 
 def job_rows(sweep_dir: Path) -> list[dict[str, Any]]:
@@ -40,15 +42,26 @@ def job_rows(sweep_dir: Path) -> list[dict[str, Any]]:
                        status=job["status"], epochs=job.get("epochs"), duration_s=job.get("duration_s"),
                        bundle_sha256=job.get("bundle_sha256"), run_dir=str(path.parent.relative_to(sweep_dir)),
                        reason=job.get("error"))
-            metrics_path = path.parent / "metrics.json"
-            if job["status"] == "succeeded" and metrics_path.is_file():
-                metrics = json.loads(metrics_path.read_text())
-                row.update(metrics["headline"])
-                for part in ("amplitude", "phase"):
-                    row[f"{part}_ms_ssim"] = metrics[part].get("ms_ssim")
-                    row[f"{part}_mae"] = metrics[part].get("mae")
-            rows.append(row)
+            row["steps"] = job.get("steps")
+            rows.append(_scored(row, path.parent / "metrics.json", job["status"]))
+            if job.get("refined"):
+                refined = {**row, "model": f"{ctx['model']}-refined", "steps": job["refined"]["steps"],
+                           "duration_s": job["refined"]["refine_s"]}
+                rows.append(_scored(refined, path.parent / job["refined"]["metrics_path"], job["status"]))
     return rows
+
+
+def _scored(row: dict[str, Any], metrics_path: Path, status: str) -> dict[str, Any]:
+    """The row with its scores; ``below_flat`` counts the scores that do not beat a flat image."""
+    row = dict(row)
+    if status == "succeeded" and metrics_path.is_file():
+        metrics = json.loads(metrics_path.read_text())
+        row.update({k: v for k, v in metrics["headline"].items() if k in row})
+        row["below_flat"] = len(metrics.get("flat_image_flags", []))
+        for part in ("amplitude", "phase"):
+            row[f"{part}_ms_ssim"] = metrics[part].get("ms_ssim")
+            row[f"{part}_mae"] = metrics[part].get("mae")
+    return row
 
 
 def lsqml_rows(sweep_dir: Path) -> list[dict[str, Any]]:
@@ -76,8 +89,10 @@ def write_report(sweep_dir: Path, out_dir: Path) -> dict[str, Any]:
     rows = sorted(job_rows(sweep_dir) + lsqml_rows(sweep_dir),
                   key=lambda r: (r["dose"] or 0, r["view"] or "", r["model"], str(r["gridsize"])))
     atomic_write_text(out_dir / "study.csv", csv_text(rows, COLUMNS))
-    shown = ["dose", "view", "model", "gridsize", "status", *METRICS]
+    shown = ["dose", "view", "model", "gridsize", "status", *METRICS, "below_flat"]
     md = markdown_lines(rows, shown)
+    md += ["", "below_flat: how many of the six scores (SSIM, PSNR, correlation; amplitude and phase) do not beat "
+           "a flat image of the truth's mean on the same region; anything above 0 is flagged, not a success."]
     problems = [r for r in rows if r["status"] != "succeeded"]
     if problems:
         md += ["", "Jobs that did not succeed:", ""]

@@ -15,8 +15,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from .fileio import atomic_write_json
-from .manifest import MANIFEST_NAME, read_manifest
+from ..fileio import atomic_write_json
+from ..manifest import MANIFEST_NAME, read_manifest
 
 log = logging.getLogger(__name__)
 SWEEP_MANIFEST_NAME = "sweep_manifest.json"

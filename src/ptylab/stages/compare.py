@@ -10,20 +10,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
 
-from .config import TrainConfig, format_dose
-from .data import PtychoData
-from .evaluation import headline
-from .figures import complex_panels, frc_curves
-from .fileio import atomic_write_json, atomic_write_text
-from .job import load_job_data
-from .manifest import read_manifest
-from .tables import csv_text, markdown_lines
+from ..config import LsqmlConfig, TrainConfig, format_dose, load_run_config, validate
+from ..data import PtychoData
+from ..datasets import load_job_data
+from ..evaluation import headline
+from ..figures import complex_panels, frc_curves
+from ..fileio import atomic_write_json, atomic_write_text
+from ..manifest import read_manifest
+from ..refine import REFINE_DIR
+from ..tables import csv_text, markdown_lines
 
 log = logging.getLogger(__name__)
-COLUMNS = ["method", "dose", "view", "status", "reason", "amplitude_ssim", "amplitude_psnr", "amplitude_frc50_px",
-           "phase_ssim", "phase_psnr", "phase_frc50_px", "train_s", "reconstruct_s", "iterations", "source"]
+COLUMNS = ["method", "dose", "view", "status", "reason", "amplitude_ssim", "amplitude_flat_ssim", "amplitude_corr",
+           "amplitude_psnr", "amplitude_frc50_px", "phase_ssim", "phase_flat_ssim", "phase_corr", "phase_psnr",
+           "phase_frc50_px", "train_s", "reconstruct_s", "iterations", "source"]
 
 
 def method_name(context: dict[str, Any]) -> str:
@@ -32,47 +33,53 @@ def method_name(context: dict[str, Any]) -> str:
     return str(context["model"])
 
 
-def run_config(run_dir: Path) -> DictConfig:
-    """The job's config snapshot, typed against the schema (Hydra stores it unresolved)."""
-    snapshot = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
-    cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), snapshot)
-    assert isinstance(cfg, DictConfig)
-    return cfg
-
-
-def run_row(run_dir: Path) -> dict[str, Any]:
-    """One row from a run directory's manifest and metrics; a reason instead of numbers if it has none."""
+def run_rows(run_dir: Path) -> list[dict[str, Any]]:
+    """Rows from a run directory's manifest and metrics (the single-pass model, and its refined arm
+    where the job ran one); a reason instead of numbers where it has none."""
     row: dict[str, Any] = {c: None for c in COLUMNS}
     row["source"] = str(run_dir)
     manifest = read_manifest(run_dir)
     if manifest is None:
         row.update(method=run_dir.name, status="missing", reason=f"no training_manifest.json in {run_dir}")
-        return row
+        return [row]
     job = manifest["jobs"][0]
     ctx = job["context"]
     row.update(method=method_name(ctx), dose=ctx["dose"], view=ctx["view"], status=job["status"],
                train_s=job.get("train_s"))
     if job["status"] != "succeeded":
         row["reason"] = job.get("error") or f"job {job['status']}"
-        return row
+        return [row]
+    rows = [_with_metrics(row, run_dir, run_dir / "metrics.json")]
+    refined = job.get("refined")
+    if refined:
+        ref = {**row, "method": f"{row['method']} refined", "metrics_dir": REFINE_DIR}
+        ref = _with_metrics(ref, run_dir, run_dir / refined["metrics_path"])
+        if ref["reconstruct_s"] is not None:
+            ref["reconstruct_s"] += refined["refine_s"]
+        rows.append(ref)
+    return rows
+
+
+def _with_metrics(row: dict[str, Any], run_dir: Path, path: Path) -> dict[str, Any]:
+    row = dict(row)
     try:
-        metrics = json.loads((run_dir / "metrics.json").read_text())
+        metrics = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        row.update(status="failed", reason=f"metrics.json unreadable in {run_dir}: {exc}")
+        row.update(status="failed", reason=f"{path.name} unreadable in {run_dir}: {exc}")
         return row
-    row.update(metrics["headline"])
+    row.update({k: v for k, v in metrics["headline"].items() if k in row})
     row["reconstruct_s"] = metrics.get("inference_s")
     return row
 
 
-def rebuild_test_split(cfg: DictConfig) -> PtychoData:
+def rebuild_test_split(cfg: TrainConfig) -> PtychoData:
     """Rebuild the run's test positions (same dataset, dose, seed and view) from its config."""
-    source, sel = load_job_data(cfg)
+    source, sel = load_job_data(cfg.dataset, cfg.view, cfg.dose, cfg.seed, cfg.paths.cache_dir)
     return sel.apply(source.train, source.test)[1]
 
 
-def lsqml_row(cfg: DictConfig, lsqml: DictConfig, out_dir: Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    from .lsqml import NOT_INSTALLED, ptychi_available, reconstruct_and_score
+def lsqml_row(cfg: TrainConfig, lsqml: LsqmlConfig, out_dir: Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    from ..lsqml import NOT_INSTALLED, ptychi_available, reconstruct_and_score
 
     row: dict[str, Any] = {c: None for c in COLUMNS}
     row.update(method="LSQML", dose=float(cfg.dose), view=str(cfg.view.name), source="pty-chi")
@@ -80,9 +87,8 @@ def lsqml_row(cfg: DictConfig, lsqml: DictConfig, out_dir: Path) -> tuple[dict[s
         row.update(status="not run", reason=NOT_INSTALLED)
         return row, None
     try:
-        scores, info = reconstruct_and_score(rebuild_test_split(cfg), int(lsqml.epochs),
-                                             OmegaConf.to_object(cfg.eval),  # type: ignore[arg-type]
-                                             str(lsqml.noise_model), str(lsqml.device))
+        scores, info = reconstruct_and_score(rebuild_test_split(cfg), lsqml.epochs, cfg.eval, lsqml.noise_model,
+                                             lsqml.device)
     except Exception as exc:  # a reference that fails is reported as a row, not a crash
         log.exception("LSQML failed")
         row.update(status="failed", reason=f"{type(exc).__name__}: {exc}")
@@ -101,15 +107,23 @@ def write_tables(rows: list[dict[str, Any]], out_dir: Path, stem: str = "compari
     atomic_write_text(out_dir / f"{stem}.md", "\n".join(markdown_lines(rows, COLUMNS[:-1], digits=3)) + "\n")
 
 
-def compare(run_dirs: list[str], out_dir: Path, lsqml: DictConfig) -> list[dict[str, Any]]:
+def run_config(run_dir: Path) -> TrainConfig:
+    """The run's typed config, from its snapshot (Hydra's resolvers set up for ``${now:...}``)."""
+    from hydra.core.utils import setup_globals
+
+    setup_globals()
+    return validate(load_run_config(run_dir / ".hydra" / "config.yaml"))  # type: ignore[no-any-return]
+
+
+def compare(run_dirs: list[str], out_dir: Path, lsqml: LsqmlConfig) -> list[dict[str, Any]]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows = [run_row(Path(r)) for r in run_dirs]
+    rows = [row for r in run_dirs for row in run_rows(Path(r))]
     panels: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
     curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for row in rows:
         if row["status"] != "succeeded":
             continue
-        run = Path(row["source"])
+        run = Path(row["source"]) / (row.get("metrics_dir") or "")
         label = f"{row['method']} {row['view']} {format_dose(row['dose'])}"
         rec = np.load(run / "reconstruction.npz")
         if not panels:

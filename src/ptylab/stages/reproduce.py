@@ -18,9 +18,11 @@ from typing import Any
 from hydra.core.utils import setup_globals
 from omegaconf import OmegaConf
 
-from .compare import run_config
-from .job import BUNDLE_NAME, run_job
-from .manifest import read_manifest
+from ..bundle import BUNDLE_NAME
+from ..config import load_run_config
+from ..errors import PtylabError
+from ..manifest import read_manifest
+from .train import run_job
 
 # Values that name where a run lives; they may differ between the original and the re-run.
 LOCATION_PARAMS = ("output_prefix",)
@@ -83,9 +85,9 @@ def reproduce(run_dir: str | Path, out_dir: str | Path | None = None) -> Reprodu
     run_dir = Path(run_dir)
     original = read_manifest(run_dir)
     if original is None or not (run_dir / ".hydra" / "config.yaml").is_file():
-        raise FileNotFoundError(f"{run_dir}: needs training_manifest.json and .hydra/config.yaml to reproduce")
+        raise PtylabError(f"{run_dir}: needs training_manifest.json and .hydra/config.yaml to reproduce")
     setup_globals()  # Hydra's resolvers (${now:...}) for the unresolved snapshot
-    cfg = run_config(run_dir)
+    cfg = load_run_config(run_dir / ".hydra" / "config.yaml")
     cfg.ckpt_path = None
     if out_dir is None:
         out_dir = Path(cfg.paths.output_root) / "reproduced" / f"{run_dir.name}_{time.strftime('%Y%m%d-%H%M%S')}"
@@ -93,12 +95,13 @@ def reproduce(run_dir: str | Path, out_dir: str | Path | None = None) -> Reprodu
     (out / ".hydra").mkdir(parents=True, exist_ok=True)
     shutil.copy2(run_dir / ".hydra" / "config.yaml", out / ".hydra" / "config.yaml")
     record = run_job(cfg, out)
+    assert record is not None
     first = original["jobs"][0]
     report = ReproduceReport(run_dir, out, original_sha256=first.get("bundle_sha256"),
-                             rerun_sha256=record.get("bundle_sha256"))
+                             rerun_sha256=record.bundle_sha256)
     d = report.differences
-    if first["status"] != record["status"]:
-        d.append(f"status: {first['status']} -> {record['status']} ({record.get('error')})")
+    if first["status"] != record.status:
+        d.append(f"status: {first['status']} -> {record.status} ({record.error})")
     if report.original_sha256 != report.rerun_sha256:
         d.append(f"bundle sha256: {report.original_sha256} -> {report.rerun_sha256}")
     if (run_dir / BUNDLE_NAME).is_file() and (out / BUNDLE_NAME).is_file():

@@ -7,14 +7,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from .cache import load_dataset
-from .config import DatasetConfig, ViewConfig
-from .data import PtychoData, write_dataset
-from .figures import dataset_preview
-from .fileio import atomic_write_json
-from .views import select_view_for
+from ..config import SimulateConfig, validate
+from ..data import PtychoData, write_dataset
+from ..datasets import load_dataset
+from ..figures import dataset_preview
+from ..fileio import atomic_write_json
+from ..views import select_view_for
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +29,10 @@ def as_user_file(data: PtychoData) -> PtychoData:
 
 def run_simulate(cfg: DictConfig) -> dict[str, Any]:
     """Write train.npz, test.npz, summary.json, preview.png (and the view's subset) to output_dir."""
-    out = Path(cfg.output_dir)
-    dataset: DatasetConfig = OmegaConf.to_object(cfg.dataset)  # type: ignore[assignment]
-    source = load_dataset(dataset, cfg.dose, cfg.seed, cfg.paths.cache_dir)
-    if cfg.get("as_user_files", False):
+    sc: SimulateConfig = validate(cfg)
+    out = Path(sc.output_dir)
+    source = load_dataset(sc.dataset, sc.dose, sc.seed, sc.paths.cache_dir)
+    if sc.as_user_files:
         source = replace(source, train=as_user_file(source.train), test=as_user_file(source.test))
     write_dataset(out / "train.npz", source.train)
     write_dataset(out / "test.npz", source.test)
@@ -40,10 +40,10 @@ def run_simulate(cfg: DictConfig) -> dict[str, Any]:
     dataset_preview(
         out / "preview.png", source.train.obj,
         {"train": (source.train.xcoords, source.train.ycoords), "test": (source.test.xcoords, source.test.ycoords)},
-        source.train.diff3d, f"dose {cfg.dose:g}, {source.train.n_positions + source.test.n_positions} positions",
+        source.train.diff3d, f"dose {sc.dose:g}, {source.train.n_positions + source.test.n_positions} positions",
     )
-    if cfg.get("view") is not None:
-        view: ViewConfig = OmegaConf.to_object(cfg.view)  # type: ignore[assignment]
+    if sc.view is not None:
+        view = sc.view
         sel = select_view_for(view, source.train, source.test)
         summary["view"] = {**sel.stats, "skipped": sel.skipped, "skip_reason": sel.skip_reason}
         if sel.skipped:

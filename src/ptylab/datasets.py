@@ -14,10 +14,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import DatasetConfig, EmbeddedDatasetConfig, FileDatasetConfig
+from .config import DatasetConfig, EmbeddedDatasetConfig, FileDatasetConfig, ViewConfig
 from .data import PtychoData, read_dataset, write_dataset
 from .fileio import atomic_write_json, sha256_bytes, sha256_file
 from .simulate import simulate
+from .views import ViewSelection, select_view_for
 
 log = logging.getLogger(__name__)
 CACHE_FORMAT = 1
@@ -99,6 +100,14 @@ def load_files(train_file: str, test_file: str) -> DatasetSource:
     summary = {"positions": train.n_positions + test.n_positions,
                "splits": {"train": {"positions": train.n_positions}, "test": {"positions": test.n_positions}}}
     return DatasetSource(train, test, identity, summary)
+
+
+def load_job_data(dataset_cfg: DatasetConfig, view_cfg: ViewConfig, dose: float, seed: int,
+                  cache_dir: str | Path) -> tuple[DatasetSource, ViewSelection]:
+    """A job's dataset and its overlap view: training, DDP ranks and the LSQML reference all see the
+    same positions."""
+    source = load_dataset(dataset_cfg, dose, seed, cache_dir)
+    return source, select_view_for(view_cfg, source.train, source.test)
 
 
 def load_dataset(cfg: DatasetConfig, dose: float, seed: int, cache_dir: str | Path) -> DatasetSource:

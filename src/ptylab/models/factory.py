@@ -1,0 +1,48 @@
+"""Build a model from its typed config and the training data's statistics."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..batches import input_scale, mean_total_counts
+from ..config import ModelConfig, PinnConfig, SupervisedConfig
+from ..data import PtychoData
+from ..errors import ConfigError, PtylabError
+from .base import PtychoModule
+from .pinn import PINN
+from .supervised import Supervised
+
+
+def derived_intensity_scale(train: PtychoData) -> float:
+    """Intensity scale for data that do not state one: match the mean counts to a flat object of
+    amplitude 1 under the probe (Parseval: sum |F(P O)|^2 = sum |P|^2 |O|^2). Computed in chunks."""
+    return float(np.sqrt(mean_total_counts(train.diff3d) / float((np.abs(train.probe) ** 2).sum())))
+
+
+def build_model(model_cfg: ModelConfig, gridsize: int, train: PtychoData) -> PtychoModule:
+    common = {
+        "N": train.N, "gridsize": gridsize, "base_filters": list(model_cfg.base_filters), "width": model_cfg.width,
+        # Choices go in as plain strings: hyperparameters are saved in checkpoints and bundles.
+        "object_support": str(model_cfg.object_support), "amp_activation": str(model_cfg.amp_activation),
+        "input_scale": input_scale(train.diff3d), "lr": model_cfg.lr, "schedule": str(model_cfg.schedule),
+        "warmup_steps": model_cfg.warmup_steps, "min_lr": model_cfg.min_lr, "lr_factor": model_cfg.lr_factor,
+        "lr_patience": model_cfg.lr_patience, "init": str(model_cfg.init), "decoder": str(model_cfg.decoder),
+        "separate_decoders": model_cfg.separate_decoders,
+    }
+    if isinstance(model_cfg, PinnConfig):
+        scale = train.metadata.get("intensity_scale")
+        return PINN(
+            **common, intensity_scale=float(scale if scale is not None else derived_intensity_scale(train)),
+            probe_trainable=model_cfg.probe_trainable, probe_mask=model_cfg.probe_mask,
+            intensity_scale_trainable=model_cfg.intensity_scale_trainable, nll_weight=model_cfg.nll_weight,
+            mae_weight=model_cfg.mae_weight, probe=torch.from_numpy(np.asarray(train.probe)),
+        )
+    if isinstance(model_cfg, SupervisedConfig):
+        if gridsize != 1:
+            raise ConfigError(f"gridsize={gridsize}: the supervised baseline trains at gridsize 1")
+        if train.Y is None:
+            raise PtylabError("the supervised baseline needs ground-truth patches 'Y' in the training data, and "
+                              "this dataset has none (key 'Y' missing)")
+        return Supervised(**common)
+    raise ConfigError(f"model.name={model_cfg.name!r}: not a known model kind (pinn, supervised)")

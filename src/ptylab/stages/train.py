@@ -1,0 +1,179 @@
+"""The train stage: one job, start to finish.
+
+    data -> view -> train (groups, Trainer) -> bundle -> evaluate -> manifest
+
+Every outcome is recorded truthfully: the manifest says ``running`` while the job works, then
+``succeeded``, ``skipped`` (the view was too small, with its reason) or ``failed`` (with the error).
+A job never raises for its own failures; the entry point turns ``failed`` into a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from lightning.fabric.utilities.rank_zero import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+
+from ..bundle import BUNDLE_NAME, bundle_config_yaml, save_model_bundle
+from ..config import PinnConfig, TrainConfig, validate
+from ..data import PtychoData
+from ..datasets import load_job_data
+from ..errors import PtylabError
+from ..evaluation import evaluate_reconstruction
+from ..figures import loss_curve
+from ..fileio import atomic_write_json, atomic_write_text
+from ..legacy_params import bridged, location_free
+from ..manifest import SKIP_SUMMARY_NAME, JobContext, JobRecord, Status, finished_status, read_record, write_manifest
+from ..models import PtychoModule
+from ..refine import REFINE_DIR, refine
+from ..training import fit
+from ..views import ViewSelection
+
+log = logging.getLogger(__name__)
+
+
+def context_of(cfg: DictConfig | TrainConfig) -> JobContext:
+    return JobContext(float(cfg.dose), str(cfg.view.name), int(cfg.gridsize), str(cfg.model.name), int(cfg.seed))
+
+
+def trainer_kwargs(cfg: DictConfig) -> dict[str, Any]:
+    kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    assert isinstance(kwargs, dict)
+    return {str(k): v for k, v in kwargs.items()}
+
+
+def train(cfg: DictConfig, tc: TrainConfig, run_dir: Path, data: PtychoData,
+          record: JobRecord | None = None) -> PtychoModule:
+    """Train the configured model on ``data``; record the outcome and draw the loss curve."""
+    model, outcome = fit(tc.model, tc.gridsize, tc.seed, data, trainer_kwargs(cfg), run_dir, str(tc.logger),
+                         tc.ckpt_path)
+    if record is not None:
+        record.add_training(outcome)
+        if outcome.loss_history["train"]:
+            loss_curve(run_dir / "loss.png", list(range(len(outcome.loss_history["train"]))),
+                       outcome.loss_history, record.label)
+    return model
+
+
+def save_bundle(cfg: DictConfig, tc: TrainConfig, run_dir: Path, model: PtychoModule, params: dict[str, Any]) -> str:
+    inference = {
+        "model": tc.model.name, "N": int(model.hparams["N"]), "gridsize": tc.gridsize,
+        "neighbours": tc.model.neighbours, "stitch_crop": tc.eval.stitch_crop, "sync_phase": tc.eval.sync_phase,
+        "input_scale": float(model.input_scale), "dose": tc.dose,
+    }
+    return save_model_bundle(run_dir / BUNDLE_NAME, model, tc.model.name, inference, location_free(params),
+                             bundle_config_yaml(cfg))
+
+
+def evaluate(tc: TrainConfig, run_dir: Path, model: PtychoModule, test: PtychoData, record: JobRecord) -> None:
+    """Reconstruct the test split and score it (skipped when ``eval.enabled`` is false)."""
+    if not tc.eval.enabled:
+        return
+    metrics = evaluate_reconstruction(model, test, tc.gridsize, tc.model.neighbours, tc.eval, run_dir, record.label)
+    record.metrics_path = "metrics.json"
+    record.headline_metrics = metrics["headline"]
+    record.flat_image_flags = metrics["flat_image_flags"]
+
+
+def evaluate_refined(cfg: DictConfig, tc: TrainConfig, run_dir: Path, model: PtychoModule, test: PtychoData,
+                     record: JobRecord) -> None:
+    """The refined arm (PINN only): fine-tune on the test diffraction, score it under its own name."""
+    if not (tc.refine.enabled and tc.eval.enabled and isinstance(tc.model, PinnConfig)):
+        return
+    tuned, outcome = refine(model, tc.model, tc.refine, tc.gridsize, tc.seed, test, trainer_kwargs(cfg), run_dir)
+    out = run_dir / REFINE_DIR
+    metrics = evaluate_reconstruction(tuned, test, tc.gridsize, tc.model.neighbours, tc.eval, out,
+                                      f"{record.label} refined")
+    record.refined = {"metrics_path": f"{REFINE_DIR}/metrics.json", "steps": outcome.steps,
+                      "refine_s": outcome.train_s, "loss_history": outcome.loss_history,
+                      "headline_metrics": metrics["headline"], "flat_image_flags": metrics["flat_image_flags"]}
+
+
+def write_skip_summary(run_dir: Path, sel: ViewSelection, context: dict[str, Any]) -> None:
+    atomic_write_json(run_dir / SKIP_SUMMARY_NAME, {
+        "skipped_views": [{"view": sel.name, "reason": sel.skip_reason, "stats": sel.stats}],
+        "skipped_count": 1, "context": context})
+
+
+def run_job(cfg: DictConfig, run_dir: str | Path) -> JobRecord | None:
+    """Run one job into ``run_dir`` and return its record (never raises for the job's own failures).
+
+    Under DDP every rank trains, but only rank zero writes params, bundle, metrics and manifest
+    (and returns a record; the other ranks return None).
+    """
+    run_dir = Path(run_dir)
+    if rank_zero_only.rank != 0:
+        _train_only(cfg, run_dir)
+        return None
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ctx = context_of(cfg)
+    done = finished_status(run_dir)
+    if done and not cfg.get("redo", False):
+        previous = read_record(run_dir)
+        assert previous is not None
+        previous.reused = True
+        log.info("%s already %s in %s; not re-running (redo=true to force)", ctx.label(), done, run_dir)
+        return previous
+    record = JobRecord.start(ctx, run_dir)
+    write_manifest(run_dir, record)
+    t0 = time.perf_counter()
+    status, error = Status.failed, None
+    try:
+        tc: TrainConfig = validate(cfg)  # every range and kind check, before any data are touched
+        with bridged(cfg, str(run_dir)) as params:
+            atomic_write_json(run_dir / "params.json", dict(params))
+            source, sel = load_job_data(tc.dataset, tc.view, tc.dose, tc.seed, tc.paths.cache_dir)
+            record.dataset = source.identity
+            record.view = {**sel.stats, "skip_reason": sel.skip_reason}
+            if sel.skipped:
+                write_skip_summary(run_dir, sel, record.context)
+                status, error = Status.skipped, sel.skip_reason
+                log.warning("%s skipped: %s", ctx.label(), error)
+            else:
+                train_data, test_data = sel.apply(source.train, source.test)
+                model = train(cfg, tc, run_dir, train_data, record)
+                record.bundle_sha256 = save_bundle(cfg, tc, run_dir, model, dict(params))
+                record.bundle_path = BUNDLE_NAME
+                evaluate(tc, run_dir, model, test_data, record)
+                evaluate_refined(cfg, tc, run_dir, model, test_data, record)
+                status = Status.succeeded
+    except Exception as exc:  # the job's failure is data, recorded and reported, not a crash
+        error = f"{type(exc).__name__}: {exc}"
+        record.user_error = isinstance(exc, PtylabError)
+        atomic_write_text(run_dir / "error.log", traceback.format_exc())
+        log.error("%s failed: %s", ctx.label(), error)
+    finally:
+        record.finish(status, error, round(time.perf_counter() - t0, 2))
+        write_manifest(run_dir, record)
+    return record
+
+
+def _train_only(cfg: DictConfig, run_dir: Path) -> None:
+    """A non-zero DDP rank: same data and training, no files of its own."""
+    tc: TrainConfig = validate(cfg)
+    with bridged(cfg, str(run_dir)):
+        source, sel = load_job_data(tc.dataset, tc.view, tc.dose, tc.seed, tc.paths.cache_dir)
+        if not sel.skipped:
+            train(cfg, tc, run_dir, sel.apply(source.train, source.test)[0])
+
+
+def summary_line(record: JobRecord) -> str:
+    """The one stdout line per finished job."""
+    if record.status != Status.succeeded:
+        return f"{record.label} {str(record.status).upper()}: {record.error}"
+    head = record.headline_metrics or {}
+    extra = (" " + " ".join(f"{k}={v:.3f}" for k, v in head.items() if isinstance(v, float))) if head else ""
+    reused = " (already finished; reused)" if record.reused else ""
+    flags = record.flat_image_flags or []
+    warn = f" WARNING: {len(flags)} score(s) do not beat a flat image ({'; '.join(flags)})" if flags else ""
+    line = f"{record.label} bundle {record.bundle_path} sha256 {record.bundle_sha256}{extra}{reused}{warn}"
+    if record.refined:
+        ref = record.refined["headline_metrics"]
+        line += (f"\n{record.label} refined ({record.refined['steps']} steps on the test diffraction, "
+                 f"{record.refined['refine_s']:.0f} s): " + " ".join(f"{k}={v:.3f}" for k, v in ref.items()
+                                                                  if isinstance(v, float)))
+    return line
