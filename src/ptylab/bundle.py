@@ -171,6 +171,7 @@ def bundle_config_yaml(cfg: DictConfig) -> str:
 def save_model_bundle(path: Path, model: torch.nn.Module, kind: str, inference: dict[str, Any],
                       params: dict[str, Any], config_yaml: str) -> str:
     """Write ``model`` (hyperparameters and weights) with what inference needs; return the digest."""
-    hparams = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dict(model.hparams).items()}  # type: ignore[operator]
+    saved: dict[str, Any] = dict(getattr(model, "hparams", {}))
+    hparams = {k: (list(v) if isinstance(v, tuple) else v) for k, v in saved.items()}
     weights = ModelWeights(kind, hparams, {k: v.detach().cpu() for k, v in model.state_dict().items()})
     return write_bundle(path, {kind: weights}, params, config_yaml, inference)

@@ -36,12 +36,13 @@ def _job_overrides(args: Sequence[str]) -> list[list[str]]:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     multirun = any(a in ("-m", "--multirun") for a in args)
-    plain = [a for a in args if not a.startswith("-") and "=" in a and not a.lstrip("+~").startswith("hydra")]
+    plain: list[str] = [a for a in args
+                        if not a.startswith("-") and "=" in a and not a.lstrip("+~").startswith("hydra")]
     if not multirun:
         return [plain]
     parsed = OverridesParser.create().parse_overrides(plain)
     choices = [[f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()] if o.is_sweep_override()
-               else [o.input_line] for o in parsed]
+               else [str(o.input_line)] for o in parsed]
     return [list(c) for c in itertools.islice(itertools.product(*choices), MAX_PREFLIGHT_JOBS)]
 
 
@@ -94,7 +95,8 @@ def preflight(config_name: str, args: Sequence[str] | None = None) -> None:
 
 def parse_overrides(schema: type[T], args: Sequence[str], positional: tuple[str, ...] = ()) -> T:
     """``key=value`` arguments (plain words fill ``positional`` keys in order) as a validated ``schema``."""
-    dotlist, words = [], []
+    dotlist: list[str] = []
+    words: list[str] = []
     for a in args:
         (dotlist if "=" in a else words).append(a)
     if len(words) > len(positional):
@@ -103,7 +105,8 @@ def parse_overrides(schema: type[T], args: Sequence[str], positional: tuple[str,
     dotlist += [f"{k}={w}" for k, w in zip(positional, words, strict=False)]
     try:
         merged = OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.from_dotlist(dotlist))
-        return validate(merged)  # type: ignore[no-any-return]
+        typed: T = validate(merged)
+        return typed
     except ConfigError as exc:
         fail(str(exc))
     except Exception as exc:  # OmegaConf's own messages name the key and the schema

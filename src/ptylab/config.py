@@ -23,7 +23,7 @@ from .errors import ConfigError
 class ObjectSupport(StrEnum):
     """Where the object is predicted: the illuminated central N/2 x N/2, or the whole patch."""
 
-    center = "center"
+    center = "center"  # type: ignore[assignment]  # (shadows str.center; OmegaConf matches member names)
     full = "full"
 
 

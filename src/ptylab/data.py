@@ -94,7 +94,7 @@ def write_dataset(path: str | Path, data: PtychoData) -> None:
 
 def _write_npz(tmp: Path, arrays: dict[str, np.ndarray]) -> None:
     with open(tmp, "wb") as fh:
-        np.savez(fh, **arrays)
+        np.savez(fh, **arrays)  # type: ignore[arg-type]
 
 
 def _write_hdf5(tmp: Path, arrays: dict[str, np.ndarray]) -> None:

@@ -102,6 +102,12 @@ def frc_resolution(freq: np.ndarray, curve: np.ndarray, threshold: float) -> dic
     return {"frequency": f, "period_px": 1.0 / f, "reached_nyquist": False}
 
 
+def _ssim(pred: torch.Tensor, target: torch.Tensor, data_range: float) -> float:
+    value = structural_similarity_index_measure(pred, target, data_range=data_range)
+    assert isinstance(value, torch.Tensor)
+    return float(value)
+
+
 def pearson(pred: np.ndarray, target: np.ndarray) -> float:
     """Pearson correlation; 0 for a constant image (it carries no structure to correlate)."""
     a = np.asarray(pred, np.float64).ravel() - np.mean(pred)
@@ -121,7 +127,7 @@ def flat_baseline(target: np.ndarray) -> dict[str, float]:
     data_range = float(target.max() - target.min()) or 1.0
     p, t = _t(flat), _t(target)
     return {
-        "ssim": float(structural_similarity_index_measure(p, t, data_range=data_range)),
+        "ssim": _ssim(p, t, data_range),
         "psnr": psnr(flat, np.asarray(target, np.float64), data_range),
         "pearson": 0.0,
     }
@@ -145,7 +151,7 @@ def score_image(pred: np.ndarray, target: np.ndarray) -> dict[str, Any]:
         "mae": float(mean_absolute_error(p, t)),
         "mse": float(mean_squared_error(p, t)),
         "psnr": psnr(pred, target, data_range),
-        "ssim": float(structural_similarity_index_measure(p, t, data_range=data_range)),
+        "ssim": _ssim(p, t, data_range),
         "ms_ssim": ms,
         "ms_ssim_scales": scales,
         "data_range": data_range,

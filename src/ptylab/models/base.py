@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import lightning as L
@@ -14,7 +15,8 @@ from .network import EncoderDecoder, initialise
 SCHEDULES = ("cosine", "constant", "plateau")
 # softplus never caps the amplitude (an object brighter than the intensity scale assumes still fits);
 # sigmoid caps it at 1, which a bright user object can hit.
-AMP_ACTIVATIONS = {"sigmoid": torch.sigmoid, "swish": nn.functional.silu, "softplus": nn.functional.softplus}
+AMP_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "sigmoid": torch.sigmoid, "swish": nn.functional.silu, "softplus": nn.functional.softplus}
 
 
 def warmup_cosine(step: int, warmup: int, total: int, floor: float) -> float:
@@ -43,6 +45,9 @@ class PtychoModule(L.LightningModule):
     Hyperparameters are plain values saved in checkpoints, so ``Model.load_from_checkpoint(path)``
     works in a notebook without Hydra.
     """
+
+    support: torch.Tensor
+    input_scale: torch.Tensor
 
     def __init__(
         self,
@@ -73,7 +78,7 @@ class PtychoModule(L.LightningModule):
                              out_size_factor=2 if object_support == "center" else 1, layout=decoder)
         initialise(net, init)
         # channels-last convolutions run 10-25% faster on these CPUs (docs/performance.md).
-        self.net = net.to(memory_format=torch.channels_last)
+        self.net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.register_buffer("support", support_mask(N, object_support))
         self.pad = (N - N // 2) // 2 if object_support == "center" else 0
         self.register_buffer("input_scale", torch.tensor(float(input_scale)))
@@ -114,7 +119,7 @@ class PtychoModule(L.LightningModule):
         self.log("val_loss", losses["loss"], on_step=False, on_epoch=True, prog_bar=True,
                  batch_size=batch["diff"].shape[0])
 
-    def configure_optimizers(self) -> dict[str, Any]:
+    def configure_optimizers(self) -> Any:
         """Adam with a step-budget schedule (default: warm-up, then cosine decay to ``min_lr``).
 
         The budget is the Trainer's own (``max_steps`` or ``max_epochs``), so the schedule ends

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -21,7 +23,7 @@ def derived_intensity_scale(train: PtychoData) -> float:
 
 
 def build_model(model_cfg: ModelConfig, gridsize: int, train: PtychoData) -> PtychoModule:
-    common = {
+    common: dict[str, Any] = {
         "N": train.N, "gridsize": gridsize, "base_filters": list(model_cfg.base_filters), "width": model_cfg.width,
         # Choices go in as plain strings: hyperparameters are saved in checkpoints and bundles.
         "object_support": str(model_cfg.object_support), "amp_activation": str(model_cfg.amp_activation),

@@ -17,6 +17,8 @@ from .overlap import merge_overlaps
 
 
 class PINN(PtychoModule):
+    probe_support: torch.Tensor
+
     def __init__(
         self,
         N: int = 64,
@@ -47,8 +49,8 @@ class PINN(PtychoModule):
                          input_scale, lr, schedule, warmup_steps, min_lr, lr_factor, lr_patience, init, decoder,
                          separate_decoders)
         self.save_hyperparameters(ignore=["probe"])
-        init = torch.zeros(2, N, N) if probe is None else torch.stack((probe.real, probe.imag)).float()
-        self.probe_ri = nn.Parameter(init, requires_grad=probe_trainable)
+        start = torch.zeros(2, N, N) if probe is None else torch.stack((probe.real, probe.imag)).float()
+        self.probe_ri = nn.Parameter(start, requires_grad=probe_trainable)
         self.log_intensity_scale = nn.Parameter(torch.tensor(math.log(intensity_scale)),
                                                 requires_grad=intensity_scale_trainable)
         yy, xx = torch.meshgrid(torch.arange(N) - N // 2, torch.arange(N) - N // 2, indexing="ij")

@@ -22,13 +22,12 @@ from typing import Any
 import lightning as L
 import torch
 from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..batches import GroupedPatterns, make_loader
 from ..bundle import BUNDLE_NAME, bundle_config_yaml, load_bundle, save_model_bundle
 from ..cli import CONF_DIR
-from ..config import EvalConfig, ModelConfig
+from ..config import EvalConfig, ModelConfig, TrainConfig, validate
 from ..data import PtychoData
 from ..evaluation import score_reconstruction
 from ..fileio import atomic_write_text
@@ -166,7 +165,7 @@ def lightning_training(model: PINN, dataset: GroupedPatterns, batch_size: int, s
          "enable_model_summary": False, "num_sanity_val_steps": 0, "log_every_n_steps": 10},
         run_dir, early_stop_patience=0, monitor="train_loss")
     timer = _EpochTimer()
-    trainer.callbacks.append(timer)
+    trainer.callbacks.append(timer)  # type: ignore[attr-defined]
     trainer.fit(model, make_loader(dataset, batch_size, True, 0))
     patterns = batch_size * dataset.indices.shape[1]
     return patterns * sum(timer.batches[1:]) / sum(timer.durations[1:])
@@ -232,17 +231,17 @@ def run_benchmark(args: BenchmarkConfig) -> dict[str, Any]:
     extra = QUICK if args.quick else []
     steps = 4 if args.quick else 40
     cfg = _compose([*DEFAULT_JOB, *extra])
-    dataset = OmegaConf.to_object(cfg.dataset)
+    typed: TrainConfig = validate(cfg)
     work = Path(tempfile.mkdtemp(prefix="ptylab-bench-"))
     out: dict[str, Any] = {"device": device, "quick": args.quick, "torch": torch.__version__,
                            "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine()}
 
     t0 = time.perf_counter()
-    train, test, _ = simulate(dataset, float(cfg.dose), int(cfg.seed))
+    train, test, _ = simulate(typed.dataset, typed.dose, typed.seed)
     out["simulate_patterns_per_s"] = (train.n_positions + test.n_positions) / (time.perf_counter() - t0)
-    train, test = select_view_for(OmegaConf.to_object(cfg.view), train, test).apply(train, test)
+    train, test = select_view_for(typed.view, train, test).apply(train, test)
     out["peak_matmul_gflops"] = peak_matmul_flops(device) / 1e9
-    model_cfg = OmegaConf.to_object(cfg.model)
+    model_cfg = typed.model
     batch = model_cfg.batch_size
     trained = None
     for gs in (1, 2):
@@ -272,7 +271,7 @@ def run_benchmark(args: BenchmarkConfig) -> dict[str, Any]:
         bundle_path = work / "bundle" / BUNDLE_NAME
         bundle_path.parent.mkdir()
         inference = {"model": "pinn", "N": train.N, "gridsize": int(cfg.gridsize), "neighbours": model_cfg.neighbours,
-                     "stitch_crop": None, "sync_phase": True, "input_scale": float(trained.input_scale),
+                     "stitch_crop": None, "sync_phase": True, "input_scale": float(trained.input_scale.item()),
                      "dose": float(cfg.dose)}
         save_model_bundle(bundle_path, trained, "pinn", inference, {}, bundle_config_yaml(cfg))
     bundle = load_bundle(bundle_path)

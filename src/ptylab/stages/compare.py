@@ -112,7 +112,8 @@ def run_config(run_dir: Path) -> TrainConfig:
     from hydra.core.utils import setup_globals
 
     setup_globals()
-    return validate(load_run_config(run_dir / ".hydra" / "config.yaml"))  # type: ignore[no-any-return]
+    cfg: TrainConfig = validate(load_run_config(run_dir / ".hydra" / "config.yaml"))
+    return cfg
 
 
 def compare(run_dirs: list[str], out_dir: Path, lsqml: LsqmlConfig) -> list[dict[str, Any]]:

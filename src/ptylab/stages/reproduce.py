@@ -69,7 +69,7 @@ def _bundle_config(run_dir: Path) -> dict[str, Any]:
     with zipfile.ZipFile(run_dir / BUNDLE_NAME) as zf:
         loaded = OmegaConf.to_container(OmegaConf.create(zf.read("config.yaml").decode()))
     assert isinstance(loaded, dict)
-    return loaded
+    return {str(k): v for k, v in loaded.items()}
 
 
 def _json(path: Path) -> dict[str, Any]:

@@ -63,7 +63,7 @@ def save_bundle(cfg: DictConfig, tc: TrainConfig, run_dir: Path, model: PtychoMo
     inference = {
         "model": tc.model.name, "N": int(model.hparams["N"]), "gridsize": tc.gridsize,
         "neighbours": tc.model.neighbours, "stitch_crop": tc.eval.stitch_crop, "sync_phase": tc.eval.sync_phase,
-        "input_scale": float(model.input_scale), "dose": tc.dose,
+        "input_scale": float(model.input_scale.item()), "dose": tc.dose,
     }
     return save_model_bundle(run_dir / BUNDLE_NAME, model, tc.model.name, inference, location_free(params),
                              bundle_config_yaml(cfg))
@@ -106,7 +106,7 @@ def run_job(cfg: DictConfig, run_dir: str | Path) -> JobRecord | None:
     (and returns a record; the other ranks return None).
     """
     run_dir = Path(run_dir)
-    if rank_zero_only.rank != 0:
+    if getattr(rank_zero_only, "rank", 0) != 0:
         _train_only(cfg, run_dir)
         return None
     run_dir.mkdir(parents=True, exist_ok=True)
