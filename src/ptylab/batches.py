@@ -7,11 +7,12 @@ batch by batch, never copied whole).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .grouping import Groups
 
@@ -53,9 +54,31 @@ def _already_batched(batch: Any) -> Any:
     return batch
 
 
+class EpochShuffle(Sampler[int]):
+    """A shuffled order that depends on (seed, epoch) only, never on what ran before.
+
+    Lightning calls ``set_epoch`` before each epoch, so a run resumed at an epoch boundary sees
+    exactly the batches the uninterrupted run saw (a generator carried across epochs would restart
+    from its seed and reorder everything after the resume).
+    """
+
+    def __init__(self, n: int, seed: int, shuffle: bool = True):
+        self.n, self.seed, self.shuffle, self.epoch = n, int(seed), shuffle, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __iter__(self) -> Iterator[int]:
+        if not self.shuffle:
+            return iter(range(self.n))
+        return iter(np.random.default_rng([self.seed, self.epoch]).permutation(self.n).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
 def make_loader(dataset: GroupedPatterns, batch_size: int, shuffle: bool, seed: int) -> DataLoader:
-    gen = torch.Generator().manual_seed(int(seed))
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=gen,
+    return DataLoader(dataset, batch_size=batch_size, sampler=EpochShuffle(len(dataset), seed, shuffle),
                       collate_fn=_already_batched, num_workers=0)
 
 

@@ -29,6 +29,7 @@ from .cli import CONF_DIR, fail, guarded, parse_overrides, preflight
 from .config import CompareConfig, ReconstructConfig, validate
 from .errors import PtylabError
 
+EXIT_INTERRUPTED = 143  # 128 + SIGTERM, what a shell reports for a process ended by SIGTERM
 LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
 
 
@@ -42,10 +43,12 @@ def _train_task(cfg: DictConfig) -> str:
     from .stages.train import run_job, summary_line
 
     hc = HydraConfig.get()
-    record = run_job(cfg, hc.runtime.output_dir)
+    record = guarded(lambda: run_job(cfg, hc.runtime.output_dir))  # a locked run directory is refused here
     if record is None:  # a non-zero DDP rank: rank zero reports for the job
         return "rank-nonzero"
     print(summary_line(record), flush=True)
+    if record.status == "interrupted":  # pre-empted: non-zero in runs and sweeps alike, so the scheduler requeues
+        sys.exit(EXIT_INTERRUPTED)
     if record.status == "failed" and hc.mode == RunMode.RUN:
         if record.user_error:  # bad input is the user's to fix: one error line, exit 2
             fail(str(record.error).split(": ", 1)[-1])

@@ -252,6 +252,7 @@ class TrainConfig:
     seed: int = 1
     ckpt_path: str | None = None
     redo: bool = False  # re-run a job whose directory already holds a finished manifest
+    resume: bool = True  # continue a job left running/interrupted in the same directory from its last checkpoint
     logger: LoggerKind = LoggerKind.csv  # tensorboard needs the tensorboard extra
     experiment: str | None = None
 

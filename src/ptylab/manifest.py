@@ -96,6 +96,7 @@ class JobRecord:
     headline_metrics: dict[str, Any] | None = None
     flat_image_flags: list[str] | None = None
     refined: dict[str, Any] | None = None  # the refined arm: steps, time, headline scores, flags
+    resumed_from: str | None = None  # the checkpoint this run continued from
     reused: bool = False
 
     @classmethod
@@ -165,7 +166,7 @@ def read_record(run_dir: Path) -> JobRecord | None:
 
 
 def finished_status(run_dir: Path) -> str | None:
-    """'succeeded' or 'skipped' if the directory holds a finished job, else None (redo it)."""
+    """'succeeded' or 'skipped' if the directory holds a finished job, else None (run it)."""
     manifest = read_manifest(run_dir)
     if not manifest or not manifest.get("jobs"):
         return None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from lightning.pytorch.loggers import CSVLogger, Logger
 from .batches import GroupedPatterns, make_loader, split_train_val
 from .config import ModelConfig, PinnConfig, SupervisedConfig
 from .data import PtychoData
+from .errors import PtylabError
 from .grouping import Groups, group_positions
 from .manifest import TrainingOutcome
 from .models import PtychoModule, build_model
@@ -69,6 +71,13 @@ class LossHistory(L.Callback):
         self.val: list[float] = []
         self.stalled = False
 
+    def state_dict(self) -> dict[str, Any]:
+        """Saved in every checkpoint, so a resumed run keeps the whole history."""
+        return {"train": list(self.train), "val": list(self.val), "stalled": self.stalled}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.train, self.val, self.stalled = list(state["train"]), list(state["val"]), bool(state["stalled"])
+
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         metrics = trainer.callback_metrics
         if "train_loss" in metrics:
@@ -101,6 +110,30 @@ def training_groups(train: PtychoData, model_cfg: ModelConfig, gridsize: int, se
     return groups
 
 
+class CheckpointError(PtylabError):
+    """A checkpoint that is missing, truncated or not a Lightning checkpoint."""
+
+
+def check_checkpoint(path: str | Path) -> Path:
+    """Refuse a checkpoint that cannot be resumed from, naming the file and what is wrong.
+
+    PyTorch checkpoints are zip archives; a truncated or foreign file would otherwise fail deep
+    inside ``torch.load`` with an internal zip error.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+            bad = zf.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise CheckpointError(f"{path}: not a complete checkpoint (truncated or not a PyTorch file: {exc})") from None
+    if bad is not None or not any(n.endswith("data.pkl") for n in names):
+        raise CheckpointError(f"{path}: not a complete checkpoint (entry {bad or 'data.pkl'} is damaged or missing)")
+    return path
+
+
 def fit(model_cfg: ModelConfig, gridsize: int, seed: int, train: PtychoData, trainer_kwargs: dict[str, Any],
         run_dir: Path, logger: str = "csv", ckpt_path: str | None = None,
         model: PtychoModule | None = None) -> tuple[PtychoModule, TrainingOutcome]:
@@ -119,7 +152,7 @@ def fit(model_cfg: ModelConfig, gridsize: int, seed: int, train: PtychoData, tra
     history = LossHistory()
     trainer.callbacks.append(history)  # type: ignore[attr-defined]
     t0 = time.perf_counter()
-    trainer.fit(model, train_loader, val_loader, ckpt_path=ckpt_path)
+    trainer.fit(model, train_loader, val_loader, ckpt_path=str(check_checkpoint(ckpt_path)) if ckpt_path else None)
     train_s = round(time.perf_counter() - t0, 2)
     best = checkpoint.best_model_path
     if best:

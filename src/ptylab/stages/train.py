@@ -9,13 +9,18 @@ A job never raises for its own failures; the entry point turns ``failed`` into a
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
+import threading
 import time
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from lightning.fabric.utilities.rank_zero import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from ..bundle import BUNDLE_NAME, bundle_config_yaml, save_model_bundle
@@ -30,6 +35,7 @@ from ..legacy_params import bridged, location_free
 from ..manifest import SKIP_SUMMARY_NAME, JobContext, JobRecord, Status, finished_status, read_record, write_manifest
 from ..models import PtychoModule
 from ..refine import REFINE_DIR, refine
+from ..runlock import run_dir_lock
 from ..training import fit
 from ..views import ViewSelection
 
@@ -99,17 +105,58 @@ def write_skip_summary(run_dir: Path, sel: ViewSelection, context: dict[str, Any
         "skipped_count": 1, "context": context})
 
 
+class JobInterrupted(BaseException):
+    """SIGTERM (a scheduler's pre-emption notice) arrived: stop, record, exit non-zero."""
+
+
+@contextlib.contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """Turn SIGTERM into ``JobInterrupted`` for the job's duration (Lightning adds its own handler
+    during ``fit`` and calls this one too)."""
+    def handler(signum: int, frame: Any) -> None:
+        raise JobInterrupted(f"received signal {signum} (SIGTERM)")
+
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def resume_point(cfg: DictConfig, run_dir: Path) -> str | None:
+    """The checkpoint to continue from: ``ckpt_path`` if given, else the last checkpoint of a job
+    that this directory's manifest shows was left running or interrupted (unless ``resume=false``)."""
+    if cfg.get("ckpt_path"):
+        return str(cfg.ckpt_path)
+    previous = read_record(run_dir)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if cfg.get("resume", True) and previous and previous.status in (Status.running, Status.interrupted) \
+            and last.is_file():
+        return str(last)
+    return None
+
+
 def run_job(cfg: DictConfig, run_dir: str | Path) -> JobRecord | None:
     """Run one job into ``run_dir`` and return its record (never raises for the job's own failures).
 
-    Under DDP every rank trains, but only rank zero writes params, bundle, metrics and manifest
-    (and returns a record; the other ranks return None).
+    The directory is locked for the job's life (a second job into it is refused). A job left
+    ``running`` or ``interrupted`` there resumes from its last checkpoint. SIGTERM marks the job
+    ``interrupted``. Under DDP every rank trains, but only rank zero writes params, bundle, metrics
+    and manifest (and returns a record; the other ranks return None).
     """
     run_dir = Path(run_dir)
     if getattr(rank_zero_only, "rank", 0) != 0:
         _train_only(cfg, run_dir)
         return None
     run_dir.mkdir(parents=True, exist_ok=True)
+    with run_dir_lock(run_dir):
+        return _run_locked(cfg, run_dir)
+
+
+def _run_locked(cfg: DictConfig, run_dir: Path) -> JobRecord:
     ctx = context_of(cfg)
     done = finished_status(run_dir)
     if done and not cfg.get("redo", False):
@@ -118,29 +165,38 @@ def run_job(cfg: DictConfig, run_dir: str | Path) -> JobRecord | None:
         previous.reused = True
         log.info("%s already %s in %s; not re-running (redo=true to force)", ctx.label(), done, run_dir)
         return previous
+    resume_from = resume_point(cfg, run_dir)
     record = JobRecord.start(ctx, run_dir)
+    record.resumed_from = _relative_to(resume_from, run_dir)
     write_manifest(run_dir, record)
     t0 = time.perf_counter()
     status, error = Status.failed, None
     try:
-        tc: TrainConfig = validate(cfg)  # every range and kind check, before any data are touched
-        with bridged(cfg, str(run_dir)) as params:
-            atomic_write_json(run_dir / "params.json", dict(params))
-            source, sel = load_job_data(tc.dataset, tc.view, tc.dose, tc.seed, tc.paths.cache_dir)
-            record.dataset = source.identity
-            record.view = {**sel.stats, "skip_reason": sel.skip_reason}
-            if sel.skipped:
-                write_skip_summary(run_dir, sel, record.context)
-                status, error = Status.skipped, sel.skip_reason
-                log.warning("%s skipped: %s", ctx.label(), error)
-            else:
-                train_data, test_data = sel.apply(source.train, source.test)
-                model = train(cfg, tc, run_dir, train_data, record)
-                record.bundle_sha256 = save_bundle(cfg, tc, run_dir, model, dict(params))
-                record.bundle_path = BUNDLE_NAME
-                evaluate(tc, run_dir, model, test_data, record)
-                evaluate_refined(cfg, tc, run_dir, model, test_data, record)
-                status = Status.succeeded
+        with sigterm_interrupts():
+            tc: TrainConfig = validate(cfg)  # every range and kind check, before any data are touched
+            if resume_from:
+                log.info("%s resuming from %s", ctx.label(), resume_from)
+                tc.ckpt_path = resume_from
+            with bridged(cfg, str(run_dir)) as params:
+                atomic_write_json(run_dir / "params.json", dict(params))
+                source, sel = load_job_data(tc.dataset, tc.view, tc.dose, tc.seed, tc.paths.cache_dir)
+                record.dataset = source.identity
+                record.view = {**sel.stats, "skip_reason": sel.skip_reason}
+                if sel.skipped:
+                    write_skip_summary(run_dir, sel, record.context)
+                    status, error = Status.skipped, sel.skip_reason
+                    log.warning("%s skipped: %s", ctx.label(), error)
+                else:
+                    train_data, test_data = sel.apply(source.train, source.test)
+                    model = train(cfg, tc, run_dir, train_data, record)
+                    record.bundle_sha256 = save_bundle(cfg, tc, run_dir, model, dict(params))
+                    record.bundle_path = BUNDLE_NAME
+                    evaluate(tc, run_dir, model, test_data, record)
+                    evaluate_refined(cfg, tc, run_dir, model, test_data, record)
+                    status = Status.succeeded
+    except (JobInterrupted, SIGTERMException) as exc:
+        status, error = Status.interrupted, f"interrupted: {exc or 'SIGTERM'}; re-run the same command to resume"
+        log.error("%s %s", ctx.label(), error)
     except Exception as exc:  # the job's failure is data, recorded and reported, not a crash
         error = f"{type(exc).__name__}: {exc}"
         record.user_error = isinstance(exc, PtylabError)
@@ -150,6 +206,14 @@ def run_job(cfg: DictConfig, run_dir: str | Path) -> JobRecord | None:
         record.finish(status, error, round(time.perf_counter() - t0, 2))
         write_manifest(run_dir, record)
     return record
+
+
+def _relative_to(path: str | None, run_dir: Path) -> str | None:
+    if path is None:
+        return None
+    with contextlib.suppress(ValueError):
+        return str(Path(path).resolve().relative_to(run_dir.resolve()))
+    return path
 
 
 def _train_only(cfg: DictConfig, run_dir: Path) -> None:
