@@ -133,7 +133,7 @@ def test_truncated_checkpoint_is_refused_naming_the_file(tmp_path, reference):
     with pytest.raises(CheckpointError, match=f"{bad}: not a complete checkpoint"):
         check_checkpoint(bad)
     (tmp_path / "foreign.ckpt").write_text("not a checkpoint")
-    with pytest.raises(CheckpointError, match="foreign.ckpt: not a complete checkpoint"):
+    with pytest.raises(CheckpointError, match=r"foreign\.ckpt: not a complete checkpoint"):
         check_checkpoint(tmp_path / "foreign.ckpt")
     record = run_job(_compose([f"paths.output_root={tmp_path}", *SMALL_OVERRIDES, *TINY_TRAIN,
                                f"ckpt_path={bad}"]), tmp_path / "job")
