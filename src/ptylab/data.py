@@ -36,6 +36,51 @@ class DataError(PtylabError, ValueError):
         )
 
 
+class RowSubset:
+    """Rows ``index`` of a (possibly memory-mapped) array, read only when indexed.
+
+    A view or split of a memory-mapped file would otherwise copy its rows into memory
+    (``mapped[index]``); this keeps memory independent of the dataset's size. It supports what the
+    pipeline does with ``diff3d`` and ``Y``: ``shape``, ``dtype``, ``len`` and indexing the first axis
+    with an integer, a slice or an integer array (read in sorted order, which suits mapped files).
+    """
+
+    def __init__(self, base: Any, index: np.ndarray):
+        self.base, self.index = base, np.asarray(index, dtype=np.int64)
+        self.shape = (int(self.index.size), *base.shape[1:])
+        self.dtype = base.dtype
+        self.ndim = len(self.shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        if isinstance(key, tuple):
+            return self[key[0]][(slice(None), *key[1:])]
+        rows = self.index[key]
+        if np.ndim(rows) == 0:
+            return np.asarray(self.base[int(rows)])
+        order = np.argsort(rows, kind="stable")
+        out = np.empty((rows.size, *self.shape[1:]), dtype=self.dtype)
+        out[order] = self.base[rows[order]]
+        return out
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        whole = self[:]
+        return whole if dtype is None else whole.astype(dtype)
+
+
+def take_rows(arr: Any, index: np.ndarray) -> Any:
+    """Rows ``index`` of ``arr``: all of it unchanged, lazily for mapped files, else a copy."""
+    if index.size == arr.shape[0] and np.array_equal(index, np.arange(arr.shape[0])):
+        return arr
+    if isinstance(arr, RowSubset):
+        return RowSubset(arr.base, arr.index[index])
+    if isinstance(arr, np.memmap):
+        return RowSubset(arr, index)
+    return arr[index]
+
+
 @dataclass
 class PtychoData:
     """One split of a dataset, in the canonical layout of the contract."""
@@ -63,10 +108,10 @@ class PtychoData:
         scan = self.scan_index if self.scan_index is not None else np.arange(self.n_positions)
         return replace(
             self,
-            diff3d=self.diff3d[index],
+            diff3d=take_rows(self.diff3d, index),
             xcoords=self.xcoords[index],
             ycoords=self.ycoords[index],
-            Y=None if self.Y is None else self.Y[index],
+            Y=None if self.Y is None else take_rows(self.Y, index),
             scan_index=scan[index],
         )
 

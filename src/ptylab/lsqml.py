@@ -17,6 +17,7 @@ import numpy as np
 
 from .config import EvalConfig
 from .data import PtychoData
+from .models.factory import derived_intensity_scale
 
 log = logging.getLogger(__name__)
 NOT_INSTALLED = ("pty-chi is not installed in this environment: run `make ptychi` and use "
@@ -46,8 +47,7 @@ def run_lsqml(data: PtychoData, epochs: int, noise_model: str = "gaussian", devi
 
     scale = data.metadata.get("intensity_scale")
     if scale is None:
-        mean_counts = float((data.diff3d.astype(np.float64) ** 2).sum(axis=(1, 2)).mean())
-        scale = float(np.sqrt(mean_counts / (np.abs(data.probe) ** 2).sum()))
+        scale = derived_intensity_scale(data)
     n = data.N
     probe = (data.probe * (scale / n)).astype(np.complex64)[None, None]
     flat = np.ones((1, *data.obj.shape), dtype=np.complex64)
@@ -69,7 +69,7 @@ def run_lsqml(data: PtychoData, epochs: int, noise_model: str = "gaussian", devi
     rec.default_device = api.Devices.CPU if device == "cpu" else api.Devices.GPU
     rec.random_seed = seed
     t0 = time.perf_counter()
-    task = PtychographyTask(opts, diffraction_data=data.diff3d.astype(np.float32) ** 2, object_data=flat,
+    task = PtychographyTask(opts, diffraction_data=np.square(np.asarray(data.diff3d, np.float32)), object_data=flat,
                             probe_data=probe, probe_position_x_px=px, probe_position_y_px=py)
     task.run()
     wall = time.perf_counter() - t0

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from hydra import compose, initialize_config_dir
 from torch.utils.flop_counter import FlopCounterMode
@@ -190,38 +191,83 @@ def _compose(overrides: list[str]) -> Any:
         return compose("train", overrides=overrides)
 
 
-def _vm_hwm_mb(pid: int) -> float | None:
+def _status_mb(pid: int, field: str) -> float:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024.0
     except OSError:
-        return None
-    return None
+        return 0.0
+    return 0.0
 
 
-def _run_job_subprocess(overrides: list[str], out_root: Path) -> tuple[float, float]:
-    """Wall time (s) and peak RSS (MB) of one train.py job in a child process.
+@dataclass
+class ChildRun:
+    """Wall time and memory of one child process.
 
-    The peak is the child's own VmHWM (high-water mark of the address space it exec'd into),
-    polled until it exits; rusage's ru_maxrss would include this large parent's RSS at fork.
+    ``peak_rss_mb`` is the child's own VmHWM (rusage's ru_maxrss would include this large parent's
+    RSS at fork); ``peak_anon_mb`` the highest anonymous resident memory seen, which leaves out the
+    page cache of memory-mapped data files (those pages belong to the file and can be dropped).
     """
-    log_path = out_root.with_suffix(".log")
-    out_root.mkdir(parents=True, exist_ok=True)
+
+    wall_s: float
+    peak_rss_mb: float
+    peak_anon_mb: float
+
+
+def run_child(command: list[str], log_path: Path, cwd: Path, poll_s: float = 0.05) -> ChildRun:
     t0 = time.perf_counter()
-    peak = 0.0
+    hwm = anon = 0.0
+    with open(log_path, "w") as log_file:
+        proc = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, cwd=cwd)
+        while proc.poll() is None:
+            hwm = max(hwm, _status_mb(proc.pid, "VmHWM"))
+            anon = max(anon, _status_mb(proc.pid, "RssAnon"))
+            time.sleep(poll_s)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(command[1:])} failed:\n{log_path.read_text()[-3000:]}")
+    return ChildRun(time.perf_counter() - t0, hwm, anon)
+
+
+def _run_job_subprocess(overrides: list[str], out_root: Path) -> ChildRun:
+    """One train.py job in a child process."""
+    out_root.mkdir(parents=True, exist_ok=True)
     root = CONF_DIR.parent
     command = [sys.executable, str(root / "train.py"), *overrides, f"paths.output_root={out_root}",
                "trainer.enable_progress_bar=false"]
-    with open(log_path, "w") as log_file:
-        proc = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, cwd=root)
-        while proc.poll() is None:
-            peak = max(peak, _vm_hwm_mb(proc.pid) or 0.0)
-            time.sleep(0.1)
-    wall = time.perf_counter() - t0
-    if proc.returncode != 0:
-        raise RuntimeError(f"train.py {' '.join(overrides)} failed:\n{log_path.read_text()[-3000:]}")
-    return wall, peak
+    return run_child(command, out_root.with_suffix(".log"), root)
+
+
+def write_synthetic_scan(path: Path, positions: int, n: int = 64, seed: int = 0) -> Path:
+    """An uncompressed, contract-conforming NPZ of ``positions`` random patterns on a 1 px raster.
+
+    For memory measurements only: the content is noise, the layout is a user's large scan.
+    """
+    side = int(np.ceil(np.sqrt(positions)))
+    grid = np.arange(side, dtype=np.float64) + n // 2
+    yy, xx = np.meshgrid(grid, grid, indexing="ij")
+    rng = np.random.default_rng(seed)
+    size = side + n
+    probe = np.ones((n, n), np.complex64)
+    with open(path, "wb") as fh:
+        np.savez(fh, diff3d=rng.random((positions, n, n), dtype=np.float32), xcoords=xx.ravel()[:positions],
+                 ycoords=yy.ravel()[:positions], probeGuess=probe, objectGuess=np.ones((size, size), np.complex64))
+    return path
+
+
+def memory_by_positions(counts: tuple[int, ...], work: Path, n: int = 64) -> dict[str, dict[str, float]]:
+    """Peak memory of a short training (5 steps, no evaluation) on files of ``counts`` positions."""
+    out = {}
+    for m in counts:
+        data = write_synthetic_scan(work / f"scan_{m}.npz", m, n)
+        job = ["dataset=npz", f"dataset.train_file={data}", f"dataset.test_file={data}", "view=full", "gridsize=1",
+               "trainer.max_epochs=1", "++trainer.limit_train_batches=5", "++trainer.limit_val_batches=1",
+               "eval.enabled=false", "refine.enabled=false", "dose=1000"]
+        run = _run_job_subprocess(job, work / f"memory_{m}")
+        out[str(m)] = {"peak_anon_mb": round(run.peak_anon_mb, 1), "peak_rss_mb": round(run.peak_rss_mb, 1),
+                       "file_mb": round(data.stat().st_size / 2**20, 1), "job_s": round(run.wall_s, 1)}
+        data.unlink()
+    return out
 
 
 def run_benchmark(args: BenchmarkConfig) -> dict[str, Any]:
@@ -301,19 +347,23 @@ def run_benchmark(args: BenchmarkConfig) -> dict[str, Any]:
     if not args.skip_default_job:
         job = [*DEFAULT_JOB, *extra] + (["trainer.max_epochs=1", "++trainer.limit_train_batches=3",
                                          "++trainer.limit_val_batches=1"] if args.quick else [])
-        out["default_job_s"], out["peak_rss_mb"] = _run_job_subprocess(job, work / "default")
+        default = _run_job_subprocess(job, work / "default")
+        out["default_job_s"], out["peak_rss_mb"] = default.wall_s, default.peak_rss_mb
     if not args.skip_scaling and not args.quick:
         scaling = {}
         for positions, size in ((1000, 157), (5000, 274), (20000, 487)):
             job = ["dose=1000", "view=full", "gridsize=1", f"dataset.object_size={size}", "trainer.max_epochs=1",
                    "++trainer.limit_train_batches=20", "++trainer.limit_val_batches=1", "eval.enabled=false"]
-            wall, rss = _run_job_subprocess(job, work / f"scale_{positions}")
-            run = next((work / f"scale_{positions}" / "runs").glob("*/*"))
-            manifest = json.loads((run / "training_manifest.json").read_text())["jobs"][0]
+            child = _run_job_subprocess(job, work / f"scale_{positions}")
+            wall, rss = child.wall_s, child.peak_rss_mb
+            run_dir = next((work / f"scale_{positions}" / "runs").glob("*/*"))
+            manifest = json.loads((run_dir / "training_manifest.json").read_text())["jobs"][0]
             per_step = manifest["train_s"] / 21  # 20 training batches and 1 validation batch
             scaling[str(positions)] = {"positions": ((size - 64) // 3 + 1) ** 2, "peak_rss_mb": rss, "job_s": wall,
                                        "epoch_s_extrapolated": per_step * manifest["groups"]["train"] / batch}
         out["scaling"] = scaling
+        # Memory independent of the data's size: 5 training steps on files of 10k, 50k and 200k positions.
+        out["rss_mb_by_positions"] = memory_by_positions((10_000, 50_000, 200_000), work)
 
     atomic_write_text(Path(args.output), json.dumps(out, indent=2, sort_keys=True) + "\n")
     return out
