@@ -143,3 +143,15 @@ def test_study_report_has_one_row_per_job_plots_and_html(sweep, tmp_path):
     assert page.count("<tr>") == 1 + 2 * 4 and "data:image/png;base64," in page
     assert "below_flat" in (rep / "study.md").read_text()
     assert "dense" in (rep / "study.md").read_text() and "sparse" in (rep / "study.md").read_text()
+
+
+def test_optuna_search_minimises_the_validation_objective(tmp_path):
+    sweep_dir = tmp_path / "search"
+    res = _sweep(sweep_dir, "hparams_search=pinn_optuna", "hydra.sweeper.n_trials=2")
+    assert res.returncode == 0, res.stderr[-4000:]
+    results = (sweep_dir / "optimization_results.yaml").read_text()
+    assert "best_params" in results and "model.lr" in results
+    trials = [json.loads(p.read_text())["jobs"][0] for p in sweep_dir.glob("*/training_manifest.json")]
+    assert len(trials) == 2 and all(t["status"] == "succeeded" for t in trials)
+    best = min(t["best_val_loss"] for t in trials)  # the objective is the validation loss, not a test score
+    assert f"best_value: {best}"[:18] in results

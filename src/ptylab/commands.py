@@ -39,13 +39,18 @@ def _hydra_command(config_name: str, task: Any) -> None:
     hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=config_name)(task)()
 
 
-def _train_task(cfg: DictConfig) -> str:
+def _train_task(cfg: DictConfig) -> float | None:
+    """Run the job; return its validation objective (what a hyperparameter sweeper minimises).
+
+    The objective is the best validation loss on the training half, never a test score; a job
+    that did not succeed returns NaN, which Optuna records as a failed trial.
+    """
     from .stages.train import run_job, summary_line
 
     hc = HydraConfig.get()
     record = guarded(lambda: run_job(cfg, hc.runtime.output_dir))  # a locked run directory is refused here
     if record is None:  # a non-zero DDP rank: rank zero reports for the job
-        return "rank-nonzero"
+        return None
     print(summary_line(record), flush=True)
     if record.status == "interrupted":  # pre-empted: non-zero in runs and sweeps alike, so the scheduler requeues
         sys.exit(EXIT_INTERRUPTED)
@@ -53,7 +58,8 @@ def _train_task(cfg: DictConfig) -> str:
         if record.user_error:  # bad input is the user's to fix: one error line, exit 2
             fail(str(record.error).split(": ", 1)[-1])
         sys.exit(1)
-    return str(record.status)
+    ok = record.status == "succeeded"
+    return float(record.best_val_loss) if ok and record.best_val_loss is not None else float("nan")
 
 
 def train() -> None:

@@ -140,14 +140,31 @@ def make_object(
     return (amplitude * np.exp(1j * phase_range * (phase - 0.5))).astype(np.complex64)
 
 
+def random_lines(size: int, count: int = 120, blur: float = 1.0, seed: int = 0) -> np.ndarray:
+    """Smooth line drawings in [0, 1], the kind of object the PtychoPINN papers simulate ("lines")."""
+    from scipy.ndimage import gaussian_filter
+    from skimage.draw import line_aa
+
+    rng = np.random.default_rng(seed)
+    img = np.zeros((size, size))
+    for r0, c0, r1, c1 in rng.integers(0, size, size=(count, 4)):
+        rr, cc, val = line_aa(int(r0), int(c0), int(r1), int(c1))
+        img[rr, cc] = np.maximum(img[rr, cc], val)
+    img = gaussian_filter(img, blur)
+    return img / img.max()
+
+
 def _bundled_image(name: str, size: int) -> np.ndarray:
+    """One of scikit-image's bundled data images (or ``lines``, generated), resized, scaled to [0, 1]."""
     import skimage.data
     from skimage.color import rgb2gray
     from skimage.transform import resize
 
+    if name == "lines":
+        return random_lines(size)
     loader = getattr(skimage.data, name, None)
     if loader is None:
-        raise ValueError(f"dataset image '{name}' is not one of scikit-image's bundled data images")
+        raise ValueError(f"dataset image '{name}' is neither 'lines' nor one of scikit-image's bundled data images")
     img = np.asarray(loader(), dtype=np.float64)
     if img.ndim == 3:
         img = rgb2gray(img[..., :3])
