@@ -19,8 +19,10 @@ install: $(STAMP)
 run: $(STAMP)
 	$(PY) train.py
 
+# Two workers, one file each at a time (module fixtures stay shared): most tests start Python
+# subprocesses, whose imports overlap well on two cores.
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src scripts tests train.py

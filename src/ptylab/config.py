@@ -30,7 +30,6 @@ class ObjectSupport(StrEnum):
 class AmpActivation(StrEnum):
     sigmoid = "sigmoid"
     swish = "swish"
-    softplus = "softplus"
 
 
 class Schedule(StrEnum):
@@ -84,7 +83,9 @@ class EmbeddedDatasetConfig:
     probe_file: str | None = None
     probe_diameter: float = 22.0
     probe_blur: float = 1.5
-    probe_defocus: float = 0.0  # quadratic phase (rad) at the disc edge
+    # Quadratic (defocus-like) probe phase in radians at the disc edge. A real, point-symmetric probe
+    # (0.0, the first design) makes an object and its conjugate twin give identical diffraction.
+    probe_defocus: float = 3.0
     scan_step: float = 3.0
     scan_jitter: float = 0.0  # uniform sub-pixel jitter along the fast axis, in pixels
 
@@ -175,12 +176,16 @@ class PinnConfig(ModelConfig):
     probe_trainable: bool = False
     probe_mask: bool = False
     intensity_scale_trainable: bool = False
+    # For data without an intensity_scale: the RMS object amplitude the derived scale assumes. 0.5
+    # puts a typical object mid-range of the sigmoid, with room for amplitudes twice the RMS.
+    reference_amplitude: float = 0.5
     nll_weight: float = 1.0
     mae_weight: float = 0.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _check(self.oversample >= 0, "model.oversample", self.oversample, ">= 0")
+        _check(self.reference_amplitude > 0, "model.reference_amplitude", self.reference_amplitude, "> 0")
         _check(self.nll_weight >= 0 and self.mae_weight >= 0 and self.nll_weight + self.mae_weight > 0,
                "model.nll_weight", self.nll_weight, "non-negative, with mae_weight, and not both zero")
 

@@ -13,10 +13,8 @@ from torch import nn
 from .network import EncoderDecoder, initialise
 
 SCHEDULES = ("cosine", "constant", "plateau")
-# softplus never caps the amplitude (an object brighter than the intensity scale assumes still fits);
-# sigmoid caps it at 1, which a bright user object can hit.
-AMP_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "sigmoid": torch.sigmoid, "swish": nn.functional.silu, "softplus": nn.functional.softplus}
+AMP_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"sigmoid": torch.sigmoid,
+                                                                      "swish": nn.functional.silu}
 
 
 def warmup_cosine(step: int, warmup: int, total: int, floor: float) -> float:

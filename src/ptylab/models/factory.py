@@ -16,10 +16,15 @@ from .pinn import PINN
 from .supervised import Supervised
 
 
-def derived_intensity_scale(train: PtychoData) -> float:
+def derived_intensity_scale(train: PtychoData, reference_amplitude: float = 1.0) -> float:
     """Intensity scale for data that do not state one: match the mean counts to a flat object of
-    amplitude 1 under the probe (Parseval: sum |F(P O)|^2 = sum |P|^2 |O|^2). Computed in chunks."""
-    return float(np.sqrt(mean_total_counts(train.diff3d) / float((np.abs(train.probe) ** 2).sum())))
+    amplitude ``reference_amplitude`` under the probe (Parseval: sum |F(P O)|^2 = sum |P|^2 |O|^2).
+
+    The model's amplitudes then come out as the true ones times reference / (the object's RMS
+    amplitude), whatever the user's units. Computed in chunks.
+    """
+    mean_counts = mean_total_counts(train.diff3d)
+    return float(np.sqrt(mean_counts / float((np.abs(train.probe) ** 2).sum()))) / reference_amplitude
 
 
 def build_model(model_cfg: ModelConfig, gridsize: int, train: PtychoData) -> PtychoModule:
@@ -35,7 +40,8 @@ def build_model(model_cfg: ModelConfig, gridsize: int, train: PtychoData) -> Pty
     if isinstance(model_cfg, PinnConfig):
         scale = train.metadata.get("intensity_scale")
         return PINN(
-            **common, intensity_scale=float(scale if scale is not None else derived_intensity_scale(train)),
+            **common, intensity_scale=float(scale if scale is not None
+                                            else derived_intensity_scale(train, model_cfg.reference_amplitude)),
             probe_trainable=model_cfg.probe_trainable, probe_mask=model_cfg.probe_mask,
             intensity_scale_trainable=model_cfg.intensity_scale_trainable, nll_weight=model_cfg.nll_weight,
             mae_weight=model_cfg.mae_weight, probe=torch.from_numpy(np.asarray(train.probe)),
