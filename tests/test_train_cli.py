@@ -90,7 +90,10 @@ def test_resume_from_last_checkpoint_continues_from_its_epoch(trained, tmp_path)
     assert res.returncode == 0, res.stderr[-4000:]
     (resumed,) = _run_dirs(tmp_path)
     job = json.loads((resumed / "training_manifest.json").read_text())["jobs"][0]
-    assert job["epochs"] == 3 and len(job["loss_history"]["train"]) == 1  # only epoch 2 ran
+    first = json.loads((run / "training_manifest.json").read_text())["jobs"][0]
+    # only epoch 2 ran; the history of epochs 0 and 1 came back with the checkpoint
+    assert job["epochs"] == 3 and len(job["loss_history"]["train"]) == 3
+    assert job["loss_history"]["train"][:2] == first["loss_history"]["train"]
 
 
 @pytest.mark.parametrize("problem", ["missing", "malformed"])
