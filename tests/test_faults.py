@@ -8,6 +8,7 @@ import errno
 import fcntl
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from hydra import compose, initialize_config_dir
 import ptylab.bundle
 from ptylab.fileio import atomic_path
 from ptylab.runlock import LOCK_NAME, RunDirLocked, run_dir_lock
-from ptylab.stages.train import run_job
+from ptylab.stages.train import resume_point, run_job
 from ptylab.training import CheckpointError, check_checkpoint
 
 from .conftest import CONF, ROOT, SMALL_OVERRIDES, TINY_TRAIN, run_script
@@ -86,12 +87,18 @@ def test_killed_job_resumes_to_the_uninterrupted_digest_and_metrics(reference, t
     assert _metrics(run_dir) == _metrics(reference)
 
 
-def test_resume_false_starts_over(tmp_path):
+@pytest.mark.parametrize("status, resume, expected", [
+    ("interrupted", True, True), ("running", True, True), ("interrupted", False, False), ("failed", True, False),
+])
+def test_resume_point_follows_the_manifest_and_resume_flag(reference, tmp_path, status, resume, expected):
     run_dir = tmp_path / "run"
-    assert _start_and_signal(run_dir, tmp_path, signal.SIGTERM) == 143
-    res = run_script([*_cmd(run_dir, tmp_path)[1:], "resume=false"], cwd=ROOT)
-    assert res.returncode == 0, res.stderr[-3000:]
-    assert _job(run_dir)["resumed_from"] is None
+    (run_dir / "checkpoints").mkdir(parents=True)
+    shutil.copy(reference / "checkpoints" / "last.ckpt", run_dir / "checkpoints" / "last.ckpt")
+    manifest = json.loads((reference / "training_manifest.json").read_text())
+    manifest["jobs"][0]["status"] = manifest["status"] = status
+    (run_dir / "training_manifest.json").write_text(json.dumps(manifest))
+    cfg = _compose([f"resume={str(resume).lower()}"])
+    assert resume_point(cfg, run_dir) == (str(run_dir / "checkpoints" / "last.ckpt") if expected else None)
 
 
 def _compose(overrides):
