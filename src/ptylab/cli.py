@@ -10,6 +10,7 @@ Entry points without Hydra's machinery (reproduce, study report, benchmark) pars
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import sys
 from collections.abc import Callable, Sequence
@@ -62,8 +63,6 @@ def _explain(exc: Exception) -> str:
 
 def _schema_keys(message: str) -> list[str]:
     """The keys of the schema a 'Key ... not in ...Config' message names."""
-    import dataclasses
-
     from . import config
 
     for name in dir(config):
@@ -101,7 +100,7 @@ def parse_overrides(schema: type[T], args: Sequence[str], positional: tuple[str,
         (dotlist if "=" in a else words).append(a)
     if len(words) > len(positional):
         fail(f"unexpected argument(s) {words[len(positional):]}; use key=value (keys: "
-             f"{', '.join(f.name for f in __import__('dataclasses').fields(schema))})")
+             f"{', '.join(f.name for f in dataclasses.fields(schema))})")  # type: ignore[arg-type]
     dotlist += [f"{k}={w}" for k, w in zip(positional, words, strict=False)]
     try:
         merged = OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.from_dotlist(dotlist))

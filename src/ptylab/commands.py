@@ -27,7 +27,6 @@ from omegaconf import DictConfig
 
 from .cli import CONF_DIR, fail, guarded, parse_overrides, preflight
 from .config import CompareConfig, ReconstructConfig, validate
-from .errors import PtylabError
 
 EXIT_INTERRUPTED = 143  # 128 + SIGTERM, what a shell reports for a process ended by SIGTERM
 LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
@@ -188,4 +187,4 @@ def benchmark(argv: list[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["PtylabError", "benchmark", "compare", "reconstruct", "reproduce", "simulate", "study_report", "train"]
+__all__ = ["benchmark", "compare", "reconstruct", "reproduce", "simulate", "study_report", "train"]
