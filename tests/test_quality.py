@@ -61,10 +61,13 @@ def test_user_style_files_reconstruct_structure_not_a_flat_image(user_files, tmp
     assert "intensity_scale" not in train.metadata  # the scale must come from the data alone
     assert np.abs(train.obj).max() > 1.9  # brighter than an amplitude-1 object
     record = run_job(_compose([f"paths.output_root={tmp_path}", "dose=10000", "dataset=npz", "view=full",
-                               f"dataset.train_file={train_file}", f"dataset.test_file={test_file}", *TINY_NET]),
+                               f"dataset.train_file={train_file}", f"dataset.test_file={test_file}", *TINY_NET,
+                               "trainer.max_epochs=30"]),
                      tmp_path / "job")
     assert record.status == "succeeded", record.error
-    # measured: amplitude corr 0.704 (refined 0.792); the first design scored -0.12 here, a flat image
-    _check_floors(record.headline_metrics, {"amplitude_corr": 0.6})
+    # Measured at 30 epochs, seeds 1/2/3: amplitude corr 0.835/0.814/0.785 (refined 0.847/0.841/0.808).
+    # 10 epochs sit on the edge (0.29 to 0.70 with the seed and library versions), hence 30 here.
+    # The first design scored -0.12 here, a flat image.
+    _check_floors(record.headline_metrics, {"amplitude_corr": 0.7})
     _check_floors(record.refined["headline_metrics"], {"amplitude_corr": 0.7})
     assert not [f for f in record.flat_image_flags if f.startswith("amplitude")]

@@ -215,8 +215,10 @@ class EvalConfig:
     max_shift_px: float = 4.0  # larger registration shifts are refused (the reconstruction is not trusted)
     remove_phase_plane: bool = False
     batch_size: int = 64
+    tile_patches: int = 4096  # patches stitched (and phase-synchronised) together; bounds memory
 
     def __post_init__(self) -> None:
+        _check(self.tile_patches >= 16, "eval.tile_patches", self.tile_patches, ">= 16")
         _check(self.upsample_factor >= 1, "eval.upsample_factor", self.upsample_factor, ">= 1")
         _check(self.max_shift_px > 0, "eval.max_shift_px", self.max_shift_px, "> 0")
         _check(self.batch_size >= 1, "eval.batch_size", self.batch_size, ">= 1")
@@ -317,9 +319,11 @@ class ReconstructConfig:
     output_dir: str = MISSING
     batch_size: int = 64
     device: str = "cpu"
+    tile_patches: int = 4096  # as eval.tile_patches
 
     def __post_init__(self) -> None:
         _check(self.batch_size >= 1, "batch_size", self.batch_size, ">= 1")
+        _check(self.tile_patches >= 16, "tile_patches", self.tile_patches, ">= 16")
 
 
 MODEL_SCHEMAS: dict[str, type] = {"pinn": PinnConfig, "supervised": SupervisedConfig}

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import math
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import torch
@@ -28,19 +30,40 @@ def model_from_weights(weights: ModelWeights) -> PtychoModule:
     return model.eval()
 
 
+# Crops of more than this many bytes are spilled to a scratch file rather than held in memory.
+SPILL_BYTES = 64 * 2**20
+# Patches phase-synchronised and placed together; bounds evaluation memory (~350 MB at crop 32).
+DEFAULT_TILE_PATCHES = 4096
+
+
+def central(a: np.ndarray, crop: int) -> np.ndarray:
+    """The central ``crop`` x ``crop`` region of the last two axes (pixel N//2 stays the centre)."""
+    lo = a.shape[-1] // 2 - crop // 2
+    return a[..., lo : lo + crop, lo : lo + crop]
+
+
 @torch.no_grad()
-def predict_groups(model: PtychoModule, diff: np.ndarray, groups: Groups, batch_size: int = 64,
-                   device: str | torch.device = "cpu") -> np.ndarray:
-    """(G, C, N, N) complex64 object patches, one per member of each group."""
+def predict_crops(model: PtychoModule, diff: np.ndarray, groups: Groups, crop: int, batch_size: int = 64,
+                  device: str | torch.device = "cpu", scratch: IO[bytes] | None = None) -> np.ndarray:
+    """(G * C, crop, crop) complex64: the central crop of every member's predicted object patch.
+
+    Only the crops are kept, because stitching uses nothing else; when they exceed ``SPILL_BYTES``
+    and a ``scratch`` file is given they go to a memory map on it, so a scan of any size is
+    predicted batch by batch without holding its patches in memory.
+    """
     model = model.to(device).eval()
-    out = []
+    shape = (groups.n_groups * groups.indices.shape[1], crop, crop)
+    nbytes = int(np.prod(shape)) * np.dtype(np.complex64).itemsize
+    out = (np.memmap(scratch, np.complex64, "w+", shape=shape) if scratch is not None and nbytes > SPILL_BYTES
+           else np.empty(shape, np.complex64))
     offsets = torch.from_numpy(groups.offsets.astype(np.float32))
+    c = groups.indices.shape[1]
     for start in range(0, groups.n_groups, batch_size):
         idx = groups.indices[start : start + batch_size]
         batch = torch.from_numpy(np.asarray(diff[idx.ravel()], dtype=np.float32)).reshape(*idx.shape, *diff.shape[1:])
         pred = model.predict_object(batch.to(device), offsets[start : start + batch_size].to(device))
-        out.append(pred.cpu().numpy().astype(np.complex64))
-    return np.concatenate(out, axis=0)
+        out[start * c : (start + len(idx)) * c] = central(pred.cpu().numpy(), crop).reshape(-1, crop, crop)
+    return out
 
 
 @dataclass
@@ -77,13 +100,11 @@ class Placement:
 def place(patches: np.ndarray, x: np.ndarray, y: np.ndarray, shape: tuple[int, int], crop: int,
           illumination: np.ndarray | None = None) -> Placement:
     h, w = shape
-    n = patches.shape[-1]
-    lo = n // 2 - crop // 2
-    c = torch.from_numpy(np.ascontiguousarray(patches[:, lo : lo + crop, lo : lo + crop]))
+    c = torch.from_numpy(np.ascontiguousarray(central(patches, crop)))
     if illumination is None:
         weight_map = torch.ones(crop, crop)
     else:
-        weight_map = torch.from_numpy(np.asarray(illumination, np.float32)[lo : lo + crop, lo : lo + crop])
+        weight_map = torch.from_numpy(np.ascontiguousarray(central(np.asarray(illumination, np.float32), crop)))
     span = crop + 1
     steps = torch.arange(span)
     xs, ys = torch.from_numpy(np.asarray(x, np.float64)), torch.from_numpy(np.asarray(y, np.float64))
@@ -134,9 +155,68 @@ def phase_sync(placement: Placement, refine: int = 20) -> torch.Tensor:
     return v * (v[0].conj() / v[0].abs())  # fix the global gauge: the first patch keeps its phase
 
 
+def spatial_tiles(x: np.ndarray, y: np.ndarray, max_patches: int) -> list[np.ndarray]:
+    """Split positions into compact tiles of at most about ``max_patches``: k strips of equal count
+    along y, each cut into k blocks of equal count along x. One tile when everything fits."""
+    m = len(x)
+    if m <= max_patches:
+        return [np.arange(m)]
+    k = math.ceil(math.sqrt(m / max_patches))
+    tiles = []
+    for strip in np.array_split(np.argsort(y, kind="stable"), k):
+        tiles += [np.sort(block) for block in np.array_split(strip[np.argsort(x[strip], kind="stable")], k)]
+    return [t for t in tiles if len(t)]
+
+
+@dataclass
+class _Tile:
+    """One tile's (phase-synchronised) value and weight sums on its own box of the canvas."""
+
+    box: tuple[int, int, int, int]  # row0, row1, col0, col1
+    values: np.ndarray  # (rows, cols) complex128
+    weights: np.ndarray  # (rows, cols) float64
+
+
+def _stitch_tile(crops: np.ndarray, x: np.ndarray, y: np.ndarray, shape: tuple[int, int], crop: int,
+                 sync_phase: bool, illumination: np.ndarray | None) -> _Tile:
+    h, w = shape
+    half = crop // 2
+    r0, r1 = max(0, math.floor(y.min()) - half), min(h, math.floor(y.max()) - half + crop + 1)
+    c0, c1 = max(0, math.floor(x.min()) - half), min(w, math.floor(x.max()) - half + crop + 1)
+    # Integer box offsets keep every sub-pixel shift, so a tile places exactly as the whole canvas would.
+    placement = place(np.asarray(crops), x - c0, y - r0, (r1 - r0, c1 - c0), crop, illumination)
+    phasors = phase_sync(placement) if sync_phase and len(x) > 1 else None
+    return _Tile((r0, r1, c0, c1), placement.value_sum(phasors).reshape(r1 - r0, c1 - c0).numpy(),
+                 placement.weight_sum().reshape(r1 - r0, c1 - c0).numpy())
+
+
+def _sync_tiles(tiles: list[_Tile], weight: np.ndarray, refine: int = 20) -> np.ndarray:
+    """Phase factors that make the tiles agree where they overlap: the same objective as
+    ``phase_sync`` with whole tiles in place of patches, A[s, t] = sum conj(V_s) V_t / W."""
+    inv_w = np.where(weight > 1e-6, 1.0 / np.maximum(weight, 1e-6), 0.0)
+    a = np.zeros((len(tiles), len(tiles)), np.complex128)
+    for s, ts in enumerate(tiles):
+        for t in range(s, len(tiles)):
+            tt = tiles[t]
+            r0, r1 = max(ts.box[0], tt.box[0]), min(ts.box[1], tt.box[1])
+            c0, c1 = max(ts.box[2], tt.box[2]), min(ts.box[3], tt.box[3])
+            if r0 >= r1 or c0 >= c1:
+                continue
+            vs = ts.values[r0 - ts.box[0] : r1 - ts.box[0], c0 - ts.box[2] : c1 - ts.box[2]]
+            vt = tt.values[r0 - tt.box[0] : r1 - tt.box[0], c0 - tt.box[2] : c1 - tt.box[2]]
+            a[s, t] = np.sum(np.conj(vs) * vt * inv_w[r0:r1, c0:c1])
+            a[t, s] = np.conj(a[s, t])
+    v = np.linalg.eigh(a)[1][:, -1]
+    v = v / np.maximum(np.abs(v), 1e-12)
+    for _ in range(refine):
+        z = a @ v
+        v = z / np.maximum(np.abs(z), 1e-12)
+    return v * (np.conj(v[0]) / np.abs(v[0]))  # the first tile keeps its phase
+
+
 def stitch(patches: np.ndarray, x: np.ndarray, y: np.ndarray, shape: tuple[int, int], crop: int,
            sync_phase: bool = False, illumination: np.ndarray | None = None,
-           bbox: tuple[int, int, int, int] | None = None) -> Stitched:
+           bbox: tuple[int, int, int, int] | None = None, tile_patches: int = DEFAULT_TILE_PATCHES) -> Stitched:
     """Average the central ``crop`` x ``crop`` region of each patch into an object of ``shape``.
 
     Sub-pixel positions: each crop is shifted by its fractional offset with the bilinear sampler
@@ -146,16 +226,29 @@ def stitch(patches: np.ndarray, x: np.ndarray, y: np.ndarray, shape: tuple[int, 
     barely lit do not blur the result. With ``sync_phase`` each patch's phase offset is first
     made consistent with its neighbours. ``bbox`` is the area to evaluate (default: the area the
     crops cover).
+
+    Memory does not grow with the number of patches: they are placed (and synchronised) in
+    spatial tiles of at most ``tile_patches``, read from ``patches`` one tile at a time (it may be
+    a memory map), and the tiles' phases are then synchronised with each other on their overlaps.
+    A scan that fits in one tile is stitched exactly as a whole.
     """
-    placement = place(patches, x, y, shape, crop, illumination)
-    phasors = phase_sync(placement) if sync_phase and len(x) > 1 else None
-    total, weight = placement.value_sum(phasors), placement.weight_sum()
-    valid = weight > 1e-3 * float(weight.max())
-    obj = torch.zeros_like(total)
-    obj[valid] = total[valid] / weight[valid]
     h, w = shape
-    return Stitched(obj.reshape(h, w).numpy().astype(np.complex64), weight.reshape(h, w).numpy().astype(np.float32),
-                    bbox or scanned_bbox(x, y, crop, shape))
+    patches = central(patches, crop)
+    if illumination is not None:
+        illumination = central(illumination, crop)
+    tiles = [_stitch_tile(patches[idx], x[idx], y[idx], shape, crop, sync_phase, illumination)
+             for idx in spatial_tiles(np.asarray(x), np.asarray(y), tile_patches)]
+    weight = np.zeros(shape, np.float64)
+    for t in tiles:
+        weight[t.box[0] : t.box[1], t.box[2] : t.box[3]] += t.weights
+    phasors = _sync_tiles(tiles, weight) if sync_phase and len(tiles) > 1 else np.ones(len(tiles), np.complex128)
+    total = np.zeros(shape, np.complex128)
+    for t, phasor in zip(tiles, phasors, strict=True):
+        total[t.box[0] : t.box[1], t.box[2] : t.box[3]] += phasor * t.values
+    valid = weight > 1e-3 * float(weight.max())
+    obj = np.zeros(shape, np.complex64)
+    obj[valid] = total[valid] / weight[valid]
+    return Stitched(obj, weight.astype(np.float32), bbox or scanned_bbox(x, y, crop, (h, w)))
 
 
 def illuminated_bbox(data: PtychoData) -> tuple[int, int, int, int]:
@@ -172,25 +265,32 @@ def scanned_bbox(x: np.ndarray, y: np.ndarray, crop: float, shape: tuple[int, in
 
 
 def reconstruct(model: PtychoModule, data: PtychoData, gridsize: int, neighbours: int, crop: int | None,
-                batch_size: int = 64, device: str | torch.device = "cpu", sync_phase: bool = True) -> Stitched:
-    """Group the dataset's positions as in training (one group per anchor), predict, stitch."""
+                batch_size: int = 64, device: str | torch.device = "cpu", sync_phase: bool = True,
+                tile_patches: int = DEFAULT_TILE_PATCHES) -> Stitched:
+    """Group the dataset's positions as in training (one group per anchor), predict, stitch.
+
+    Streams: patterns are read batch by batch, predicted crops of a large scan wait in an
+    unlinked scratch file, and stitching works tile by tile.
+    """
     groups = group_positions(data.xcoords, data.ycoords, gridsize, neighbours)
-    patches = predict_groups(model, data.diff3d, groups, batch_size, device)
     flat = groups.indices.ravel()
     crop = crop or data.N // 2
     illumination = np.abs(data.probe) ** 2
-    return stitch(patches.reshape(-1, data.N, data.N), data.xcoords[flat], data.ycoords[flat], data.obj.shape,
-                  crop, sync_phase, illumination / illumination.max(), illuminated_bbox(data))
+    with tempfile.TemporaryFile(prefix="ptylab-crops-") as scratch:
+        crops = predict_crops(model, data.diff3d, groups, crop, batch_size, device, scratch)
+        return stitch(crops, data.xcoords[flat], data.ycoords[flat], data.obj.shape, crop, sync_phase,
+                      illumination / illumination.max(), illuminated_bbox(data), tile_patches)
 
 
 def reconstruct_from_bundle(bundle: Bundle, data: PtychoData, batch_size: int = 64,
-                            device: str | torch.device = "cpu") -> Stitched:
+                            device: str | torch.device = "cpu",
+                            tile_patches: int = DEFAULT_TILE_PATCHES) -> Stitched:
     info = bundle.inference
     if info["N"] != data.N:
         raise ValueError(f"{bundle.path}: model expects {info['N']}x{info['N']} patterns, data has {data.N}")
     model = model_from_weights(bundle.models[info["model"]])
     return reconstruct(model, data, info["gridsize"], info["neighbours"], info.get("stitch_crop"), batch_size,
-                       device, info.get("sync_phase", True))
+                       device, info.get("sync_phase", True), tile_patches)
 
 
 def write_reconstruction(out_dir: Path, stitched: Stitched, title: str) -> Path:
