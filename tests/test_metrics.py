@@ -4,11 +4,13 @@ import math
 
 import numpy as np
 import pytest
+import torch
 from scipy.ndimage import fourier_shift
+from torchmetrics.functional.image import structural_similarity_index_measure
 
 from ptylab.config import EvalConfig
 from ptylab.evaluation import register, score_reconstruction
-from ptylab.metrics import PSNR_CAP_DB, frc_curve, frc_resolution, ms_ssim_scales, psnr, score_image
+from ptylab.metrics import PSNR_CAP_DB, frc_curve, frc_resolution, ms_ssim_scales, psnr, score_image, ssim
 from ptylab.physics import make_object
 from ptylab.stitching import Stitched
 
@@ -82,3 +84,13 @@ def test_ms_ssim_scales_fit_the_image():
     assert ms_ssim_scales((20, 20)) < 2
     s = score_image(np.ones((20, 20)), np.ones((20, 20)) * 0.5)
     assert s["ms_ssim"] is None and s["ms_ssim_scales"] < 2
+
+
+def test_ssim_in_row_strips_is_the_one_pass_ssim(obj):
+    """Strips bound the memory of SSIM on large objects; they must not change the score."""
+    truth = np.abs(obj[:77, :90]).astype(np.float64)
+    noisy = truth + np.random.default_rng(0).normal(0, 0.1, truth.shape)
+    one_pass = float(structural_similarity_index_measure(
+        torch.from_numpy(noisy)[None, None], torch.from_numpy(truth)[None, None], data_range=1.5))
+    for strip_bytes in (1, 500_000, 10**9):  # 12-row strips (77 is not a multiple), a few, one
+        assert ssim(noisy, truth, 1.5, strip_bytes) == pytest.approx(one_pass, rel=1e-12, abs=1e-12)

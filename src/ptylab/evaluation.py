@@ -139,7 +139,7 @@ def evaluate_reconstruction(model: PtychoModule, test: PtychoData, gridsize: int
                             cfg: EvalConfig, run_dir: Path, title: str) -> dict[str, Any]:
     t0 = time.perf_counter()
     stitched = reconstruct(model, test, gridsize, neighbours, cfg.stitch_crop, cfg.batch_size,
-                           sync_phase=cfg.sync_phase, tile_patches=cfg.tile_patches)
+                           sync_phase=cfg.sync_phase, tile_patches=cfg.tile_patches, scratch_dir=run_dir)
     infer_s = time.perf_counter() - t0
     scores = score_reconstruction(stitched, test.obj, cfg)
     extra = {"inference_s": round(infer_s, 3), "evaluate_s": round(time.perf_counter() - t0, 3),

@@ -12,6 +12,7 @@ from typing import IO
 import numpy as np
 import torch
 
+from . import heap
 from .bundle import Bundle, ModelWeights
 from .data import PtychoData
 from .grouping import Groups, group_positions
@@ -30,8 +31,6 @@ def model_from_weights(weights: ModelWeights) -> PtychoModule:
     return model.eval()
 
 
-# Crops of more than this many bytes are spilled to a scratch file rather than held in memory.
-SPILL_BYTES = 64 * 2**20
 # Patches phase-synchronised and placed together; bounds evaluation memory (~350 MB at crop 32).
 DEFAULT_TILE_PATCHES = 4096
 
@@ -47,15 +46,13 @@ def predict_crops(model: PtychoModule, diff: np.ndarray, groups: Groups, crop: i
                   device: str | torch.device = "cpu", scratch: IO[bytes] | None = None) -> np.ndarray:
     """(G * C, crop, crop) complex64: the central crop of every member's predicted object patch.
 
-    Only the crops are kept, because stitching uses nothing else; when they exceed ``SPILL_BYTES``
-    and a ``scratch`` file is given they go to a memory map on it, so a scan of any size is
-    predicted batch by batch without holding its patches in memory.
+    Only the crops are kept, because stitching uses nothing else; with a ``scratch`` file they go
+    to a memory map on it, so a scan of any size is predicted batch by batch without holding its
+    patches in memory (the page cache holds them, and can drop them).
     """
     model = model.to(device).eval()
     shape = (groups.n_groups * groups.indices.shape[1], crop, crop)
-    nbytes = int(np.prod(shape)) * np.dtype(np.complex64).itemsize
-    out = (np.memmap(scratch, np.complex64, "w+", shape=shape) if scratch is not None and nbytes > SPILL_BYTES
-           else np.empty(shape, np.complex64))
+    out = np.memmap(scratch, np.complex64, "w+", shape=shape) if scratch is not None else np.empty(shape, np.complex64)
     offsets = torch.from_numpy(groups.offsets.astype(np.float32))
     c = groups.indices.shape[1]
     for start in range(0, groups.n_groups, batch_size):
@@ -236,8 +233,10 @@ def stitch(patches: np.ndarray, x: np.ndarray, y: np.ndarray, shape: tuple[int, 
     patches = central(patches, crop)
     if illumination is not None:
         illumination = central(illumination, crop)
-    tiles = [_stitch_tile(patches[idx], x[idx], y[idx], shape, crop, sync_phase, illumination)
-             for idx in spatial_tiles(np.asarray(x), np.asarray(y), tile_patches)]
+    tiles = []
+    for idx in spatial_tiles(np.asarray(x), np.asarray(y), tile_patches):
+        tiles.append(_stitch_tile(patches[idx], x[idx], y[idx], shape, crop, sync_phase, illumination))
+        heap.trim()  # the next tile reuses none of this tile's temporaries' fragmented heap
     weight = np.zeros(shape, np.float64)
     for t in tiles:
         weight[t.box[0] : t.box[1], t.box[2] : t.box[3]] += t.weights
@@ -266,17 +265,18 @@ def scanned_bbox(x: np.ndarray, y: np.ndarray, crop: float, shape: tuple[int, in
 
 def reconstruct(model: PtychoModule, data: PtychoData, gridsize: int, neighbours: int, crop: int | None,
                 batch_size: int = 64, device: str | torch.device = "cpu", sync_phase: bool = True,
-                tile_patches: int = DEFAULT_TILE_PATCHES) -> Stitched:
+                tile_patches: int = DEFAULT_TILE_PATCHES, scratch_dir: Path | None = None) -> Stitched:
     """Group the dataset's positions as in training (one group per anchor), predict, stitch.
 
-    Streams: patterns are read batch by batch, predicted crops of a large scan wait in an
-    unlinked scratch file, and stitching works tile by tile.
+    Streams: patterns are read batch by batch, predicted crops wait in an unlinked scratch file in
+    ``scratch_dir`` (default: the system's temporary directory; the job passes its run directory,
+    since /tmp may be memory-backed), and stitching works tile by tile.
     """
     groups = group_positions(data.xcoords, data.ycoords, gridsize, neighbours)
     flat = groups.indices.ravel()
     crop = crop or data.N // 2
     illumination = np.abs(data.probe) ** 2
-    with tempfile.TemporaryFile(prefix="ptylab-crops-") as scratch:
+    with tempfile.TemporaryFile(prefix=".ptylab-crops-", dir=scratch_dir) as scratch:
         crops = predict_crops(model, data.diff3d, groups, crop, batch_size, device, scratch)
         return stitch(crops, data.xcoords[flat], data.ycoords[flat], data.obj.shape, crop, sync_phase,
                       illumination / illumination.max(), illuminated_bbox(data), tile_patches)
