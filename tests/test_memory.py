@@ -20,3 +20,17 @@ def test_training_and_evaluation_memory_do_not_grow_with_the_number_of_positions
     # Measured: -12 to +15 MB over five runs (heap fragmentation varies). Holding the predicted
     # crops alone would add 0.6x the added data; a whole-array float64 temporary, twice its size.
     assert grown < 0.45 * added_data, figures
+
+
+def test_lsqml_intensities_are_built_chunk_by_chunk_from_a_mapped_subset(tmp_path):
+    import numpy as np
+
+    from ptylab.data import RowSubset
+    from ptylab.lsqml import measured_intensities
+
+    mapped = np.lib.format.open_memmap(tmp_path / "diff.npy", "w+", np.float32, (50, 4, 4))
+    mapped[:] = np.random.default_rng(0).random((50, 4, 4), dtype=np.float32)
+    rows = np.arange(3, 47, 2)
+    got = measured_intensities(RowSubset(mapped, rows), chunk=7)  # chunks that do not divide the rows
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, np.square(mapped[rows]))

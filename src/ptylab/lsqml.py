@@ -38,6 +38,15 @@ def ptychi_positions(x: np.ndarray, y: np.ndarray, n: int) -> tuple[np.ndarray, 
     return x - shift, y - shift
 
 
+def measured_intensities(diff: Any, chunk: int = 4096) -> np.ndarray:
+    """Intensities (amplitude squared), float32, built chunk by chunk: pty-chi holds its data in
+    memory, so this is the one full-size array the reference needs, and no temporary doubles it."""
+    out = np.empty(diff.shape, np.float32)
+    for start in range(0, diff.shape[0], chunk):
+        np.square(np.asarray(diff[start : start + chunk], np.float32), out=out[start : start + chunk])
+    return out
+
+
 def run_lsqml(data: PtychoData, epochs: int, noise_model: str = "gaussian", device: str = "cpu",
               batch_size: int = 96, seed: int = 0) -> tuple[np.ndarray, dict[str, Any]]:
     """Reconstruct ``data`` from a flat object; return the (H, W) complex object and what was run."""
@@ -69,7 +78,7 @@ def run_lsqml(data: PtychoData, epochs: int, noise_model: str = "gaussian", devi
     rec.default_device = api.Devices.CPU if device == "cpu" else api.Devices.GPU
     rec.random_seed = seed
     t0 = time.perf_counter()
-    task = PtychographyTask(opts, diffraction_data=np.square(np.asarray(data.diff3d, np.float32)), object_data=flat,
+    task = PtychographyTask(opts, diffraction_data=measured_intensities(data.diff3d), object_data=flat,
                             probe_data=probe, probe_position_x_px=px, probe_position_y_px=py)
     task.run()
     wall = time.perf_counter() - t0
