@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -35,6 +36,23 @@ def model_from_weights(weights: ModelWeights) -> PtychoModule:
 DEFAULT_TILE_PATCHES = 4096
 
 
+class _Progress:
+    """Logs ``done / total`` for long loops, at most every ``every_s`` seconds (a 200k-position
+    evaluation takes many minutes; a short one logs nothing)."""
+
+    def __init__(self, what: str, total: int, every_s: float = 30.0):
+        self.what, self.total, self.every_s = what, total, every_s
+        self.start = self.last = time.monotonic()
+
+    def update(self, done: int) -> None:
+        now = time.monotonic()
+        if now - self.last >= self.every_s and done < self.total:
+            self.last = now
+            rate = done / (now - self.start)
+            log.info("%s: %d / %d (%.0f%%), about %.0f s left", self.what, done, self.total, 100 * done / self.total,
+                     (self.total - done) / max(rate, 1e-9))
+
+
 def central(a: np.ndarray, crop: int) -> np.ndarray:
     """The central ``crop`` x ``crop`` region of the last two axes (pixel N//2 stays the centre)."""
     lo = a.shape[-1] // 2 - crop // 2
@@ -55,7 +73,9 @@ def predict_crops(model: PtychoModule, diff: np.ndarray, groups: Groups, crop: i
     out = np.memmap(scratch, np.complex64, "w+", shape=shape) if scratch is not None else np.empty(shape, np.complex64)
     offsets = torch.from_numpy(groups.offsets.astype(np.float32))
     c = groups.indices.shape[1]
+    progress = _Progress("predicting groups", groups.n_groups)
     for start in range(0, groups.n_groups, batch_size):
+        progress.update(start)
         idx = groups.indices[start : start + batch_size]
         batch = torch.from_numpy(np.asarray(diff[idx.ravel()], dtype=np.float32)).reshape(*idx.shape, *diff.shape[1:])
         pred = model.predict_object(batch.to(device), offsets[start : start + batch_size].to(device))
@@ -233,8 +253,11 @@ def stitch(patches: np.ndarray, x: np.ndarray, y: np.ndarray, shape: tuple[int, 
     patches = central(patches, crop)
     if illumination is not None:
         illumination = central(illumination, crop)
-    tiles = []
-    for idx in spatial_tiles(np.asarray(x), np.asarray(y), tile_patches):
+    tiles: list[_Tile] = []
+    tile_index = spatial_tiles(np.asarray(x), np.asarray(y), tile_patches)
+    progress = _Progress(f"stitching tiles of {tile_patches} patches", len(tile_index))
+    for idx in tile_index:
+        progress.update(len(tiles))
         tiles.append(_stitch_tile(patches[idx], x[idx], y[idx], shape, crop, sync_phase, illumination))
         heap.trim()  # the next tile reuses none of this tile's temporaries' fragmented heap
     weight = np.zeros(shape, np.float64)
