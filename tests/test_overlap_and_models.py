@@ -45,12 +45,13 @@ def _nll_on(model, batch):
         return float(poisson_nll(pred, batch["diff"].square()))
 
 
-@pytest.mark.parametrize("gridsize", [1, 2])
-def test_tiny_pinn_training_lowers_poisson_nll(small_dataset_cfg, tmp_path, gridsize):
+@pytest.mark.parametrize(("gridsize", "per_pattern"), [(1, False), (2, False), (2, True)])
+def test_tiny_pinn_training_lowers_poisson_nll(small_dataset_cfg, tmp_path, gridsize, per_pattern):
     src = load_or_simulate(small_dataset_cfg, 1e4, 0, tmp_path / "cache")
     train = src.train
     L.seed_everything(0, verbose=False)
-    model = build_model(PinnConfig(base_filters=[8, 16, 32], width=1, lr=3e-3), gridsize, train)
+    model = build_model(PinnConfig(base_filters=[8, 16, 32], width=1, lr=3e-3, per_pattern=per_pattern),
+                        gridsize, train)
     groups = group_positions(train.xcoords, train.ycoords, gridsize, 7)
     ds = GroupedPatterns(train.diff3d, groups)
     probe_batch = ds.__getitems__(list(range(min(32, len(ds)))))
@@ -65,6 +66,24 @@ def test_tiny_pinn_training_lowers_poisson_nll(small_dataset_cfg, tmp_path, grid
     after = _nll_on(model, probe_batch)
     assert after < before
     assert (before - after) > 0.3 * (before - floor), (before, after, floor)
+
+
+def test_per_pattern_network_predicts_each_pattern_from_itself_alone(small_dataset_cfg, tmp_path):
+    train = load_or_simulate(small_dataset_cfg, 1e4, 0, tmp_path / "cache").train
+    model = build_model(PinnConfig(base_filters=[8, 16, 32], per_pattern=True), 2, train)
+    ds = GroupedPatterns(train.diff3d, group_positions(train.xcoords, train.ycoords, 2, 7))
+    diff = ds.__getitems__([0, 1])["diff"]
+    with torch.no_grad():
+        whole = model.predict_patches(diff)
+        changed = diff.clone()
+        changed[:, 1:] = changed[:, 1:].flip(-1)  # every member but the first altered
+        again = model.predict_patches(changed)
+    assert torch.equal(whole[:, 0], again[:, 0])
+    assert not torch.equal(whole[:, 1], again[:, 1])
+    # one network for all members: a pattern moved to another slot gives the same patch
+    swapped = diff[:, [1, 0, 2, 3]]
+    with torch.no_grad():
+        assert torch.allclose(model.predict_patches(swapped)[:, 1], whole[:, 0], atol=1e-6)
 
 
 def test_supervised_baseline_learns_and_refuses_data_without_y(small_dataset_cfg, tmp_path):

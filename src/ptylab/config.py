@@ -173,6 +173,8 @@ class PinnConfig(ModelConfig):
 
     name: str = "pinn"
     oversample: int = 0  # extra random groups per anchor (gridsize > 1 and K >= C only)
+    # One network per pattern (shared weights) instead of the group's patterns as input channels.
+    per_pattern: bool = False
     probe_trainable: bool = False
     probe_mask: bool = False
     intensity_scale_trainable: bool = False

@@ -65,6 +65,7 @@ class PtychoModule(L.LightningModule):
         init: str,
         decoder: str,
         separate_decoders: bool,
+        per_pattern: bool = False,
     ):
         super().__init__()
         if amp_activation not in AMP_ACTIVATIONS:
@@ -72,7 +73,12 @@ class PtychoModule(L.LightningModule):
         if schedule not in SCHEDULES:
             raise ValueError(f"model.schedule must be one of {SCHEDULES}, got '{schedule}'")
         filters = [int(f * width) for f in base_filters]
-        net = EncoderDecoder(channels, channels, filters, separate_decoders,
+        # per_pattern: one network applied to each pattern of a group alone (shared weights); the
+        # group is coupled only through the loss (overlap constraint). Otherwise the group's
+        # patterns are the input channels of one network (upstream's layout).
+        self.per_pattern = per_pattern
+        io = 1 if per_pattern else channels
+        net = EncoderDecoder(io, io, filters, separate_decoders,
                              out_size_factor=2 if object_support == "center" else 1, layout=decoder)
         initialise(net, init)
         # channels-last convolutions run 10-25% faster on these CPUs (docs/performance.md).
@@ -83,13 +89,21 @@ class PtychoModule(L.LightningModule):
 
     def predict_amp_phase(self, diff: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Amplitudes (B, C, N, N) -> (amplitude, phase) of the object patches, before the support."""
-        x = (diff * self.input_scale).contiguous(memory_format=torch.channels_last)
-        amp_logit, phase_logit = self.net(x)
+        x = diff * self.input_scale
+        if self.per_pattern:
+            x = x.reshape(-1, 1, *x.shape[-2:])
+        amp_logit, phase_logit = self.net(x.contiguous(memory_format=torch.channels_last))
+        if self.per_pattern:
+            amp_logit = amp_logit.reshape(diff.shape[0], -1, *amp_logit.shape[-2:])
+            phase_logit = phase_logit.reshape(diff.shape[0], -1, *phase_logit.shape[-2:])
         if self.pad:  # the central N/2 x N/2 prediction, zero-padded to N (amplitude 0 off-support)
             amp_logit = nn.functional.pad(amp_logit, (self.pad,) * 4)
             phase_logit = nn.functional.pad(phase_logit, (self.pad,) * 4)
         amp = AMP_ACTIVATIONS[self.hparams["amp_activation"]](amp_logit)
-        return amp, math.pi * torch.tanh(phase_logit)
+        # pi * tanh(x), written with the sigmoid: torch's CPU tanh gave a result 1 ulp off, now and then,
+        # on its first call in a process on a busy machine (3 of 28 seeded jobs), so the same job
+        # could end with another bundle digest; the sigmoid never did (docs/decisions.md).
+        return amp, math.pi * (2 * torch.sigmoid(2 * phase_logit) - 1)
 
     def predict_patches(self, diff: torch.Tensor) -> torch.Tensor:
         """Object patches (B, C, N, N) complex, zero off the support."""

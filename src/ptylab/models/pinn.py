@@ -43,11 +43,12 @@ class PINN(PtychoModule):
         init: str = "glorot",
         decoder: str = "upsample",
         separate_decoders: bool = False,
+        per_pattern: bool = False,
         probe: torch.Tensor | None = None,
     ):
         super().__init__(N, gridsize**2, list(base_filters), width, object_support, amp_activation,
                          input_scale, lr, schedule, warmup_steps, min_lr, lr_factor, lr_patience, init, decoder,
-                         separate_decoders)
+                         separate_decoders, per_pattern)
         self.save_hyperparameters(ignore=["probe"])
         start = torch.zeros(2, N, N) if probe is None else torch.stack((probe.real, probe.imag)).float()
         self.probe_ri = nn.Parameter(start, requires_grad=probe_trainable)
