@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from ptylab.batches import GroupedPatterns, make_loader
+from ptylab.batches import EpochShuffle, GroupedPatterns, make_loader
 from ptylab.config import PinnConfig, SupervisedConfig
 from ptylab.datasets import load_or_simulate
 from ptylab.errors import ConfigError, PtylabError
@@ -14,6 +14,7 @@ from ptylab.models import PINN, Supervised, build_model
 from ptylab.models.base import support_mask
 from ptylab.models.overlap import merge_overlaps
 from ptylab.physics import extract_patches, poisson_nll
+from ptylab.training import batch_plan
 
 
 def test_merge_is_identity_for_patches_cut_from_one_object():
@@ -114,3 +115,18 @@ def test_checkpoint_loads_outside_hydra(tmp_path):
     again = PINN.load_from_checkpoint(tmp_path / "m.ckpt", weights_only=True)
     assert again.hparams["gridsize"] == 2 and float(again.input_scale) == pytest.approx(0.3)
     torch.testing.assert_close(again.probe, model.probe)
+
+
+def test_per_pattern_batches_count_patterns_and_epochs_pass_over_the_patterns():
+    assert batch_plan(PinnConfig(batch_size=16, per_pattern=True), 2) == (4, 0.25)
+    assert batch_plan(PinnConfig(batch_size=16, per_pattern=True), 1) == (16, 1.0)
+    assert batch_plan(PinnConfig(batch_size=16), 2) == (16, 1.0)
+    sampler = EpochShuffle(100, seed=3, fraction=0.25)
+    first = list(sampler)
+    assert len(first) == len(sampler) == 25 and len(set(first)) == 25
+    sampler.set_epoch(1)
+    second = list(sampler)
+    assert second != first  # a fresh subset each epoch...
+    sampler.set_epoch(0)
+    assert list(sampler) == first  # ...that depends on (seed, epoch) only, so resume sees the same batches
+    assert list(EpochShuffle(10, seed=3, shuffle=False, fraction=0.25)) == list(range(10))  # validation: all

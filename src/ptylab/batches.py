@@ -7,6 +7,7 @@ batch by batch, never copied whole).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -59,11 +60,13 @@ class EpochShuffle(Sampler[int]):
 
     Lightning calls ``set_epoch`` before each epoch, so a run resumed at an epoch boundary sees
     exactly the batches the uninterrupted run saw (a generator carried across epochs would restart
-    from its seed and reorder everything after the resume).
+    from its seed and reorder everything after the resume). ``fraction`` < 1 draws that share of
+    the samples per epoch (a fresh seeded subset each epoch).
     """
 
-    def __init__(self, n: int, seed: int, shuffle: bool = True):
+    def __init__(self, n: int, seed: int, shuffle: bool = True, fraction: float = 1.0):
         self.n, self.seed, self.shuffle, self.epoch = n, int(seed), shuffle, 0
+        self.per_epoch = n if not shuffle else max(1, min(n, math.ceil(n * fraction)))
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -71,14 +74,16 @@ class EpochShuffle(Sampler[int]):
     def __iter__(self) -> Iterator[int]:
         if not self.shuffle:
             return iter(range(self.n))
-        return iter(np.random.default_rng([self.seed, self.epoch]).permutation(self.n).tolist())
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
+        return iter(order[: self.per_epoch].tolist())
 
     def __len__(self) -> int:
-        return self.n
+        return self.per_epoch
 
 
-def make_loader(dataset: GroupedPatterns, batch_size: int, shuffle: bool, seed: int) -> DataLoader:
-    return DataLoader(dataset, batch_size=batch_size, sampler=EpochShuffle(len(dataset), seed, shuffle),
+def make_loader(dataset: GroupedPatterns, batch_size: int, shuffle: bool, seed: int,
+                fraction: float = 1.0) -> DataLoader:
+    return DataLoader(dataset, batch_size=batch_size, sampler=EpochShuffle(len(dataset), seed, shuffle, fraction),
                       collate_fn=_already_batched, num_workers=0)
 
 

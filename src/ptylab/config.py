@@ -173,8 +173,9 @@ class PinnConfig(ModelConfig):
 
     name: str = "pinn"
     oversample: int = 0  # extra random groups per anchor (gridsize > 1 and K >= C only)
-    # One network per pattern (shared weights) instead of the group's patterns as input channels.
-    per_pattern: bool = False
+    # One network per pattern (shared weights) instead of the group's patterns as input channels;
+    # batch_size then counts patterns and an epoch is one pass over the patterns (training.batch_plan).
+    per_pattern: bool = True
     probe_trainable: bool = False
     probe_mask: bool = False
     intensity_scale_trainable: bool = False

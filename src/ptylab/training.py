@@ -134,6 +134,20 @@ def check_checkpoint(path: str | Path) -> Path:
     return path
 
 
+def batch_plan(model_cfg: ModelConfig, gridsize: int) -> tuple[int, float]:
+    """Groups per step and the share of the training groups drawn per epoch.
+
+    A per-pattern network does its work per pattern, so ``batch_size`` then counts patterns (C per
+    group) and an epoch is one pass over the patterns, a fresh 1/C of the groups (each pattern is a
+    member of about C groups): steps, patterns per step and time per step match a gridsize-1 job
+    with the same settings, and the group's members still meet in the loss.
+    """
+    channels = gridsize**2
+    if isinstance(model_cfg, PinnConfig) and model_cfg.per_pattern and channels > 1:
+        return max(1, model_cfg.batch_size // channels), 1.0 / channels
+    return model_cfg.batch_size, 1.0
+
+
 def fit(model_cfg: ModelConfig, gridsize: int, seed: int, train: PtychoData, trainer_kwargs: dict[str, Any],
         run_dir: Path, logger: str = "csv", ckpt_path: str | None = None,
         model: PtychoModule | None = None) -> tuple[PtychoModule, TrainingOutcome]:
@@ -143,10 +157,10 @@ def fit(model_cfg: ModelConfig, gridsize: int, seed: int, train: PtychoData, tra
     groups = training_groups(train, model_cfg, gridsize, seed)
     tr, va = split_train_val(groups.n_groups, model_cfg.val_fraction, stage_rng(seed, "val_split"))
     y = train.Y if isinstance(model_cfg, SupervisedConfig) else None
-    train_loader = make_loader(GroupedPatterns(train.diff3d, _subset(groups, tr), y), model_cfg.batch_size, True,
-                               seed)
-    val_loader = (make_loader(GroupedPatterns(train.diff3d, _subset(groups, va), y), model_cfg.batch_size, False,
-                              seed) if va.size else None)
+    per_step, per_epoch = batch_plan(model_cfg, gridsize)
+    train_loader = make_loader(GroupedPatterns(train.diff3d, _subset(groups, tr), y), per_step, True, seed, per_epoch)
+    val_loader = (make_loader(GroupedPatterns(train.diff3d, _subset(groups, va), y), per_step, False, seed)
+                  if va.size else None)
     trainer, checkpoint = build_trainer(trainer_kwargs, run_dir, model_cfg.early_stop_patience, logger,
                                         "val_loss" if va.size else "train_loss")
     history = LossHistory()
