@@ -118,9 +118,9 @@ def test_checkpoint_loads_outside_hydra(tmp_path):
 
 
 def test_per_pattern_batches_count_patterns_and_epochs_pass_over_the_patterns():
-    assert batch_plan(PinnConfig(batch_size=16, per_pattern=True), 2) == (4, 0.25)
-    assert batch_plan(PinnConfig(batch_size=16, per_pattern=True), 1) == (16, 1.0)
-    assert batch_plan(PinnConfig(batch_size=16, per_pattern=False), 2) == (16, 1.0)
+    assert batch_plan(PINN(N=16, gridsize=2, per_pattern=True), 16, 2) == (4, 0.25)
+    assert batch_plan(PINN(N=16, gridsize=1, per_pattern=True), 16, 1) == (16, 1.0)
+    assert batch_plan(PINN(N=16, gridsize=2, per_pattern=False), 16, 2) == (16, 1.0)
     sampler = EpochShuffle(100, seed=3, fraction=0.25)
     first = list(sampler)
     assert len(first) == len(sampler) == 25 and len(set(first)) == 25

@@ -134,18 +134,19 @@ def check_checkpoint(path: str | Path) -> Path:
     return path
 
 
-def batch_plan(model_cfg: ModelConfig, gridsize: int) -> tuple[int, float]:
-    """Groups per step and the share of the training groups drawn per epoch.
+def batch_plan(model: PtychoModule, batch_size: int, gridsize: int) -> tuple[int, float]:
+    """Groups per step and the share of the training groups drawn per epoch, for ``model``'s layout.
 
     A per-pattern network does its work per pattern, so ``batch_size`` then counts patterns (C per
     group) and an epoch is one pass over the patterns, a fresh 1/C of the groups (each pattern is a
     member of about C groups): steps, patterns per step and time per step match a gridsize-1 job
-    with the same settings, and the group's members still meet in the loss.
+    with the same settings, and the group's members still meet in the loss. The model, not the
+    config, decides: a network fine-tuned from a bundle keeps the layout it was trained with.
     """
     channels = gridsize**2
-    if isinstance(model_cfg, PinnConfig) and model_cfg.per_pattern and channels > 1:
-        return max(1, model_cfg.batch_size // channels), 1.0 / channels
-    return model_cfg.batch_size, 1.0
+    if model.per_pattern and channels > 1:
+        return max(1, batch_size // channels), 1.0 / channels
+    return batch_size, 1.0
 
 
 def fit(model_cfg: ModelConfig, gridsize: int, seed: int, train: PtychoData, trainer_kwargs: dict[str, Any],
@@ -157,7 +158,7 @@ def fit(model_cfg: ModelConfig, gridsize: int, seed: int, train: PtychoData, tra
     groups = training_groups(train, model_cfg, gridsize, seed)
     tr, va = split_train_val(groups.n_groups, model_cfg.val_fraction, stage_rng(seed, "val_split"))
     y = train.Y if isinstance(model_cfg, SupervisedConfig) else None
-    per_step, per_epoch = batch_plan(model_cfg, gridsize)
+    per_step, per_epoch = batch_plan(model, model_cfg.batch_size, gridsize)
     train_loader = make_loader(GroupedPatterns(train.diff3d, _subset(groups, tr), y), per_step, True, seed, per_epoch)
     val_loader = (make_loader(GroupedPatterns(train.diff3d, _subset(groups, va), y), per_step, False, seed)
                   if va.size else None)

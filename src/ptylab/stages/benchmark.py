@@ -37,7 +37,7 @@ from ..models import PINN, build_model
 from ..physics import far_field, poisson_nll
 from ..simulate import simulate
 from ..stitching import reconstruct_from_bundle
-from ..training import build_trainer
+from ..training import batch_plan, build_trainer
 from ..views import select_view_for
 
 log = logging.getLogger(__name__)
@@ -290,11 +290,11 @@ def run_benchmark(args: BenchmarkConfig) -> dict[str, Any]:
     train, test = select_view_for(typed.view, train, test).apply(train, test)
     out["peak_matmul_gflops"] = peak_matmul_flops(device) / 1e9
     model_cfg = typed.model
-    batch = model_cfg.batch_size
     trained = None
     for gs in (1, 2):
         key = f"gs{gs}"
         model, ds = training_setup(train, model_cfg, gs)
+        batch, _ = batch_plan(model, model_cfg.batch_size, gs)  # groups per step, as training uses
         out[f"physics_bound_patterns_per_s_{key}"] = physics_bound(model.probe.detach(), batch, gs * gs, device,
                                                                       10 if args.quick else 30)
         out[f"train_patterns_per_s_bare_{key}"] = bare_training(model, make_loader(ds, batch, True, 0), steps,
