@@ -214,6 +214,10 @@ class EvalConfig:
     enabled: bool = True
     stitch_crop: int | None = None  # central region of each patch used for stitching (None: N/2)
     sync_phase: bool = True  # make per-patch phase offsets consistent before stitching
+    # Then fit them to the test patterns (Poisson likelihood of the stitched object; 0: off).
+    # One number per patch, so no detail is added: see ptylab.phase_offsets and docs/quality.md.
+    offset_fit_steps: int = 100
+    offset_fit_lr: float = 0.02
     upsample_factor: int = 20  # sub-pixel registration precision: 1/upsample_factor px
     max_shift_px: float = 4.0  # larger registration shifts are refused (the reconstruction is not trusted)
     remove_phase_plane: bool = False
@@ -225,6 +229,8 @@ class EvalConfig:
         _check(self.upsample_factor >= 1, "eval.upsample_factor", self.upsample_factor, ">= 1")
         _check(self.max_shift_px > 0, "eval.max_shift_px", self.max_shift_px, "> 0")
         _check(self.batch_size >= 1, "eval.batch_size", self.batch_size, ">= 1")
+        _check(self.offset_fit_steps >= 0, "eval.offset_fit_steps", self.offset_fit_steps, ">= 0")
+        _check(self.offset_fit_lr > 0, "eval.offset_fit_lr", self.offset_fit_lr, "> 0")
         if self.stitch_crop is not None:
             _check(self.stitch_crop >= 1, "eval.stitch_crop", self.stitch_crop, ">= 1 or null")
 
@@ -323,10 +329,13 @@ class ReconstructConfig:
     batch_size: int = 64
     device: str = "cpu"
     tile_patches: int = 4096  # as eval.tile_patches
+    offset_fit_steps: int | None = None  # as eval.offset_fit_steps; None: the bundle's setting
 
     def __post_init__(self) -> None:
         _check(self.batch_size >= 1, "batch_size", self.batch_size, ">= 1")
         _check(self.tile_patches >= 16, "tile_patches", self.tile_patches, ">= 16")
+        if self.offset_fit_steps is not None:
+            _check(self.offset_fit_steps >= 0, "offset_fit_steps", self.offset_fit_steps, ">= 0 or null")
 
 
 MODEL_SCHEMAS: dict[str, type] = {"pinn": PinnConfig, "supervised": SupervisedConfig}

@@ -18,6 +18,7 @@ from .bundle import Bundle, ModelWeights
 from .data import PtychoData
 from .grouping import Groups, group_positions
 from .models import MODEL_CLASSES, PtychoModule
+from .phase_offsets import Evidence, fit_offsets
 from .physics import effective_probe_radius, sample_windows
 
 log = logging.getLogger(__name__)
@@ -113,6 +114,13 @@ class Placement:
         vals = self.values if phasors is None else self.values * phasors[:, None]
         return torch.zeros(self.size, dtype=torch.complex128).index_add_(0, self.index.ravel(), vals.ravel())
 
+    def mean(self, phasors: torch.Tensor) -> torch.Tensor:
+        """The weighted average per canvas pixel (flat), zero where the weights are negligible;
+        differentiable in ``phasors``."""
+        weight = self.weight_sum()
+        inv = torch.where(weight > 1e-3 * weight.max(), 1.0 / weight.clamp_min(1e-12), torch.zeros_like(weight))
+        return self.value_sum(phasors) * inv
+
 
 def place(patches: np.ndarray, x: np.ndarray, y: np.ndarray, shape: tuple[int, int], crop: int,
           illumination: np.ndarray | None = None) -> Placement:
@@ -195,7 +203,8 @@ class _Tile:
 
 
 def _stitch_tile(crops: np.ndarray, x: np.ndarray, y: np.ndarray, shape: tuple[int, int], crop: int,
-                 sync_phase: bool, illumination: np.ndarray | None) -> _Tile:
+                 sync_phase: bool, illumination: np.ndarray | None, evidence: Evidence | None = None,
+                 patch_index: np.ndarray | None = None) -> _Tile:
     h, w = shape
     half = crop // 2
     r0, r1 = max(0, math.floor(y.min()) - half), min(h, math.floor(y.max()) - half + crop + 1)
@@ -203,6 +212,10 @@ def _stitch_tile(crops: np.ndarray, x: np.ndarray, y: np.ndarray, shape: tuple[i
     # Integer box offsets keep every sub-pixel shift, so a tile places exactly as the whole canvas would.
     placement = place(np.asarray(crops), x - c0, y - r0, (r1 - r0, c1 - c0), crop, illumination)
     phasors = phase_sync(placement) if sync_phase and len(x) > 1 else None
+    if phasors is not None and evidence is not None and evidence.steps > 0 and patch_index is not None:
+        patterns = np.unique(evidence.pattern[patch_index])
+        phasors = fit_offsets(lambda ph: placement.mean(ph).reshape(r1 - r0, c1 - c0), phasors, evidence, patterns,
+                              (r0, c0))
     return _Tile((r0, r1, c0, c1), placement.value_sum(phasors).reshape(r1 - r0, c1 - c0).numpy(),
                  placement.weight_sum().reshape(r1 - r0, c1 - c0).numpy())
 
@@ -233,7 +246,8 @@ def _sync_tiles(tiles: list[_Tile], weight: np.ndarray, refine: int = 20) -> np.
 
 def stitch(patches: np.ndarray, x: np.ndarray, y: np.ndarray, shape: tuple[int, int], crop: int,
            sync_phase: bool = False, illumination: np.ndarray | None = None,
-           bbox: tuple[int, int, int, int] | None = None, tile_patches: int = DEFAULT_TILE_PATCHES) -> Stitched:
+           bbox: tuple[int, int, int, int] | None = None, tile_patches: int = DEFAULT_TILE_PATCHES,
+           evidence: Evidence | None = None) -> Stitched:
     """Average the central ``crop`` x ``crop`` region of each patch into an object of ``shape``.
 
     Sub-pixel positions: each crop is shifted by its fractional offset with the bilinear sampler
@@ -241,7 +255,8 @@ def stitch(patches: np.ndarray, x: np.ndarray, y: np.ndarray, shape: tuple[int, 
     (N, N), typically |P|^2, weights each patch pixel by how strongly the data constrain it:
     the object is sum(|P|^2 o) / sum(|P|^2), the usual ptychographic average, so pixels the probe
     barely lit do not blur the result. With ``sync_phase`` each patch's phase offset is first
-    made consistent with its neighbours. ``bbox`` is the area to evaluate (default: the area the
+    made consistent with its neighbours, and with ``evidence`` (the measured patterns behind the
+    patches) then fitted to the data (``phase_offsets``). ``bbox`` is the area to evaluate (default: the area the
     crops cover).
 
     Memory does not grow with the number of patches: they are placed (and synchronised) in
@@ -258,7 +273,8 @@ def stitch(patches: np.ndarray, x: np.ndarray, y: np.ndarray, shape: tuple[int, 
     progress = _Progress(f"stitching tiles of {tile_patches} patches", len(tile_index))
     for idx in tile_index:
         progress.update(len(tiles))
-        tiles.append(_stitch_tile(patches[idx], x[idx], y[idx], shape, crop, sync_phase, illumination))
+        tiles.append(_stitch_tile(patches[idx], x[idx], y[idx], shape, crop, sync_phase, illumination, evidence,
+                                  idx))
         heap.trim()  # the next tile reuses none of this tile's temporaries' fragmented heap
     weight = np.zeros(shape, np.float64)
     for t in tiles:
@@ -288,8 +304,12 @@ def scanned_bbox(x: np.ndarray, y: np.ndarray, crop: float, shape: tuple[int, in
 
 def reconstruct(model: PtychoModule, data: PtychoData, gridsize: int, neighbours: int, crop: int | None,
                 batch_size: int = 64, device: str | torch.device = "cpu", sync_phase: bool = True,
-                tile_patches: int = DEFAULT_TILE_PATCHES, scratch_dir: Path | None = None) -> Stitched:
+                tile_patches: int = DEFAULT_TILE_PATCHES, scratch_dir: Path | None = None,
+                offset_fit_steps: int = 0, offset_fit_lr: float = 0.02) -> Stitched:
     """Group the dataset's positions as in training (one group per anchor), predict, stitch.
+
+    With ``offset_fit_steps`` the synchronised per-patch phase offsets are then fitted to the
+    dataset's own patterns (``phase_offsets``): the same patterns the network saw, nothing else.
 
     Streams: patterns are read batch by batch, predicted crops wait in an unlinked scratch file in
     ``scratch_dir`` (default: the system's temporary directory; the job passes its run directory,
@@ -301,19 +321,26 @@ def reconstruct(model: PtychoModule, data: PtychoData, gridsize: int, neighbours
     illumination = np.abs(data.probe) ** 2
     with tempfile.TemporaryFile(prefix=".ptylab-crops-", dir=scratch_dir) as scratch:
         crops = predict_crops(model, data.diff3d, groups, crop, batch_size, device, scratch)
+        evidence = Evidence(data.diff3d, flat, data.xcoords, data.ycoords, data.probe, offset_fit_steps,
+                            offset_fit_lr) if offset_fit_steps > 0 else None
         return stitch(crops, data.xcoords[flat], data.ycoords[flat], data.obj.shape, crop, sync_phase,
-                      illumination / illumination.max(), illuminated_bbox(data), tile_patches)
+                      illumination / illumination.max(), illuminated_bbox(data), tile_patches, evidence)
 
 
 def reconstruct_from_bundle(bundle: Bundle, data: PtychoData, batch_size: int = 64,
-                            device: str | torch.device = "cpu",
-                            tile_patches: int = DEFAULT_TILE_PATCHES) -> Stitched:
+                            device: str | torch.device = "cpu", tile_patches: int = DEFAULT_TILE_PATCHES,
+                            offset_fit_steps: int | None = None) -> Stitched:
+    """Reconstruct ``data`` as the bundle's run did; ``offset_fit_steps`` overrides its setting."""
     info = bundle.inference
     if info["N"] != data.N:
         raise ValueError(f"{bundle.path}: model expects {info['N']}x{info['N']} patterns, data has {data.N}")
     model = model_from_weights(bundle.models[info["model"]])
+    # Bundles written before the offset fit existed carry no key and reconstruct as they did.
     return reconstruct(model, data, info["gridsize"], info["neighbours"], info.get("stitch_crop"), batch_size,
-                       device, info.get("sync_phase", True), tile_patches)
+                       device, info.get("sync_phase", True), tile_patches,
+                       offset_fit_steps=int(info.get("offset_fit_steps", 0) if offset_fit_steps is None
+                                            else offset_fit_steps),
+                       offset_fit_lr=float(info.get("offset_fit_lr", 0.02)))
 
 
 def write_reconstruction(out_dir: Path, stitched: Stitched, title: str) -> Path:
