@@ -77,8 +77,9 @@ def test_tiles_are_compact_and_cover_every_patch_once(scan):
 
 
 def test_offsets_fitted_to_the_data_undo_the_drift_of_overlap_synchronisation(scan):
-    """Patches with network-like errors (phase contrast scaled by a random factor per patch, an
-    arbitrary offset each): overlap agreement drifts, the measured patterns pin the offsets."""
+    """Patches with network-like errors (phase contrast scaled by a random factor per patch, a
+    brightness off by up to 25 %, an arbitrary offset each): overlap agreement drifts, the measured
+    patterns pin the offsets and the gains."""
     obj, x, y, patches = scan
     probe = make_probe(32, 12.0, 1.0, 2.0)
     unit = far_field(torch.from_numpy(probe) * torch.from_numpy(patches)).abs().square().numpy()
@@ -88,7 +89,8 @@ def test_offsets_fitted_to_the_data_undo_the_drift_of_overlap_synchronisation(sc
     rel = patches * np.conj(centre)[:, None, None]
     gain = rng.uniform(0.6, 1.0, len(x))[:, None, None]
     offset = np.exp(1j * rng.uniform(-np.pi, np.pi, len(x)))[:, None, None]
-    predicted = (np.abs(rel) * np.exp(1j * gain * np.angle(rel)) * offset).astype(np.complex64)
+    brightness = rng.uniform(0.75, 1.25, len(x))[:, None, None]
+    predicted = (brightness * np.abs(rel) * np.exp(1j * gain * np.angle(rel)) * offset).astype(np.complex64)
 
     def phase_error(result):
         rec, truth = _inner(result, obj)
@@ -96,9 +98,18 @@ def test_offsets_fitted_to_the_data_undo_the_drift_of_overlap_synchronisation(sc
         rel *= np.exp(-1j * np.angle(rel.sum()))
         return np.abs(np.angle(rel)).mean()
 
-    evidence = Evidence(diff, np.arange(len(x)), x, y, probe, steps=60)
+    def amplitude_error(result):
+        rec, truth = _inner(result, obj)
+        rec = np.abs(rec) * np.abs(truth).mean() / np.abs(rec).mean()  # the overall scale is the data's
+        return np.abs(rec - np.abs(truth)).mean()
+
     synced = stitch(predicted, x, y, obj.shape, 16, sync_phase=True)
-    fitted = stitch(predicted, x, y, obj.shape, 16, sync_phase=True, evidence=evidence)
+    phases = stitch(predicted, x, y, obj.shape, 16, sync_phase=True,
+                    evidence=Evidence(diff, np.arange(len(x)), x, y, probe, steps=60, gains=False))
+    fitted = stitch(predicted, x, y, obj.shape, 16, sync_phase=True,
+                    evidence=Evidence(diff, np.arange(len(x)), x, y, probe, steps=60))
+    assert phase_error(phases) < 0.8 * phase_error(synced)
     assert phase_error(fitted) < 0.8 * phase_error(synced)
-    # Only the offsets change: the patches and their weights are those of the synchronised stitch.
+    assert amplitude_error(fitted) < 0.9 * amplitude_error(phases)
+    # Only offsets and gains change: the patches' placement and weights are the synchronised stitch's.
     np.testing.assert_allclose(fitted.weight, synced.weight)

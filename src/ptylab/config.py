@@ -214,10 +214,12 @@ class EvalConfig:
     enabled: bool = True
     stitch_crop: int | None = None  # central region of each patch used for stitching (None: N/2)
     sync_phase: bool = True  # make per-patch phase offsets consistent before stitching
-    # Then fit them to the test patterns (Poisson likelihood of the stitched object; 0: off).
+    # Then fit them, and a gain per patch, to the test patterns (Poisson likelihood of the stitched
+    # object; 0 steps: off).
     # One number per patch, so no detail is added: see ptylab.phase_offsets and docs/quality.md.
     offset_fit_steps: int = 100
     offset_fit_lr: float = 0.02
+    offset_fit_gains: bool = True  # with one amplitude gain per patch (at a fifth of the lr)
     upsample_factor: int = 20  # sub-pixel registration precision: 1/upsample_factor px
     max_shift_px: float = 4.0  # larger registration shifts are refused (the reconstruction is not trusted)
     remove_phase_plane: bool = False

@@ -141,12 +141,13 @@ def evaluate_reconstruction(model: PtychoModule, test: PtychoData, gridsize: int
     stitched = reconstruct(model, test, gridsize, neighbours, cfg.stitch_crop, cfg.batch_size,
                            sync_phase=cfg.sync_phase, tile_patches=cfg.tile_patches, scratch_dir=run_dir,
                            offset_fit_steps=cfg.offset_fit_steps if cfg.sync_phase else 0,
-                           offset_fit_lr=cfg.offset_fit_lr)
+                           offset_fit_lr=cfg.offset_fit_lr, offset_fit_gains=cfg.offset_fit_gains)
     infer_s = time.perf_counter() - t0
     scores = score_reconstruction(stitched, test.obj, cfg)
     extra = {"inference_s": round(infer_s, 3), "evaluate_s": round(time.perf_counter() - t0, 3),
              "test_positions": test.n_positions, "stitch_crop": cfg.stitch_crop or test.N // 2,
-             "sync_phase": cfg.sync_phase, "offset_fit_steps": cfg.offset_fit_steps if cfg.sync_phase else 0}
+             "sync_phase": cfg.sync_phase, "offset_fit_steps": cfg.offset_fit_steps if cfg.sync_phase else 0,
+             "offset_fit_gains": cfg.offset_fit_gains}
     metrics = write_evaluation(run_dir, scores, title, extra)
     log.info("%s amplitude SSIM %.3f corr %.3f, phase SSIM %.3f corr %.3f", title, metrics["amplitude"]["ssim"],
              metrics["amplitude"]["pearson"], metrics["phase"]["ssim"], metrics["phase"]["pearson"])

@@ -305,11 +305,12 @@ def scanned_bbox(x: np.ndarray, y: np.ndarray, crop: float, shape: tuple[int, in
 def reconstruct(model: PtychoModule, data: PtychoData, gridsize: int, neighbours: int, crop: int | None,
                 batch_size: int = 64, device: str | torch.device = "cpu", sync_phase: bool = True,
                 tile_patches: int = DEFAULT_TILE_PATCHES, scratch_dir: Path | None = None,
-                offset_fit_steps: int = 0, offset_fit_lr: float = 0.02) -> Stitched:
+                offset_fit_steps: int = 0, offset_fit_lr: float = 0.02, offset_fit_gains: bool = True) -> Stitched:
     """Group the dataset's positions as in training (one group per anchor), predict, stitch.
 
-    With ``offset_fit_steps`` the synchronised per-patch phase offsets are then fitted to the
-    dataset's own patterns (``phase_offsets``): the same patterns the network saw, nothing else.
+    With ``offset_fit_steps`` the synchronised per-patch phase offsets (and, with
+    ``offset_fit_gains``, amplitude gains) are then fitted to the dataset's own patterns
+    (``phase_offsets``): the same patterns the network saw, nothing else.
 
     Streams: patterns are read batch by batch, predicted crops wait in an unlinked scratch file in
     ``scratch_dir`` (default: the system's temporary directory; the job passes its run directory,
@@ -322,7 +323,7 @@ def reconstruct(model: PtychoModule, data: PtychoData, gridsize: int, neighbours
     with tempfile.TemporaryFile(prefix=".ptylab-crops-", dir=scratch_dir) as scratch:
         crops = predict_crops(model, data.diff3d, groups, crop, batch_size, device, scratch)
         evidence = Evidence(data.diff3d, flat, data.xcoords, data.ycoords, data.probe, offset_fit_steps,
-                            offset_fit_lr) if offset_fit_steps > 0 else None
+                            offset_fit_lr, offset_fit_gains) if offset_fit_steps > 0 else None
         return stitch(crops, data.xcoords[flat], data.ycoords[flat], data.obj.shape, crop, sync_phase,
                       illumination / illumination.max(), illuminated_bbox(data), tile_patches, evidence)
 
@@ -340,7 +341,8 @@ def reconstruct_from_bundle(bundle: Bundle, data: PtychoData, batch_size: int = 
                        device, info.get("sync_phase", True), tile_patches,
                        offset_fit_steps=int(info.get("offset_fit_steps", 0) if offset_fit_steps is None
                                             else offset_fit_steps),
-                       offset_fit_lr=float(info.get("offset_fit_lr", 0.02)))
+                       offset_fit_lr=float(info.get("offset_fit_lr", 0.02)),
+                       offset_fit_gains=bool(info.get("offset_fit_gains", False)))
 
 
 def write_reconstruction(out_dir: Path, stitched: Stitched, title: str) -> Path:

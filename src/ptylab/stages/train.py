@@ -70,7 +70,7 @@ def save_bundle(cfg: DictConfig, tc: TrainConfig, run_dir: Path, model: PtychoMo
         "model": tc.model.name, "N": int(model.hparams["N"]), "gridsize": tc.gridsize,
         "neighbours": tc.model.neighbours, "stitch_crop": tc.eval.stitch_crop, "sync_phase": tc.eval.sync_phase,
         "offset_fit_steps": tc.eval.offset_fit_steps if tc.eval.sync_phase else 0,
-        "offset_fit_lr": tc.eval.offset_fit_lr,
+        "offset_fit_lr": tc.eval.offset_fit_lr, "offset_fit_gains": tc.eval.offset_fit_gains,
         "input_scale": float(model.input_scale.item()), "dose": tc.dose,
     }
     return save_model_bundle(run_dir / BUNDLE_NAME, model, tc.model.name, inference, location_free(params),
