@@ -19,10 +19,11 @@ install: $(STAMP)
 run: $(STAMP)
 	$(PY) train.py
 
-# Two workers, one file each at a time (module fixtures stay shared): most tests start Python
-# subprocesses, whose imports overlap well on two cores.
+# Serial: on two cores, two pytest-xdist workers (each with torch's threads and its own job
+# subprocesses) oversubscribed the CPU; the same suite took 10 min 43 s with -n 2 and 6 min 41 s
+# serially (2026-11-25, docs/decisions.md).
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist loadfile
+	$(PY) -m pytest -q
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src scripts tests train.py
