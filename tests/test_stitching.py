@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from ptylab.phase_offsets import Evidence
+from ptylab.phase_offsets import Evidence, OffsetFit
 from ptylab.physics import extract_patches, far_field, make_object, make_probe, poisson_sample, raster_scan
 from ptylab.rng import stage_rng
 from ptylab.stitching import spatial_tiles, stitch
@@ -105,9 +105,9 @@ def test_offsets_fitted_to_the_data_undo_the_drift_of_overlap_synchronisation(sc
 
     synced = stitch(predicted, x, y, obj.shape, 16, sync_phase=True)
     phases = stitch(predicted, x, y, obj.shape, 16, sync_phase=True,
-                    evidence=Evidence(diff, np.arange(len(x)), x, y, probe, steps=60, gains=False))
+                    evidence=Evidence(diff, np.arange(len(x)), x, y, probe, OffsetFit(steps=60, gains=False)))
     fitted = stitch(predicted, x, y, obj.shape, 16, sync_phase=True,
-                    evidence=Evidence(diff, np.arange(len(x)), x, y, probe, steps=60))
+                    evidence=Evidence(diff, np.arange(len(x)), x, y, probe, OffsetFit(steps=60)))
     assert phase_error(phases) < 0.8 * phase_error(synced)
     assert phase_error(fitted) < 0.8 * phase_error(synced)
     assert amplitude_error(fitted) < 0.9 * amplitude_error(phases)

@@ -24,6 +24,7 @@ from .figures import complex_panels, frc_curves
 from .fileio import atomic_write_json, atomic_write_with
 from .metrics import PSNR_CAP_DB, beats_flat, score_image
 from .models import PtychoModule
+from .phase_offsets import OffsetFit
 from .stitching import Stitched, reconstruct
 
 log = logging.getLogger(__name__)
@@ -135,19 +136,24 @@ def write_evaluation(run_dir: Path, scores: dict[str, Any], title: str, extra: d
     return metrics
 
 
+def offset_fit(cfg: EvalConfig) -> OffsetFit:
+    """The offset fit these settings ask for: none (0 steps) without phase synchronisation, which
+    it starts from. Evaluations, metrics and bundles all read it from here."""
+    return OffsetFit(cfg.offset_fit_steps if cfg.sync_phase else 0, cfg.offset_fit_lr, cfg.offset_fit_gains)
+
+
 def evaluate_reconstruction(model: PtychoModule, test: PtychoData, gridsize: int, neighbours: int,
                             cfg: EvalConfig, run_dir: Path, title: str) -> dict[str, Any]:
     t0 = time.perf_counter()
+    fit = offset_fit(cfg)
     stitched = reconstruct(model, test, gridsize, neighbours, cfg.stitch_crop, cfg.batch_size,
                            sync_phase=cfg.sync_phase, tile_patches=cfg.tile_patches, scratch_dir=run_dir,
-                           offset_fit_steps=cfg.offset_fit_steps if cfg.sync_phase else 0,
-                           offset_fit_lr=cfg.offset_fit_lr, offset_fit_gains=cfg.offset_fit_gains)
+                           offset_fit=fit)
     infer_s = time.perf_counter() - t0
     scores = score_reconstruction(stitched, test.obj, cfg)
     extra = {"inference_s": round(infer_s, 3), "evaluate_s": round(time.perf_counter() - t0, 3),
              "test_positions": test.n_positions, "stitch_crop": cfg.stitch_crop or test.N // 2,
-             "sync_phase": cfg.sync_phase, "offset_fit_steps": cfg.offset_fit_steps if cfg.sync_phase else 0,
-             "offset_fit_gains": cfg.offset_fit_gains}
+             "sync_phase": cfg.sync_phase, "offset_fit_steps": fit.steps, "offset_fit_gains": fit.gains}
     metrics = write_evaluation(run_dir, scores, title, extra)
     log.info("%s amplitude SSIM %.3f corr %.3f, phase SSIM %.3f corr %.3f", title, metrics["amplitude"]["ssim"],
              metrics["amplitude"]["pearson"], metrics["phase"]["ssim"], metrics["phase"]["pearson"])

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,6 +33,27 @@ CHUNK = 256
 # Gains move five times slower than phases. At the phases' rate they absorbed noise: amplitude
 # SSIM fell by 0.03 (1e4) to 0.06 (1e3) on the default job; at a fifth it rose (docs/quality.md).
 GAIN_LR_FACTOR = 0.2
+
+
+@dataclass(frozen=True)
+class OffsetFit:
+    """How offsets (and gains) are fitted; ``steps`` 0 means not at all. The one place these
+    settings and their bundle keys are defined."""
+
+    steps: int = 100
+    lr: float = 0.02
+    gains: bool = True  # also fit one amplitude gain per patch
+
+    def inference(self) -> dict[str, Any]:
+        """The bundle's inference keys for these settings."""
+        return {"offset_fit_steps": self.steps, "offset_fit_lr": self.lr, "offset_fit_gains": self.gains}
+
+    @classmethod
+    def from_inference(cls, info: dict[str, Any]) -> OffsetFit:
+        """The settings a bundle recorded; bundles written before the fit existed carry no keys
+        and reconstruct as they did (no fit)."""
+        return cls(int(info.get("offset_fit_steps", 0)), float(info.get("offset_fit_lr", cls.lr)),
+                   bool(info.get("offset_fit_gains", False)))
 
 
 @dataclass
@@ -48,14 +70,12 @@ class Evidence:
     x: np.ndarray
     y: np.ndarray
     probe: np.ndarray
-    steps: int = 100
-    lr: float = 0.02
-    gains: bool = True  # also fit one amplitude gain per patch
+    fit: OffsetFit = field(default_factory=OffsetFit)
 
 
 def fit_offsets(canvas_of: Callable[[torch.Tensor], torch.Tensor], start: torch.Tensor, evidence: Evidence,
                 patterns: np.ndarray, origin: tuple[int, int]) -> torch.Tensor:
-    """Per-patch complex factors (M,) (unit modulus unless ``evidence.gains``) that minimise the
+    """Per-patch complex factors (M,) (unit modulus unless ``evidence.fit.gains``) that minimise the
     Poisson NLL of ``patterns`` given the stitched canvas.
 
     ``canvas_of(factors)`` is the (H, W) complex stitched object for given per-patch factors (it
@@ -79,17 +99,18 @@ def fit_offsets(canvas_of: Callable[[torch.Tensor], torch.Tensor], start: torch.
         scale = float(obs.sum()) / max(float(sum(unit_counts(canvas0, sl).sum() for sl in chunks)), 1e-30)
 
     theta = torch.angle(start).detach().clone().requires_grad_(True)
-    log_gain = torch.zeros_like(theta, requires_grad=evidence.gains)
+    fit = evidence.fit
+    log_gain = torch.zeros_like(theta, requires_grad=fit.gains)
     groups: list[dict[str, object]] = [{"params": [theta]}]
-    if evidence.gains:
-        groups.append({"params": [log_gain], "lr": evidence.lr * GAIN_LR_FACTOR})
-    opt = torch.optim.Adam(groups, lr=evidence.lr)
+    if fit.gains:
+        groups.append({"params": [log_gain], "lr": fit.lr * GAIN_LR_FACTOR})
+    opt = torch.optim.Adam(groups, lr=fit.lr)
 
     def factors() -> torch.Tensor:
         return torch.polar(torch.exp(log_gain), theta)
 
     first = last = float("nan")
-    for step in range(evidence.steps):
+    for step in range(fit.steps):
         opt.zero_grad()
         canvas = canvas_of(factors()).to(torch.complex64)
         leaf = canvas.detach().requires_grad_(True)
@@ -103,5 +124,5 @@ def fit_offsets(canvas_of: Callable[[torch.Tensor], torch.Tensor], start: torch.
         first = total if step == 0 else first
         last = total
     log.debug("phase offsets fitted to %d patterns: NLL %.6g -> %.6g in %d steps", len(patterns), first, last,
-              evidence.steps)
+              fit.steps)
     return factors().detach()

@@ -6,7 +6,7 @@ import logging
 import math
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO
 
@@ -18,7 +18,7 @@ from .bundle import Bundle, ModelWeights
 from .data import PtychoData
 from .grouping import Groups, group_positions
 from .models import MODEL_CLASSES, PtychoModule
-from .phase_offsets import Evidence, fit_offsets
+from .phase_offsets import Evidence, OffsetFit, fit_offsets
 from .physics import effective_probe_radius, sample_windows
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,8 @@ def model_from_weights(weights: ModelWeights) -> PtychoModule:
 
 # Patches phase-synchronised and placed together; bounds evaluation memory (~350 MB at crop 32).
 DEFAULT_TILE_PATCHES = 4096
+# Canvas pixels whose accumulated weight is below this share of the largest are left empty.
+MIN_WEIGHT_SHARE = 1e-3
 
 
 class _Progress:
@@ -114,12 +116,12 @@ class Placement:
         vals = self.values if phasors is None else self.values * phasors[:, None]
         return torch.zeros(self.size, dtype=torch.complex128).index_add_(0, self.index.ravel(), vals.ravel())
 
-    def mean(self, phasors: torch.Tensor) -> torch.Tensor:
-        """The weighted average per canvas pixel (flat), zero where the weights are negligible;
-        differentiable in ``phasors``."""
+    def inverse_weight(self) -> torch.Tensor:
+        """1 / accumulated weight per canvas pixel, zero where the weight is negligible: the
+        weighted average is ``value_sum(phasors) * inverse_weight()``."""
         weight = self.weight_sum()
-        inv = torch.where(weight > 1e-3 * weight.max(), 1.0 / weight.clamp_min(1e-12), torch.zeros_like(weight))
-        return self.value_sum(phasors) * inv
+        return torch.where(weight > MIN_WEIGHT_SHARE * weight.max(), 1.0 / weight.clamp_min(1e-12),
+                           torch.zeros_like(weight))
 
 
 def place(patches: np.ndarray, x: np.ndarray, y: np.ndarray, shape: tuple[int, int], crop: int,
@@ -203,8 +205,8 @@ class _Tile:
 
 
 def _stitch_tile(crops: np.ndarray, x: np.ndarray, y: np.ndarray, shape: tuple[int, int], crop: int,
-                 sync_phase: bool, illumination: np.ndarray | None, evidence: Evidence | None = None,
-                 patch_index: np.ndarray | None = None) -> _Tile:
+                 sync_phase: bool, illumination: np.ndarray | None, evidence: Evidence | None,
+                 patch_index: np.ndarray) -> _Tile:
     h, w = shape
     half = crop // 2
     r0, r1 = max(0, math.floor(y.min()) - half), min(h, math.floor(y.max()) - half + crop + 1)
@@ -212,10 +214,10 @@ def _stitch_tile(crops: np.ndarray, x: np.ndarray, y: np.ndarray, shape: tuple[i
     # Integer box offsets keep every sub-pixel shift, so a tile places exactly as the whole canvas would.
     placement = place(np.asarray(crops), x - c0, y - r0, (r1 - r0, c1 - c0), crop, illumination)
     phasors = phase_sync(placement) if sync_phase and len(x) > 1 else None
-    if phasors is not None and evidence is not None and evidence.steps > 0 and patch_index is not None:
-        patterns = np.unique(evidence.pattern[patch_index])
-        phasors = fit_offsets(lambda ph: placement.mean(ph).reshape(r1 - r0, c1 - c0), phasors, evidence, patterns,
-                              (r0, c0))
+    if phasors is not None and evidence is not None and evidence.fit.steps > 0:
+        inv_weight = placement.inverse_weight()  # the same at every step: computed once
+        phasors = fit_offsets(lambda ph: (placement.value_sum(ph) * inv_weight).reshape(r1 - r0, c1 - c0), phasors,
+                              evidence, np.unique(evidence.pattern[patch_index]), (r0, c0))
     return _Tile((r0, r1, c0, c1), placement.value_sum(phasors).reshape(r1 - r0, c1 - c0).numpy(),
                  placement.weight_sum().reshape(r1 - r0, c1 - c0).numpy())
 
@@ -283,7 +285,7 @@ def stitch(patches: np.ndarray, x: np.ndarray, y: np.ndarray, shape: tuple[int, 
     total = np.zeros(shape, np.complex128)
     for t, phasor in zip(tiles, phasors, strict=True):
         total[t.box[0] : t.box[1], t.box[2] : t.box[3]] += phasor * t.values
-    valid = weight > 1e-3 * float(weight.max())
+    valid = weight > MIN_WEIGHT_SHARE * float(weight.max())
     obj = np.zeros(shape, np.complex64)
     obj[valid] = total[valid] / weight[valid]
     return Stitched(obj, weight.astype(np.float32), bbox or scanned_bbox(x, y, crop, (h, w)))
@@ -305,12 +307,12 @@ def scanned_bbox(x: np.ndarray, y: np.ndarray, crop: float, shape: tuple[int, in
 def reconstruct(model: PtychoModule, data: PtychoData, gridsize: int, neighbours: int, crop: int | None,
                 batch_size: int = 64, device: str | torch.device = "cpu", sync_phase: bool = True,
                 tile_patches: int = DEFAULT_TILE_PATCHES, scratch_dir: Path | None = None,
-                offset_fit_steps: int = 0, offset_fit_lr: float = 0.02, offset_fit_gains: bool = True) -> Stitched:
+                offset_fit: OffsetFit | None = None) -> Stitched:
     """Group the dataset's positions as in training (one group per anchor), predict, stitch.
 
-    With ``offset_fit_steps`` the synchronised per-patch phase offsets (and, with
-    ``offset_fit_gains``, amplitude gains) are then fitted to the dataset's own patterns
-    (``phase_offsets``): the same patterns the network saw, nothing else.
+    With ``offset_fit`` (and ``sync_phase``) the synchronised per-patch phase offsets (and gains)
+    are then fitted to the dataset's own patterns (``phase_offsets``): the same patterns the
+    network saw, nothing else.
 
     Streams: patterns are read batch by batch, predicted crops wait in an unlinked scratch file in
     ``scratch_dir`` (default: the system's temporary directory; the job passes its run directory,
@@ -322,8 +324,8 @@ def reconstruct(model: PtychoModule, data: PtychoData, gridsize: int, neighbours
     illumination = np.abs(data.probe) ** 2
     with tempfile.TemporaryFile(prefix=".ptylab-crops-", dir=scratch_dir) as scratch:
         crops = predict_crops(model, data.diff3d, groups, crop, batch_size, device, scratch)
-        evidence = Evidence(data.diff3d, flat, data.xcoords, data.ycoords, data.probe, offset_fit_steps,
-                            offset_fit_lr, offset_fit_gains) if offset_fit_steps > 0 else None
+        evidence = (Evidence(data.diff3d, flat, data.xcoords, data.ycoords, data.probe, offset_fit)
+                    if offset_fit is not None and offset_fit.steps > 0 else None)
         return stitch(crops, data.xcoords[flat], data.ycoords[flat], data.obj.shape, crop, sync_phase,
                       illumination / illumination.max(), illuminated_bbox(data), tile_patches, evidence)
 
@@ -336,13 +338,11 @@ def reconstruct_from_bundle(bundle: Bundle, data: PtychoData, batch_size: int = 
     if info["N"] != data.N:
         raise ValueError(f"{bundle.path}: model expects {info['N']}x{info['N']} patterns, data has {data.N}")
     model = model_from_weights(bundle.models[info["model"]])
-    # Bundles written before the offset fit existed carry no key and reconstruct as they did.
+    offset_fit = OffsetFit.from_inference(info)
+    if offset_fit_steps is not None:
+        offset_fit = replace(offset_fit, steps=offset_fit_steps)
     return reconstruct(model, data, info["gridsize"], info["neighbours"], info.get("stitch_crop"), batch_size,
-                       device, info.get("sync_phase", True), tile_patches,
-                       offset_fit_steps=int(info.get("offset_fit_steps", 0) if offset_fit_steps is None
-                                            else offset_fit_steps),
-                       offset_fit_lr=float(info.get("offset_fit_lr", 0.02)),
-                       offset_fit_gains=bool(info.get("offset_fit_gains", False)))
+                       device, info.get("sync_phase", True), tile_patches, offset_fit=offset_fit)
 
 
 def write_reconstruction(out_dir: Path, stitched: Stitched, title: str) -> Path:

@@ -28,7 +28,7 @@ from ..config import PinnConfig, TrainConfig, validate
 from ..data import PtychoData
 from ..datasets import load_job_data
 from ..errors import PtylabError
-from ..evaluation import evaluate_reconstruction
+from ..evaluation import evaluate_reconstruction, offset_fit
 from ..figures import loss_curve
 from ..fileio import atomic_write_json, atomic_write_text
 from ..legacy_params import bridged, location_free
@@ -69,9 +69,7 @@ def save_bundle(cfg: DictConfig, tc: TrainConfig, run_dir: Path, model: PtychoMo
     inference = {
         "model": tc.model.name, "N": int(model.hparams["N"]), "gridsize": tc.gridsize,
         "neighbours": tc.model.neighbours, "stitch_crop": tc.eval.stitch_crop, "sync_phase": tc.eval.sync_phase,
-        "offset_fit_steps": tc.eval.offset_fit_steps if tc.eval.sync_phase else 0,
-        "offset_fit_lr": tc.eval.offset_fit_lr, "offset_fit_gains": tc.eval.offset_fit_gains,
-        "input_scale": float(model.input_scale.item()), "dose": tc.dose,
+        **offset_fit(tc.eval).inference(), "input_scale": float(model.input_scale.item()), "dose": tc.dose,
     }
     return save_model_bundle(run_dir / BUNDLE_NAME, model, tc.model.name, inference, location_free(params),
                              bundle_config_yaml(cfg))
