@@ -17,11 +17,13 @@ CONF = ROOT / "conf"
 # Small but real: 32 x 32 patterns from a 96 x 96 object, ~260 positions.
 SMALL_DATASET = {"N": 32, "object_size": 96, "probe_diameter": 11.0, "probe_blur": 1.0, "scan_step": 4.0}
 SMALL_OVERRIDES = [f"dataset.{k}={v}" for k, v in SMALL_DATASET.items()]
-# A tiny network and a short training for end-to-end tests.
+# A tiny network and a short training for end-to-end tests. Ten offset-fit steps, not 100: these
+# tests check the pipeline, and every evaluation fits twice (the network's patches and the flat
+# patches of the fit-alone reference); the full fit is tested in test_stitching and test_quality.
 TINY_TRAIN = [
     "model.base_filters=[8,16,32]", "model.width=1", "model.batch_size=8", "trainer.max_epochs=2",
     "++trainer.limit_train_batches=4", "++trainer.limit_val_batches=2", "trainer.enable_progress_bar=false",
-    "view.min_train_positions=16", "refine.steps=3",
+    "view.min_train_positions=16", "refine.steps=3", "eval.offset_fit_steps=10",
 ]
 
 

@@ -53,6 +53,7 @@ def test_wrong_choice_fails_at_composition_with_the_valid_ones(override, valid):
     (["gridsize=1", "model.oversample=2"], "model.oversample=2"),
     (["dataset.N=30"], "dataset.N=30"),
     (["model.val_fraction=1.0"], "model.val_fraction=1.0"),
+    (["eval.offset_fit_order=3"], "eval.offset_fit_order=3"),
 ])
 def test_out_of_range_values_are_refused_with_key_and_value(overrides, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):

@@ -141,7 +141,7 @@ def test_study_report_has_one_row_per_job_plots_and_html(sweep, tmp_path):
     assert (rep / "phase_ssim_vs_dose.png").is_file() and (rep / "amplitude_psnr_vs_dose.png").is_file()
     page = (rep / "study.html").read_text()
     assert page.count("<tr>") == 1 + 2 * 4 and "data:image/png;base64," in page
-    assert "below_flat" in (rep / "study.md").read_text()
+    assert "below_flat" in (rep / "study.md").read_text() and "below_fit_alone" in (rep / "study.md").read_text()
     assert "dense" in (rep / "study.md").read_text() and "sparse" in (rep / "study.md").read_text()
 
 

@@ -214,12 +214,13 @@ class EvalConfig:
     enabled: bool = True
     stitch_crop: int | None = None  # central region of each patch used for stitching (None: N/2)
     sync_phase: bool = True  # make per-patch phase offsets consistent before stitching
-    # Then fit them, and a gain per patch, to the test patterns (Poisson likelihood of the stitched
-    # object; 0 steps: off).
-    # One number per patch, so no detail is added: see ptylab.phase_offsets and docs/quality.md.
+    # Then fit them, a gain per patch and low-order shape terms, to the test patterns (Poisson
+    # likelihood of the stitched object; 0 steps: off). A few smooth terms per patch, so no detail
+    # is added: see ptylab.phase_offsets and docs/quality.md.
     offset_fit_steps: int = 100
     offset_fit_lr: float = 0.02
     offset_fit_gains: bool = True  # with one amplitude gain per patch (at a fifth of the lr)
+    offset_fit_order: int = 2  # per-patch polynomial: 0 offset only, 1 + ramps, 2 + curvature and astigmatism
     upsample_factor: int = 20  # sub-pixel registration precision: 1/upsample_factor px
     max_shift_px: float = 4.0  # larger registration shifts are refused (the reconstruction is not trusted)
     remove_phase_plane: bool = False
@@ -233,6 +234,7 @@ class EvalConfig:
         _check(self.batch_size >= 1, "eval.batch_size", self.batch_size, ">= 1")
         _check(self.offset_fit_steps >= 0, "eval.offset_fit_steps", self.offset_fit_steps, ">= 0")
         _check(self.offset_fit_lr > 0, "eval.offset_fit_lr", self.offset_fit_lr, "> 0")
+        _check(self.offset_fit_order in (0, 1, 2), "eval.offset_fit_order", self.offset_fit_order, "0, 1 or 2")
         if self.stitch_crop is not None:
             _check(self.stitch_crop >= 1, "eval.stitch_crop", self.stitch_crop, ">= 1 or null")
 
@@ -332,12 +334,15 @@ class ReconstructConfig:
     device: str = "cpu"
     tile_patches: int = 4096  # as eval.tile_patches
     offset_fit_steps: int | None = None  # as eval.offset_fit_steps; None: the bundle's setting
+    offset_fit_order: int | None = None  # as eval.offset_fit_order; None: the bundle's setting
 
     def __post_init__(self) -> None:
         _check(self.batch_size >= 1, "batch_size", self.batch_size, ">= 1")
         _check(self.tile_patches >= 16, "tile_patches", self.tile_patches, ">= 16")
         if self.offset_fit_steps is not None:
             _check(self.offset_fit_steps >= 0, "offset_fit_steps", self.offset_fit_steps, ">= 0 or null")
+        if self.offset_fit_order is not None:
+            _check(self.offset_fit_order in (0, 1, 2), "offset_fit_order", self.offset_fit_order, "0, 1, 2 or null")
 
 
 MODEL_SCHEMAS: dict[str, type] = {"pinn": PinnConfig, "supervised": SupervisedConfig}

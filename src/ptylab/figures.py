@@ -45,7 +45,9 @@ def complex_panels(path: str | Path, entries: dict[str, tuple[np.ndarray, np.nda
     """One column per entry: amplitude and phase, plus error maps against the entry's reference.
 
     ``entries`` maps a name to (image, reference or None); references may differ per column
-    (each method is scored on its own registered crop).
+    (each method is scored on its own registered crop). An image with a reference is shown on the
+    reference's value range, so columns compare by eye and a few wild pixels at a scan's edge do
+    not wash out the rest.
     """
     names = list(entries)
     with_errors = any(ref is not None for _, ref in entries.values())
@@ -54,6 +56,8 @@ def complex_panels(path: str | Path, entries: dict[str, tuple[np.ndarray, np.nda
     for col, name in enumerate(names):
         img, ref = entries[name]
         panels = [(np.abs(img), "amplitude", "gray"), (np.angle(img), "phase", "twilight")]
+        ranges = [None, None] if ref is None else [(float(np.min(f(ref))), float(np.max(f(ref))))
+                                                   for f in (np.abs, np.angle)]
         if ref is not None:
             panels += [(np.abs(img) - np.abs(ref), "amplitude error", "coolwarm"),
                        (np.angle(img * np.conj(ref)), "phase error", "coolwarm")]
@@ -67,7 +71,8 @@ def complex_panels(path: str | Path, entries: dict[str, tuple[np.ndarray, np.nda
                 lim = float(np.nanpercentile(np.abs(data), 99)) or 1.0
                 im = ax.imshow(data, cmap=cmap, vmin=-lim, vmax=lim)
             else:
-                im = ax.imshow(data, cmap=cmap)
+                vmin, vmax = ranges[row] or (None, None)
+                im = ax.imshow(data, cmap=cmap, vmin=vmin, vmax=vmax)
             ax.set_title(f"{name}: {label}", fontsize=9)
             fig.colorbar(im, ax=ax, fraction=0.046)
     fig.suptitle(title)

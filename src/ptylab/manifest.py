@@ -95,6 +95,7 @@ class JobRecord:
     metrics_path: str | None = None
     headline_metrics: dict[str, Any] | None = None
     flat_image_flags: list[str] | None = None
+    fit_alone_flags: list[str] | None = None  # scores the offset fit on flat patches reaches too
     refined: dict[str, Any] | None = None  # the refined arm: steps, time, headline scores, flags
     resumed_from: str | None = None  # the checkpoint this run continued from
     reused: bool = False

@@ -153,10 +153,11 @@ def flat_baseline(target: np.ndarray) -> dict[str, float]:
     }
 
 
-def beats_flat(scores: dict[str, Any]) -> dict[str, bool]:
-    """Per score (SSIM, PSNR, correlation), whether the reconstruction beats the flat image."""
-    flat = scores["flat"]
-    return {k: bool(scores[k] > flat[k]) for k in ("ssim", "psnr", "pearson")}
+def beats(scores: dict[str, Any], reference: str) -> dict[str, bool]:
+    """Per score (SSIM, PSNR, correlation), whether the reconstruction beats a reference's scores
+    (``scores[reference]``: the flat image, or the offset fit on flat patches)."""
+    ref = scores[reference]
+    return {k: bool(scores[k] > ref[k]) for k in ("ssim", "psnr", "pearson")}
 
 
 def score_image(pred: np.ndarray, target: np.ndarray) -> dict[str, Any]:

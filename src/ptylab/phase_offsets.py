@@ -1,4 +1,4 @@
-"""Per-patch phase offsets (and amplitude gains) fitted to the measured diffraction.
+"""Per-patch phase offsets, amplitude gains and low-order shape corrections fitted to the data.
 
 A diffraction pattern is blind to its patch's absolute phase, so a network that predicts each patch
 from its own pattern leaves one phase offset per patch undetermined. Overlap agreement (spectral
@@ -10,8 +10,18 @@ and so the diffraction the stitched object predicts at every position. This modu
 offsets, one number per patch, to minimise the Poisson likelihood of the measured patterns given
 the stitched object, starting from the synchronised ones, and with them one amplitude gain per
 patch (a pattern's total counts fix its patch's brightness; the network's brightness errors showed
-as a grid at the patch spacing). Nothing else about the patches changes, so it adds no detail the
-network did not predict; it only weighs and places what was predicted.
+as a grid at the patch spacing).
+
+With ``order`` 1 or 2 each patch's phase and log-amplitude also get a low-order polynomial in the
+patch's own coordinates (ramps; curvature and astigmatism). The network's errors are partly the
+same in every patch, relative to the probe (a phase bowl where the probe is defocused): averaged
+over a raster they print a grid at the scan step (3 px on the embedded data), which no single
+offset per patch removes. A ramp shifts a patch's diffraction and a curvature reshapes it, so the
+patterns determine these terms as they do the offsets. Still nothing is added at the patches'
+resolution: five smooth terms per patch, never a pixel. But patches overlap every few pixels, so
+the sum of their smooth terms can vary on the scale of the scan step: the fit is a small iterative
+solve in its own right (on the default job it reaches phase correlation 0.91 from flat patches).
+Evaluation therefore scores it on flat patches beside every network (``evaluation.fit_alone_scores``).
 """
 
 from __future__ import annotations
@@ -33,6 +43,11 @@ CHUNK = 256
 # Gains move five times slower than phases. At the phases' rate they absorbed noise: amplitude
 # SSIM fell by 0.03 (1e4) to 0.06 (1e3) on the default job; at a fifth it rose (docs/quality.md).
 GAIN_LR_FACTOR = 0.2
+# The phase's shape terms (order >= 1) move faster than the offset: a term's change per step is
+# about the learning rate at the crop's edge (coordinates +-1), and patch-shaped phase errors are
+# larger than that lets them fix in 100 steps. The factor was chosen on the default job's training
+# half, then checked without change elsewhere (docs/quality.md).
+SHAPE_LR_FACTOR = 10.0
 
 
 @dataclass(frozen=True)
@@ -43,17 +58,28 @@ class OffsetFit:
     steps: int = 100
     lr: float = 0.02
     gains: bool = True  # also fit one amplitude gain per patch
+    order: int = 2  # polynomial order per patch: 0 offset (and gain), 1 + ramps, 2 + curvature, astigmatism
 
     def inference(self) -> dict[str, Any]:
         """The bundle's inference keys for these settings."""
-        return {"offset_fit_steps": self.steps, "offset_fit_lr": self.lr, "offset_fit_gains": self.gains}
+        return {"offset_fit_steps": self.steps, "offset_fit_lr": self.lr, "offset_fit_gains": self.gains,
+                "offset_fit_order": self.order}
 
     @classmethod
     def from_inference(cls, info: dict[str, Any]) -> OffsetFit:
-        """The settings a bundle recorded; bundles written before the fit existed carry no keys
-        and reconstruct as they did (no fit)."""
+        """The settings a bundle recorded; bundles written before the fit (or before its shape
+        terms) existed lack the keys and reconstruct as they did (no fit; offsets only)."""
         return cls(int(info.get("offset_fit_steps", 0)), float(info.get("offset_fit_lr", cls.lr)),
-                   bool(info.get("offset_fit_gains", False)))
+                   bool(info.get("offset_fit_gains", False)), int(info.get("offset_fit_order", 0)))
+
+
+def shape_basis(u: torch.Tensor, v: torch.Tensor, order: int) -> torch.Tensor:
+    """(K, ...) polynomial terms of patch coordinates (u, v) (+-1 at the crop's edge), without the
+    constant: order 1 the ramps u, v; order 2 also curvature u^2 + v^2 and astigmatism u^2 - v^2, 2uv."""
+    terms = [u, v] if order >= 1 else []
+    if order >= 2:
+        terms += [u * u + v * v, u * u - v * v, 2 * u * v]
+    return torch.stack(terms) if terms else u.new_zeros((0, *u.shape))
 
 
 @dataclass
@@ -74,12 +100,15 @@ class Evidence:
 
 
 def fit_offsets(canvas_of: Callable[[torch.Tensor], torch.Tensor], start: torch.Tensor, evidence: Evidence,
-                patterns: np.ndarray, origin: tuple[int, int]) -> torch.Tensor:
-    """Per-patch complex factors (M,) (unit modulus unless ``evidence.fit.gains``) that minimise the
-    Poisson NLL of ``patterns`` given the stitched canvas.
+                patterns: np.ndarray, origin: tuple[int, int],
+                coords: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Per-patch complex factors (unit modulus unless ``evidence.fit.gains``) that minimise the
+    Poisson NLL of ``patterns`` given the stitched canvas: (M,) at order 0, else (M, S), one per
+    placed pixel.
 
-    ``canvas_of(factors)`` is the (H, W) complex stitched object for given per-patch factors (it
-    must be differentiable); ``start`` (M,) the synchronised phasors; ``patterns`` the indices of
+    ``canvas_of(factors)`` is the (H, W) complex stitched object for given factors (it must be
+    differentiable); ``start`` (M,) the synchronised phasors; ``coords`` (u, v), each (M, S), the
+    placed pixels' patch coordinates (``shape_basis``); ``patterns`` the indices of
     the patterns that lie on this canvas, whose positions are shifted by ``origin`` (row, col) of
     the canvas. The intensity scale between model and counts is fitted once at the start (the
     Poisson optimum for a fixed object), so the fit needs no ``intensity_scale``.
@@ -98,16 +127,25 @@ def fit_offsets(canvas_of: Callable[[torch.Tensor], torch.Tensor], start: torch.
         canvas0 = canvas_of(start).to(torch.complex64)
         scale = float(obs.sum()) / max(float(sum(unit_counts(canvas0, sl).sum() for sl in chunks)), 1e-30)
 
-    theta = torch.angle(start).detach().clone().requires_grad_(True)
     fit = evidence.fit
+    basis = shape_basis(*coords, fit.order)  # (K, M, S)
+    theta = torch.angle(start).detach().clone().requires_grad_(True)
     log_gain = torch.zeros_like(theta, requires_grad=fit.gains)
+    phase_shape = torch.zeros(len(basis), len(theta), dtype=theta.dtype, requires_grad=True)
+    gain_shape = torch.zeros(len(basis), len(theta), dtype=theta.dtype, requires_grad=fit.gains)
     groups: list[dict[str, object]] = [{"params": [theta]}]
+    if fit.order > 0:
+        groups.append({"params": [phase_shape], "lr": fit.lr * SHAPE_LR_FACTOR})
     if fit.gains:
-        groups.append({"params": [log_gain], "lr": fit.lr * GAIN_LR_FACTOR})
+        groups.append({"params": [log_gain, gain_shape] if fit.order > 0 else [log_gain],
+                       "lr": fit.lr * GAIN_LR_FACTOR})
     opt = torch.optim.Adam(groups, lr=fit.lr)
 
     def factors() -> torch.Tensor:
-        return torch.polar(torch.exp(log_gain), theta)
+        if fit.order == 0:
+            return torch.polar(torch.exp(log_gain), theta)
+        phase = theta[:, None] + torch.einsum("km,kms->ms", phase_shape, basis)
+        return torch.polar(torch.exp(log_gain[:, None] + torch.einsum("km,kms->ms", gain_shape, basis)), phase)
 
     first = last = float("nan")
     for step in range(fit.steps):

@@ -112,9 +112,17 @@ class Placement:
         return torch.zeros(self.size, dtype=torch.float64).index_add_(0, self.index.ravel(), self.weights.ravel())
 
     def value_sum(self, phasors: torch.Tensor | None = None) -> torch.Tensor:
-        """Accumulated (phase-adjusted) values per canvas pixel."""
-        vals = self.values if phasors is None else self.values * phasors[:, None]
+        """Accumulated values per canvas pixel, each patch times its factor (M,) or per-pixel factors (M, S)."""
+        vals = self.values if phasors is None else self.values * (phasors if phasors.ndim == 2 else phasors[:, None])
         return torch.zeros(self.size, dtype=torch.complex128).index_add_(0, self.index.ravel(), vals.ravel())
+
+    def patch_coords(self, x: np.ndarray, y: np.ndarray, width: int, crop: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each placed pixel's (u, v) offset from its patch's position (x, y) on a canvas ``width``
+        wide, in half crops (+-1 at the crop's edge)."""
+        half = crop / 2
+        u = ((self.index % width).double() - torch.from_numpy(np.asarray(x, np.float64))[:, None]) / half
+        v = ((self.index // width).double() - torch.from_numpy(np.asarray(y, np.float64))[:, None]) / half
+        return u, v
 
     def inverse_weight(self) -> torch.Tensor:
         """1 / accumulated weight per canvas pixel, zero where the weight is negligible: the
@@ -217,7 +225,8 @@ def _stitch_tile(crops: np.ndarray, x: np.ndarray, y: np.ndarray, shape: tuple[i
     if phasors is not None and evidence is not None and evidence.fit.steps > 0:
         inv_weight = placement.inverse_weight()  # the same at every step: computed once
         phasors = fit_offsets(lambda ph: (placement.value_sum(ph) * inv_weight).reshape(r1 - r0, c1 - c0), phasors,
-                              evidence, np.unique(evidence.pattern[patch_index]), (r0, c0))
+                              evidence, np.unique(evidence.pattern[patch_index]), (r0, c0),
+                              placement.patch_coords(x - c0, y - r0, c1 - c0, crop))
     return _Tile((r0, r1, c0, c1), placement.value_sum(phasors).reshape(r1 - r0, c1 - c0).numpy(),
                  placement.weight_sum().reshape(r1 - r0, c1 - c0).numpy())
 
@@ -304,15 +313,17 @@ def scanned_bbox(x: np.ndarray, y: np.ndarray, crop: float, shape: tuple[int, in
             max(0, math.floor(x.min() - half + 1)), min(w, math.ceil(x.max() + half)))
 
 
-def reconstruct(model: PtychoModule, data: PtychoData, gridsize: int, neighbours: int, crop: int | None,
+def reconstruct(model: PtychoModule | None, data: PtychoData, gridsize: int, neighbours: int, crop: int | None,
                 batch_size: int = 64, device: str | torch.device = "cpu", sync_phase: bool = True,
                 tile_patches: int = DEFAULT_TILE_PATCHES, scratch_dir: Path | None = None,
                 offset_fit: OffsetFit | None = None) -> Stitched:
     """Group the dataset's positions as in training (one group per anchor), predict, stitch.
 
-    With ``offset_fit`` (and ``sync_phase``) the synchronised per-patch phase offsets (and gains)
-    are then fitted to the dataset's own patterns (``phase_offsets``): the same patterns the
-    network saw, nothing else.
+    With ``offset_fit`` (and ``sync_phase``) the synchronised per-patch phase offsets (and gains,
+    and shape terms) are then fitted to the dataset's own patterns (``phase_offsets``): the same
+    patterns the network saw, nothing else. With no ``model`` every patch is flat (amplitude 1,
+    phase 0): what the fit reconstructs on its own, the reference a network must beat
+    (``evaluation.fit_alone_scores``).
 
     Streams: patterns are read batch by batch, predicted crops wait in an unlinked scratch file in
     ``scratch_dir`` (default: the system's temporary directory; the job passes its run directory,
@@ -323,7 +334,10 @@ def reconstruct(model: PtychoModule, data: PtychoData, gridsize: int, neighbours
     crop = crop or data.N // 2
     illumination = np.abs(data.probe) ** 2
     with tempfile.TemporaryFile(prefix=".ptylab-crops-", dir=scratch_dir) as scratch:
-        crops = predict_crops(model, data.diff3d, groups, crop, batch_size, device, scratch)
+        if model is None:  # a read-only view: no memory per patch, as with the scratch file
+            crops = np.broadcast_to(np.ones((1, crop, crop), np.complex64), (len(flat), crop, crop))
+        else:
+            crops = predict_crops(model, data.diff3d, groups, crop, batch_size, device, scratch)
         evidence = (Evidence(data.diff3d, flat, data.xcoords, data.ycoords, data.probe, offset_fit)
                     if offset_fit is not None and offset_fit.steps > 0 else None)
         return stitch(crops, data.xcoords[flat], data.ycoords[flat], data.obj.shape, crop, sync_phase,
@@ -332,8 +346,9 @@ def reconstruct(model: PtychoModule, data: PtychoData, gridsize: int, neighbours
 
 def reconstruct_from_bundle(bundle: Bundle, data: PtychoData, batch_size: int = 64,
                             device: str | torch.device = "cpu", tile_patches: int = DEFAULT_TILE_PATCHES,
-                            offset_fit_steps: int | None = None) -> Stitched:
-    """Reconstruct ``data`` as the bundle's run did; ``offset_fit_steps`` overrides its setting."""
+                            offset_fit_steps: int | None = None, offset_fit_order: int | None = None) -> Stitched:
+    """Reconstruct ``data`` as the bundle's run did; ``offset_fit_steps`` and ``offset_fit_order``
+    override its settings."""
     info = bundle.inference
     if info["N"] != data.N:
         raise ValueError(f"{bundle.path}: model expects {info['N']}x{info['N']} patterns, data has {data.N}")
@@ -341,6 +356,8 @@ def reconstruct_from_bundle(bundle: Bundle, data: PtychoData, batch_size: int = 
     offset_fit = OffsetFit.from_inference(info)
     if offset_fit_steps is not None:
         offset_fit = replace(offset_fit, steps=offset_fit_steps)
+    if offset_fit_order is not None:
+        offset_fit = replace(offset_fit, order=offset_fit_order)
     return reconstruct(model, data, info["gridsize"], info["neighbours"], info.get("stitch_crop"), batch_size,
                        device, info.get("sync_phase", True), tile_patches, offset_fit=offset_fit)
 

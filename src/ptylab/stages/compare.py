@@ -22,9 +22,12 @@ from ..refine import REFINE_DIR
 from ..tables import csv_text, markdown_lines
 
 log = logging.getLogger(__name__)
-COLUMNS = ["method", "dose", "view", "status", "reason", "amplitude_ssim", "amplitude_flat_ssim", "amplitude_corr",
-           "amplitude_psnr", "amplitude_frc50_px", "phase_ssim", "phase_flat_ssim", "phase_corr", "phase_psnr",
-           "phase_frc50_px", "train_s", "reconstruct_s", "iterations", "source"]
+# Beside each SSIM, what a flat image and the stitching's offset fit on flat patches score (the
+# fit-alone reference exists for network methods only; see ptylab.evaluation.fit_alone_scores).
+COLUMNS = ["method", "dose", "view", "status", "reason", "amplitude_ssim", "amplitude_flat_ssim",
+           "amplitude_fit_alone_ssim", "amplitude_corr", "amplitude_psnr", "amplitude_frc50_px", "phase_ssim",
+           "phase_flat_ssim", "phase_fit_alone_ssim", "phase_corr", "phase_psnr", "phase_frc50_px", "train_s",
+           "reconstruct_s", "iterations", "source"]
 
 
 def method_name(context: dict[str, Any]) -> str:

@@ -20,8 +20,9 @@ from ..tables import cell, csv_text, markdown_lines
 
 METRICS = ["amplitude_ssim", "phase_ssim", "amplitude_corr", "phase_corr", "amplitude_psnr", "phase_psnr",
            "amplitude_frc50_px", "phase_frc50_px"]
-COLUMNS = ["dose", "view", "model", "gridsize", "status", *METRICS, "below_flat", "amplitude_flat_ssim",
-           "phase_flat_ssim", "amplitude_ms_ssim", "phase_ms_ssim", "amplitude_mae", "phase_mae", "epochs", "steps",
+COLUMNS = ["dose", "view", "model", "gridsize", "status", *METRICS, "below_flat", "below_fit_alone",
+           "amplitude_flat_ssim", "phase_flat_ssim", "amplitude_fit_alone_ssim", "phase_fit_alone_ssim",
+           "amplitude_ms_ssim", "phase_ms_ssim", "amplitude_mae", "phase_mae", "epochs", "steps",
            "duration_s", "bundle_sha256", "run_dir", "reason"]
 
 
@@ -52,12 +53,14 @@ def job_rows(sweep_dir: Path) -> list[dict[str, Any]]:
 
 
 def _scored(row: dict[str, Any], metrics_path: Path, status: str) -> dict[str, Any]:
-    """The row with its scores; ``below_flat`` counts the scores that do not beat a flat image."""
+    """The row with its scores; ``below_flat`` counts the scores that do not beat a flat image,
+    ``below_fit_alone`` those the offset fit reaches on flat patches too."""
     row = dict(row)
     if status == "succeeded" and metrics_path.is_file():
         metrics = json.loads(metrics_path.read_text())
         row.update({k: v for k, v in metrics["headline"].items() if k in row})
         row["below_flat"] = len(metrics.get("flat_image_flags", []))
+        row["below_fit_alone"] = len(metrics.get("fit_alone_flags", []))
         for part in ("amplitude", "phase"):
             row[f"{part}_ms_ssim"] = metrics[part].get("ms_ssim")
             row[f"{part}_mae"] = metrics[part].get("mae")
@@ -89,10 +92,12 @@ def write_report(sweep_dir: Path, out_dir: Path) -> dict[str, Any]:
     rows = sorted(job_rows(sweep_dir) + lsqml_rows(sweep_dir),
                   key=lambda r: (r["dose"] or 0, r["view"] or "", r["model"], str(r["gridsize"])))
     atomic_write_text(out_dir / "study.csv", csv_text(rows, COLUMNS))
-    shown = ["dose", "view", "model", "gridsize", "status", *METRICS, "below_flat"]
+    shown = ["dose", "view", "model", "gridsize", "status", *METRICS, "below_flat", "below_fit_alone"]
     md = markdown_lines(rows, shown)
     md += ["", "below_flat: how many of the six scores (SSIM, PSNR, correlation; amplitude and phase) do not beat "
-           "a flat image of the truth's mean on the same region; anything above 0 is flagged, not a success."]
+           "a flat image of the truth's mean on the same region; anything above 0 is flagged, not a success.",
+           "below_fit_alone: how many of them do not beat the stitching's offset fit applied to flat patches (no "
+           "network): for those, the fit to the test patterns, not the network, made the score."]
     problems = [r for r in rows if r["status"] != "succeeded"]
     if problems:
         md += ["", "Jobs that did not succeed:", ""]

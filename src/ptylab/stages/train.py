@@ -28,7 +28,7 @@ from ..config import PinnConfig, TrainConfig, validate
 from ..data import PtychoData
 from ..datasets import load_job_data
 from ..errors import PtylabError
-from ..evaluation import evaluate_reconstruction, offset_fit
+from ..evaluation import FIT_ALONE, evaluate_reconstruction, offset_fit
 from ..figures import loss_curve
 from ..fileio import atomic_write_json, atomic_write_text
 from ..legacy_params import bridged, location_free
@@ -75,28 +75,33 @@ def save_bundle(cfg: DictConfig, tc: TrainConfig, run_dir: Path, model: PtychoMo
                              bundle_config_yaml(cfg))
 
 
-def evaluate(tc: TrainConfig, run_dir: Path, model: PtychoModule, test: PtychoData, record: JobRecord) -> None:
-    """Reconstruct the test split and score it (skipped when ``eval.enabled`` is false)."""
+def evaluate(tc: TrainConfig, run_dir: Path, model: PtychoModule, test: PtychoData,
+             record: JobRecord) -> dict[str, Any] | None:
+    """Reconstruct the test split and score it (skipped when ``eval.enabled`` is false); the
+    offset fit's own scores on flat patches, for the refined arm to reuse."""
     if not tc.eval.enabled:
-        return
+        return None
     metrics = evaluate_reconstruction(model, test, tc.gridsize, tc.model.neighbours, tc.eval, run_dir, record.label)
     record.metrics_path = "metrics.json"
     record.headline_metrics = metrics["headline"]
     record.flat_image_flags = metrics["flat_image_flags"]
+    record.fit_alone_flags = metrics["fit_alone_flags"]
+    return {part: metrics[part][FIT_ALONE] for part in ("amplitude", "phase") if FIT_ALONE in metrics[part]} or None
 
 
 def evaluate_refined(cfg: DictConfig, tc: TrainConfig, run_dir: Path, model: PtychoModule, test: PtychoData,
-                     record: JobRecord) -> None:
+                     record: JobRecord, fit_alone: dict[str, Any] | None) -> None:
     """The refined arm (PINN only): fine-tune on the test diffraction, score it under its own name."""
     if not (tc.refine.enabled and tc.eval.enabled and isinstance(tc.model, PinnConfig)):
         return
     tuned, outcome = refine(model, tc.model, tc.refine, tc.gridsize, tc.seed, test, trainer_kwargs(cfg), run_dir)
     out = run_dir / REFINE_DIR
     metrics = evaluate_reconstruction(tuned, test, tc.gridsize, tc.model.neighbours, tc.eval, out,
-                                      f"{record.label} refined")
+                                      f"{record.label} refined", fit_alone)
     record.refined = {"metrics_path": f"{REFINE_DIR}/metrics.json", "steps": outcome.steps,
                       "refine_s": outcome.train_s, "loss_history": outcome.loss_history,
-                      "headline_metrics": metrics["headline"], "flat_image_flags": metrics["flat_image_flags"]}
+                      "headline_metrics": metrics["headline"], "flat_image_flags": metrics["flat_image_flags"],
+                      "fit_alone_flags": metrics["fit_alone_flags"]}
 
 
 def write_skip_summary(run_dir: Path, sel: ViewSelection, context: dict[str, Any]) -> None:
@@ -191,8 +196,8 @@ def _run_locked(cfg: DictConfig, run_dir: Path) -> JobRecord:
                     model = train(cfg, tc, run_dir, train_data, record)
                     record.bundle_sha256 = save_bundle(cfg, tc, run_dir, model, dict(params))
                     record.bundle_path = BUNDLE_NAME
-                    evaluate(tc, run_dir, model, test_data, record)
-                    evaluate_refined(cfg, tc, run_dir, model, test_data, record)
+                    fit_alone = evaluate(tc, run_dir, model, test_data, record)
+                    evaluate_refined(cfg, tc, run_dir, model, test_data, record, fit_alone)
                     status = Status.succeeded
     except (JobInterrupted, SIGTERMException) as exc:
         status, error = Status.interrupted, f"interrupted: {exc or 'SIGTERM'}; re-run the same command to resume"
@@ -234,6 +239,10 @@ def summary_line(record: JobRecord) -> str:
     reused = " (already finished; reused)" if record.reused else ""
     flags = record.flat_image_flags or []
     warn = f" WARNING: {len(flags)} score(s) do not beat a flat image ({'; '.join(flags)})" if flags else ""
+    fit_flags = record.fit_alone_flags or []
+    if fit_flags:
+        warn += (f" WARNING: {len(fit_flags)} score(s) do not beat the offset fit on flat patches, so the fit, "
+                 f"not the network, made them ({'; '.join(fit_flags)})")
     line = f"{record.label} bundle {record.bundle_path} sha256 {record.bundle_sha256}{extra}{reused}{warn}"
     if record.refined:
         ref = record.refined["headline_metrics"]
