@@ -221,6 +221,9 @@ class EvalConfig:
     offset_fit_lr: float = 0.02
     offset_fit_gains: bool = True  # with one amplitude gain per patch (at a fifth of the lr)
     offset_fit_order: int = 2  # per-patch polynomial: 0 offset only, 1 + ramps, 2 + curvature and astigmatism
+    # Also score the fit on flat patches (no network), the reference a network must beat; it costs
+    # about one more stitching and fit (off for scans so large that this matters).
+    fit_alone: bool = True
     upsample_factor: int = 20  # sub-pixel registration precision: 1/upsample_factor px
     max_shift_px: float = 4.0  # larger registration shifts are refused (the reconstruction is not trusted)
     remove_phase_plane: bool = False

@@ -187,7 +187,7 @@ def evaluate_reconstruction(model: PtychoModule, test: PtychoData, gridsize: int
                            offset_fit=fit)
     infer_s = time.perf_counter() - t0
     scores = score_reconstruction(stitched, test.obj, cfg)
-    if fit.steps > 0:
+    if fit.steps > 0 and cfg.fit_alone:
         fit_alone = fit_alone or fit_alone_scores(test, gridsize, neighbours, cfg, run_dir)
         for part in ("amplitude", "phase"):
             scores[part][FIT_ALONE] = fit_alone[part]

@@ -260,13 +260,13 @@ def memory_by_positions(counts: tuple[int, ...], work: Path, n: int = 64,
     """Peak memory of a short training (5 steps) and the evaluation of the whole file (every
     position predicted, stitched and scored), on files of ``counts`` positions. Two offset-fit
     steps: every step holds the same memory, and the default 100 would take most of an hour at
-    200k positions on a CPU."""
+    200k positions on a CPU; no fit-alone reference, which repeats the same tiled stitching."""
     out = {}
     for m in counts:
         data = write_synthetic_scan(work / f"scan_{m}.npz", m, n)
         job = ["dataset=npz", f"dataset.train_file={data}", f"dataset.test_file={data}", "view=full", "gridsize=1",
                "trainer.max_epochs=1", "++trainer.limit_train_batches=5", "++trainer.limit_val_batches=1",
-               "refine.enabled=false", "dose=1000", "eval.offset_fit_steps=2", *extra]
+               "refine.enabled=false", "dose=1000", "eval.offset_fit_steps=2", "eval.fit_alone=false", *extra]
         run = _run_job_subprocess(job, work / f"memory_{m}")
         out[str(m)] = {"peak_anon_mb": round(run.peak_anon_mb, 1), "peak_rss_mb": round(run.peak_rss_mb, 1),
                        "file_mb": round(data.stat().st_size / 2**20, 1), "job_s": round(run.wall_s, 1)}
