@@ -350,7 +350,8 @@ def run_benchmark(args: BenchmarkConfig) -> dict[str, Any]:
 
     if not args.skip_default_job:
         job = [*DEFAULT_JOB, *extra] + (["trainer.max_epochs=1", "++trainer.limit_train_batches=3",
-                                         "++trainer.limit_val_batches=1", "refine.steps=3"] if args.quick else [])
+                                         "++trainer.limit_val_batches=1", "refine.steps=3",
+                                         "eval.offset_fit_steps=10"] if args.quick else [])
         default = _run_job_subprocess(job, work / "default")
         out["default_job_s"], out["peak_rss_mb"] = default.wall_s, default.peak_rss_mb
     if not args.skip_scaling and not args.quick:
