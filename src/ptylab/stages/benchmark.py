@@ -30,7 +30,7 @@ from ..bundle import BUNDLE_NAME, bundle_config_yaml, load_bundle, save_model_bu
 from ..cli import CONF_DIR
 from ..config import EvalConfig, ModelConfig, TrainConfig, validate
 from ..data import PtychoData
-from ..evaluation import score_reconstruction
+from ..evaluation import offset_fit, score_reconstruction
 from ..fileio import atomic_write_text
 from ..grouping import group_positions
 from ..models import PINN, build_model
@@ -320,9 +320,10 @@ def run_benchmark(args: BenchmarkConfig) -> dict[str, Any]:
     if bundle_path is None:
         bundle_path = work / "bundle" / BUNDLE_NAME
         bundle_path.parent.mkdir()
+        # The job's own stitching settings, offset fit included, so reconstruct_s times what a job runs.
         inference = {"model": "pinn", "N": train.N, "gridsize": int(cfg.gridsize), "neighbours": model_cfg.neighbours,
-                     "stitch_crop": None, "sync_phase": True, "input_scale": float(trained.input_scale.item()),
-                     "dose": float(cfg.dose)}
+                     "stitch_crop": None, "sync_phase": True, **offset_fit(typed.eval).inference(),
+                     "input_scale": float(trained.input_scale.item()), "dose": float(cfg.dose)}
         save_model_bundle(bundle_path, trained, "pinn", inference, {}, bundle_config_yaml(cfg))
     bundle = load_bundle(bundle_path)
     reconstruct_from_bundle(bundle, test, device=device)  # warm-up
