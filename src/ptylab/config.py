@@ -207,6 +207,10 @@ class PathsConfig:
     cache_dir: str = "${paths.output_root}/cache"
 
 
+# Polynomial orders of the offset fit's per-patch shape terms (ptylab.phase_offsets.shape_basis).
+OFFSET_FIT_ORDERS = (0, 1, 2)
+
+
 @dataclass
 class EvalConfig:
     """Reconstruction of the test split and its scoring."""
@@ -237,7 +241,8 @@ class EvalConfig:
         _check(self.batch_size >= 1, "eval.batch_size", self.batch_size, ">= 1")
         _check(self.offset_fit_steps >= 0, "eval.offset_fit_steps", self.offset_fit_steps, ">= 0")
         _check(self.offset_fit_lr > 0, "eval.offset_fit_lr", self.offset_fit_lr, "> 0")
-        _check(self.offset_fit_order in (0, 1, 2), "eval.offset_fit_order", self.offset_fit_order, "0, 1 or 2")
+        _check(self.offset_fit_order in OFFSET_FIT_ORDERS, "eval.offset_fit_order", self.offset_fit_order,
+               f"one of {OFFSET_FIT_ORDERS}")
         if self.stitch_crop is not None:
             _check(self.stitch_crop >= 1, "eval.stitch_crop", self.stitch_crop, ">= 1 or null")
 
@@ -345,7 +350,8 @@ class ReconstructConfig:
         if self.offset_fit_steps is not None:
             _check(self.offset_fit_steps >= 0, "offset_fit_steps", self.offset_fit_steps, ">= 0 or null")
         if self.offset_fit_order is not None:
-            _check(self.offset_fit_order in (0, 1, 2), "offset_fit_order", self.offset_fit_order, "0, 1, 2 or null")
+            _check(self.offset_fit_order in OFFSET_FIT_ORDERS, "offset_fit_order", self.offset_fit_order,
+                   f"one of {OFFSET_FIT_ORDERS} or null")
 
 
 MODEL_SCHEMAS: dict[str, type] = {"pinn": PinnConfig, "supervised": SupervisedConfig}

@@ -25,7 +25,7 @@ from .fileio import atomic_write_json, atomic_write_with
 from .metrics import PSNR_CAP_DB, beats, score_image
 from .models import PtychoModule
 from .phase_offsets import OffsetFit
-from .stitching import Stitched, reconstruct
+from .stitching import Stitched, reconstruct, reconstruct_flat
 
 log = logging.getLogger(__name__)
 
@@ -132,8 +132,7 @@ def fit_alone_flags(scores: dict[str, Any]) -> list[str]:
     return _flags(scores, FIT_ALONE, "the offset fit on flat patches")
 
 
-def fit_alone_scores(test: PtychoData, gridsize: int, neighbours: int, cfg: EvalConfig,
-                     run_dir: Path) -> dict[str, dict[str, float]]:
+def fit_alone_scores(test: PtychoData, gridsize: int, neighbours: int, cfg: EvalConfig) -> dict[str, dict[str, float]]:
     """SSIM, PSNR and correlation of the offset fit applied to flat patches (no network).
 
     The fit (offsets, gains and shape terms per patch, ``phase_offsets``) is itself a small
@@ -141,8 +140,8 @@ def fit_alone_scores(test: PtychoData, gridsize: int, neighbours: int, cfg: Eval
     from flat patches (docs/quality.md). Scoring it beside every network shows what the network
     adds, as the flat image shows what any reconstruction adds.
     """
-    stitched = reconstruct(None, test, gridsize, neighbours, cfg.stitch_crop, sync_phase=cfg.sync_phase,
-                           tile_patches=cfg.tile_patches, scratch_dir=run_dir, offset_fit=offset_fit(cfg))
+    stitched = reconstruct_flat(test, gridsize, neighbours, cfg.stitch_crop, cfg.sync_phase, cfg.tile_patches,
+                                offset_fit(cfg))
     scores = score_reconstruction(stitched, test.obj, cfg)
     return {part: {k: scores[part][k] for k in ("ssim", "psnr", "pearson")} for part in ("amplitude", "phase")}
 
@@ -188,7 +187,7 @@ def evaluate_reconstruction(model: PtychoModule, test: PtychoData, gridsize: int
     infer_s = time.perf_counter() - t0
     scores = score_reconstruction(stitched, test.obj, cfg)
     if fit.steps > 0 and cfg.fit_alone:
-        fit_alone = fit_alone or fit_alone_scores(test, gridsize, neighbours, cfg, run_dir)
+        fit_alone = fit_alone or fit_alone_scores(test, gridsize, neighbours, cfg)
         for part in ("amplitude", "phase"):
             scores[part][FIT_ALONE] = fit_alone[part]
     extra = {"inference_s": round(infer_s, 3), "evaluate_s": round(time.perf_counter() - t0, 3),

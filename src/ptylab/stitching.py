@@ -313,7 +313,7 @@ def scanned_bbox(x: np.ndarray, y: np.ndarray, crop: float, shape: tuple[int, in
             max(0, math.floor(x.min() - half + 1)), min(w, math.ceil(x.max() + half)))
 
 
-def reconstruct(model: PtychoModule | None, data: PtychoData, gridsize: int, neighbours: int, crop: int | None,
+def reconstruct(model: PtychoModule, data: PtychoData, gridsize: int, neighbours: int, crop: int | None,
                 batch_size: int = 64, device: str | torch.device = "cpu", sync_phase: bool = True,
                 tile_patches: int = DEFAULT_TILE_PATCHES, scratch_dir: Path | None = None,
                 offset_fit: OffsetFit | None = None) -> Stitched:
@@ -321,27 +321,40 @@ def reconstruct(model: PtychoModule | None, data: PtychoData, gridsize: int, nei
 
     With ``offset_fit`` (and ``sync_phase``) the synchronised per-patch phase offsets (and gains,
     and shape terms) are then fitted to the dataset's own patterns (``phase_offsets``): the same
-    patterns the network saw, nothing else. With no ``model`` every patch is flat (amplitude 1,
-    phase 0): what the fit reconstructs on its own, the reference a network must beat
-    (``evaluation.fit_alone_scores``).
+    patterns the network saw, nothing else.
 
     Streams: patterns are read batch by batch, predicted crops wait in an unlinked scratch file in
     ``scratch_dir`` (default: the system's temporary directory; the job passes its run directory,
     since /tmp may be memory-backed), and stitching works tile by tile.
     """
     groups = group_positions(data.xcoords, data.ycoords, gridsize, neighbours)
-    flat = groups.indices.ravel()
     crop = crop or data.N // 2
-    illumination = np.abs(data.probe) ** 2
     with tempfile.TemporaryFile(prefix=".ptylab-crops-", dir=scratch_dir) as scratch:
-        if model is None:  # a read-only view: no memory per patch, as with the scratch file
-            crops = np.broadcast_to(np.ones((1, crop, crop), np.complex64), (len(flat), crop, crop))
-        else:
-            crops = predict_crops(model, data.diff3d, groups, crop, batch_size, device, scratch)
-        evidence = (Evidence(data.diff3d, flat, data.xcoords, data.ycoords, data.probe, offset_fit)
-                    if offset_fit is not None and offset_fit.steps > 0 else None)
-        return stitch(crops, data.xcoords[flat], data.ycoords[flat], data.obj.shape, crop, sync_phase,
-                      illumination / illumination.max(), illuminated_bbox(data), tile_patches, evidence)
+        crops = predict_crops(model, data.diff3d, groups, crop, batch_size, device, scratch)
+        return _stitch_groups(crops, groups, data, crop, sync_phase, tile_patches, offset_fit)
+
+
+def reconstruct_flat(data: PtychoData, gridsize: int, neighbours: int, crop: int | None, sync_phase: bool = True,
+                     tile_patches: int = DEFAULT_TILE_PATCHES, offset_fit: OffsetFit | None = None) -> Stitched:
+    """``reconstruct`` with every patch flat (amplitude 1, phase 0) instead of a network's: what
+    the offset fit reconstructs on its own, the reference a network must beat
+    (``evaluation.fit_alone_scores``)."""
+    groups = group_positions(data.xcoords, data.ycoords, gridsize, neighbours)
+    crop = crop or data.N // 2
+    # A read-only view: no memory per patch, as with the network's scratch file.
+    crops = np.broadcast_to(np.ones((1, crop, crop), np.complex64), (groups.indices.size, crop, crop))
+    return _stitch_groups(crops, groups, data, crop, sync_phase, tile_patches, offset_fit)
+
+
+def _stitch_groups(crops: np.ndarray, groups: Groups, data: PtychoData, crop: int, sync_phase: bool,
+                   tile_patches: int, offset_fit: OffsetFit | None) -> Stitched:
+    """Stitch one crop per group member at its position, with the offset fit's evidence if asked."""
+    flat = groups.indices.ravel()
+    illumination = np.abs(data.probe) ** 2
+    evidence = (Evidence(data.diff3d, flat, data.xcoords, data.ycoords, data.probe, offset_fit)
+                if offset_fit is not None and offset_fit.steps > 0 else None)
+    return stitch(crops, data.xcoords[flat], data.ycoords[flat], data.obj.shape, crop, sync_phase,
+                  illumination / illumination.max(), illuminated_bbox(data), tile_patches, evidence)
 
 
 def reconstruct_from_bundle(bundle: Bundle, data: PtychoData, batch_size: int = 64,
