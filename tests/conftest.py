@@ -25,6 +25,10 @@ TINY_TRAIN = [
     "++trainer.limit_train_batches=4", "++trainer.limit_val_batches=2", "trainer.enable_progress_bar=false",
     "view.min_train_positions=16", "refine.steps=3", "eval.offset_fit_steps=10",
 ]
+# Added by tests of plumbing (launchers, search, failures, comparison rows) that neither the refined
+# arm nor the fit-alone reference concerns: the two take about half of a tiny job's time, and other
+# tests cover them (the run-directory, sweep, fault and quality tests keep both on).
+PLUMBING = ["refine.enabled=false", "eval.fit_alone=false"]
 
 
 @pytest.fixture

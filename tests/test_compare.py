@@ -11,12 +11,12 @@ from ptylab.evaluation import score_reconstruction
 from ptylab.lsqml import ptychi_available
 from ptylab.stitching import Stitched, illuminated_bbox
 
-from .conftest import ROOT, SMALL_OVERRIDES, TINY_TRAIN, run_script
+from .conftest import PLUMBING, ROOT, SMALL_OVERRIDES, TINY_TRAIN, run_script
 
 
 def test_compare_lists_every_run_with_numbers_or_reasons(tmp_path):
     ok = run_script(["train.py", "dose=1000", "gridsize=1", f"paths.output_root={tmp_path}", *SMALL_OVERRIDES,
-                     *TINY_TRAIN], cwd=ROOT)
+                     *TINY_TRAIN, *PLUMBING], cwd=ROOT)
     assert ok.returncode == 0, ok.stderr[-3000:]
     bad = run_script(["train.py", "dataset=npz", f"dataset.train_file={tmp_path / 'absent.npz'}",
                       f"dataset.test_file={tmp_path / 'absent.npz'}", f"paths.output_root={tmp_path}", *TINY_TRAIN],

@@ -19,6 +19,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 import ptylab.bundle
+from ptylab.evaluation import TIMING_KEYS
 from ptylab.fileio import atomic_path
 from ptylab.runlock import LOCK_NAME, RunDirLocked, run_dir_lock
 from ptylab.stages.train import resume_point, run_job
@@ -28,7 +29,6 @@ from .conftest import CONF, ROOT, SMALL_OVERRIDES, TINY_TRAIN, run_script
 
 # Four short epochs, so a kill lands mid-training; evaluation and the refined arm stay on.
 RESUMABLE = [*SMALL_OVERRIDES, *TINY_TRAIN, "trainer.max_epochs=4", "dose=1000"]
-TIMING_KEYS = {"inference_s", "evaluate_s"}
 
 
 def _cmd(run_dir: Path, root: Path, *extra: str) -> list[str]:

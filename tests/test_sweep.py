@@ -10,7 +10,7 @@ import ptylab.config  # noqa: F401
 from ptylab.data import write_dataset
 from ptylab.datasets import load_or_simulate
 
-from .conftest import CONF, ROOT, SMALL_OVERRIDES, TINY_TRAIN, run_script
+from .conftest import CONF, PLUMBING, ROOT, SMALL_OVERRIDES, TINY_TRAIN, run_script
 
 SWEEP_TINY = [*SMALL_OVERRIDES, *TINY_TRAIN, "trainer.max_epochs=1", "eval.enabled=true"]
 
@@ -65,7 +65,7 @@ def test_a_failing_job_does_not_stop_the_others_and_the_sweep_exits_nonzero(tmp_
     write_dataset(tmp_path / "test.npz", source.test)
     sweep_dir = tmp_path / "study"
     res = run_script(["train.py", "-m", f"hydra.sweep.dir={sweep_dir}", f"paths.output_root={tmp_path}", *TINY_TRAIN,
-                      "trainer.max_epochs=1", "dataset=npz", "view=full",
+                      *PLUMBING, "trainer.max_epochs=1", "dataset=npz", "view=full",
                       f"dataset.train_file={tmp_path / 'train.npz'},{tmp_path / 'missing.npz'}",
                       f"dataset.test_file={tmp_path / 'test.npz'}"], cwd=ROOT)
     assert res.returncode != 0
@@ -80,7 +80,7 @@ def test_a_failing_job_does_not_stop_the_others_and_the_sweep_exits_nonzero(tmp_
 def test_parallel_and_submitit_launchers_run_a_tiny_sweep(tmp_path, launcher):
     sweep_dir = tmp_path / "study"
     extra = ["hydra.launcher.n_jobs=2"] if launcher == "joblib" else ["hydra.launcher.timeout_min=10"]
-    res = _sweep(sweep_dir, f"hydra/launcher={launcher}", *extra, "dose=1000,10000")
+    res = _sweep(sweep_dir, f"hydra/launcher={launcher}", *extra, "dose=1000,10000", *PLUMBING)
     assert res.returncode == 0, res.stderr[-4000:]
     manifest = _manifest(sweep_dir)
     assert manifest["counts"]["succeeded"] == 2
@@ -147,7 +147,7 @@ def test_study_report_has_one_row_per_job_plots_and_html(sweep, tmp_path):
 
 def test_optuna_search_minimises_the_validation_objective(tmp_path):
     sweep_dir = tmp_path / "search"
-    res = _sweep(sweep_dir, "hparams_search=pinn_optuna", "hydra.sweeper.n_trials=2")
+    res = _sweep(sweep_dir, "hparams_search=pinn_optuna", "hydra.sweeper.n_trials=2", *PLUMBING)
     assert res.returncode == 0, res.stderr[-4000:]
     results = (sweep_dir / "optimization_results.yaml").read_text()
     assert "best_params" in results and "model.lr" in results

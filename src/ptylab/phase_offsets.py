@@ -145,7 +145,10 @@ def fit_offsets(canvas_of: Callable[[torch.Tensor], torch.Tensor], start: torch.
         if fit.order == 0:
             return torch.polar(torch.exp(log_gain), theta)
         phase = theta[:, None] + torch.einsum("km,kms->ms", phase_shape, basis)
-        return torch.polar(torch.exp(log_gain[:, None] + torch.einsum("km,kms->ms", gain_shape, basis)), phase)
+        log_amp = log_gain[:, None]
+        if fit.gains:  # without gains the amplitude terms stay zero: no need to expand them per pixel
+            log_amp = log_amp + torch.einsum("km,kms->ms", gain_shape, basis)
+        return torch.polar(torch.exp(log_amp).expand_as(phase), phase)
 
     first = last = float("nan")
     for step in range(fit.steps):

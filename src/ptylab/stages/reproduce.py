@@ -21,6 +21,7 @@ from omegaconf import OmegaConf
 from ..bundle import BUNDLE_NAME
 from ..config import load_run_config
 from ..errors import PtylabError
+from ..evaluation import TIMING_KEYS
 from ..manifest import read_manifest
 from .train import run_job
 
@@ -108,5 +109,5 @@ def reproduce(run_dir: str | Path, out_dir: str | Path | None = None) -> Reprodu
         d += _dict_diff(_bundle_config(run_dir), _bundle_config(out), "config")
     d += _dict_diff(_json(run_dir / "params.json"), _json(out / "params.json"), "params", LOCATION_PARAMS)
     d += _dict_diff(_json(run_dir / "metrics.json"), _json(out / "metrics.json"), "metric",
-                    ("inference_s", "evaluate_s"))
+                    TIMING_KEYS)
     return report

@@ -230,6 +230,11 @@ def _train_only(cfg: DictConfig, run_dir: Path) -> None:
             train(cfg, tc, run_dir, sel.apply(source.train, source.test)[0])
 
 
+def _warning(flags: list[str] | None, reference: str) -> str:
+    """The summary line's clause for scores that do not beat a reference ('' when all do)."""
+    return f" WARNING: {len(flags)} score(s) do not beat {reference} ({'; '.join(flags)})" if flags else ""
+
+
 def summary_line(record: JobRecord) -> str:
     """The one stdout line per finished job."""
     if record.status != Status.succeeded:
@@ -237,12 +242,8 @@ def summary_line(record: JobRecord) -> str:
     head = record.headline_metrics or {}
     extra = (" " + " ".join(f"{k}={v:.3f}" for k, v in head.items() if isinstance(v, float))) if head else ""
     reused = " (already finished; reused)" if record.reused else ""
-    flags = record.flat_image_flags or []
-    warn = f" WARNING: {len(flags)} score(s) do not beat a flat image ({'; '.join(flags)})" if flags else ""
-    fit_flags = record.fit_alone_flags or []
-    if fit_flags:
-        warn += (f" WARNING: {len(fit_flags)} score(s) do not beat the offset fit on flat patches, so the fit, "
-                 f"not the network, made them ({'; '.join(fit_flags)})")
+    warn = _warning(record.flat_image_flags, "a flat image") + _warning(
+        record.fit_alone_flags, "the offset fit on flat patches, so the fit, not the network, made them")
     line = f"{record.label} bundle {record.bundle_path} sha256 {record.bundle_sha256}{extra}{reused}{warn}"
     if record.refined:
         ref = record.refined["headline_metrics"]
