@@ -12,15 +12,15 @@ from ptylab.models import PINN
 from ptylab.stitching import model_from_weights
 
 
-def _model(seed=0):
+def _model(seed=0, **kwargs):
     torch.manual_seed(seed)
     return PINN(N=16, gridsize=2, base_filters=(4, 8, 8), width=1, probe=torch.ones(16, 16, dtype=torch.complex64),
-                intensity_scale=5.0, input_scale=0.3).eval()
+                intensity_scale=5.0, input_scale=0.3, **kwargs).eval()
 
 
-def _write(path, model):
-    w = ModelWeights("pinn", {k: (list(v) if isinstance(v, tuple) else v) for k, v in model.hparams.items()},
-                     model.state_dict())
+def _write(path, model, drop=()):
+    hparams = {k: (list(v) if isinstance(v, tuple) else v) for k, v in model.hparams.items() if k not in drop}
+    w = ModelWeights("pinn", hparams, model.state_dict())
     return write_bundle(path, {"pinn": w}, {"N": 16}, "dose: 1.0\n", {"model": "pinn", "N": 16, "gridsize": 2,
                                                                       "neighbours": 7})
 
@@ -38,6 +38,19 @@ def test_bundle_round_trip_gives_identical_predictions(tmp_path):
         assert torch.equal(model.predict_object(x, off), again.predict_object(x, off))
     manifest = bundle.manifest
     assert manifest["models"] == {"pinn": "pinn"} and "pinn/wts.h5" in manifest["entries"]
+
+
+@pytest.mark.parametrize("kwargs, drop", [
+    ({"separate_decoders": True, "decoder_width": 0.5}, ()),
+    ({}, ("decoder_width",)),  # a bundle written before the key existed: full-width decoder, as it was
+])
+def test_decoder_variants_and_older_bundles_reload_identically(tmp_path, kwargs, drop):
+    model = _model(2, **kwargs)
+    _write(tmp_path / "wts.h5.zip", model, drop)
+    again = model_from_weights(load_bundle(tmp_path / "wts.h5.zip").models["pinn"])
+    x, off = torch.rand(2, 4, 16, 16), torch.randn(2, 4, 2)
+    with torch.no_grad():
+        assert torch.equal(model.predict_object(x, off), again.predict_object(x, off))
 
 
 def test_identical_weights_give_identical_bytes(tmp_path):

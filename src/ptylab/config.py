@@ -140,6 +140,7 @@ class ModelConfig:
     init: Init = Init.glorot
     decoder: DecoderLayout = DecoderLayout.upsample
     separate_decoders: bool = False
+    decoder_width: float = 1.0  # the decoders' filters as a fraction of the encoder's
     lr: float = 1e-3
     schedule: Schedule = Schedule.cosine
     warmup_steps: int = 100
@@ -155,6 +156,7 @@ class ModelConfig:
         _check(len(self.base_filters) == 3 and all(f > 0 for f in self.base_filters), "model.base_filters",
                self.base_filters, "three positive filter counts")
         _check(self.width >= 1, "model.width", self.width, ">= 1")
+        _check(0 < self.decoder_width <= 4, "model.decoder_width", self.decoder_width, "in (0, 4]")
         _check(self.lr > 0, "model.lr", self.lr, "> 0")
         _check(0 < self.min_lr <= self.lr, "model.min_lr", self.min_lr, f"in (0, lr={self.lr}]")
         _check(self.warmup_steps >= 0, "model.warmup_steps", self.warmup_steps, ">= 0")
@@ -172,6 +174,12 @@ class PinnConfig(ModelConfig):
     """The self-supervised PINN: physics layer, overlap constraint, group sampling."""
 
     name: str = "pinn"
+    # Amplitude and phase from their own decoders, each at half width (cheaper than one shared
+    # decoder at full width): on user-style files the shared decoder leaked the amplitude's edges
+    # into the phase (phase correlation 0.59 -> 0.75), and the embedded data gained on every score
+    # (docs/quality.md). Bundles written before keep their shared decoder.
+    separate_decoders: bool = True
+    decoder_width: float = 0.5
     oversample: int = 0  # extra random groups per anchor (gridsize > 1 and K >= C only)
     # One network per pattern (shared weights) instead of the group's patterns as input channels;
     # batch_size then counts patterns and an epoch is one pass over the patterns (training.batch_plan).
@@ -252,7 +260,9 @@ class RefineConfig:
     """The refined arm: fine-tune the trained PINN on the test diffraction alone (no ground truth)."""
 
     enabled: bool = True  # PINN jobs only; reported beside the single-pass network
-    steps: int = 300
+    # 1000: every score rose from 300 at both doses (docs/quality.md), for about 75 s more on the
+    # default job, which stays within its 10 minutes on two cores.
+    steps: int = 1000
     lr: float = 3e-4
     warmup_steps: int = 20
     batch_size: int | None = None  # None: the model's

@@ -52,7 +52,11 @@ def complex_panels(path: str | Path, entries: dict[str, tuple[np.ndarray, np.nda
     names = list(entries)
     with_errors = any(ref is not None for _, ref in entries.values())
     rows = 4 if with_errors else 2
-    fig, axes = plt.subplots(rows, len(names), figsize=(3.6 * len(names), 3.0 * rows), squeeze=False)
+    # Rows as tall as the images are (a scan's region is often wide), plus room for the titles.
+    height, width = entries[names[0]][0].shape
+    aspect = min(max(height / max(width, 1), 0.25), 2.0)
+    fig, axes = plt.subplots(rows, len(names), figsize=(3.6 * len(names), (3.0 * aspect + 0.5) * rows),
+                             squeeze=False, layout="constrained")
     for col, name in enumerate(names):
         img, ref = entries[name]
         panels = [(np.abs(img), "amplitude", "gray"), (np.angle(img), "phase", "twilight")]

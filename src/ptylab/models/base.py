@@ -66,6 +66,7 @@ class PtychoModule(L.LightningModule):
         decoder: str,
         separate_decoders: bool,
         per_pattern: bool = False,
+        decoder_width: float = 1.0,
     ):
         super().__init__()
         if amp_activation not in AMP_ACTIVATIONS:
@@ -79,7 +80,8 @@ class PtychoModule(L.LightningModule):
         self.per_pattern = per_pattern
         io = 1 if per_pattern else channels
         net = EncoderDecoder(io, io, filters, separate_decoders,
-                             out_size_factor=2 if object_support == "center" else 1, layout=decoder)
+                             out_size_factor=2 if object_support == "center" else 1, layout=decoder,
+                             decoder_width=decoder_width)
         initialise(net, init)
         # channels-last convolutions run 10-25% faster on these CPUs (docs/performance.md).
         self.net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]

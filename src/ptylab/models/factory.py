@@ -35,7 +35,7 @@ def build_model(model_cfg: ModelConfig, gridsize: int, train: PtychoData) -> Pty
         "input_scale": input_scale(train.diff3d), "lr": model_cfg.lr, "schedule": str(model_cfg.schedule),
         "warmup_steps": model_cfg.warmup_steps, "min_lr": model_cfg.min_lr, "lr_factor": model_cfg.lr_factor,
         "lr_patience": model_cfg.lr_patience, "init": str(model_cfg.init), "decoder": str(model_cfg.decoder),
-        "separate_decoders": model_cfg.separate_decoders,
+        "separate_decoders": model_cfg.separate_decoders, "decoder_width": model_cfg.decoder_width,
     }
     if isinstance(model_cfg, PinnConfig):
         scale = train.metadata.get("intensity_scale")

@@ -27,11 +27,11 @@ def _block(cin: int, cout: int, convs: int = 2) -> nn.Sequential:
 
 
 class Decoder(nn.Module):
-    """Bottleneck (N/8) -> output size, doubling ``levels`` times through ``filters`` reversed."""
+    """Bottleneck (N/8, ``in_channels``) -> output size, doubling ``levels`` times through ``filters`` reversed."""
 
-    def __init__(self, filters: list[int], out_channels: int, levels: int, layout: str):
+    def __init__(self, in_channels: int, filters: list[int], out_channels: int, levels: int, layout: str):
         super().__init__()
-        widths = [filters[-1], *filters[::-1]][: levels + 1]
+        widths = [in_channels, *filters[::-1]][: levels + 1]
         while len(widths) < levels + 1:
             widths.append(filters[0])
         pairs = list(itertools.pairwise(widths))
@@ -56,10 +56,12 @@ class EncoderDecoder(nn.Module):
     heads or separate amplitude and phase decoders.
 
     ``out_size_factor`` is the output size as a fraction of the input: 2 -> N/2, 1 -> N.
+    ``decoder_width`` scales the decoders' filters (not the bottleneck they start from): separate
+    decoders at half width cost less than one shared decoder at full width.
     """
 
     def __init__(self, in_channels: int, out_channels: int, filters: list[int], separate_decoders: bool,
-                 out_size_factor: int = 2, layout: str = "upsample"):
+                 out_size_factor: int = 2, layout: str = "upsample", decoder_width: float = 1.0):
         super().__init__()
         self.down = nn.ModuleList()
         cin = in_channels
@@ -70,11 +72,12 @@ class EncoderDecoder(nn.Module):
         self.bottleneck = _block(filters[-1], filters[-1])
         levels = len(filters) - (out_size_factor.bit_length() - 1)
         self.separate = separate_decoders
+        dec = [max(1, round(f * decoder_width)) for f in filters]
         if separate_decoders:
-            self.amp_decoder = Decoder(filters, out_channels, levels, layout)
-            self.phase_decoder = Decoder(filters, out_channels, levels, layout)
+            self.amp_decoder = Decoder(filters[-1], dec, out_channels, levels, layout)
+            self.phase_decoder = Decoder(filters[-1], dec, out_channels, levels, layout)
         else:
-            self.decoder = Decoder(filters, 2 * out_channels, levels, layout)
+            self.decoder = Decoder(filters[-1], dec, 2 * out_channels, levels, layout)
         self.out_channels = out_channels
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

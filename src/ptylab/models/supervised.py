@@ -26,10 +26,11 @@ class Supervised(PtychoModule):
         init: str = "glorot",
         decoder: str = "upsample",
         separate_decoders: bool = True,
+        decoder_width: float = 1.0,
     ):
         super().__init__(N, gridsize**2, list(base_filters), width, object_support, amp_activation,
                          input_scale, lr, schedule, warmup_steps, min_lr, lr_factor, lr_patience, init, decoder,
-                         separate_decoders)
+                         separate_decoders, decoder_width=decoder_width)
         self.save_hyperparameters()
 
     def training_loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
