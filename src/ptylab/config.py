@@ -176,8 +176,8 @@ class PinnConfig(ModelConfig):
     name: str = "pinn"
     # Amplitude and phase from their own decoders, each at half width (cheaper than one shared
     # decoder at full width): on user-style files the shared decoder leaked the amplitude's edges
-    # into the phase (phase correlation 0.59 -> 0.75), and the embedded data gained on every score
-    # (docs/quality.md). Bundles written before keep their shared decoder.
+    # into the phase (phase correlation 0.59 -> 0.75); the embedded data gained at 1e4 and lost a
+    # little at 1e3 (docs/quality.md). Bundles written before keep their shared decoder.
     separate_decoders: bool = True
     decoder_width: float = 0.5
     oversample: int = 0  # extra random groups per anchor (gridsize > 1 and K >= C only)
