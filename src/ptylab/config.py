@@ -260,8 +260,9 @@ class RefineConfig:
     """The refined arm: fine-tune the trained PINN on the test diffraction alone (no ground truth)."""
 
     enabled: bool = True  # PINN jobs only; reported beside the single-pass network
-    # 1000: every score rose from 300 at both doses (docs/quality.md), for about 75 s more on the
-    # default job, which stays within its 10 minutes on two cores.
+    # 1000: with the separate decoders every score rose from 300, on the embedded data and on
+    # user-style files (docs/quality.md), for about 60 s more on the default job, which stays
+    # within its 10 minutes on two cores.
     steps: int = 1000
     lr: float = 3e-4
     warmup_steps: int = 20

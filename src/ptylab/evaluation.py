@@ -22,7 +22,7 @@ from .config import EvalConfig
 from .data import PtychoData
 from .figures import complex_panels, frc_curves
 from .fileio import atomic_write_json, atomic_write_with
-from .metrics import PSNR_CAP_DB, beats, score_image
+from .metrics import PSNR_CAP_DB, beats, reference_scores, score_image
 from .models import PtychoModule
 from .phase_offsets import OffsetFit
 from .stitching import Stitched, reconstruct, reconstruct_flat
@@ -73,7 +73,10 @@ def align(rec: np.ndarray, gt: np.ndarray, remove_plane: bool) -> tuple[np.ndarr
     return amp, np.angle(rel), info
 
 
-def score_reconstruction(stitched: Stitched, gt_object: np.ndarray, cfg: EvalConfig) -> dict[str, Any]:
+def aligned_pair(stitched: Stitched, gt_object: np.ndarray,
+                 cfg: EvalConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+    """The scored region of a reconstruction, registered and aligned: amplitude and phase images,
+    the ground truth on the same pixels, and what was done to get there."""
     r0, r1, c0, c1 = stitched.bbox
     rec = stitched.obj[r0:r1, c0:c1]
     gt = gt_object[r0:r1, c0:c1]
@@ -81,15 +84,19 @@ def score_reconstruction(stitched: Stitched, gt_object: np.ndarray, cfg: EvalCon
     if margin:
         moved, gt = moved[margin:-margin, margin:-margin], gt[margin:-margin, margin:-margin]
     amp, phase, removed = align(moved, gt, cfg.remove_phase_plane)
-    amplitude = score_image(amp, np.abs(gt))
-    phase_scores = score_image(phase, np.angle(gt))
+    info = {"registration": {"shift_yx": shift, "applied": applied, "max_shift_px": cfg.max_shift_px,
+                             "upsample_factor": cfg.upsample_factor, "trimmed_margin_px": margin},
+            "alignment": {**removed, "remove_phase_plane": cfg.remove_phase_plane},
+            "region": {"bbox_rows_cols": [r0, r1, c0, c1], "shape": list(gt.shape)}}
+    return amp, phase, gt, info
+
+
+def score_reconstruction(stitched: Stitched, gt_object: np.ndarray, cfg: EvalConfig) -> dict[str, Any]:
+    amp, phase, gt, info = aligned_pair(stitched, gt_object, cfg)
     return {
-        "amplitude": amplitude,
-        "phase": phase_scores,
-        "registration": {"shift_yx": shift, "applied": applied, "max_shift_px": cfg.max_shift_px,
-                         "upsample_factor": cfg.upsample_factor, "trimmed_margin_px": margin},
-        "alignment": {**removed, "remove_phase_plane": cfg.remove_phase_plane},
-        "region": {"bbox_rows_cols": [r0, r1, c0, c1], "shape": list(gt.shape)},
+        "amplitude": score_image(amp, np.abs(gt)),
+        "phase": score_image(phase, np.angle(gt)),
+        **info,
         "psnr_cap_db": PSNR_CAP_DB,
         "aligned": (amp * np.exp(1j * phase)).astype(np.complex64),
         "ground_truth": gt.astype(np.complex64),
@@ -144,8 +151,8 @@ def fit_alone_scores(test: PtychoData, gridsize: int, neighbours: int, cfg: Eval
     """
     stitched = reconstruct_flat(test, gridsize, neighbours, cfg.stitch_crop, cfg.sync_phase, cfg.tile_patches,
                                 offset_fit(cfg))
-    scores = score_reconstruction(stitched, test.obj, cfg)
-    return {part: {k: scores[part][k] for k in ("ssim", "psnr", "pearson")} for part in ("amplitude", "phase")}
+    amp, phase, gt, _ = aligned_pair(stitched, test.obj, cfg)  # only the scores flags compare (``beats``)
+    return {"amplitude": reference_scores(amp, np.abs(gt)), "phase": reference_scores(phase, np.angle(gt))}
 
 
 def write_evaluation(run_dir: Path, scores: dict[str, Any], title: str, extra: dict[str, Any]) -> dict[str, Any]:

@@ -160,19 +160,27 @@ def beats(scores: dict[str, Any], reference: str) -> dict[str, bool]:
     return {k: bool(scores[k] > ref[k]) for k in ("ssim", "psnr", "pearson")}
 
 
+def reference_scores(pred: np.ndarray, target: np.ndarray) -> dict[str, float]:
+    """The scores compared against references (``beats``): SSIM, PSNR and correlation."""
+    data_range = float(target.max() - target.min()) or 1.0
+    return {"ssim": ssim(pred, target, data_range), "psnr": psnr(pred, target, data_range),
+            "pearson": pearson(pred, target)}
+
+
 def score_image(pred: np.ndarray, target: np.ndarray) -> dict[str, Any]:
     """All metrics for one real image pair (amplitude or phase), with the flat image's for reference."""
     data_range = float(target.max() - target.min()) or 1.0
     p, t = _t(pred), _t(target)
     ms, scales = ms_ssim(pred, target, data_range)
     freq, curve = frc_curve(pred, target)
+    ref = reference_scores(pred, target)
     return {
-        "pearson": pearson(pred, target),
+        "pearson": ref["pearson"],
         "flat": flat_baseline(target),
         "mae": float(mean_absolute_error(p, t)),
         "mse": float(mean_squared_error(p, t)),
-        "psnr": psnr(pred, target, data_range),
-        "ssim": ssim(pred, target, data_range),
+        "psnr": ref["psnr"],
+        "ssim": ref["ssim"],
         "ms_ssim": ms,
         "ms_ssim_scales": scales,
         "data_range": data_range,

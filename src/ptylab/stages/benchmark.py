@@ -184,6 +184,8 @@ def flops_per_step(model: PINN, batch: dict[str, torch.Tensor]) -> int:
 QUICK = ["dataset.N=32", "dataset.object_size=96", "dataset.probe_diameter=11", "dataset.probe_blur=1.0",
          "dataset.scan_step=4", "view.min_train_positions=16"]
 DEFAULT_JOB = ["dose=1000", "view=dense", "gridsize=2"]
+# Quick mode's matmul peak: smaller, fewer multiplies (the full set takes about 14 s on two cores).
+QUICK_MATMUL: dict[str, Any] = {"sizes": (512, 1024), "trials": 2}
 
 
 def _compose(overrides: list[str]) -> Any:
@@ -290,8 +292,7 @@ def run_benchmark(args: BenchmarkConfig) -> dict[str, Any]:
     train, test, _ = simulate(typed.dataset, typed.dose, typed.seed)
     out["simulate_patterns_per_s"] = (train.n_positions + test.n_positions) / (time.perf_counter() - t0)
     train, test = select_view_for(typed.view, train, test).apply(train, test)
-    # Quick mode: smaller, fewer multiplies (the full set takes about 14 s on two cores).
-    out["peak_matmul_gflops"] = peak_matmul_flops(device, *(((512, 1024), 2) if args.quick else ())) / 1e9
+    out["peak_matmul_gflops"] = peak_matmul_flops(device, **(QUICK_MATMUL if args.quick else {})) / 1e9
     model_cfg = typed.model
     trained = None
     for gs in (1, 2):
