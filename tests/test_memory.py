@@ -12,10 +12,9 @@ from ptylab.stages.benchmark import memory_by_positions
 def test_training_and_evaluation_memory_do_not_grow_with_the_number_of_positions(tmp_path):
     # Both above the 4096-pattern chunk that statistics and validation read at a time; tiles of
     # about the same size at both (4 of 1250, 25 of 1200), as the default 4096 gives at full size.
-    # The tiny network: memory that grows with positions is the data path's, not the network's, and
-    # predicting 35k patterns with the default network took most of this test's time.
-    figures = memory_by_positions((5_000, 30_000), tmp_path, n=32, extra=(
-        "eval.tile_patches=1250", "model.base_filters=[8,16,32]", "model.width=1"))
+    # The default network: with the tiny one (16 s faster) a clean-clone run grew by 50 MB, over the
+    # bound, against 15 MB locally; the default network's margin was measured over five runs.
+    figures = memory_by_positions((5_000, 30_000), tmp_path, n=32, extra=("eval.tile_patches=1250",))
     small, large = figures["5000"], figures["30000"]
     grown = large["peak_anon_mb"] - small["peak_anon_mb"]
     added_data = large["file_mb"] - small["file_mb"]  # about 100 MB of float32 patterns
