@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from ptylab import stitching
 from ptylab.phase_offsets import Evidence, OffsetFit
 from ptylab.physics import extract_patches, far_field, make_object, make_probe, poisson_sample, raster_scan
 from ptylab.rng import stage_rng
@@ -47,6 +48,17 @@ def test_phase_sync_removes_arbitrary_per_patch_phase_offsets(scan):
     assert phase_error(plain) > 0.5
     assert phase_error(synced) < phase_error(floor) + 0.01
     assert np.abs(np.abs(synced) - np.abs(truth)).mean() < 0.02
+
+
+def test_explicit_and_matrix_free_synchronisation_agree(scan, monkeypatch):
+    """Small scans solve the synchronisation with an explicit matrix, large tiles matrix-free: the same answer."""
+    obj, x, y, patches = scan
+    assert len(x) <= stitching.EXPLICIT_SYNC_PATCHES
+    offsets = np.exp(1j * stage_rng(3, "offsets").uniform(-np.pi, np.pi, len(x))).astype(np.complex64)
+    explicit = stitch(patches * offsets[:, None, None], x, y, obj.shape, 16, sync_phase=True)
+    monkeypatch.setattr(stitching, "EXPLICIT_SYNC_PATCHES", 0)
+    free = stitch(patches * offsets[:, None, None], x, y, obj.shape, 16, sync_phase=True)
+    np.testing.assert_allclose(explicit.obj, free.obj, atol=1e-5)
 
 
 def test_tiled_stitching_matches_stitching_the_whole_scan(scan):

@@ -8,7 +8,7 @@ import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -35,6 +35,8 @@ def model_from_weights(weights: ModelWeights) -> PtychoModule:
 
 # Patches phase-synchronised and placed together; bounds evaluation memory (~350 MB at crop 32).
 DEFAULT_TILE_PATCHES = 4096
+# Phase synchronisation forms its (M, M) overlap matrix (sparse) up to this many patches.
+EXPLICIT_SYNC_PATCHES = 1024
 # Canvas pixels whose accumulated weight is below this share of the largest are left empty.
 MIN_WEIGHT_SHARE = 1e-3
 
@@ -166,21 +168,32 @@ def phase_sync(placement: Placement, refine: int = 20) -> torch.Tensor:
     best agree on the overlaps maximise v^H A v with A = V^H W^-1 V (V places patches on the
     canvas, W the accumulated weights); its leading eigenvector, projected to unit modulus and
     refined by a few generalised power steps, gives them. Uses the predictions only.
+
+    Up to ``EXPLICIT_SYNC_PATCHES`` patches A is formed as a sparse matrix: on small scans
+    ARPACK's matrix-free products (each a pass over the canvas in Python) cost about 20-60x more.
+    Larger tiles stay matrix-free, so memory stays within what a tile's placement needs.
     """
     from scipy.sparse.linalg import LinearOperator, eigsh
 
     m = placement.values.shape[0]
     weight = placement.weight_sum()
     inv_w = torch.where(weight > 1e-6, 1.0 / weight.clamp_min(1e-6), torch.zeros_like(weight))
-    conj_vals = placement.values.conj()
+    if m <= EXPLICIT_SYNC_PATCHES:
+        a = _overlap_matrix(placement, inv_w)
+        op: Any = a
 
-    def apply(v: torch.Tensor) -> torch.Tensor:
-        canvas = torch.zeros(placement.size, dtype=torch.complex128).index_add_(
-            0, placement.index.ravel(), (placement.values * v[:, None]).ravel()) * inv_w
-        return (conj_vals * canvas[placement.index]).sum(dim=1)
+        def apply(v: torch.Tensor) -> torch.Tensor:
+            return torch.from_numpy(a @ v.numpy())
+    else:
+        conj_vals = placement.values.conj()
 
-    op = LinearOperator((m, m), matvec=lambda v: apply(torch.from_numpy(np.asarray(v).ravel())).numpy(),
-                        dtype=np.complex128)
+        def apply(v: torch.Tensor) -> torch.Tensor:
+            canvas = torch.zeros(placement.size, dtype=torch.complex128).index_add_(
+                0, placement.index.ravel(), (placement.values * v[:, None]).ravel()) * inv_w
+            return (conj_vals * canvas[placement.index]).sum(dim=1)
+
+        op = LinearOperator((m, m), matvec=lambda v: apply(torch.from_numpy(np.asarray(v).ravel())).numpy(),
+                            dtype=np.complex128)
     _, vec = eigsh(op, k=1, which="LA", v0=np.ones(m, np.complex128), tol=1e-6)
     v = torch.from_numpy(vec[:, 0])
     v = v / v.abs().clamp_min(1e-12)
@@ -188,6 +201,16 @@ def phase_sync(placement: Placement, refine: int = 20) -> torch.Tensor:
         z = apply(v)
         v = z / z.abs().clamp_min(1e-12)
     return v * (v[0].conj() / v[0].abs())  # fix the global gauge: the first patch keeps its phase
+
+
+def _overlap_matrix(placement: Placement, inv_w: torch.Tensor) -> Any:
+    """A = V^H W^-1 V as a sparse (M, M) matrix, through V as a sparse (canvas, M) matrix."""
+    from scipy.sparse import csr_matrix, diags
+
+    m, s = placement.values.shape
+    v = csr_matrix((placement.values.ravel().numpy(), (placement.index.ravel().numpy(), np.repeat(np.arange(m), s))),
+                   shape=(placement.size, m))
+    return (v.conj().T @ (diags(inv_w.numpy()) @ v)).tocsr()
 
 
 def spatial_tiles(x: np.ndarray, y: np.ndarray, max_patches: int) -> list[np.ndarray]:
