@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ptylab import stitching
-from ptylab.phase_offsets import Evidence, OffsetFit
+from ptylab.phase_offsets import AUTO_LR, AUTO_LR_MAX, Evidence, OffsetFit, auto_lr, mean_counts
 from ptylab.physics import extract_patches, far_field, make_object, make_probe, poisson_sample, raster_scan
 from ptylab.rng import stage_rng
 from ptylab.stitching import spatial_tiles, stitch
@@ -88,6 +88,11 @@ def test_tiles_are_compact_and_cover_every_patch_once(scan):
     assert max(np.ptp(x[t]) for t in tiles) < 0.6 * np.ptp(x)
 
 
+# The fits below keep the rate their bounds were measured with (the automatic one would pick 0.06
+# at these 1e4 counts; the rule is tested on its own).
+LR = 0.02
+
+
 def _measured(patches: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """A probe and the Poisson-noised amplitudes (1e4 photons per pattern) it gives on ``patches``."""
     probe = make_probe(32, 12.0, 1.0, 2.0)
@@ -127,9 +132,9 @@ def test_offsets_fitted_to_the_data_undo_the_drift_of_overlap_synchronisation(sc
 
     synced = stitch(predicted, x, y, obj.shape, 16, sync_phase=True)
     phases = stitch(predicted, x, y, obj.shape, 16, sync_phase=True,
-                    evidence=Evidence(diff, np.arange(len(x)), x, y, probe, OffsetFit(60, gains=False, order=0)))
+                    evidence=Evidence(diff, np.arange(len(x)), x, y, probe, OffsetFit(60, LR, gains=False, order=0)))
     fitted = stitch(predicted, x, y, obj.shape, 16, sync_phase=True,
-                    evidence=Evidence(diff, np.arange(len(x)), x, y, probe, OffsetFit(60, order=0)))
+                    evidence=Evidence(diff, np.arange(len(x)), x, y, probe, OffsetFit(60, LR, order=0)))
     assert phase_error(phases) < 0.8 * phase_error(synced)
     assert phase_error(fitted) < 0.8 * phase_error(synced)
     assert amplitude_error(fitted) < 0.9 * amplitude_error(phases)
@@ -153,8 +158,24 @@ def test_shape_terms_fitted_to_the_data_remove_an_error_every_patch_shares(scan)
     predicted = (patches * np.exp(1j * error) * offset).astype(np.complex64)
 
     def fitted(order: int):
-        evidence = Evidence(diff, np.arange(len(x)), x, y, probe, OffsetFit(60, order=order))
+        evidence = Evidence(diff, np.arange(len(x)), x, y, probe, OffsetFit(60, LR, order=order))
         return stitch(predicted, x, y, obj.shape, 16, sync_phase=True, evidence=evidence)
 
     offsets_only, shaped = _phase_error(fitted(0), obj), _phase_error(fitted(2), obj)
     assert shaped < 0.8 * offsets_only  # measured 0.038 vs 0.058 rad
+
+
+def test_offset_fit_rate_follows_the_counts_unless_set(tmp_path):
+    """An unset rate comes from the data's counts per pattern (slow where noise dominates, faster
+    with more counts, capped); a set rate or one a bundle recorded is kept."""
+    for counts in (300.0, 1e3, 4e3, 9e3, 1e5):
+        diff = np.lib.format.open_memmap(tmp_path / f"d{counts}.npy", "w+", np.float32, (40, 8, 8))
+        diff[:] = np.sqrt(counts / 64)  # amplitudes whose squares sum to ``counts`` per pattern
+        assert mean_counts(diff, chunk=7) == pytest.approx(counts, rel=1e-5)
+        assert OffsetFit().for_data(diff).lr == pytest.approx(auto_lr(counts))
+        assert OffsetFit(lr=0.05).for_data(diff).lr == 0.05
+    rates = [auto_lr(c) for c in (300.0, 1e3, 2e3, 4e3, 9e3, 1e5)]
+    assert rates[0] == rates[1] == AUTO_LR and rates[-2] == rates[-1] == pytest.approx(AUTO_LR_MAX)
+    assert rates[1] < rates[2] < rates[3] < rates[4]
+    assert OffsetFit.from_inference(OffsetFit().inference()).lr is None  # a bundle keeps "from the data"
+    assert OffsetFit.from_inference(OffsetFit(lr=0.02).inference()).lr == 0.02

@@ -27,8 +27,9 @@ Evaluation therefore scores it on flat patches beside every network (``evaluatio
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -48,6 +49,15 @@ GAIN_LR_FACTOR = 0.2
 # larger than that lets them fix in 100 steps. The factor was chosen on the default job's training
 # half, then checked without change elsewhere (docs/quality.md).
 SHAPE_LR_FACTOR = 10.0
+# The fit's learning rate when none is set, from the data's mean counts per pattern: AUTO_LR at
+# AUTO_LR_COUNTS and below, rising as sqrt(counts) up to AUTO_LR_MAX (reached at 9x the counts). With
+# 100 steps the fit stops early by design, and how early should depend on the noise: at 1e4
+# counts 0.06 converged the large-scale phase further (embedded phase SSIM 0.612 -> 0.675) and
+# sharpened the user-style amplitude, while at 1e3 it fitted noise into the amplitude (SSIM
+# 0.412 -> 0.358), where 0.02 is right (docs/quality.md).
+AUTO_LR = 0.02
+AUTO_LR_COUNTS = 1e3
+AUTO_LR_MAX = 0.06
 
 
 @dataclass(frozen=True)
@@ -56,7 +66,7 @@ class OffsetFit:
     settings and their bundle keys are defined."""
 
     steps: int = 100
-    lr: float = 0.02
+    lr: float | None = None  # None: from the data's counts (``for_data``)
     gains: bool = True  # also fit one amplitude gain per patch
     order: int = 2  # polynomial order per patch: 0 offset (and gain), 1 + ramps, 2 + curvature, astigmatism
 
@@ -68,9 +78,29 @@ class OffsetFit:
     @classmethod
     def from_inference(cls, info: dict[str, Any]) -> OffsetFit:
         """The settings a bundle recorded; bundles written before the fit (or before its shape
-        terms) existed lack the keys and reconstruct as they did (no fit; offsets only)."""
-        return cls(int(info.get("offset_fit_steps", 0)), float(info.get("offset_fit_lr", cls.lr)),
+        terms) existed lack the keys and reconstruct as they did (no fit; offsets only). A
+        recorded lr of null means "from the data", as in the run."""
+        lr = info.get("offset_fit_lr")
+        return cls(int(info.get("offset_fit_steps", 0)), None if lr is None else float(lr),
                    bool(info.get("offset_fit_gains", False)), int(info.get("offset_fit_order", 0)))
+
+    def for_data(self, diff: np.ndarray) -> OffsetFit:
+        """These settings with a numeric lr: the one set, or ``auto_lr`` of ``diff``'s counts."""
+        return self if self.lr is not None else replace(self, lr=auto_lr(mean_counts(diff)))
+
+
+def mean_counts(diff: np.ndarray, most: int = 4096, chunk: int = 512) -> float:
+    """Mean total counts per pattern of measured amplitudes ``diff`` (P, N, N), from at most
+    ``most`` evenly spaced patterns read ``chunk`` at a time (a memory map is never read whole)."""
+    rows = np.unique(np.linspace(0, len(diff) - 1, min(len(diff), most)).astype(np.int64))
+    total = sum(float(np.square(np.asarray(diff[rows[i : i + chunk]], np.float64)).sum())
+                for i in range(0, len(rows), chunk))
+    return total / max(len(rows), 1)
+
+
+def auto_lr(counts: float) -> float:
+    """The offset fit's learning rate for data with ``counts`` per pattern (see AUTO_LR)."""
+    return AUTO_LR * min(max(math.sqrt(max(counts, 0.0) / AUTO_LR_COUNTS), 1.0), AUTO_LR_MAX / AUTO_LR)
 
 
 def shape_basis(u: torch.Tensor, v: torch.Tensor, order: int) -> torch.Tensor:
@@ -97,6 +127,9 @@ class Evidence:
     y: np.ndarray
     probe: np.ndarray
     fit: OffsetFit = field(default_factory=OffsetFit)
+
+    def __post_init__(self) -> None:
+        self.fit = self.fit.for_data(self.diff)  # one lr for every tile of the scan
 
 
 def fit_offsets(canvas_of: Callable[[torch.Tensor], torch.Tensor], start: torch.Tensor, evidence: Evidence,
@@ -128,6 +161,7 @@ def fit_offsets(canvas_of: Callable[[torch.Tensor], torch.Tensor], start: torch.
         scale = float(obs.sum()) / max(float(sum(unit_counts(canvas0, sl).sum() for sl in chunks)), 1e-30)
 
     fit = evidence.fit
+    assert fit.lr is not None  # Evidence resolves it
     basis = shape_basis(*coords, fit.order)  # (K, M, S)
     theta = torch.angle(start).detach().clone().requires_grad_(True)
     log_gain = torch.zeros_like(theta, requires_grad=fit.gains)
