@@ -141,16 +141,17 @@ def fit_alone_flags(scores: dict[str, Any]) -> list[str]:
     return _flags(scores, FIT_ALONE, "the offset fit on flat patches")
 
 
-def fit_alone_scores(test: PtychoData, gridsize: int, neighbours: int, cfg: EvalConfig) -> dict[str, dict[str, float]]:
-    """SSIM, PSNR and correlation of the offset fit applied to flat patches (no network).
+def fit_alone_scores(test: PtychoData, gridsize: int, neighbours: int, cfg: EvalConfig,
+                     fit: OffsetFit) -> dict[str, dict[str, float]]:
+    """SSIM, PSNR and correlation of the offset fit ``fit`` (the network's, rate resolved) applied
+    to flat patches (no network).
 
     The fit (offsets, gains and shape terms per patch, ``phase_offsets``) is itself a small
     iterative solve on the test patterns: on the default job it reaches phase correlation 0.91
     from flat patches (docs/quality.md). Scoring it beside every network shows what the network
     adds, as the flat image shows what any reconstruction adds.
     """
-    stitched = reconstruct_flat(test, gridsize, neighbours, cfg.stitch_crop, cfg.sync_phase, cfg.tile_patches,
-                                offset_fit(cfg))
+    stitched = reconstruct_flat(test, gridsize, neighbours, cfg.stitch_crop, cfg.sync_phase, cfg.tile_patches, fit)
     amp, phase, gt, _ = aligned_pair(stitched, test.obj, cfg)  # only the scores flags compare (``beats``)
     return {"amplitude": reference_scores(amp, np.abs(gt)), "phase": reference_scores(phase, np.angle(gt))}
 
@@ -201,7 +202,7 @@ def evaluate_reconstruction(model: PtychoModule, test: PtychoData, gridsize: int
     if fit.steps > 0 and cfg.fit_alone:
         if fit_alone is None:
             t1 = time.perf_counter()
-            fit_alone = fit_alone_scores(test, gridsize, neighbours, cfg)
+            fit_alone = fit_alone_scores(test, gridsize, neighbours, cfg, fit)  # the same fit, counts read once
             fit_alone_s = round(time.perf_counter() - t1, 3)
         for part in ("amplitude", "phase"):
             scores[part][FIT_ALONE] = fit_alone[part]
