@@ -235,6 +235,7 @@ class EvalConfig:
     offset_fit_lr: float | None = None
     offset_fit_gains: bool = True  # with one amplitude gain per patch (at a fifth of the lr)
     offset_fit_order: int = 2  # per-patch polynomial: 0 offset only, 1 + ramps, 2 + curvature and astigmatism
+    offset_fit_ramp: bool = True  # offsets also move together along a ramp across the scan (faster, same result space)
     # Also score the fit on flat patches (no network), the reference a network must beat; it costs
     # about one more stitching and fit (off for scans so large that this matters).
     fit_alone: bool = True

@@ -180,7 +180,7 @@ def offset_fit(cfg: EvalConfig) -> OffsetFit:
     """The offset fit these settings ask for: none (0 steps) without phase synchronisation, which
     it starts from. Evaluations, metrics and bundles all read it from here."""
     return OffsetFit(cfg.offset_fit_steps if cfg.sync_phase else 0, cfg.offset_fit_lr, cfg.offset_fit_gains,
-                     cfg.offset_fit_order)
+                     cfg.offset_fit_order, cfg.offset_fit_ramp)
 
 
 def evaluate_reconstruction(model: PtychoModule, test: PtychoData, gridsize: int, neighbours: int,
@@ -209,7 +209,7 @@ def evaluate_reconstruction(model: PtychoModule, test: PtychoData, gridsize: int
     extra = {"inference_s": round(infer_s, 3), "evaluate_s": round(evaluate_s, 3), "fit_alone_s": fit_alone_s,
              "test_positions": test.n_positions, "stitch_crop": cfg.stitch_crop or test.N // 2,
              "sync_phase": cfg.sync_phase, "offset_fit_steps": fit.steps, "offset_fit_lr": fit.lr,
-             "offset_fit_gains": fit.gains, "offset_fit_order": fit.order}
+             "offset_fit_gains": fit.gains, "offset_fit_order": fit.order, "offset_fit_ramp": fit.ramp}
     metrics = write_evaluation(run_dir, scores, title, extra)
     log.info("%s amplitude SSIM %.3f corr %.3f, phase SSIM %.3f corr %.3f", title, metrics["amplitude"]["ssim"],
              metrics["amplitude"]["pearson"], metrics["phase"]["ssim"], metrics["phase"]["pearson"])

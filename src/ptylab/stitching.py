@@ -249,7 +249,7 @@ def _stitch_tile(crops: np.ndarray, x: np.ndarray, y: np.ndarray, shape: tuple[i
         inv_weight = placement.inverse_weight()  # the same at every step: computed once
         phasors = fit_offsets(lambda ph: (placement.value_sum(ph) * inv_weight).reshape(r1 - r0, c1 - c0), phasors,
                               evidence, np.unique(evidence.pattern[patch_index]), (r0, c0),
-                              placement.patch_coords(x - c0, y - r0, c1 - c0, crop))
+                              placement.patch_coords(x - c0, y - r0, c1 - c0, crop), (x, y))
     return _Tile((r0, r1, c0, c1), placement.value_sum(phasors).reshape(r1 - r0, c1 - c0).numpy(),
                  placement.weight_sum().reshape(r1 - r0, c1 - c0).numpy())
 
