@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from ptylab import stitching
-from ptylab.phase_offsets import AUTO_LR, AUTO_LR_MAX, Evidence, OffsetFit, auto_lr, fit_offsets, mean_counts
+from ptylab.batches import mean_total_counts
+from ptylab.phase_offsets import AUTO_LR, AUTO_LR_MAX, Evidence, OffsetFit, auto_lr, fit_offsets
 from ptylab.physics import extract_patches, far_field, make_object, make_probe, poisson_sample, raster_scan
 from ptylab.rng import stage_rng
 from ptylab.stitching import spatial_tiles, stitch
@@ -193,7 +194,7 @@ def test_offset_fit_rate_follows_the_counts_unless_set(tmp_path):
     for counts in (300.0, 1e3, 4e3, 9e3, 1e5):
         diff = np.lib.format.open_memmap(tmp_path / f"d{counts}.npy", "w+", np.float32, (40, 8, 8))
         diff[:] = np.sqrt(counts / 64)  # amplitudes whose squares sum to ``counts`` per pattern
-        assert mean_counts(diff, chunk=7) == pytest.approx(counts, rel=1e-5)
+        assert mean_total_counts(diff, chunk=7) == pytest.approx(counts, rel=1e-5)
         assert OffsetFit().for_data(diff).lr == pytest.approx(auto_lr(counts))
         assert OffsetFit(lr=0.05).for_data(diff).lr == 0.05
     rates = [auto_lr(c) for c in (300.0, 1e3, 2e3, 4e3, 9e3, 1e5)]

@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .batches import mean_total_counts
 from .physics import extract_patches, far_field, poisson_nll
 
 log = logging.getLogger(__name__)
@@ -95,16 +96,7 @@ class OffsetFit:
 
     def for_data(self, diff: np.ndarray) -> OffsetFit:
         """These settings with a numeric lr: the one set, or ``auto_lr`` of ``diff``'s counts."""
-        return self if self.lr is not None else replace(self, lr=auto_lr(mean_counts(diff)))
-
-
-def mean_counts(diff: np.ndarray, most: int = 4096, chunk: int = 512) -> float:
-    """Mean total counts per pattern of measured amplitudes ``diff`` (P, N, N), from at most
-    ``most`` evenly spaced patterns read ``chunk`` at a time (a memory map is never read whole)."""
-    rows = np.unique(np.linspace(0, len(diff) - 1, min(len(diff), most)).astype(np.int64))
-    total = sum(float(np.square(np.asarray(diff[rows[i : i + chunk]], np.float64)).sum())
-                for i in range(0, len(rows), chunk))
-    return total / max(len(rows), 1)
+        return self if self.lr is not None else replace(self, lr=auto_lr(mean_total_counts(diff)))
 
 
 def auto_lr(counts: float) -> float:

@@ -243,13 +243,14 @@ def _stitch_tile(crops: np.ndarray, x: np.ndarray, y: np.ndarray, shape: tuple[i
     r0, r1 = max(0, math.floor(y.min()) - half), min(h, math.floor(y.max()) - half + crop + 1)
     c0, c1 = max(0, math.floor(x.min()) - half), min(w, math.floor(x.max()) - half + crop + 1)
     # Integer box offsets keep every sub-pixel shift, so a tile places exactly as the whole canvas would.
-    placement = place(np.asarray(crops), x - c0, y - r0, (r1 - r0, c1 - c0), crop, illumination)
+    xs, ys = x - c0, y - r0  # the patches' positions on the tile's canvas
+    placement = place(np.asarray(crops), xs, ys, (r1 - r0, c1 - c0), crop, illumination)
     phasors = phase_sync(placement) if sync_phase and len(x) > 1 else None
     if phasors is not None and evidence is not None and evidence.fit.steps > 0:
         inv_weight = placement.inverse_weight()  # the same at every step: computed once
         phasors = fit_offsets(lambda ph: (placement.value_sum(ph) * inv_weight).reshape(r1 - r0, c1 - c0), phasors,
                               evidence, np.unique(evidence.pattern[patch_index]), (r0, c0),
-                              placement.patch_coords(x - c0, y - r0, c1 - c0, crop), (x, y))
+                              placement.patch_coords(xs, ys, c1 - c0, crop), (xs, ys))
     return _Tile((r0, r1, c0, c1), placement.value_sum(phasors).reshape(r1 - r0, c1 - c0).numpy(),
                  placement.weight_sum().reshape(r1 - r0, c1 - c0).numpy())
 
