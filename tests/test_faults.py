@@ -84,6 +84,8 @@ def test_killed_job_resumes_to_the_uninterrupted_digest_and_metrics(reference, t
     assert resumed["status"] == "succeeded" and resumed["resumed_from"] == "checkpoints/last.ckpt"
     assert resumed["bundle_sha256"] == ref["bundle_sha256"]
     assert resumed["loss_history"] == ref["loss_history"] and resumed["steps"] == ref["steps"]
+    # trained on the groups under the embedded disc probe's eight symmetries, drawn the same way again
+    assert resumed["groups"] == ref["groups"] and ref["groups"]["symmetries"] == 8
     assert _metrics(run_dir) == _metrics(reference)
 
 

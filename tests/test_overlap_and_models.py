@@ -14,6 +14,7 @@ from ptylab.models import PINN, Supervised, build_model
 from ptylab.models.base import support_mask
 from ptylab.models.overlap import merge_overlaps
 from ptylab.physics import extract_patches, poisson_nll
+from ptylab.symmetries import probe_symmetries
 from ptylab.training import batch_plan
 
 
@@ -46,8 +47,9 @@ def _nll_on(model, batch):
         return float(poisson_nll(pred, batch["diff"].square()))
 
 
-@pytest.mark.parametrize(("gridsize", "per_pattern"), [(1, False), (2, False), (2, True)])
-def test_tiny_pinn_training_lowers_poisson_nll(small_dataset_cfg, tmp_path, gridsize, per_pattern):
+@pytest.mark.parametrize(("gridsize", "per_pattern", "augment"),
+                         [(1, False, False), (2, False, False), (2, True, False), (2, True, True)])
+def test_tiny_pinn_training_lowers_poisson_nll(small_dataset_cfg, tmp_path, gridsize, per_pattern, augment):
     src = load_or_simulate(small_dataset_cfg, 1e4, 0, tmp_path / "cache")
     train = src.train
     L.seed_everything(0, verbose=False)
@@ -63,7 +65,9 @@ def test_tiny_pinn_training_lowers_poisson_nll(small_dataset_cfg, tmp_path, grid
     before = _nll_on(model, probe_batch)
     trainer = L.Trainer(max_epochs=6, accelerator="cpu", logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, deterministic=True)
-    trainer.fit(model, make_loader(ds, 8, True, 0))
+    # augmented: the groups also mirrored and rotated (the probe's symmetries); scored as measured
+    transforms = probe_symmetries(train.probe) if augment else (0,)
+    trainer.fit(model, make_loader(ds, 8, True, 0, transforms=transforms))
     after = _nll_on(model, probe_batch)
     assert after < before
     assert (before - after) > 0.3 * (before - floor), (before, after, floor)

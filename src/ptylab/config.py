@@ -182,6 +182,11 @@ class PinnConfig(ModelConfig):
     separate_decoders: bool = True
     decoder_width: float = 0.5
     oversample: int = 0  # extra random groups per anchor (gridsize > 1 and K >= C only)
+    # Train (and refine) also on the groups mirrored and rotated, under each symmetry the probe has
+    # (ptylab.symmetries): valid samples of the same probe, none for a probe without symmetry.
+    # Amplitude gained at 1e3 and 1e4 on two seeds each (SSIM +0.014 to +0.020), at no cost per
+    # step; phase SSIM gained at 1e3 and fell at 1e4, still above LSQML's (docs/quality.md).
+    augment_symmetries: bool = True
     # One network per pattern (shared weights) instead of the group's patterns as input channels;
     # batch_size then counts patterns and an epoch is one pass over the patterns (training.batch_plan).
     per_pattern: bool = True

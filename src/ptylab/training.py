@@ -27,6 +27,7 @@ from .grouping import Groups, group_positions
 from .manifest import TrainingOutcome
 from .models import PtychoModule, build_model
 from .rng import stage_rng
+from .symmetries import probe_symmetries
 
 log = logging.getLogger(__name__)
 STALL_EPOCHS = 3
@@ -110,6 +111,19 @@ def training_groups(train: PtychoData, model_cfg: ModelConfig, gridsize: int, se
     return groups
 
 
+def augmentation(model_cfg: ModelConfig, train: PtychoData) -> tuple[int, ...]:
+    """The symmetry transforms training draws from: the probe's, when the model asks for them."""
+    if not (isinstance(model_cfg, PinnConfig) and model_cfg.augment_symmetries):
+        return (0,)
+    transforms = probe_symmetries(train.probe)
+    if len(transforms) == 1:
+        log.warning("model.augment_symmetries: the probe has no mirror or rotation symmetry; training on the "
+                    "groups as measured")
+    else:
+        log.info("training on the groups under %d symmetries of the probe", len(transforms))
+    return transforms
+
+
 class CheckpointError(PtylabError):
     """A checkpoint that is missing, truncated or not a Lightning checkpoint."""
 
@@ -159,7 +173,9 @@ def fit(model_cfg: ModelConfig, gridsize: int, seed: int, train: PtychoData, tra
     tr, va = split_train_val(groups.n_groups, model_cfg.val_fraction, stage_rng(seed, "val_split"))
     y = train.Y if isinstance(model_cfg, SupervisedConfig) else None
     per_step, per_epoch = batch_plan(model, model_cfg.batch_size, gridsize)
-    train_loader = make_loader(GroupedPatterns(train.diff3d, _subset(groups, tr), y), per_step, True, seed, per_epoch)
+    transforms = augmentation(model_cfg, train)
+    train_loader = make_loader(GroupedPatterns(train.diff3d, _subset(groups, tr), y), per_step, True, seed, per_epoch,
+                               transforms)
     val_loader = (make_loader(GroupedPatterns(train.diff3d, _subset(groups, va), y), per_step, False, seed)
                   if va.size else None)
     trainer, checkpoint = build_trainer(trainer_kwargs, run_dir, model_cfg.early_stop_patience, logger,
@@ -178,7 +194,8 @@ def fit(model_cfg: ModelConfig, gridsize: int, seed: int, train: PtychoData, tra
         best_val_loss=None if checkpoint.best_model_score is None else float(checkpoint.best_model_score),
         loss_history={"train": history.train, "val": history.val},
         checkpoint_path=_relative(checkpoint.last_model_path, run_dir), best_checkpoint_path=_relative(best, run_dir),
-        groups={"train": int(tr.size), "val": int(va.size), "patterns_per_group": gridsize**2},
+        groups={"train": int(tr.size), "val": int(va.size), "patterns_per_group": gridsize**2,
+                "symmetries": len(transforms)},
         stalled=history.stalled,
     )
     return model.cpu().eval(), outcome

@@ -1,0 +1,59 @@
+"""The probe's mirror and rotation symmetries as extra training samples.
+
+Patch pixel i sits at i - N//2 from the scan position and the far field puts zero frequency at
+N//2 (``physics.far_field``), so mirroring a row index as i -> (N - i) mod N mirrors the object
+about the scan position *and* its diffraction pattern about zero frequency; swapping rows and
+columns transposes both. When the probe is unchanged by such a transform T, the pattern T(I) is
+exactly what the same probe measures on the object T(O): a valid sample the data did not contain,
+with the same Poisson statistics. Its group's relative offsets transform with it. The eight
+compositions of a row mirror, a column mirror and a transpose form the square's symmetry group;
+a disc probe, defocused or not, has all eight. A measured probe usually has none, and then only
+the identity is used.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# Transform t in 0..7: bit 0 mirrors rows, bit 1 mirrors columns, bit 2 then transposes.
+TRANSFORMS = tuple(range(8))
+PROBE_RTOL = 1e-3
+
+
+def _mirror(a: np.ndarray, axis: int) -> np.ndarray:
+    """i -> (N - i) mod N along ``axis``: the mirror about pixel N//2 that keeps index 0 in place."""
+    return np.roll(np.flip(a, axis=axis), 1, axis=axis)
+
+
+def transform_images(images: np.ndarray, t: int) -> np.ndarray:
+    """Apply transform ``t`` to the last two axes (rows, columns) of ``images``."""
+    out = images
+    if t & 1:
+        out = _mirror(out, -2)
+    if t & 2:
+        out = _mirror(out, -1)
+    if t & 4:
+        out = np.swapaxes(out, -1, -2)
+    return out
+
+
+def transform_offsets(offsets: np.ndarray, t: int) -> np.ndarray:
+    """Apply transform ``t`` to offsets (..., 2) given as (dx, dy) = (column, row) shifts."""
+    dx, dy = offsets[..., 0], offsets[..., 1]
+    if t & 1:
+        dy = -dy
+    if t & 2:
+        dx = -dx
+    if t & 4:
+        dx, dy = dy, dx
+    return np.stack((dx, dy), axis=-1)
+
+
+def probe_symmetries(probe: np.ndarray, rtol: float = PROBE_RTOL) -> tuple[int, ...]:
+    """The transforms that leave ``probe`` unchanged to ``rtol`` of its norm (always the identity)."""
+    p = np.asarray(probe, dtype=np.complex128)
+    norm = float(np.linalg.norm(p))
+    if norm == 0:
+        return (0,)
+    return tuple(t for t in TRANSFORMS
+                 if float(np.linalg.norm(transform_images(p, t) - p)) <= rtol * norm)

@@ -1,0 +1,81 @@
+"""The probe's symmetries as training samples: the identity they rest on, and the loader's use of them."""
+
+import numpy as np
+import pytest
+import torch
+
+from ptylab.batches import EpochShuffle, GroupedPatterns
+from ptylab.grouping import group_positions
+from ptylab.physics import exit_wave_intensity, extract_patches, make_probe
+from ptylab.symmetries import TRANSFORMS, probe_symmetries, transform_images, transform_offsets
+
+N = 32
+
+
+def _measure(obj: np.ndarray, x: np.ndarray, y: np.ndarray, probe: np.ndarray) -> np.ndarray:
+    patches = extract_patches(torch.from_numpy(obj), torch.from_numpy(x), torch.from_numpy(y), N)
+    return exit_wave_intensity(torch.from_numpy(probe), patches).numpy()
+
+
+def _transform_scene(obj: np.ndarray, x: np.ndarray, y: np.ndarray, t: int):
+    """Transform t applied to the whole object and its scan (rows mirrored, columns mirrored, transposed)."""
+    size = obj.shape[0]
+    if t & 1:
+        obj, y = obj[::-1], size - 1 - y
+    if t & 2:
+        obj, x = obj[:, ::-1], size - 1 - x
+    if t & 4:
+        obj, x, y = obj.T, y, x
+    return np.ascontiguousarray(obj), x, y
+
+
+@pytest.mark.parametrize("t", TRANSFORMS)
+def test_a_probe_symmetry_turns_a_measured_group_into_the_group_of_the_transformed_object(t):
+    rng = np.random.default_rng(t)
+    obj = ((0.4 + rng.random((72, 72))) * np.exp(1j * rng.random((72, 72)))).astype(np.complex64)
+    probe = make_probe(N, 12, 1.0, defocus=2.0)  # complex, not point-symmetric as a conjugate: no twin
+    x = np.array([30.0, 33.5, 30.25, 36.0])
+    y = np.array([31.0, 30.0, 35.75, 34.5])
+    counts = _measure(obj, x, y, probe)
+    obj_t, x_t, y_t = _transform_scene(obj, x, y, t)
+    # what the same probe measures on the transformed object is the transformed measurement ...
+    np.testing.assert_allclose(_measure(obj_t, x_t, y_t, probe), transform_images(counts, t),
+                               rtol=0, atol=1e-5 * counts.max())
+    # ... and the group's offsets about its centroid transform with it
+    offsets = np.column_stack((x - x.mean(), y - y.mean()))
+    np.testing.assert_allclose(np.column_stack((x_t - x_t.mean(), y_t - y_t.mean())), transform_offsets(offsets, t),
+                               atol=1e-12)
+
+
+def test_only_the_symmetries_the_probe_has_are_used():
+    disc = make_probe(N, 12, 1.0, defocus=3.0)
+    assert probe_symmetries(disc) == TRANSFORMS
+    yy, xx = np.mgrid[0:N, 0:N] - N // 2
+    tilted = disc * np.exp(1j * 0.3 * xx)  # a phase ramp along x: the row mirror keeps it, nothing else
+    assert probe_symmetries(tilted) == (0, 1)
+    lopsided = disc * (1 + 0.2 * (xx > 0) + 0.1 * (yy > 0))
+    assert probe_symmetries(lopsided) == (0,)
+
+
+def test_loader_items_carry_their_transform_and_the_epoch_order_stays_the_same(small_dataset_cfg, tmp_path):
+    from ptylab.datasets import load_or_simulate
+
+    train = load_or_simulate(small_dataset_cfg, 1e4, 0, tmp_path / "cache").train
+    groups = group_positions(train.xcoords, train.ycoords, 2, 7)
+    ds = GroupedPatterns(train.diff3d, groups, train.Y)
+    n = len(ds)
+    plain = ds.__getitems__([3, 5])
+    for t in TRANSFORMS:
+        moved = ds.__getitems__([3 + n * t, 5])
+        np.testing.assert_array_equal(moved["diff"][0].numpy(), transform_images(plain["diff"][0].numpy(), t))
+        np.testing.assert_array_equal(moved["Y"][0].numpy(), transform_images(plain["Y"][0].numpy(), t))
+        np.testing.assert_array_equal(moved["offsets"][0].numpy(), transform_offsets(plain["offsets"][0].numpy(), t))
+        np.testing.assert_array_equal(moved["diff"][1].numpy(), plain["diff"][1].numpy())  # the other sample as it was
+        assert moved["index"].tolist() == [3, 5]
+    sampler = EpochShuffle(n, seed=4, fraction=0.5, transforms=TRANSFORMS)
+    sampler.set_epoch(2)
+    items = np.array(list(sampler))
+    as_measured = EpochShuffle(n, seed=4, fraction=0.5)
+    as_measured.set_epoch(2)
+    np.testing.assert_array_equal(items % n, list(as_measured))
+    assert len(set((items // n).tolist())) > 4  # transforms drawn, not one for all
