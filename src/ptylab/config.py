@@ -151,6 +151,12 @@ class ModelConfig:
     batch_size: int = 16
     val_fraction: float = 0.1
     max_train_groups: int | None = None  # cap on training samples (None: all)
+    # Train (and refine) also on the groups mirrored and rotated, under each symmetry the probe has
+    # (ptylab.symmetries): valid samples of the same probe, none for a probe without symmetry.
+    # PINN: amplitude gained at 1e3 and 1e4 on two seeds each (SSIM +0.014 to +0.020), at no cost
+    # per step; phase SSIM gained at 1e3 and fell at 1e4, still above LSQML's (docs/quality.md).
+    # The supervised baseline (Y transformed alike) uses them too: methods compared on one sample set.
+    augment_symmetries: bool = True
 
     def __post_init__(self) -> None:
         _check(len(self.base_filters) == 3 and all(f > 0 for f in self.base_filters), "model.base_filters",
@@ -182,11 +188,6 @@ class PinnConfig(ModelConfig):
     separate_decoders: bool = True
     decoder_width: float = 0.5
     oversample: int = 0  # extra random groups per anchor (gridsize > 1 and K >= C only)
-    # Train (and refine) also on the groups mirrored and rotated, under each symmetry the probe has
-    # (ptylab.symmetries): valid samples of the same probe, none for a probe without symmetry.
-    # Amplitude gained at 1e3 and 1e4 on two seeds each (SSIM +0.014 to +0.020), at no cost per
-    # step; phase SSIM gained at 1e3 and fell at 1e4, still above LSQML's (docs/quality.md).
-    augment_symmetries: bool = True
     # One network per pattern (shared weights) instead of the group's patterns as input channels;
     # batch_size then counts patterns and an epoch is one pass over the patterns (training.batch_plan).
     per_pattern: bool = True

@@ -113,7 +113,7 @@ def training_groups(train: PtychoData, model_cfg: ModelConfig, gridsize: int, se
 
 def augmentation(model_cfg: ModelConfig, train: PtychoData) -> tuple[int, ...]:
     """The symmetry transforms training draws from: the probe's, when the model asks for them."""
-    if not (isinstance(model_cfg, PinnConfig) and model_cfg.augment_symmetries):
+    if not model_cfg.augment_symmetries:
         return (0,)
     transforms = probe_symmetries(train.probe)
     if len(transforms) == 1:
