@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from ptylab.batches import EpochShuffle, GroupedPatterns
+from ptylab.datasets import load_or_simulate
 from ptylab.grouping import group_positions
 from ptylab.physics import exit_wave_intensity, extract_patches, make_probe
 from ptylab.symmetries import TRANSFORMS, probe_symmetries, transform_images, transform_offsets
@@ -58,8 +59,6 @@ def test_only_the_symmetries_the_probe_has_are_used():
 
 
 def test_loader_items_carry_their_transform_and_the_epoch_order_stays_the_same(small_dataset_cfg, tmp_path):
-    from ptylab.datasets import load_or_simulate
-
     train = load_or_simulate(small_dataset_cfg, 1e4, 0, tmp_path / "cache").train
     groups = group_positions(train.xcoords, train.ycoords, 2, 7)
     ds = GroupedPatterns(train.diff3d, groups, train.Y)
