@@ -194,7 +194,7 @@ def evaluate_reconstruction(model: PtychoModule, test: PtychoData, gridsize: int
     fit = offset_fit(cfg).for_data(test.diff3d)  # the lr it used, for metrics.json
     stitched = reconstruct(model, test, gridsize, neighbours, cfg.stitch_crop, cfg.batch_size,
                            sync_phase=cfg.sync_phase, tile_patches=cfg.tile_patches, scratch_dir=run_dir,
-                           offset_fit=fit)
+                           offset_fit=fit, average_symmetries=cfg.average_symmetries)
     infer_s = time.perf_counter() - t0
     scores = score_reconstruction(stitched, test.obj, cfg)
     evaluate_s = time.perf_counter() - t0
@@ -209,7 +209,8 @@ def evaluate_reconstruction(model: PtychoModule, test: PtychoData, gridsize: int
     extra = {"inference_s": round(infer_s, 3), "evaluate_s": round(evaluate_s, 3), "fit_alone_s": fit_alone_s,
              "test_positions": test.n_positions, "stitch_crop": cfg.stitch_crop or test.N // 2,
              "sync_phase": cfg.sync_phase, "offset_fit_steps": fit.steps, "offset_fit_lr": fit.lr,
-             "offset_fit_gains": fit.gains, "offset_fit_order": fit.order, "offset_fit_ramp": fit.ramp}
+             "offset_fit_gains": fit.gains, "offset_fit_order": fit.order, "offset_fit_ramp": fit.ramp,
+             "average_symmetries": cfg.average_symmetries}
     metrics = write_evaluation(run_dir, scores, title, extra)
     log.info("%s amplitude SSIM %.3f corr %.3f, phase SSIM %.3f corr %.3f", title, metrics["amplitude"]["ssim"],
              metrics["amplitude"]["pearson"], metrics["phase"]["ssim"], metrics["phase"]["pearson"])

@@ -20,6 +20,7 @@ from .grouping import Groups, group_positions
 from .models import MODEL_CLASSES, PtychoModule
 from .phase_offsets import Evidence, OffsetFit, fit_offsets
 from .physics import effective_probe_radius, sample_windows
+from .symmetries import inverse, probe_symmetries, transform_images, transform_offsets
 
 log = logging.getLogger(__name__)
 
@@ -66,25 +67,41 @@ def central(a: np.ndarray, crop: int) -> np.ndarray:
 
 @torch.no_grad()
 def predict_crops(model: PtychoModule, diff: np.ndarray, groups: Groups, crop: int, batch_size: int = 64,
-                  device: str | torch.device = "cpu", scratch: IO[bytes] | None = None) -> np.ndarray:
+                  device: str | torch.device = "cpu", scratch: IO[bytes] | None = None,
+                  transforms: tuple[int, ...] = (0,)) -> np.ndarray:
     """(G * C, crop, crop) complex64: the central crop of every member's predicted object patch.
 
     Only the crops are kept, because stitching uses nothing else; with a ``scratch`` file they go
     to a memory map on it, so a scan of any size is predicted batch by batch without holding its
     patches in memory (the page cache holds them, and can drop them).
+
+    With several ``transforms`` (symmetries of the probe, ``ptylab.symmetries``) each group is
+    also predicted as its mirrored or turned measurement, each prediction is turned back, and the
+    crops are averaged: an average the network's own orientation preferences cancel out of. A
+    patch's absolute phase is arbitrary, so each prediction is first turned to make the sum of its
+    crop real, a reference that does not depend on the order of the transforms.
     """
     model = model.to(device).eval()
     shape = (groups.n_groups * groups.indices.shape[1], crop, crop)
     out = np.memmap(scratch, np.complex64, "w+", shape=shape) if scratch is not None else np.empty(shape, np.complex64)
-    offsets = torch.from_numpy(groups.offsets.astype(np.float32))
     c = groups.indices.shape[1]
     progress = _Progress("predicting groups", groups.n_groups)
     for start in range(0, groups.n_groups, batch_size):
         progress.update(start)
         idx = groups.indices[start : start + batch_size]
-        batch = torch.from_numpy(np.asarray(diff[idx.ravel()], dtype=np.float32)).reshape(*idx.shape, *diff.shape[1:])
-        pred = model.predict_object(batch.to(device), offsets[start : start + batch_size].to(device))
-        out[start * c : (start + len(idx)) * c] = central(pred.cpu().numpy(), crop).reshape(-1, crop, crop)
+        batch = np.asarray(diff[idx.ravel()], dtype=np.float32).reshape(*idx.shape, *diff.shape[1:])
+        offsets = groups.offsets[start : start + batch_size].astype(np.float32)
+        total = np.zeros((*idx.shape, crop, crop), np.complex128)
+        for t in transforms:
+            pred = model.predict_object(torch.from_numpy(np.ascontiguousarray(transform_images(batch, t))).to(device),
+                                        torch.from_numpy(transform_offsets(offsets, t)).to(device))
+            crops = central(transform_images(pred.cpu().numpy(), inverse(t)), crop)
+            if len(transforms) > 1:  # phase reference: the crop's sum without its first row and column,
+                # the part every transform maps onto itself
+                ref = crops[..., 1:, 1:].sum(axis=(-2, -1), keepdims=True)
+                crops = crops * np.conj(ref) / np.maximum(np.abs(ref), 1e-30)
+            total += crops
+        out[start * c : (start + len(idx)) * c] = (total / len(transforms)).reshape(-1, crop, crop)
     return out
 
 
@@ -340,8 +357,11 @@ def scanned_bbox(x: np.ndarray, y: np.ndarray, crop: float, shape: tuple[int, in
 def reconstruct(model: PtychoModule, data: PtychoData, gridsize: int, neighbours: int, crop: int | None,
                 batch_size: int = 64, device: str | torch.device = "cpu", sync_phase: bool = True,
                 tile_patches: int = DEFAULT_TILE_PATCHES, scratch_dir: Path | None = None,
-                offset_fit: OffsetFit | None = None) -> Stitched:
+                offset_fit: OffsetFit | None = None, average_symmetries: bool = False) -> Stitched:
     """Group the dataset's positions as in training (one group per anchor), predict, stitch.
+
+    With ``average_symmetries`` each group's prediction is averaged over the symmetries the
+    data's probe has (``predict_crops``; none found: the prediction as it is).
 
     With ``offset_fit`` (and ``sync_phase``) the synchronised per-patch phase offsets (and gains,
     and shape terms) are then fitted to the dataset's own patterns (``phase_offsets``): the same
@@ -354,7 +374,8 @@ def reconstruct(model: PtychoModule, data: PtychoData, gridsize: int, neighbours
     groups = group_positions(data.xcoords, data.ycoords, gridsize, neighbours)
     crop = crop or data.N // 2
     with tempfile.TemporaryFile(prefix=".ptylab-crops-", dir=scratch_dir) as scratch:
-        crops = predict_crops(model, data.diff3d, groups, crop, batch_size, device, scratch)
+        transforms = probe_symmetries(data.probe) if average_symmetries else (0,)
+        crops = predict_crops(model, data.diff3d, groups, crop, batch_size, device, scratch, transforms)
         return _stitch_groups(crops, groups, data, crop, sync_phase, tile_patches, offset_fit)
 
 
@@ -396,7 +417,8 @@ def reconstruct_from_bundle(bundle: Bundle, data: PtychoData, batch_size: int = 
     if offset_fit_order is not None:
         offset_fit = replace(offset_fit, order=offset_fit_order)
     return reconstruct(model, data, info["gridsize"], info["neighbours"], info.get("stitch_crop"), batch_size,
-                       device, info.get("sync_phase", True), tile_patches, offset_fit=offset_fit)
+                       device, info.get("sync_phase", True), tile_patches, offset_fit=offset_fit,
+                       average_symmetries=info.get("average_symmetries", False))
 
 
 def write_reconstruction(out_dir: Path, stitched: Stitched, title: str) -> Path:

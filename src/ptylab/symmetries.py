@@ -37,6 +37,12 @@ def transform_images(images: np.ndarray, t: int) -> np.ndarray:
     return out
 
 
+def inverse(t: int) -> int:
+    """The transform that undoes ``t``: mirrors commute, and a transpose before them swaps which
+    axis each mirrors."""
+    return t if not t & 4 else 4 | (t & 1) << 1 | (t & 2) >> 1
+
+
 def transform_offsets(offsets: np.ndarray, t: int) -> np.ndarray:
     """Apply transform ``t`` to offsets (..., 2) given as (dx, dy) = (column, row) shifts."""
     dx, dy = offsets[..., 0], offsets[..., 1]

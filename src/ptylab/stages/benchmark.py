@@ -324,7 +324,8 @@ def run_benchmark(args: BenchmarkConfig) -> dict[str, Any]:
         bundle_path.parent.mkdir()
         # The job's own stitching settings, offset fit included, so reconstruct_s times what a job runs.
         inference = {"model": "pinn", "N": train.N, "gridsize": int(cfg.gridsize), "neighbours": model_cfg.neighbours,
-                     "stitch_crop": None, "sync_phase": True, **offset_fit(typed.eval).inference(),
+                     "stitch_crop": None, "sync_phase": True, "average_symmetries": typed.eval.average_symmetries,
+                     **offset_fit(typed.eval).inference(),
                      "input_scale": float(trained.input_scale.item()), "dose": float(cfg.dose)}
         save_model_bundle(bundle_path, trained, "pinn", inference, {}, bundle_config_yaml(cfg))
     bundle = load_bundle(bundle_path)

@@ -69,7 +69,8 @@ def save_bundle(cfg: DictConfig, tc: TrainConfig, run_dir: Path, model: PtychoMo
     inference = {
         "model": tc.model.name, "N": int(model.hparams["N"]), "gridsize": tc.gridsize,
         "neighbours": tc.model.neighbours, "stitch_crop": tc.eval.stitch_crop, "sync_phase": tc.eval.sync_phase,
-        **offset_fit(tc.eval).inference(), "input_scale": float(model.input_scale.item()), "dose": tc.dose,
+        "average_symmetries": tc.eval.average_symmetries, **offset_fit(tc.eval).inference(),
+        "input_scale": float(model.input_scale.item()), "dose": tc.dose,
     }
     return save_model_bundle(run_dir / BUNDLE_NAME, model, tc.model.name, inference, location_free(params),
                              bundle_config_yaml(cfg))
