@@ -375,6 +375,9 @@ def reconstruct(model: PtychoModule, data: PtychoData, gridsize: int, neighbours
     crop = crop or data.N // 2
     with tempfile.TemporaryFile(prefix=".ptylab-crops-", dir=scratch_dir) as scratch:
         transforms = probe_symmetries(data.probe) if average_symmetries else (0,)
+        if average_symmetries:
+            log.info("averaging each prediction over the probe's %d symmetries%s", len(transforms),
+                     "" if len(transforms) > 1 else " (none but the identity: the predictions as they are)")
         crops = predict_crops(model, data.diff3d, groups, crop, batch_size, device, scratch, transforms)
         return _stitch_groups(crops, groups, data, crop, sync_phase, tile_patches, offset_fit)
 
