@@ -51,6 +51,15 @@ def test_a_probe_symmetry_turns_a_measured_group_into_the_group_of_the_transform
                                atol=1e-12)
 
 
+def test_each_transform_is_undone_by_its_inverse():
+    images = np.random.default_rng(0).random((2, 6, 6))
+    offsets = np.random.default_rng(1).random((5, 2))
+    for t in TRANSFORMS:
+        np.testing.assert_array_equal(transform_images(transform_images(images, t), inverse(t)), images)
+        np.testing.assert_array_equal(transform_offsets(transform_offsets(offsets, t), inverse(t)), offsets)
+    assert [inverse(t) for t in TRANSFORMS] != list(TRANSFORMS)  # the turns are not their own inverses
+
+
 def test_only_the_symmetries_the_probe_has_are_used():
     disc = make_probe(N, 12, 1.0, defocus=3.0)
     assert probe_symmetries(disc) == TRANSFORMS
