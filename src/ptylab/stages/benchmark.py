@@ -30,7 +30,7 @@ from ..bundle import BUNDLE_NAME, bundle_config_yaml, load_bundle, save_model_bu
 from ..cli import CONF_DIR
 from ..config import EvalConfig, ModelConfig, TrainConfig, validate
 from ..data import PtychoData
-from ..evaluation import offset_fit, score_reconstruction
+from ..evaluation import score_reconstruction
 from ..fileio import atomic_write_text
 from ..grouping import group_positions
 from ..models import PINN, build_model
@@ -39,6 +39,7 @@ from ..simulate import simulate
 from ..stitching import reconstruct_from_bundle
 from ..training import batch_plan, build_trainer
 from ..views import select_view_for
+from .train import inference_record
 
 log = logging.getLogger(__name__)
 
@@ -323,11 +324,8 @@ def run_benchmark(args: BenchmarkConfig) -> dict[str, Any]:
         bundle_path = work / "bundle" / BUNDLE_NAME
         bundle_path.parent.mkdir()
         # The job's own stitching settings, offset fit included, so reconstruct_s times what a job runs.
-        inference = {"model": "pinn", "N": train.N, "gridsize": int(cfg.gridsize), "neighbours": model_cfg.neighbours,
-                     "stitch_crop": None, "sync_phase": True, "average_symmetries": typed.eval.average_symmetries,
-                     **offset_fit(typed.eval).inference(),
-                     "input_scale": float(trained.input_scale.item()), "dose": float(cfg.dose)}
-        save_model_bundle(bundle_path, trained, "pinn", inference, {}, bundle_config_yaml(cfg))
+        save_model_bundle(bundle_path, trained, typed.model.name, inference_record(typed, trained), {},
+                          bundle_config_yaml(cfg))
     bundle = load_bundle(bundle_path)
     reconstruct_from_bundle(bundle, test, device=device)  # warm-up
     t0 = time.perf_counter()

@@ -65,15 +65,19 @@ def train(cfg: DictConfig, tc: TrainConfig, run_dir: Path, data: PtychoData,
     return model
 
 
-def save_bundle(cfg: DictConfig, tc: TrainConfig, run_dir: Path, model: PtychoModule, params: dict[str, Any]) -> str:
-    inference = {
+def inference_record(tc: TrainConfig, model: PtychoModule) -> dict[str, Any]:
+    """What a bundle needs to reconstruct as the job did: model, grouping and stitching settings."""
+    return {
         "model": tc.model.name, "N": int(model.hparams["N"]), "gridsize": tc.gridsize,
         "neighbours": tc.model.neighbours, "stitch_crop": tc.eval.stitch_crop, "sync_phase": tc.eval.sync_phase,
         "average_symmetries": tc.eval.average_symmetries, **offset_fit(tc.eval).inference(),
         "input_scale": float(model.input_scale.item()), "dose": tc.dose,
     }
-    return save_model_bundle(run_dir / BUNDLE_NAME, model, tc.model.name, inference, location_free(params),
-                             bundle_config_yaml(cfg))
+
+
+def save_bundle(cfg: DictConfig, tc: TrainConfig, run_dir: Path, model: PtychoModule, params: dict[str, Any]) -> str:
+    return save_model_bundle(run_dir / BUNDLE_NAME, model, tc.model.name, inference_record(tc, model),
+                             location_free(params), bundle_config_yaml(cfg))
 
 
 def evaluate(tc: TrainConfig, run_dir: Path, model: PtychoModule, test: PtychoData,
