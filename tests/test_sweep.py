@@ -7,6 +7,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 import ptylab.config  # noqa: F401
+from ptylab.commands import reproduce as reproduce_command
 from ptylab.data import write_dataset
 from ptylab.datasets import load_or_simulate
 
@@ -115,7 +116,7 @@ def test_study_preset_expands_to_the_whole_matrix():
     assert seen == {("pinn", 2, "dense"), ("pinn", 2, "sparse"), ("pinn", 1, "dense"), ("supervised", 1, "dense")}
 
 
-def test_reproduce_reports_identical_and_then_the_edit(sweep, tmp_path):
+def test_reproduce_reports_identical_and_then_the_edit(sweep, tmp_path, capsys):
     sweep_dir, _ = sweep
     run = next(p for p in sorted(sweep_dir.iterdir()) if (p / "wts.h5.zip").is_file())
     same = run_script(["scripts/reproduce.py", str(run), f"output_dir={tmp_path / 'again'}"], cwd=ROOT)
@@ -125,9 +126,10 @@ def test_reproduce_reports_identical_and_then_the_edit(sweep, tmp_path):
     shutil.copytree(run, edited)
     snap = edited / ".hydra" / "config.yaml"
     snap.write_text(snap.read_text().replace("seed: 1", "seed: 2"))
-    diff = run_script(["scripts/reproduce.py", str(edited), f"output_dir={tmp_path / 'other'}"], cwd=ROOT)
-    assert diff.returncode == 1, diff.stderr[-3000:]
-    assert "bundle sha256" in diff.stdout and "config seed: 1 -> 2" in diff.stdout
+    # The same command in-process (its subprocess path is the one above): exit status 1, each difference listed.
+    assert reproduce_command([str(edited), f"output_dir={tmp_path / 'other'}"]) == 1
+    out = capsys.readouterr().out
+    assert "bundle sha256" in out and "config seed: 1 -> 2" in out
 
 
 def test_study_report_has_one_row_per_job_plots_and_html(sweep, tmp_path):

@@ -92,11 +92,14 @@ def simulate() -> None:
 
 
 def _reconstruct_task(cfg: DictConfig) -> None:
+    rc: ReconstructConfig = validate(cfg)
+    for key in ("bundle", "data"):  # answered before the seconds of importing torch
+        if not Path(getattr(rc, key)).is_file():
+            fail(f"{key}={getattr(rc, key)}: no such file")
+
     from .bundle import load_bundle
     from .data import read_dataset
     from .stitching import reconstruct_from_bundle, write_reconstruction
-
-    rc: ReconstructConfig = validate(cfg)
 
     def run() -> None:
         bundle = load_bundle(rc.bundle)
@@ -134,9 +137,11 @@ class ReproduceArgs:
 
 def reproduce(argv: list[str] | None = None) -> int:
     """Re-run a finished job from its config snapshot; exit 0 when identical, 1 with each difference."""
+    args = parse_overrides(ReproduceArgs, sys.argv[1:] if argv is None else argv, positional=("run_dir",))
+    if not Path(args.run_dir).is_dir():  # answered before the seconds of importing torch
+        fail(f"run_dir={args.run_dir}: not a directory")
     from .stages.reproduce import reproduce as run_reproduce
 
-    args = parse_overrides(ReproduceArgs, sys.argv[1:] if argv is None else argv, positional=("run_dir",))
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     report = guarded(lambda: run_reproduce(args.run_dir, args.output_dir))
     print(f"original {report.original}: bundle sha256 {report.original_sha256}")
