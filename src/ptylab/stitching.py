@@ -78,8 +78,11 @@ def predict_crops(model: PtychoModule, diff: np.ndarray, groups: Groups, crop: i
     With several ``transforms`` (symmetries of the probe, ``ptylab.symmetries``) each group is
     also predicted as its mirrored or turned measurement, each prediction is turned back, and the
     crops are averaged: an average the network's own orientation preferences cancel out of. A
-    patch's absolute phase is arbitrary, so each prediction is first turned to make the sum of its
-    crop real, a reference that does not depend on the order of the transforms.
+    patch's absolute phase is arbitrary, so each prediction of a group is first turned to make the
+    sum of its members' crops real, a reference that does not depend on the order of the transforms.
+    One factor per group, not per member: the members keep the relative phases the network gave
+    them, which training's group merge (a complex average) relied on (slightly better at 1e4 than a
+    factor per member, equal at 1e3; docs/quality.md).
     """
     model = model.to(device).eval()
     shape = (groups.n_groups * groups.indices.shape[1], crop, crop)
@@ -96,9 +99,9 @@ def predict_crops(model: PtychoModule, diff: np.ndarray, groups: Groups, crop: i
             pred = model.predict_object(torch.from_numpy(np.ascontiguousarray(transform_images(batch, t))).to(device),
                                         torch.from_numpy(transform_offsets(offsets, t)).to(device))
             crops = central(transform_images(pred.cpu().numpy(), inverse(t)), crop)
-            if len(transforms) > 1:  # phase reference: the crop's sum without its first row and column,
-                # the part every transform maps onto itself
-                ref = crops[..., 1:, 1:].sum(axis=(-2, -1), keepdims=True)
+            if len(transforms) > 1:  # phase reference: the group's crops summed without their first row
+                # and column (the part every transform maps onto itself); one factor for the whole group
+                ref = crops[..., 1:, 1:].sum(axis=(-3, -2, -1), keepdims=True)
                 crops = crops * np.conj(ref) / np.maximum(np.abs(ref), 1e-30)
             total += crops
         out[start * c : (start + len(idx)) * c] = (total / len(transforms)).reshape(-1, crop, crop)
