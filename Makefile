@@ -19,11 +19,12 @@ install: $(STAMP)
 run: $(STAMP)
 	$(PY) train.py
 
-# Serial: on two cores, two pytest-xdist workers (each with torch's threads and its own job
-# subprocesses) oversubscribed the CPU; the same suite took 10 min 43 s with -n 2 and 6 min 41 s
-# serially (2026-11-25, docs/decisions.md).
+# Two pytest-xdist workers, one thread each (torch and its job subprocesses read OMP_NUM_THREADS):
+# half a test's time is starting Python and importing torch and Lightning, one core's work, so two
+# at once nearly halve the suite; whole files per worker, so a module's fixtures run once
+# (2026-12-02: 4 min 24 s against about 6 min 45 s serially; docs/decisions.md).
 test: $(STAMP)
-	$(PY) -m pytest -q
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist loadfile
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src scripts tests train.py
