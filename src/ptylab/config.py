@@ -246,8 +246,8 @@ class EvalConfig:
     # about one more stitching and fit (off for scans so large that this matters).
     fit_alone: bool = True
     # Predict each group also mirrored and turned under the probe's symmetries, and average
-    # (stitching.predict_crops). Off: it raised phase SSIM by 0.02-0.12 and lowered amplitude SSIM
-    # by 0.002-0.038 on three jobs, for about 6 s more per symmetry at 1e4 (docs/quality.md).
+    # (stitching.predict_crops). Off: it raised phase SSIM by 0.02-0.13 and lowered amplitude SSIM
+    # by 0.003-0.032 on three jobs, for about 6 s more per symmetry at 1e4 (docs/quality.md).
     average_symmetries: bool = False
     upsample_factor: int = 20  # sub-pixel registration precision: 1/upsample_factor px
     max_shift_px: float = 4.0  # larger registration shifts are refused (the reconstruction is not trusted)
