@@ -32,6 +32,15 @@ def fail(message: str) -> NoReturn:
     sys.exit(2)
 
 
+def require_path(key: str, value: str | Path, directory: bool = False) -> Path:
+    """The path given as ``key=value``; one error line and exit 2 when it is not an existing file
+    (or directory). Commands call it before their slow imports, so a typo is answered at once."""
+    path = Path(value)
+    if not (path.is_dir() if directory else path.is_file()):
+        fail(f"{key}={value}: {'not a directory' if directory else 'no such file'}")
+    return path
+
+
 def _job_overrides(args: Sequence[str]) -> list[list[str]]:
     """The override list of each job a command line launches (one unless ``-m``)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser

@@ -25,7 +25,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from .cli import CONF_DIR, fail, guarded, parse_overrides, preflight
+from .cli import CONF_DIR, fail, guarded, parse_overrides, preflight, require_path
 from .config import CompareConfig, ReconstructConfig, validate
 
 EXIT_INTERRUPTED = 143  # 128 + SIGTERM, what a shell reports for a process ended by SIGTERM
@@ -93,9 +93,8 @@ def simulate() -> None:
 
 def _reconstruct_task(cfg: DictConfig) -> None:
     rc: ReconstructConfig = validate(cfg)
-    for key in ("bundle", "data"):  # answered before the seconds of importing torch
-        if not Path(getattr(rc, key)).is_file():
-            fail(f"{key}={getattr(rc, key)}: no such file")
+    require_path("bundle", rc.bundle)
+    require_path("data", rc.data)
 
     from .bundle import load_bundle
     from .data import read_dataset
@@ -138,8 +137,7 @@ class ReproduceArgs:
 def reproduce(argv: list[str] | None = None) -> int:
     """Re-run a finished job from its config snapshot; exit 0 when identical, 1 with each difference."""
     args = parse_overrides(ReproduceArgs, sys.argv[1:] if argv is None else argv, positional=("run_dir",))
-    if not Path(args.run_dir).is_dir():  # answered before the seconds of importing torch
-        fail(f"run_dir={args.run_dir}: not a directory")
+    require_path("run_dir", args.run_dir, directory=True)
     from .stages.reproduce import reproduce as run_reproduce
 
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
@@ -166,9 +164,7 @@ def study_report(argv: list[str] | None = None) -> int:
     from .stages.study_report import write_report
 
     args = parse_overrides(StudyReportArgs, sys.argv[1:] if argv is None else argv, positional=("sweep_dir",))
-    sweep = Path(args.sweep_dir)
-    if not sweep.is_dir():
-        fail(f"sweep_dir={sweep}: not a directory")
+    sweep = require_path("sweep_dir", args.sweep_dir, directory=True)
     out = Path(args.output_dir) if args.output_dir else sweep / "report"
     summary = guarded(lambda: write_report(sweep, out))
     if summary["rows"] == 0:
