@@ -28,6 +28,13 @@ def test_defaults_compose_to_typed_config():
     assert cfg.paths.cache_dir == "outputs/cache"
 
 
+def test_symmetry_averages_default_per_arm_and_read_old_booleans():
+    tc = validate(_compose([]))
+    assert (tc.eval.average_symmetries, tc.refine.average_symmetries) == ("none", "point")
+    old = validate(_compose(["eval.average_symmetries=true", "refine.average_symmetries=false"]))
+    assert (old.eval.average_symmetries, old.refine.average_symmetries) == ("all", "none")
+
+
 def test_trainer_accepts_any_lightning_argument():
     cfg = _compose(["++trainer.limit_train_batches=5", "trainer.max_epochs=3"])
     assert cfg.trainer.limit_train_batches == 5 and cfg.trainer.max_epochs == 3

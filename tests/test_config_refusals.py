@@ -54,6 +54,8 @@ def test_wrong_choice_fails_at_composition_with_the_valid_ones(override, valid):
     (["dataset.N=30"], "dataset.N=30"),
     (["model.val_fraction=1.0"], "model.val_fraction=1.0"),
     (["eval.offset_fit_order=3"], "eval.offset_fit_order=3"),
+    (["eval.average_symmetries=mirror"], "eval.average_symmetries='mirror'"),
+    (["refine.average_symmetries=2"], "refine.average_symmetries='2'"),
 ])
 def test_out_of_range_values_are_refused_with_key_and_value(overrides, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):

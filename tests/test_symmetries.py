@@ -11,7 +11,15 @@ from ptylab.grouping import Groups, group_positions
 from ptylab.models import build_model
 from ptylab.physics import exit_wave_intensity, extract_patches, make_probe
 from ptylab.stitching import predict_crops
-from ptylab.symmetries import TRANSFORMS, inverse, probe_symmetries, transform_images, transform_offsets
+from ptylab.symmetries import (
+    TRANSFORMS,
+    averaged_transforms,
+    inverse,
+    probe_symmetries,
+    symmetry_average,
+    transform_images,
+    transform_offsets,
+)
 
 N = 32
 
@@ -68,6 +76,21 @@ def test_only_the_symmetries_the_probe_has_are_used():
     assert probe_symmetries(tilted) == (0, 1)
     lopsided = disc * (1 + 0.2 * (xx > 0) + 0.1 * (yy > 0))
     assert probe_symmetries(lopsided) == (0,)
+
+
+def test_an_average_predicts_under_the_symmetries_it_names_that_the_probe_has():
+    disc = make_probe(N, 12, 1.0, defocus=3.0)
+    assert averaged_transforms(disc, "none") == (0,)
+    assert averaged_transforms(disc, "point") == (0, 3)  # both mirrors: the half turn
+    assert averaged_transforms(disc, "all") == TRANSFORMS
+    tilted = disc * np.exp(1j * 0.3 * (np.arange(N) - N // 2))  # keeps the row mirror only
+    assert averaged_transforms(tilted, "point") == (0,)
+    assert averaged_transforms(tilted, "all") == (0, 1)
+    # the setting was a bool before 2026-12-03, and old snapshots and bundles still say so
+    assert [symmetry_average(v) for v in (True, False, "True", "false", "point")] == ["all", "none", "all", "none",
+                                                                                     "point"]
+    with pytest.raises(ValueError, match="none, point, all"):
+        symmetry_average("mirror")
 
 
 def test_loader_items_carry_their_transform_and_the_epoch_order_stays_the_same(small_dataset_cfg, tmp_path):

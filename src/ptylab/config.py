@@ -18,6 +18,7 @@ from omegaconf import MISSING, DictConfig, MissingMandatoryValue, OmegaConf, Val
 from omegaconf.errors import ConfigKeyError
 
 from .errors import ConfigError
+from .symmetries import SYMMETRY_AVERAGES, symmetry_average
 
 
 class ObjectSupport(StrEnum):
@@ -66,6 +67,13 @@ class LoggerKind(StrEnum):
 def _check(ok: bool, key: str, value: Any, expectation: str) -> None:
     if not ok:
         raise ConfigError(f"{key}={value!r}: must be {expectation}")
+
+
+def _symmetry_average(key: str, value: Any) -> str:
+    try:
+        return symmetry_average(value)
+    except ValueError:
+        raise ConfigError(f"{key}={value!r}: must be one of {', '.join(SYMMETRY_AVERAGES)}") from None
 
 
 @dataclass
@@ -246,9 +254,11 @@ class EvalConfig:
     # about one more stitching and fit (off for scans so large that this matters).
     fit_alone: bool = True
     # Predict each group also mirrored and turned under the probe's symmetries, and average
-    # (stitching.predict_crops). Off: it raised phase SSIM by 0.02-0.13 and lowered amplitude SSIM
-    # by 0.003-0.032 on three jobs, for about 6 s more per symmetry at 1e4 (docs/quality.md).
-    average_symmetries: bool = False
+    # (stitching.predict_crops): none, the point reflection alone, or all the probe has (true and
+    # false in older snapshots read as all and none). None: for the single pass every average
+    # raised phase SSIM by 0.01-0.13 and lowered amplitude SSIM at 1e4 by 0.01-0.03, for about 6 s
+    # more per symmetry there (docs/quality.md). The refined arm has its own setting.
+    average_symmetries: str = "none"
     upsample_factor: int = 20  # sub-pixel registration precision: 1/upsample_factor px
     max_shift_px: float = 4.0  # larger registration shifts are refused (the reconstruction is not trusted)
     remove_phase_plane: bool = False
@@ -257,6 +267,7 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         _check(self.tile_patches >= 16, "eval.tile_patches", self.tile_patches, ">= 16")
+        self.average_symmetries = _symmetry_average("eval.average_symmetries", self.average_symmetries)
         _check(self.upsample_factor >= 1, "eval.upsample_factor", self.upsample_factor, ">= 1")
         _check(self.max_shift_px > 0, "eval.max_shift_px", self.max_shift_px, "> 0")
         _check(self.batch_size >= 1, "eval.batch_size", self.batch_size, ">= 1")
@@ -283,10 +294,15 @@ class RefineConfig:
     lr: float = 1e-3
     warmup_steps: int = 20
     batch_size: int | None = None  # None: the model's
+    # The refined arm's eval.average_symmetries. Point: unlike the single pass, the refined network
+    # lost no amplitude to it and gained phase SSIM 0.04-0.05 at 1e3, 1e4 and on user-style files,
+    # for about 6 s (docs/quality.md, "Predictions averaged over the probe's symmetries").
+    average_symmetries: str = "point"
 
     def __post_init__(self) -> None:
         _check(self.steps >= 1, "refine.steps", self.steps, ">= 1")
         _check(self.lr > 0, "refine.lr", self.lr, "> 0")
+        self.average_symmetries = _symmetry_average("refine.average_symmetries", self.average_symmetries)
 
 
 SUPPORTED_GRIDSIZES = (1, 2, 3)

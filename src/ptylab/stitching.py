@@ -20,7 +20,7 @@ from .grouping import Groups, group_positions
 from .models import MODEL_CLASSES, PtychoModule
 from .phase_offsets import Evidence, OffsetFit, fit_offsets
 from .physics import effective_probe_radius, sample_windows
-from .symmetries import inverse, probe_symmetries, transform_images, transform_offsets
+from .symmetries import averaged_transforms, inverse, symmetry_average, transform_images, transform_offsets
 
 log = logging.getLogger(__name__)
 
@@ -360,11 +360,12 @@ def scanned_bbox(x: np.ndarray, y: np.ndarray, crop: float, shape: tuple[int, in
 def reconstruct(model: PtychoModule, data: PtychoData, gridsize: int, neighbours: int, crop: int | None,
                 batch_size: int = 64, device: str | torch.device = "cpu", sync_phase: bool = True,
                 tile_patches: int = DEFAULT_TILE_PATCHES, scratch_dir: Path | None = None,
-                offset_fit: OffsetFit | None = None, average_symmetries: bool = False) -> Stitched:
+                offset_fit: OffsetFit | None = None, average_symmetries: str = "none") -> Stitched:
     """Group the dataset's positions as in training (one group per anchor), predict, stitch.
 
-    With ``average_symmetries`` each group's prediction is averaged over the symmetries the
-    data's probe has (``predict_crops``; none found: the prediction as it is).
+    With ``average_symmetries`` ("point" or "all", ``symmetries.averaged_transforms``) each
+    group's prediction is averaged over those of the data's probe's symmetries
+    (``predict_crops``; none found: the prediction as it is).
 
     With ``offset_fit`` (and ``sync_phase``) the synchronised per-patch phase offsets (and gains,
     and shape terms) are then fitted to the dataset's own patterns (``phase_offsets``): the same
@@ -377,10 +378,11 @@ def reconstruct(model: PtychoModule, data: PtychoData, gridsize: int, neighbours
     groups = group_positions(data.xcoords, data.ycoords, gridsize, neighbours)
     crop = crop or data.N // 2
     with tempfile.TemporaryFile(prefix=".ptylab-crops-", dir=scratch_dir) as scratch:
-        transforms = probe_symmetries(data.probe) if average_symmetries else (0,)
-        if average_symmetries:
-            log.info("averaging each prediction over the probe's %d symmetries%s", len(transforms),
-                     "" if len(transforms) > 1 else " (none but the identity: the predictions as they are)")
+        transforms = averaged_transforms(data.probe, average_symmetries)
+        if average_symmetries != "none":
+            log.info("averaging each prediction over %d of the probe's symmetries (%s)%s", len(transforms),
+                     average_symmetries,
+                     "" if len(transforms) > 1 else ": none but the identity, the predictions as they are")
         crops = predict_crops(model, data.diff3d, groups, crop, batch_size, device, scratch, transforms)
         return _stitch_groups(crops, groups, data, crop, sync_phase, tile_patches, offset_fit)
 
@@ -424,7 +426,7 @@ def reconstruct_from_bundle(bundle: Bundle, data: PtychoData, batch_size: int = 
         offset_fit = replace(offset_fit, order=offset_fit_order)
     return reconstruct(model, data, info["gridsize"], info["neighbours"], info.get("stitch_crop"), batch_size,
                        device, info.get("sync_phase", True), tile_patches, offset_fit=offset_fit,
-                       average_symmetries=info.get("average_symmetries", False))
+                       average_symmetries=symmetry_average(info.get("average_symmetries", "none")))
 
 
 def write_reconstruction(out_dir: Path, stitched: Stitched, title: str) -> Path:

@@ -64,3 +64,32 @@ def probe_symmetries(probe: np.ndarray, rtol: float = PROBE_RTOL) -> tuple[int, 
         return (0,)
     return tuple(t for t in TRANSFORMS
                  if float(np.linalg.norm(transform_images(p, t) - p)) <= rtol * norm)
+
+
+# Which of the probe's symmetries an evaluation averages its predictions over
+# (``eval.average_symmetries``, ``refine.average_symmetries``): none, the point reflection alone
+# (transform 3: both mirrors, a half turn), or every one the probe has.
+SYMMETRY_AVERAGES = ("none", "point", "all")
+POINT_REFLECTION = 3
+
+
+def symmetry_average(value: object) -> str:
+    """``value`` as one of ``SYMMETRY_AVERAGES``. Before 2026-12-03 the setting was a bool that
+    meant every symmetry, and config snapshots and bundles from then still say so: true reads as
+    "all", false as "none" (also as the strings OmegaConf turns them into)."""
+    legacy = {"true": "all", "false": "none"}
+    text = str(value)
+    average = legacy.get(text.lower(), text) if isinstance(value, (bool, str)) else text
+    if average not in SYMMETRY_AVERAGES:
+        raise ValueError(f"expected one of {', '.join(SYMMETRY_AVERAGES)}, got {value!r}")
+    return average
+
+
+def averaged_transforms(probe: np.ndarray, average: str) -> tuple[int, ...]:
+    """The transforms an ``average`` of ``SYMMETRY_AVERAGES`` predicts under for ``probe``: always
+    the identity, plus those of the probe's symmetries it names."""
+    average = symmetry_average(average)
+    if average == "none":
+        return (0,)
+    found = probe_symmetries(probe)
+    return found if average == "all" else tuple(t for t in found if t in (0, POINT_REFLECTION))

@@ -16,6 +16,7 @@ import threading
 import time
 import traceback
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -101,7 +102,8 @@ def evaluate_refined(cfg: DictConfig, tc: TrainConfig, run_dir: Path, model: Pty
         return
     tuned, outcome = refine(model, tc.model, tc.refine, tc.gridsize, tc.seed, test, trainer_kwargs(cfg), run_dir)
     out = run_dir / REFINE_DIR
-    metrics = evaluate_reconstruction(tuned, test, tc.gridsize, tc.model.neighbours, tc.eval, out,
+    eval_cfg = replace(tc.eval, average_symmetries=tc.refine.average_symmetries)
+    metrics = evaluate_reconstruction(tuned, test, tc.gridsize, tc.model.neighbours, eval_cfg, out,
                                       f"{record.label} refined", fit_alone)
     record.refined = {"metrics_path": f"{REFINE_DIR}/metrics.json", "steps": outcome.steps,
                       "refine_s": outcome.train_s, "loss_history": outcome.loss_history,
