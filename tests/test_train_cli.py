@@ -2,6 +2,7 @@
 
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 
 from ptylab.bundle import load_bundle
 from ptylab.data import read_dataset
+from ptylab.stitching import reconstruct_from_bundle
 
 from .conftest import PLUMBING, ROOT, SMALL_OVERRIDES, TINY_TRAIN, run_script
 
@@ -74,6 +76,23 @@ def test_reconstruct_from_the_bundle_alone(trained, tmp_path):
     obj = np.load(tmp_path / "rec" / "object.npz")["object"]
     assert obj.dtype == np.complex64 and obj.shape == read_dataset(data).obj.shape
     assert np.count_nonzero(obj) > 0 and (tmp_path / "rec" / "object.png").is_file()
+
+
+def test_a_bundle_that_says_true_averages_over_every_symmetry_as_before(trained):
+    """Bundles written before 2026-12-03 record ``average_symmetries`` as a bool; true meant all."""
+    root, _ = trained
+    (run,) = _run_dirs(root)
+    bundle = load_bundle(run / "wts.h5.zip")
+    assert bundle.inference["average_symmetries"] == "none"
+    test = read_dataset(next((root / "cache").glob("*/test.npz")))
+
+    def rebuilt(average: object) -> np.ndarray:
+        old = replace(bundle, inference={**bundle.inference, "average_symmetries": average})
+        return reconstruct_from_bundle(old, test, offset_fit_steps=0).obj
+
+    legacy = rebuilt(True)
+    np.testing.assert_array_equal(legacy, rebuilt("all"))
+    assert not np.array_equal(legacy, rebuilt(False))
     # A tampered bundle is refused in-process (test_bundle_and_params), and the script answers a bad
     # bundle with one error line and exit code 2 (test_config_refusals).
 

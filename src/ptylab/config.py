@@ -295,8 +295,9 @@ class RefineConfig:
     warmup_steps: int = 20
     batch_size: int | None = None  # None: the model's
     # The refined arm's eval.average_symmetries. Point: unlike the single pass, the refined network
-    # lost no amplitude to it and gained phase SSIM 0.04-0.05 at 1e3, 1e4 and on user-style files,
-    # for about 6 s (docs/quality.md, "Predictions averaged over the probe's symmetries").
+    # lost no amplitude to it and gained on nearly every score at 1e3, 1e4 and on user-style files,
+    # two seeds each (phase SSIM +0.01 to +0.08), for about 6 s at 1e4 (docs/quality.md,
+    # "Predictions averaged over the probe's symmetries").
     average_symmetries: str = "point"
 
     def __post_init__(self) -> None:
