@@ -76,6 +76,8 @@ def test_reconstruct_from_the_bundle_alone(trained, tmp_path):
     obj = np.load(tmp_path / "rec" / "object.npz")["object"]
     assert obj.dtype == np.complex64 and obj.shape == read_dataset(data).obj.shape
     assert np.count_nonzero(obj) > 0 and (tmp_path / "rec" / "object.png").is_file()
+    # A tampered bundle is refused in-process (test_bundle_and_params), and the script answers a bad
+    # bundle with one error line and exit code 2 (test_config_refusals).
 
 
 def test_a_bundle_that_says_true_averages_over_every_symmetry_as_before(trained):
@@ -93,8 +95,6 @@ def test_a_bundle_that_says_true_averages_over_every_symmetry_as_before(trained)
     legacy = rebuilt(True)
     np.testing.assert_array_equal(legacy, rebuilt("all"))
     assert not np.array_equal(legacy, rebuilt(False))
-    # A tampered bundle is refused in-process (test_bundle_and_params), and the script answers a bad
-    # bundle with one error line and exit code 2 (test_config_refusals).
 
 
 def test_resume_from_last_checkpoint_continues_from_its_epoch(trained, tmp_path):

@@ -78,8 +78,7 @@ def symmetry_average(value: object) -> str:
     meant every symmetry, and config snapshots and bundles from then still say so: true reads as
     "all", false as "none" (also as the strings OmegaConf turns them into)."""
     legacy = {"true": "all", "false": "none"}
-    text = str(value)
-    average = legacy.get(text.lower(), text) if isinstance(value, (bool, str)) else text
+    average = legacy.get(str(value).lower(), str(value))
     if average not in SYMMETRY_AVERAGES:
         raise ValueError(f"expected one of {', '.join(SYMMETRY_AVERAGES)}, got {value!r}")
     return average
