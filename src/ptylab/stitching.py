@@ -360,7 +360,7 @@ def scanned_bbox(x: np.ndarray, y: np.ndarray, crop: float, shape: tuple[int, in
 def reconstruct(model: PtychoModule, data: PtychoData, gridsize: int, neighbours: int, crop: int | None,
                 batch_size: int = 64, device: str | torch.device = "cpu", sync_phase: bool = True,
                 tile_patches: int = DEFAULT_TILE_PATCHES, scratch_dir: Path | None = None,
-                offset_fit: OffsetFit | None = None, average_symmetries: str | bool = "none") -> Stitched:
+                offset_fit: OffsetFit | None = None, average_symmetries: str = "none") -> Stitched:
     """Group the dataset's positions as in training (one group per anchor), predict, stitch.
 
     With ``average_symmetries`` ("point" or "all", ``symmetries.averaged_transforms``) each
@@ -378,10 +378,10 @@ def reconstruct(model: PtychoModule, data: PtychoData, gridsize: int, neighbours
     groups = group_positions(data.xcoords, data.ycoords, gridsize, neighbours)
     crop = crop or data.N // 2
     with tempfile.TemporaryFile(prefix=".ptylab-crops-", dir=scratch_dir) as scratch:
-        average = symmetry_average(average_symmetries)  # a bundle from before 2026-12-03 says true or false
-        transforms = averaged_transforms(data.probe, average)
-        if average != "none":
-            log.info("averaging each prediction over %d of the probe's symmetries (%s)%s", len(transforms), average,
+        transforms = averaged_transforms(data.probe, average_symmetries)
+        if average_symmetries != "none":
+            log.info("averaging each prediction over %d of the probe's symmetries (%s)%s", len(transforms),
+                     average_symmetries,
                      "" if len(transforms) > 1 else ": none but the identity, the predictions as they are")
         crops = predict_crops(model, data.diff3d, groups, crop, batch_size, device, scratch, transforms)
         return _stitch_groups(crops, groups, data, crop, sync_phase, tile_patches, offset_fit)
@@ -426,7 +426,8 @@ def reconstruct_from_bundle(bundle: Bundle, data: PtychoData, batch_size: int = 
         offset_fit = replace(offset_fit, order=offset_fit_order)
     return reconstruct(model, data, info["gridsize"], info["neighbours"], info.get("stitch_crop"), batch_size,
                        device, info.get("sync_phase", True), tile_patches, offset_fit=offset_fit,
-                       average_symmetries=info.get("average_symmetries", "none"))
+                       # a bundle from before 2026-12-03 records a bool
+                       average_symmetries=symmetry_average(info.get("average_symmetries", "none")))
 
 
 def write_reconstruction(out_dir: Path, stitched: Stitched, title: str) -> Path:

@@ -86,8 +86,10 @@ def symmetry_average(value: object) -> str:
 
 def averaged_transforms(probe: np.ndarray, average: str) -> tuple[int, ...]:
     """The transforms an ``average`` of ``SYMMETRY_AVERAGES`` predicts under for ``probe``: always
-    the identity, plus those of the probe's symmetries it names."""
-    average = symmetry_average(average)
+    the identity, plus those of the probe's symmetries it names. Old bools are read at the
+    boundaries (config validation, bundle loading) by ``symmetry_average``, not here."""
+    if average not in SYMMETRY_AVERAGES:
+        raise ValueError(f"expected one of {', '.join(SYMMETRY_AVERAGES)}, got {average!r}")
     if average == "none":
         return (0,)
     found = probe_symmetries(probe)
