@@ -9,7 +9,7 @@ from scipy.ndimage import fourier_shift
 from torchmetrics.functional.image import structural_similarity_index_measure
 
 from ptylab.config import EvalConfig
-from ptylab.evaluation import register, score_reconstruction
+from ptylab.evaluation import flat_image_flags, headline, register, score_reconstruction
 from ptylab.metrics import PSNR_CAP_DB, frc_curve, frc_resolution, ms_ssim_scales, psnr, score_image, ssim
 from ptylab.physics import make_object
 from ptylab.stitching import Stitched
@@ -94,3 +94,23 @@ def test_ssim_in_row_strips_is_the_one_pass_ssim(obj):
         torch.from_numpy(noisy)[None, None], torch.from_numpy(truth)[None, None], data_range=1.5))
     for strip_bytes in (1, 500_000, 10**9):  # 12-row strips (77 is not a multiple), a few, one
         assert ssim(noisy, truth, 1.5, strip_bytes) == pytest.approx(one_pass, rel=1e-12, abs=1e-12)
+
+
+def test_a_constant_truth_is_reported_as_not_scored_and_never_flagged(obj):
+    """The phase of an amplitude-only object (the upstream parity preset's) is one value: a flat
+    image matches it exactly, so against it every reconstruction would be flagged, and SSIM or
+    correlation would measure nothing. The amplitude is scored as always."""
+    truth = np.abs(obj).astype(np.complex64)
+    noise = np.random.default_rng(0).normal(0, 0.2, obj.shape)
+    stitched = Stitched((np.abs(obj) * np.exp(1j * noise)).astype(np.complex64), np.ones(obj.shape, np.float32),
+                        (10, 100, 10, 120))
+    scores = score_reconstruction(stitched, truth, EvalConfig())
+    assert scores["phase"]["constant_truth"] and not scores["amplitude"]["constant_truth"]
+    assert scores["phase"]["mse"] > 0.01  # how far the phase strays is still recorded
+    head = headline(scores)
+    assert head["phase_ssim"] is None and head["phase_corr"] is None and head["phase_frc50_px"] is None
+    assert head["amplitude_ssim"] == pytest.approx(1.0, abs=1e-4)
+    assert flat_image_flags(scores) == []
+    scores["amplitude"]["ssim"] = 0.0  # a failed amplitude is still flagged
+    assert flat_image_flags(scores) == [f"amplitude ssim 0.000 does not beat a flat image "
+                                        f"({scores['amplitude']['flat']['ssim']:.3f})"]

@@ -104,9 +104,14 @@ def score_reconstruction(stitched: Stitched, gt_object: np.ndarray, cfg: EvalCon
 
 
 def headline(scores: dict[str, Any]) -> dict[str, float | None]:
+    """The scores a summary line and a table show; None for a part whose truth is constant (the
+    phase of an amplitude-only object), where they would measure nothing (``metrics.is_constant``)."""
     out: dict[str, float | None] = {}
     for part in ("amplitude", "phase"):
         s = scores[part]
+        if s.get("constant_truth"):
+            out.update({f"{part}_{key}": None for key in ("ssim", "corr", "psnr", "frc50_px")})
+            continue
         out[f"{part}_ssim"] = s["ssim"]
         out[f"{part}_corr"] = s.get("pearson")
         out[f"{part}_psnr"] = s["psnr"]
@@ -122,7 +127,7 @@ def _flags(scores: dict[str, Any], reference: str, what: str) -> list[str]:
     flags = []
     for part in ("amplitude", "phase"):
         s = scores[part]
-        if reference not in s:
+        if reference not in s or s.get("constant_truth"):  # a flat image matches a constant truth exactly
             continue
         for key, better in beats(s, reference).items():
             if not better:
@@ -212,8 +217,11 @@ def evaluate_reconstruction(model: PtychoModule, test: PtychoData, gridsize: int
              "offset_fit_gains": fit.gains, "offset_fit_order": fit.order, "offset_fit_ramp": fit.ramp,
              "average_symmetries": cfg.average_symmetries}
     metrics = write_evaluation(run_dir, scores, title, extra)
-    log.info("%s amplitude SSIM %.3f corr %.3f, phase SSIM %.3f corr %.3f", title, metrics["amplitude"]["ssim"],
-             metrics["amplitude"]["pearson"], metrics["phase"]["ssim"], metrics["phase"]["pearson"])
+    head = metrics["headline"]
+    log.info("%s %s", title, ", ".join(
+        f"{part} SSIM {head[f'{part}_ssim']:.3f} corr {head[f'{part}_corr']:.3f}"
+        if head[f"{part}_ssim"] is not None else f"{part} not scored (its truth is constant)"
+        for part in ("amplitude", "phase")))
     for flag in metrics["flat_image_flags"] + metrics["fit_alone_flags"]:
         log.warning("%s: %s", title, flag)
     return metrics

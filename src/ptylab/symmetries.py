@@ -79,17 +79,20 @@ def symmetry_average(value: object) -> str:
     "all", false as "none" (also as the strings OmegaConf turns them into)."""
     legacy = {"true": "all", "false": "none"}
     average = legacy.get(str(value).lower(), str(value))
-    if average not in SYMMETRY_AVERAGES:
-        raise ValueError(f"expected one of {', '.join(SYMMETRY_AVERAGES)}, got {value!r}")
+    _require_known(average, value)
     return average
+
+
+def _require_known(average: str, given: object) -> None:
+    if average not in SYMMETRY_AVERAGES:
+        raise ValueError(f"expected one of {', '.join(SYMMETRY_AVERAGES)}, got {given!r}")
 
 
 def averaged_transforms(probe: np.ndarray, average: str) -> tuple[int, ...]:
     """The transforms an ``average`` of ``SYMMETRY_AVERAGES`` predicts under for ``probe``: always
     the identity, plus those of the probe's symmetries it names. Old bools are read at the
     boundaries (config validation, bundle loading) by ``symmetry_average``, not here."""
-    if average not in SYMMETRY_AVERAGES:
-        raise ValueError(f"expected one of {', '.join(SYMMETRY_AVERAGES)}, got {average!r}")
+    _require_known(average, average)
     if average == "none":
         return (0,)
     found = probe_symmetries(probe)

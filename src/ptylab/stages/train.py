@@ -248,6 +248,8 @@ def summary_line(record: JobRecord) -> str:
         return f"{record.label} {str(record.status).upper()}: {record.error}"
     head = record.headline_metrics or {}
     extra = (" " + " ".join(f"{k}={v:.3f}" for k, v in head.items() if isinstance(v, float))) if head else ""
+    unscored = [part for part in ("amplitude", "phase") if f"{part}_ssim" in head and head[f"{part}_ssim"] is None]
+    extra += "".join(f" ({part} not scored: its truth is constant)" for part in unscored)
     reused = " (already finished; reused)" if record.reused else ""
     warn = _warning(record.flat_image_flags, "a flat image") + _warning(
         record.fit_alone_flags, "the offset fit on flat patches, so the fit, not the network, made them")
