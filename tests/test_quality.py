@@ -12,7 +12,7 @@ from hydra import compose, initialize_config_dir
 
 from ptylab.data import read_dataset
 from ptylab.stages.simulate import run_simulate
-from ptylab.stages.train import run_job
+from ptylab.stages.train import run_job, summary_line
 
 from .conftest import CONF, SMALL_OVERRIDES
 
@@ -122,3 +122,4 @@ def test_upstream_parity_preset_reconstructs_its_amplitude_and_does_not_score_a_
     _check_floors(head, {"amplitude_ssim": 0.93, "amplitude_corr": 0.98, "amplitude_psnr": 30.0})
     assert head["phase_ssim"] is None and head["phase_corr"] is None
     assert record.flat_image_flags == [] and record.refined is None
+    assert "(phase not scored: its truth is constant)" in summary_line(record)

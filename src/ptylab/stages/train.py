@@ -242,14 +242,19 @@ def _warning(flags: list[str] | None, reference: str) -> str:
     return f" WARNING: {len(flags)} score(s) do not beat {reference} ({'; '.join(flags)})" if flags else ""
 
 
+def _scores_text(head: dict[str, Any]) -> str:
+    """Headline scores as key=value, and which parts were not scored (a constant truth: None)."""
+    scored = " ".join(f"{k}={v:.3f}" for k, v in head.items() if isinstance(v, float))
+    unscored = [part for part in ("amplitude", "phase") if f"{part}_ssim" in head and head[f"{part}_ssim"] is None]
+    return scored + "".join(f" ({part} not scored: its truth is constant)" for part in unscored)
+
+
 def summary_line(record: JobRecord) -> str:
     """The one stdout line per finished job."""
     if record.status != Status.succeeded:
         return f"{record.label} {str(record.status).upper()}: {record.error}"
     head = record.headline_metrics or {}
-    extra = (" " + " ".join(f"{k}={v:.3f}" for k, v in head.items() if isinstance(v, float))) if head else ""
-    unscored = [part for part in ("amplitude", "phase") if f"{part}_ssim" in head and head[f"{part}_ssim"] is None]
-    extra += "".join(f" ({part} not scored: its truth is constant)" for part in unscored)
+    extra = f" {_scores_text(head)}" if head else ""
     reused = " (already finished; reused)" if record.reused else ""
     warn = _warning(record.flat_image_flags, "a flat image") + _warning(
         record.fit_alone_flags, "the offset fit on flat patches, so the fit, not the network, made them")
@@ -257,6 +262,5 @@ def summary_line(record: JobRecord) -> str:
     if record.refined:
         ref = record.refined["headline_metrics"]
         line += (f"\n{record.label} refined ({record.refined['steps']} steps on the test diffraction, "
-                 f"{record.refined['refine_s']:.0f} s): " + " ".join(f"{k}={v:.3f}" for k, v in ref.items()
-                                                                  if isinstance(v, float)))
+                 f"{record.refined['refine_s']:.0f} s): " + _scores_text(ref))
     return line
