@@ -103,9 +103,13 @@ def score_reconstruction(stitched: Stitched, gt_object: np.ndarray, cfg: EvalCon
     }
 
 
+# Said of a part whose truth is constant, where its headline scores are None (``headline``).
+NOT_SCORED = "not scored: its truth is constant"
+
+
 def headline(scores: dict[str, Any]) -> dict[str, float | None]:
     """The scores a summary line and a table show; None for a part whose truth is constant (the
-    phase of an amplitude-only object), where they would measure nothing (``metrics.is_constant``)."""
+    phase of an amplitude-only object), where they would measure nothing (``metrics.score_image``)."""
     out: dict[str, float | None] = {}
     for part in ("amplitude", "phase"):
         s = scores[part]
@@ -121,6 +125,11 @@ def headline(scores: dict[str, Any]) -> dict[str, float | None]:
         if FIT_ALONE in s:
             out[f"{part}_fit_alone_ssim"] = s[FIT_ALONE]["ssim"]
     return out
+
+
+def unscored_parts(head: dict[str, Any]) -> list[str]:
+    """The parts ``headline`` left unscored (None): their truth is constant."""
+    return [part for part in ("amplitude", "phase") if f"{part}_ssim" in head and head[f"{part}_ssim"] is None]
 
 
 def _flags(scores: dict[str, Any], reference: str, what: str) -> list[str]:
@@ -217,11 +226,10 @@ def evaluate_reconstruction(model: PtychoModule, test: PtychoData, gridsize: int
              "offset_fit_gains": fit.gains, "offset_fit_order": fit.order, "offset_fit_ramp": fit.ramp,
              "average_symmetries": cfg.average_symmetries}
     metrics = write_evaluation(run_dir, scores, title, extra)
-    head = metrics["headline"]
+    head, unscored = metrics["headline"], unscored_parts(metrics["headline"])
     log.info("%s %s", title, ", ".join(
-        f"{part} SSIM {head[f'{part}_ssim']:.3f} corr {head[f'{part}_corr']:.3f}"
-        if head[f"{part}_ssim"] is not None else f"{part} not scored (its truth is constant)"
-        for part in ("amplitude", "phase")))
+        f"{part} {NOT_SCORED}" if part in unscored else
+        f"{part} SSIM {head[f'{part}_ssim']:.3f} corr {head[f'{part}_corr']:.3f}" for part in ("amplitude", "phase")))
     for flag in metrics["flat_image_flags"] + metrics["fit_alone_flags"]:
         log.warning("%s: %s", title, flag)
     return metrics

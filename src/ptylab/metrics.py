@@ -167,24 +167,22 @@ def reference_scores(pred: np.ndarray, target: np.ndarray) -> dict[str, float]:
             "pearson": pearson(pred, target)}
 
 
-def is_constant(target: np.ndarray) -> bool:
-    """Whether a truth is one value everywhere (the phase of an amplitude-only object): it has no
-    structure, so SSIM, PSNR, correlation and FRC against it measure nothing a reader could use,
-    and a flat image matches it exactly."""
-    return bool(np.ptp(target) == 0)
-
-
 def score_image(pred: np.ndarray, target: np.ndarray) -> dict[str, Any]:
     """All metrics for one real image pair (amplitude or phase), with the flat image's for reference.
-    A constant truth is marked ``constant_truth``; its MAE and MSE still say how far from it the
-    reconstruction strays, the other scores are kept but not headlined or flagged (evaluation)."""
-    data_range = float(target.max() - target.min()) or 1.0
+
+    A truth that is one value everywhere (the phase of an amplitude-only object) is marked
+    ``constant_truth``: it has no structure, so SSIM, PSNR, correlation and FRC against it measure
+    nothing, and a flat image matches it exactly. Its MAE and MSE still say how far from it the
+    reconstruction strays; the other scores are kept but not headlined or flagged (evaluation).
+    """
+    span = float(target.max() - target.min())
+    data_range = span or 1.0
     p, t = _t(pred), _t(target)
     ms, scales = ms_ssim(pred, target, data_range)
     freq, curve = frc_curve(pred, target)
     ref = reference_scores(pred, target)
     return {
-        "constant_truth": is_constant(target),
+        "constant_truth": span == 0,
         "pearson": ref["pearson"],
         "flat": flat_baseline(target),
         "mae": float(mean_absolute_error(p, t)),

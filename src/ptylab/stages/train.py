@@ -29,7 +29,7 @@ from ..config import PinnConfig, TrainConfig, validate
 from ..data import PtychoData
 from ..datasets import load_job_data
 from ..errors import PtylabError
-from ..evaluation import FIT_ALONE, evaluate_reconstruction, offset_fit
+from ..evaluation import FIT_ALONE, NOT_SCORED, evaluate_reconstruction, offset_fit, unscored_parts
 from ..figures import loss_curve
 from ..fileio import atomic_write_json, atomic_write_text
 from ..legacy_params import bridged, location_free
@@ -245,8 +245,7 @@ def _warning(flags: list[str] | None, reference: str) -> str:
 def _scores_text(head: dict[str, Any]) -> str:
     """Headline scores as key=value, and which parts were not scored (a constant truth: None)."""
     scored = " ".join(f"{k}={v:.3f}" for k, v in head.items() if isinstance(v, float))
-    unscored = [part for part in ("amplitude", "phase") if f"{part}_ssim" in head and head[f"{part}_ssim"] is None]
-    return scored + "".join(f" ({part} not scored: its truth is constant)" for part in unscored)
+    return scored + "".join(f" ({part} {NOT_SCORED})" for part in unscored_parts(head))
 
 
 def summary_line(record: JobRecord) -> str:
