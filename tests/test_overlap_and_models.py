@@ -47,9 +47,11 @@ def _nll_on(model, batch):
         return float(poisson_nll(pred, batch["diff"].square()))
 
 
-@pytest.mark.parametrize(("gridsize", "per_pattern", "augment"),
-                         [(1, False, False), (2, False, False), (2, True, False), (2, True, True)])
-def test_tiny_pinn_training_lowers_poisson_nll(small_dataset_cfg, tmp_path, gridsize, per_pattern, augment):
+@pytest.mark.parametrize(("gridsize", "per_pattern", "augment", "precision"),
+                         [(1, False, False, "32-true"), (2, False, False, "32-true"), (2, True, False, "32-true"),
+                          (2, True, True, "32-true"), (2, True, False, "bf16-mixed")])
+def test_tiny_pinn_training_lowers_poisson_nll(small_dataset_cfg, tmp_path, gridsize, per_pattern, augment,
+                                               precision):
     src = load_or_simulate(small_dataset_cfg, 1e4, 0, tmp_path / "cache")
     train = src.train
     L.seed_everything(0, verbose=False)
@@ -64,13 +66,30 @@ def test_tiny_pinn_training_lowers_poisson_nll(small_dataset_cfg, tmp_path, grid
         floor = float(poisson_nll(model.predicted_counts(truth), probe_batch["diff"].square()))
     before = _nll_on(model, probe_batch)
     trainer = L.Trainer(max_epochs=6, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, deterministic=True)
+                        enable_progress_bar=False, enable_model_summary=False, deterministic=True,
+                        precision=precision)
     # augmented: the groups also mirrored and rotated (the probe's symmetries); scored as measured
     transforms = probe_symmetries(train.probe) if augment else (0,)
     trainer.fit(model, make_loader(ds, 8, True, 0, transforms=transforms))
     after = _nll_on(model, probe_batch)
     assert after < before
     assert (before - after) > 0.3 * (before - floor), (before, after, floor)
+
+
+def test_bf16_autocast_leaves_amplitude_and_phase_in_full_precision(small_dataset_cfg, tmp_path):
+    """Under bf16 autocast (trainer=cpu on a CPU with AMX) the convolutions run in bf16 but the
+    heads do not: a bf16 phase would move in steps of about 0.01 rad."""
+    train = load_or_simulate(small_dataset_cfg, 1e4, 0, tmp_path / "cache").train
+    model = build_model(PinnConfig(base_filters=[8, 16, 32]), 2, train)
+    diff = GroupedPatterns(train.diff3d, group_positions(train.xcoords, train.ycoords, 2, 7)).__getitems__([0])["diff"]
+    with torch.no_grad():
+        _, phase32 = model.predict_amp_phase(diff)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            amp, phase = model.predict_amp_phase(diff)
+    assert amp.dtype == phase.dtype == torch.float32
+    assert not torch.equal(phase, phase.bfloat16().float())  # values bf16 cannot hold
+    assert not torch.equal(phase, phase32)  # the convolutions did run in bf16
+    torch.testing.assert_close(phase, phase32, atol=0.05, rtol=0)
 
 
 def test_per_pattern_network_predicts_each_pattern_from_itself_alone(small_dataset_cfg, tmp_path):

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from ptylab.bundle import load_bundle
+from ptylab.config import cpu_precision
 from ptylab.data import read_dataset
 from ptylab.stitching import reconstruct_from_bundle
 
@@ -47,6 +48,7 @@ def test_run_directory_has_everything_the_design_lists(trained):
     assert manifest["status"] == job["status"] == "succeeded"
     assert job["bundle_path"] == "wts.h5.zip" and re.fullmatch(r"[0-9a-f]{64}", job["bundle_sha256"])
     assert job["epochs"] == 2 and job["checkpoint_path"] == "checkpoints/last.ckpt"
+    assert job["precision"] == cpu_precision()  # trainer=cpu's choice for this CPU, as it ran
     assert job["dataset"]["cache_key"] and job["dataset"]["files"]["train.npz"]["sha256"]
     assert manifest["skipped_count"] == 0 and manifest["skip_summary_path"] is None
     assert SHA_LINE.search(res.stdout).group(1) == job["bundle_sha256"]

@@ -64,6 +64,7 @@ class TrainingOutcome:
     best_checkpoint_path: str | None
     groups: dict[str, int]
     stalled: bool = False  # the training loss stopped moving (logged as a warning)
+    precision: str | None = None  # Lightning's precision as it ran (trainer=cpu chooses by CPU)
 
 
 @dataclass
@@ -90,6 +91,7 @@ class JobRecord:
     loss_history: dict[str, list[float]] | None = None
     groups: dict[str, int] | None = None
     stalled: bool = False
+    precision: str | None = None
     dataset: dict[str, Any] | None = None
     view: dict[str, Any] | None = None
     metrics_path: str | None = None

@@ -29,6 +29,13 @@ it changes how fast the fit gets there. A ramp across the scan is the fit's slow
 sees only its neighbours, and each offset moves at most about the learning rate per step), and
 100 steps left one of 0.2-0.47 rad on every 1e3 run: with the ramp terms phase SSIM rose by 0.025
 on both seeds at 1e3, and a little at 1e4 (docs/quality.md).
+
+The fit runs in single precision (the canvas, factors and parameters; phase synchronisation before
+it stays in double): it is an evaluation's largest cost, and single precision makes it about 1.6x
+faster. Its result is not more exact than that: 100 Adam steps from the synchronised offsets are
+sensitive to the last digits of their start. A global phase of 1e-6 rad added to every offset,
+which changes no pattern, moved the default job's phase SSIM from 0.662 to 0.644 and 0.671
+(docs/quality.md).
 """
 
 from __future__ import annotations
@@ -165,7 +172,7 @@ def fit_offsets(canvas_of: Callable[[torch.Tensor], torch.Tensor], start: torch.
     fit = evidence.fit
     assert fit.lr is not None  # Evidence resolves it
     basis = shape_basis(*coords, fit.order)  # (K, M, S)
-    theta = torch.angle(start).detach().clone().requires_grad_(True)
+    theta = torch.angle(start).detach().float().requires_grad_(True)
     log_gain = torch.zeros_like(theta, requires_grad=fit.gains)
     phase_shape = torch.zeros(len(basis), len(theta), dtype=theta.dtype, requires_grad=True)
     gain_shape = torch.zeros(len(basis), len(theta), dtype=theta.dtype, requires_grad=fit.gains)
@@ -176,7 +183,7 @@ def fit_offsets(canvas_of: Callable[[torch.Tensor], torch.Tensor], start: torch.
         groups.append({"params": [log_gain, gain_shape] if fit.order > 0 else [log_gain],
                        "lr": fit.lr * GAIN_LR_FACTOR})
     # The ramp's terms at each patch's position, +-1 at the tile's outermost patches.
-    ramp_basis = torch.stack([_unit_range(torch.from_numpy(np.asarray(c, np.float64))) for c in centres])
+    ramp_basis = torch.stack([_unit_range(torch.from_numpy(np.asarray(c, np.float32))) for c in centres])
     ramp = torch.zeros(2, dtype=theta.dtype, requires_grad=fit.ramp)
     if fit.ramp:
         groups.append({"params": [ramp]})

@@ -136,15 +136,19 @@ class Placement:
     def value_sum(self, phasors: torch.Tensor | None = None) -> torch.Tensor:
         """Accumulated values per canvas pixel, each patch times its factor (M,) or per-pixel factors (M, S)."""
         vals = self.values if phasors is None else self.values * (phasors if phasors.ndim == 2 else phasors[:, None])
-        return torch.zeros(self.size, dtype=torch.complex128).index_add_(0, self.index.ravel(), vals.ravel())
+        return torch.zeros(self.size, dtype=vals.dtype).index_add_(0, self.index.ravel(), vals.ravel())
+
+    def single(self) -> Placement:
+        """This placement in single precision (complex64 values, float32 weights)."""
+        return Placement(self.values.to(torch.complex64), self.weights.float(), self.index, self.size)
 
     def patch_coords(self, x: np.ndarray, y: np.ndarray, width: int, crop: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Each placed pixel's (u, v) offset from its patch's position (x, y) on a canvas ``width``
-        wide, in half crops (+-1 at the crop's edge)."""
+        wide, in half crops (+-1 at the crop's edge); single precision, as the offset fit runs."""
         half = crop / 2
         u = ((self.index % width).double() - torch.from_numpy(np.asarray(x, np.float64))[:, None]) / half
         v = ((self.index // width).double() - torch.from_numpy(np.asarray(y, np.float64))[:, None]) / half
-        return u, v
+        return u.float(), v.float()
 
     def inverse_weight(self) -> torch.Tensor:
         """1 / accumulated weight per canvas pixel, zero where the weight is negligible: the
@@ -267,8 +271,9 @@ def _stitch_tile(crops: np.ndarray, x: np.ndarray, y: np.ndarray, shape: tuple[i
     placement = place(np.asarray(crops), xs, ys, (r1 - r0, c1 - c0), crop, illumination)
     phasors = phase_sync(placement) if sync_phase and len(x) > 1 else None
     if phasors is not None and evidence is not None and evidence.fit.steps > 0:
-        inv_weight = placement.inverse_weight()  # the same at every step: computed once
-        phasors = fit_offsets(lambda ph: (placement.value_sum(ph) * inv_weight).reshape(r1 - r0, c1 - c0), phasors,
+        inv_weight = placement.inverse_weight().float()  # the same at every step: computed once
+        single = placement.single()
+        phasors = fit_offsets(lambda ph: (single.value_sum(ph) * inv_weight).reshape(r1 - r0, c1 - c0), phasors,
                               evidence, np.unique(evidence.pattern[patch_index]), (r0, c0),
                               placement.patch_coords(xs, ys, c1 - c0, crop), (xs, ys))
     return _Tile((r0, r1, c0, c1), placement.value_sum(phasors).reshape(r1 - r0, c1 - c0).numpy(),

@@ -196,7 +196,7 @@ def fit(model_cfg: ModelConfig, gridsize: int, seed: int, train: PtychoData, tra
         checkpoint_path=_relative(checkpoint.last_model_path, run_dir), best_checkpoint_path=_relative(best, run_dir),
         groups={"train": int(tr.size), "val": int(va.size), "patterns_per_group": gridsize**2,
                 "symmetries": len(transforms)},
-        stalled=history.stalled,
+        stalled=history.stalled, precision=str(trainer.precision),
     )
     return model.cpu().eval(), outcome
 

@@ -48,7 +48,11 @@ class Decoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for up, block in zip(self.ups, self.blocks, strict=True):
             x = block(up(x))
-        return self.head(x)
+        # The head runs in fp32 even under bf16 autocast: its logits become the amplitude and phase
+        # the physics sees, and bf16's 8-bit mantissa would quantise the phase in steps of about
+        # 0.01 rad (docs/decisions.md). One 1x1 convolution: no measurable cost.
+        with torch.autocast(x.device.type, enabled=False):
+            return self.head(x.float())
 
 
 class EncoderDecoder(nn.Module):

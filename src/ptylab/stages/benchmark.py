@@ -28,7 +28,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from ..batches import GroupedPatterns, make_loader
 from ..bundle import BUNDLE_NAME, bundle_config_yaml, load_bundle, save_model_bundle
 from ..cli import CONF_DIR
-from ..config import EvalConfig, ModelConfig, TrainConfig, validate
+from ..config import EvalConfig, ModelConfig, TrainConfig, cpu_precision, validate
 from ..data import PtychoData
 from ..evaluation import score_reconstruction
 from ..fileio import atomic_write_text
@@ -158,11 +158,12 @@ class _EpochTimer(L.Callback):
 
 
 def lightning_training(model: PINN, dataset: GroupedPatterns, batch_size: int, steps: int, run_dir: Path,
-                       accelerator: str) -> float:
+                       accelerator: str, precision: str = "32-true") -> float:
     """Patterns/s of the real training path (train.py's Trainer with checkpoints, logging and
     progress bar), in steady state: the first epoch is excluded."""
     trainer, _ = build_trainer(
-        {"accelerator": accelerator, "devices": 1, "max_epochs": 3, "limit_train_batches": steps,
+        {"accelerator": accelerator, "devices": 1, "precision": precision, "max_epochs": 3,
+         "limit_train_batches": steps,
          "limit_val_batches": 0, "deterministic": accelerator == "cpu", "enable_progress_bar": True,
          "enable_model_summary": False, "num_sanity_val_steps": 0, "log_every_n_steps": 10},
         run_dir, early_stop_patience=0, monitor="train_loss")
@@ -287,6 +288,7 @@ def run_benchmark(args: BenchmarkConfig) -> dict[str, Any]:
     typed: TrainConfig = validate(cfg)
     work = Path(tempfile.mkdtemp(prefix="ptylab-bench-"))
     out: dict[str, Any] = {"device": device, "quick": args.quick, "torch": torch.__version__,
+                           "cpu_precision": cpu_precision(),
                            "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine()}
 
     t0 = time.perf_counter()
@@ -315,6 +317,11 @@ def run_benchmark(args: BenchmarkConfig) -> dict[str, Any]:
         steps_per_s = out[f"train_patterns_per_s_lightning_{key}"] / (batch * gs * gs)
         out[f"train_flops_per_step_{key}"] = flops
         out[f"train_model_flop_utilization_{key}"] = flops * steps_per_s / (out["peak_matmul_gflops"] * 1e9)
+        if accel == "cpu" and cpu_precision() != "32-true":  # what trainer=cpu runs on this CPU (bf16 autocast)
+            model, ds = training_setup(train, model_cfg, gs)
+            fast = lightning_training(model, ds, batch, steps, work / f"light_{gs}_bf16", accel, cpu_precision())
+            out[f"train_patterns_per_s_lightning_bf16_{key}"] = fast
+            out[f"bf16_over_fp32_{key}"] = fast / out[f"train_patterns_per_s_lightning_{key}"]
         if gs == int(cfg.gridsize):
             trained = model.cpu()
 
