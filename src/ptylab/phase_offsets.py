@@ -54,6 +54,10 @@ from .physics import extract_patches, far_field, poisson_nll
 
 log = logging.getLogger(__name__)
 
+# The fit's precision (canvas, factors, parameters; see the module docstring). Its callers build the
+# canvas in it too (``stitching._stitch_tile``).
+FIT_REAL = torch.float32
+FIT_COMPLEX = torch.complex64
 # Patterns per forward/backward chunk: bounds memory on a tile of thousands of patterns.
 CHUNK = 256
 # Gains move five times slower than phases. At the phases' rate they absorbed noise: amplitude
@@ -166,13 +170,13 @@ def fit_offsets(canvas_of: Callable[[torch.Tensor], torch.Tensor], start: torch.
 
     chunks = [slice(s, s + CHUNK) for s in range(0, len(patterns), CHUNK)]
     with torch.no_grad():
-        canvas0 = canvas_of(start).to(torch.complex64)
+        canvas0 = canvas_of(start).to(FIT_COMPLEX)
         scale = float(obs.sum()) / max(float(sum(unit_counts(canvas0, sl).sum() for sl in chunks)), 1e-30)
 
     fit = evidence.fit
     assert fit.lr is not None  # Evidence resolves it
-    basis = shape_basis(*coords, fit.order)  # (K, M, S)
-    theta = torch.angle(start).detach().float().requires_grad_(True)
+    basis = shape_basis(coords[0].to(FIT_REAL), coords[1].to(FIT_REAL), fit.order)  # (K, M, S)
+    theta = torch.angle(start).detach().to(FIT_REAL).requires_grad_(True)
     log_gain = torch.zeros_like(theta, requires_grad=fit.gains)
     phase_shape = torch.zeros(len(basis), len(theta), dtype=theta.dtype, requires_grad=True)
     gain_shape = torch.zeros(len(basis), len(theta), dtype=theta.dtype, requires_grad=fit.gains)
@@ -183,7 +187,7 @@ def fit_offsets(canvas_of: Callable[[torch.Tensor], torch.Tensor], start: torch.
         groups.append({"params": [log_gain, gain_shape] if fit.order > 0 else [log_gain],
                        "lr": fit.lr * GAIN_LR_FACTOR})
     # The ramp's terms at each patch's position, +-1 at the tile's outermost patches.
-    ramp_basis = torch.stack([_unit_range(torch.from_numpy(np.asarray(c, np.float32))) for c in centres])
+    ramp_basis = torch.stack([_unit_range(torch.from_numpy(np.asarray(c, np.float64)).to(FIT_REAL)) for c in centres])
     ramp = torch.zeros(2, dtype=theta.dtype, requires_grad=fit.ramp)
     if fit.ramp:
         groups.append({"params": [ramp]})
@@ -202,7 +206,7 @@ def fit_offsets(canvas_of: Callable[[torch.Tensor], torch.Tensor], start: torch.
     first = last = float("nan")
     for step in range(fit.steps):
         opt.zero_grad()
-        canvas = canvas_of(factors()).to(torch.complex64)
+        canvas = canvas_of(factors()).to(FIT_COMPLEX)
         leaf = canvas.detach().requires_grad_(True)
         total = 0.0
         for sl in chunks:  # gradients gathered on the canvas chunk by chunk, then sent to theta once

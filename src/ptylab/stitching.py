@@ -18,7 +18,7 @@ from .bundle import Bundle, ModelWeights
 from .data import PtychoData
 from .grouping import Groups, group_positions
 from .models import MODEL_CLASSES, PtychoModule
-from .phase_offsets import Evidence, OffsetFit, fit_offsets
+from .phase_offsets import FIT_COMPLEX, FIT_REAL, Evidence, OffsetFit, fit_offsets
 from .physics import effective_probe_radius, sample_windows
 from .symmetries import averaged_transforms, inverse, symmetry_average, transform_images, transform_offsets
 
@@ -138,17 +138,13 @@ class Placement:
         vals = self.values if phasors is None else self.values * (phasors if phasors.ndim == 2 else phasors[:, None])
         return torch.zeros(self.size, dtype=vals.dtype).index_add_(0, self.index.ravel(), vals.ravel())
 
-    def single(self) -> Placement:
-        """This placement in single precision (complex64 values, float32 weights)."""
-        return Placement(self.values.to(torch.complex64), self.weights.float(), self.index, self.size)
-
     def patch_coords(self, x: np.ndarray, y: np.ndarray, width: int, crop: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Each placed pixel's (u, v) offset from its patch's position (x, y) on a canvas ``width``
-        wide, in half crops (+-1 at the crop's edge); single precision, as the offset fit runs."""
+        wide, in half crops (+-1 at the crop's edge)."""
         half = crop / 2
         u = ((self.index % width).double() - torch.from_numpy(np.asarray(x, np.float64))[:, None]) / half
         v = ((self.index // width).double() - torch.from_numpy(np.asarray(y, np.float64))[:, None]) / half
-        return u.float(), v.float()
+        return u, v
 
     def inverse_weight(self) -> torch.Tensor:
         """1 / accumulated weight per canvas pixel, zero where the weight is negligible: the
@@ -271,9 +267,9 @@ def _stitch_tile(crops: np.ndarray, x: np.ndarray, y: np.ndarray, shape: tuple[i
     placement = place(np.asarray(crops), xs, ys, (r1 - r0, c1 - c0), crop, illumination)
     phasors = phase_sync(placement) if sync_phase and len(x) > 1 else None
     if phasors is not None and evidence is not None and evidence.fit.steps > 0:
-        inv_weight = placement.inverse_weight().float()  # the same at every step: computed once
-        single = placement.single()
-        phasors = fit_offsets(lambda ph: (single.value_sum(ph) * inv_weight).reshape(r1 - r0, c1 - c0), phasors,
+        inv_weight = placement.inverse_weight().to(FIT_REAL)  # the same at every step: computed once
+        fitted = replace(placement, values=placement.values.to(FIT_COMPLEX))  # the canvas in the fit's precision
+        phasors = fit_offsets(lambda ph: (fitted.value_sum(ph) * inv_weight).reshape(r1 - r0, c1 - c0), phasors,
                               evidence, np.unique(evidence.pattern[patch_index]), (r0, c0),
                               placement.patch_coords(xs, ys, c1 - c0, crop), (xs, ys))
     return _Tile((r0, r1, c0, c1), placement.value_sum(phasors).reshape(r1 - r0, c1 - c0).numpy(),
