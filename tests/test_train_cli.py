@@ -52,6 +52,10 @@ def test_run_directory_has_everything_the_design_lists(trained):
     assert job["dataset"]["cache_key"] and job["dataset"]["files"]["train.npz"]["sha256"]
     assert manifest["skipped_count"] == 0 and manifest["skip_summary_path"] is None
     assert SHA_LINE.search(res.stdout).group(1) == job["bundle_sha256"]
+    # Lightning's lines (one per Trainer: training, refinement) reach the console once each, as
+    # the run's train.log has them.
+    assert (res.stdout + res.stderr).count("GPU available:") == (run / "train.log").read_text().count(
+        "GPU available:") == 2
     assert load_bundle(run / "wts.h5.zip").sha256 == job["bundle_sha256"]
     params = json.loads((run / "params.json").read_text())
     assert params["nphotons"] == 1000.0 and params["gridsize"] == 2 and params["output_prefix"] == str(run)

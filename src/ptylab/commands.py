@@ -46,6 +46,7 @@ def _train_task(cfg: DictConfig) -> float | None:
     """
     from .stages.train import run_job, summary_line
 
+    _lightning_logs_through_the_root()
     hc = HydraConfig.get()
     record = guarded(lambda: run_job(cfg, hc.runtime.output_dir))  # a locked run directory is refused here
     if record is None:  # a non-zero DDP rank: rank zero reports for the job
@@ -59,6 +60,13 @@ def _train_task(cfg: DictConfig) -> float | None:
         sys.exit(1)
     ok = record.status == "succeeded"
     return float(record.best_val_loss) if ok and record.best_val_loss is not None else float("nan")
+
+
+def _lightning_logs_through_the_root() -> None:
+    """Hydra's root handlers print and file every record, but importing the ``lightning`` package
+    gives its logger a console handler of its own, so each Lightning line reached the console twice
+    (once as "INFO: ..."). Without that handler its records go once, through the root."""
+    logging.getLogger("lightning").handlers.clear()
 
 
 def train() -> None:
