@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import platform
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -219,11 +220,14 @@ class ChildRun:
     peak_anon_mb: float
 
 
-def run_child(command: list[str], log_path: Path, cwd: Path, poll_s: float = 0.05) -> ChildRun:
+def run_child(command: list[str], log_path: Path, cwd: Path, poll_s: float = 0.05,
+              env: Mapping[str, str] | None = None) -> ChildRun:
+    """Run ``command`` (with ``env`` added to this process's environment), polling its memory."""
     t0 = time.perf_counter()
     hwm = anon = 0.0
     with open(log_path, "w") as log_file:
-        proc = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, cwd=cwd)
+        proc = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, cwd=cwd,
+                                env={**os.environ, **env} if env else None)
         while proc.poll() is None:
             hwm = max(hwm, _status_mb(proc.pid, "VmHWM"))
             anon = max(anon, _status_mb(proc.pid, "RssAnon"))
@@ -233,13 +237,13 @@ def run_child(command: list[str], log_path: Path, cwd: Path, poll_s: float = 0.0
     return ChildRun(time.perf_counter() - t0, hwm, anon)
 
 
-def _run_job_subprocess(overrides: list[str], out_root: Path) -> ChildRun:
+def _run_job_subprocess(overrides: list[str], out_root: Path, env: Mapping[str, str] | None = None) -> ChildRun:
     """One train.py job in a child process."""
     out_root.mkdir(parents=True, exist_ok=True)
     root = CONF_DIR.parent
     command = [sys.executable, str(root / "train.py"), *overrides, f"paths.output_root={out_root}",
                "trainer.enable_progress_bar=false"]
-    return run_child(command, out_root.with_suffix(".log"), root)
+    return run_child(command, out_root.with_suffix(".log"), root, env=env)
 
 
 def write_synthetic_scan(path: Path, positions: int, n: int = 64, seed: int = 0) -> Path:
@@ -259,19 +263,20 @@ def write_synthetic_scan(path: Path, positions: int, n: int = 64, seed: int = 0)
     return path
 
 
-def memory_by_positions(counts: tuple[int, ...], work: Path, n: int = 64,
-                        extra: tuple[str, ...] = ()) -> dict[str, dict[str, float]]:
+def memory_by_positions(counts: tuple[int, ...], work: Path, n: int = 64, extra: tuple[str, ...] = (),
+                        env: Mapping[str, str] | None = None) -> dict[str, dict[str, float]]:
     """Peak memory of a short training (5 steps) and the evaluation of the whole file (every
     position predicted, stitched and scored), on files of ``counts`` positions. Two offset-fit
     steps: every step holds the same memory, and the default 100 would take most of an hour at
-    200k positions on a CPU; no fit-alone reference, which repeats the same tiled stitching."""
+    200k positions on a CPU; no fit-alone reference, which repeats the same tiled stitching.
+    ``env`` is added to each child job's environment."""
     out = {}
     for m in counts:
         data = write_synthetic_scan(work / f"scan_{m}.npz", m, n)
         job = ["dataset=npz", f"dataset.train_file={data}", f"dataset.test_file={data}", "view=full", "gridsize=1",
                "trainer.max_epochs=1", "++trainer.limit_train_batches=5", "++trainer.limit_val_batches=1",
                "refine.enabled=false", "dose=1000", "eval.offset_fit_steps=2", "eval.fit_alone=false", *extra]
-        run = _run_job_subprocess(job, work / f"memory_{m}")
+        run = _run_job_subprocess(job, work / f"memory_{m}", env)
         out[str(m)] = {"peak_anon_mb": round(run.peak_anon_mb, 1), "peak_rss_mb": round(run.peak_rss_mb, 1),
                        "file_mb": round(data.stat().st_size / 2**20, 1), "job_s": round(run.wall_s, 1)}
         data.unlink()
