@@ -63,9 +63,10 @@ def _train_task(cfg: DictConfig) -> float | None:
 
 
 def _lightning_logs_through_the_root() -> None:
-    """Hydra's root handlers print and file every record, but importing the ``lightning`` package
-    gives its logger a console handler of its own, so each Lightning line reached the console twice
-    (once as "INFO: ..."). Without that handler its records go once, through the root."""
+    """The root's handlers (Hydra's, or ``basicConfig``'s) print every record, but importing the
+    ``lightning`` package gives its logger a console handler of its own, so each Lightning line
+    reached the console twice (once as "INFO: ..."). Without that handler its records go once,
+    through the root. Called after the import of the stage that imports Lightning."""
     logging.getLogger("lightning").handlers.clear()
 
 
@@ -188,6 +189,7 @@ def benchmark(argv: list[str] | None = None) -> int:
 
     args = parse_overrides(BenchmarkConfig, sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.WARNING)
+    _lightning_logs_through_the_root()
     out = guarded(lambda: run_benchmark(args))
     width = max(len(k) for k in out)
     for k, v in out.items():
