@@ -18,7 +18,8 @@ def test_training_and_evaluation_memory_do_not_grow_with_the_number_of_positions
     # buffers come from the heap and freed pages stay resident: over the large file's 25 tiles
     # that crept up by 9-28 MB alone and 49 MB once under a full suite (over the bound), not data
     # held. A fixed threshold (glibc's initial one) measures what the job holds: 4.6 and 13.1 MB,
-    # flat over the tiles, at some cost in time (docs/performance.md). The benchmark's figures keep the default allocator.
+    # flat over the tiles, at some cost in time (docs/performance.md). The benchmark's figures
+    # keep the default allocator.
     figures = memory_by_positions((5_000, 30_000), tmp_path, n=32, extra=("eval.tile_patches=1250",),
                                   env={"MALLOC_MMAP_THRESHOLD_": "131072"})
     small, large = figures["5000"], figures["30000"]
