@@ -63,10 +63,11 @@ def _train_task(cfg: DictConfig) -> float | None:
 
 
 def _lightning_logs_through_the_root() -> None:
-    """The root's handlers (Hydra's, or ``basicConfig``'s) print every record, but importing the
-    ``lightning`` package gives its logger a console handler of its own, so each Lightning line
-    reached the console twice (once as "INFO: ..."). Without that handler its records go once,
-    through the root. Called after the import of the stage that imports Lightning."""
+    """Under Hydra the root already has handlers when Lightning is imported, so ``lightning.pytorch``
+    passes its records up, and the ``lightning`` package's own console handler printed each line a
+    second time (as "INFO: ..."). Without that handler its records go once, through the root.
+    Commands that set up logging with ``basicConfig`` after the import (reproduce, benchmark) need
+    nothing: there ``lightning.pytorch`` keeps its records to its own handler, printed once."""
     logging.getLogger("lightning").handlers.clear()
 
 
@@ -189,7 +190,6 @@ def benchmark(argv: list[str] | None = None) -> int:
 
     args = parse_overrides(BenchmarkConfig, sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.WARNING)
-    _lightning_logs_through_the_root()
     out = guarded(lambda: run_benchmark(args))
     width = max(len(k) for k in out)
     for k, v in out.items():
