@@ -54,8 +54,9 @@ def test_run_directory_has_everything_the_design_lists(trained):
     assert SHA_LINE.search(res.stdout).group(1) == job["bundle_sha256"]
     # Lightning's lines (one per Trainer: training, refinement) reach the console once each, as
     # the run's train.log has them.
-    assert (res.stdout + res.stderr).count("GPU available:") == (run / "train.log").read_text().count(
-        "GPU available:") == 2
+    log_text = (run / "train.log").read_text()
+    assert (res.stdout + res.stderr).count("GPU available:") == log_text.count("GPU available:") == 2
+    assert "litlogger" not in res.stdout + res.stderr + log_text  # Lightning's advertisement, dropped
     assert load_bundle(run / "wts.h5.zip").sha256 == job["bundle_sha256"]
     params = json.loads((run / "params.json").read_text())
     assert params["nphotons"] == 1000.0 and params["gridsize"] == 2 and params["output_prefix"] == str(run)

@@ -34,6 +34,17 @@ STALL_EPOCHS = 3
 STALL_RTOL = 1e-6
 
 
+class _NoAdvert(logging.Filter):
+    """Drops the line Lightning 2.6 logs each time a Trainer starts without its cloud logger (twice
+    per job here: training and refinement): an advertisement, nothing about the run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
+_NO_ADVERT = _NoAdvert()
+
+
 def build_trainer(trainer_kwargs: dict[str, Any], run_dir: Path, early_stop_patience: int,
                   logger: str = "csv", monitor: str = "val_loss") -> tuple[L.Trainer, ModelCheckpoint]:
     """``trainer_kwargs`` go verbatim to ``lightning.Trainer``; callbacks and loggers are added here.
@@ -42,6 +53,7 @@ def build_trainer(trainer_kwargs: dict[str, Any], run_dir: Path, early_stop_pati
     validation share).
     """
     kwargs = dict(trainer_kwargs)
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NO_ADVERT)  # once: addFilter dedups
     checkpoint = ModelCheckpoint(
         dirpath=run_dir / "checkpoints", filename="best-{epoch:03d}", monitor=monitor, mode="min",
         save_top_k=1, save_last=True,
