@@ -1,5 +1,7 @@
 """Model-level identities: the overlap constraint, and real tiny trainings whose loss falls."""
 
+import warnings
+
 import lightning as L
 import numpy as np
 import pytest
@@ -15,7 +17,7 @@ from ptylab.models.base import support_mask
 from ptylab.models.overlap import merge_overlaps
 from ptylab.physics import extract_patches, poisson_nll
 from ptylab.symmetries import probe_symmetries
-from ptylab.training import batch_plan
+from ptylab.training import LIGHTNING_NOISE, batch_plan, fit
 
 
 def test_merge_is_identity_for_patches_cut_from_one_object():
@@ -76,6 +78,20 @@ def test_tiny_pinn_training_lowers_poisson_nll(small_dataset_cfg, tmp_path, grid
     assert (before - after) > 0.3 * (before - floor), (before, after, floor)
 
 
+def test_a_fit_without_validation_patterns_trains_without_lightnings_noise(small_dataset_cfg, tmp_path):
+    """The refined arm's set-up (no validation share): it trains, picks its checkpoint by the
+    training loss, and the two warnings Lightning gives on every such job do not reach the user."""
+    train = load_or_simulate(small_dataset_cfg, 1e4, 0, tmp_path / "cache").train
+    cfg = PinnConfig(base_filters=[8, 16, 32], val_fraction=0.0, batch_size=8)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _, outcome = fit(cfg, 2, 0, train, {"max_steps": 3, "max_epochs": -1, "accelerator": "cpu",
+                                             "enable_progress_bar": False}, tmp_path / "run")
+    assert outcome.steps == 3 and outcome.groups["val"] == 0 and outcome.best_checkpoint_path
+    said = [str(w.message) for w in caught]
+    assert not [m for m in said if m.startswith(LIGHTNING_NOISE)], said
+
+
 def test_bf16_autocast_leaves_amplitude_and_phase_in_full_precision(small_dataset_cfg, tmp_path):
     """Under bf16 autocast (trainer=cpu on a CPU with AMX) the convolutions run in bf16 but the
     heads do not: a bf16 phase would move in steps of about 0.01 rad."""
@@ -117,10 +133,10 @@ def test_supervised_baseline_learns_and_refuses_data_without_y(small_dataset_cfg
     assert isinstance(model, Supervised)
     ds = GroupedPatterns(train.diff3d, group_positions(train.xcoords, train.ycoords, 1), train.Y)
     batch = ds.__getitems__(list(range(32)))
-    before = float(model.training_loss(batch)["loss"])
+    before = float(model.training_loss(batch)["loss"].detach())
     L.Trainer(max_epochs=5, accelerator="cpu", logger=False, enable_checkpointing=False,
               enable_progress_bar=False, enable_model_summary=False).fit(model, make_loader(ds, 8, True, 0))
-    after = float(model.training_loss(batch)["loss"])
+    after = float(model.training_loss(batch)["loss"].detach())
     assert after < 0.8 * before, (before, after)
     train.Y = None
     with pytest.raises(PtylabError, match="needs ground-truth patches 'Y'"):

@@ -8,7 +8,9 @@ Lightning argument works. The result is the best checkpoint's model and a ``Trai
 from __future__ import annotations
 
 import logging
+import re
 import time
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -43,6 +45,12 @@ class _NoAdvert(logging.Filter):
 
 
 _NO_ADVERT = _NoAdvert()
+
+# Warnings Lightning 2.6 gives on every job that tell its user nothing: that a fit without
+# validation patterns skips validation (the refined arm has none by design), and a deprecation
+# inside Lightning's own use of torch 2.13's pytree API. Ignored while ``fit`` trains, nowhere else.
+LIGHTNING_NOISE = ("You defined a `validation_step` but have no `val_dataloader`",
+                   "`isinstance(treespec, LeafSpec)` is deprecated")
 
 
 def build_trainer(trainer_kwargs: dict[str, Any], run_dir: Path, early_stop_patience: int,
@@ -195,7 +203,11 @@ def fit(model_cfg: ModelConfig, gridsize: int, seed: int, train: PtychoData, tra
     history = LossHistory()
     trainer.callbacks.append(history)  # type: ignore[attr-defined]
     t0 = time.perf_counter()
-    trainer.fit(model, train_loader, val_loader, ckpt_path=str(check_checkpoint(ckpt_path)) if ckpt_path else None)
+    with warnings.catch_warnings():
+        for text in LIGHTNING_NOISE:
+            warnings.filterwarnings("ignore", message=re.escape(text))
+        trainer.fit(model, train_loader, val_loader,
+                    ckpt_path=str(check_checkpoint(ckpt_path)) if ckpt_path else None)
     train_s = round(time.perf_counter() - t0, 2)
     best = checkpoint.best_model_path
     if best:
