@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ptylab.batches import EpochShuffle, GroupedPatterns, make_loader
-from ptylab.config import PinnConfig, SupervisedConfig
+from ptylab.config import PinnConfig, RefineConfig, SupervisedConfig
 from ptylab.datasets import load_or_simulate
 from ptylab.errors import ConfigError, PtylabError
 from ptylab.grouping import group_positions
@@ -16,6 +16,7 @@ from ptylab.models import PINN, Supervised, build_model
 from ptylab.models.base import support_mask
 from ptylab.models.overlap import merge_overlaps
 from ptylab.physics import extract_patches, poisson_nll
+from ptylab.refine import refine
 from ptylab.symmetries import probe_symmetries
 from ptylab.training import LIGHTNING_NOISE, batch_plan, fit
 
@@ -90,6 +91,20 @@ def test_a_fit_without_validation_patterns_trains_without_lightnings_noise(small
     assert outcome.steps == 3 and outcome.groups["val"] == 0 and outcome.best_checkpoint_path
     said = [str(w.message) for w in caught]
     assert not [m for m in said if m.startswith(LIGHTNING_NOISE)], said
+
+
+@pytest.mark.parametrize("augment", [False, True])
+def test_refinement_uses_the_probes_symmetries_only_when_asked(small_dataset_cfg, tmp_path, augment):
+    """Training's samples include the probe's symmetries (model.augment_symmetries); the refined arm
+    fits the test patterns as measured unless refine.augment_symmetries says otherwise."""
+    data = load_or_simulate(small_dataset_cfg, 1e4, 0, tmp_path / "cache")
+    model_cfg = PinnConfig(base_filters=[8, 16, 32], batch_size=8)
+    assert model_cfg.augment_symmetries and len(probe_symmetries(data.test.probe)) > 1
+    model = build_model(model_cfg, 2, data.train)
+    _, outcome = refine(model, model_cfg, RefineConfig(steps=3, augment_symmetries=augment), 2, 0, data.test,
+                        {"accelerator": "cpu", "enable_progress_bar": False}, tmp_path)
+    assert outcome.steps == 3 and outcome.groups["val"] == 0
+    assert outcome.groups["symmetries"] == (len(probe_symmetries(data.test.probe)) if augment else 1)
 
 
 def test_bf16_autocast_leaves_amplitude_and_phase_in_full_precision(small_dataset_cfg, tmp_path):

@@ -25,12 +25,13 @@ REFINE_DIR = "refine"
 
 def refine(model: PtychoModule, model_cfg: PinnConfig, cfg: RefineConfig, gridsize: int, seed: int,
            test: PtychoData, trainer_kwargs: dict[str, Any], run_dir: Path) -> tuple[PtychoModule, TrainingOutcome]:
-    """A copy of ``model`` fine-tuned for ``cfg.steps`` steps on ``test``'s patterns (no ``Y``, no validation)."""
+    """A copy of ``model`` fine-tuned for ``cfg.steps`` steps on ``test``'s patterns (no ``Y``, no validation;
+    the probe's symmetries as samples only with ``cfg.augment_symmetries``)."""
     tuned = copy.deepcopy(model).train()
     tuned.hparams.update(lr=cfg.lr, schedule=str(Schedule.cosine), warmup_steps=cfg.warmup_steps,
                          min_lr=min(model_cfg.min_lr, cfg.lr))
     refine_cfg = replace(model_cfg, val_fraction=0.0, early_stop_patience=0, max_train_groups=None,
-                         batch_size=cfg.batch_size or model_cfg.batch_size)
+                         batch_size=cfg.batch_size or model_cfg.batch_size, augment_symmetries=cfg.augment_symmetries)
     kwargs = {**trainer_kwargs, "max_steps": cfg.steps, "max_epochs": -1, "enable_progress_bar": False}
     t0 = time.perf_counter()
     tuned, outcome = fit(refine_cfg, gridsize, seed, replace(test, Y=None), kwargs, run_dir / REFINE_DIR,
