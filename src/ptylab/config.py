@@ -302,8 +302,8 @@ class RefineConfig:
     # Refine on the test groups as measured, not also mirrored and rotated (model.augment_symmetries
     # is for training, where the symmetries are more samples of the same probe to generalise from).
     # Refinement fits the test patterns themselves, and the transformed copies took steps from them:
-    # without them every score rose at 1e3 and on user-style files, and every score but the
-    # amplitude FRC50 at 1e4 (amplitude SSIM +0.021 there; docs/quality.md).
+    # without them the scores rose on two seeds at 1e3, 1e4 and on user-style files, all but one
+    # FRC50 on each seed (amplitude SSIM +0.019 and +0.021 at 1e4; docs/quality.md).
     augment_symmetries: bool = False
 
     def __post_init__(self) -> None:
