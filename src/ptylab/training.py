@@ -36,15 +36,10 @@ STALL_EPOCHS = 3
 STALL_RTOL = 1e-6
 
 
-class _NoAdvert(logging.Filter):
-    """Drops the line Lightning 2.6 logs each time a Trainer starts without its cloud logger (twice
-    per job here: training and refinement): an advertisement, nothing about the run."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "litlogger" not in record.getMessage()
-
-
-_NO_ADVERT = _NoAdvert()
+def _no_advert(record: logging.LogRecord) -> bool:
+    """A logging filter: drops the line Lightning 2.6 logs each time a Trainer starts without its
+    cloud logger (twice per job here: training and refinement), an advertisement, nothing about the run."""
+    return "litlogger" not in record.getMessage()
 
 # Warnings Lightning 2.6 gives on every job that tell its user nothing: that a fit without
 # validation patterns skips validation (the refined arm has none by design), and a deprecation
@@ -61,7 +56,7 @@ def build_trainer(trainer_kwargs: dict[str, Any], run_dir: Path, early_stop_pati
     validation share).
     """
     kwargs = dict(trainer_kwargs)
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NO_ADVERT)  # once: addFilter dedups
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_no_advert)  # once: addFilter dedups
     checkpoint = ModelCheckpoint(
         dirpath=run_dir / "checkpoints", filename="best-{epoch:03d}", monitor=monitor, mode="min",
         save_top_k=1, save_last=True,
