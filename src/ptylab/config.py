@@ -287,10 +287,12 @@ class RefineConfig:
     enabled: bool = True  # PINN jobs only; reported beside the single-pass network
     # 1000: with the separate decoders every score rose from 300, on the embedded data and on
     # user-style files (docs/quality.md), for about 60 s more on the default job, which stays
-    # within its 10 minutes on two cores.
+    # within its 10 minutes on two cores. 1500 still gained at 1e4 (2026-12-03), for about 50 s
+    # more than the slower machine types leave in that budget.
     steps: int = 1000
     # 1e-3 (3e-4 before 2026-12-02): a lower Poisson NLL on the test patterns in the same 1000
-    # steps on all three jobs tried, and better scores (docs/quality.md).
+    # steps on all three jobs tried, and better scores (docs/quality.md). Measured again after the
+    # refined arm stopped using the symmetries: 2e-3 gained at 1e4 but fitted the noise at 1e3.
     lr: float = 1e-3
     warmup_steps: int = 20
     batch_size: int | None = None  # None: the model's
