@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from ptylab.config import EmbeddedDatasetConfig as DatasetConfig
+from ptylab.training import LIGHTNING_NOISE
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -29,6 +31,17 @@ TINY_TRAIN = [
 # arm nor the fit-alone reference concerns: the two take about half of a tiny job's time, and other
 # tests cover them (the run-directory, sweep, fault and quality tests keep both on).
 PLUMBING = ["refine.enabled=false", "eval.fit_alone=false"]
+
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Keep Lightning's noise out of the suite's report, so that a new warning stands out: the two
+    warnings ``training.fit`` keeps from jobs (some tests drive ``lightning.Trainer`` directly), and
+    the one that a tiny epoch has fewer batches than the logging interval, which these tests' data
+    have by design. The test that ``fit`` keeps the first two from jobs records every warning."""
+    for text in LIGHTNING_NOISE:
+        config.addinivalue_line("filterwarnings", f"ignore:{re.escape(text)}")
+    config.addinivalue_line("filterwarnings", "ignore:The number of training batches .* is smaller than the logging")
 
 
 @pytest.fixture
