@@ -33,7 +33,6 @@ TINY_TRAIN = [
 PLUMBING = ["refine.enabled=false", "eval.fit_alone=false"]
 
 
-
 def pytest_configure(config: pytest.Config) -> None:
     """Keep Lightning's noise out of the suite's report, so that a new warning stands out: the two
     warnings ``training.fit`` keeps from jobs (some tests drive ``lightning.Trainer`` directly), and
