@@ -35,12 +35,10 @@ PLUMBING = ["refine.enabled=false", "eval.fit_alone=false"]
 
 def pytest_configure(config: pytest.Config) -> None:
     """Keep Lightning's noise out of the suite's report, so that a new warning stands out: the two
-    warnings ``training.fit`` keeps from jobs (some tests drive ``lightning.Trainer`` directly), and
-    the one that a tiny epoch has fewer batches than the logging interval, which these tests' data
-    have by design. The test that ``fit`` keeps the first two from jobs records every warning."""
+    warnings ``training.fit`` keeps from jobs, which some tests meet by driving ``lightning.Trainer``
+    directly. The test that ``fit`` keeps them from jobs records every warning."""
     for text in LIGHTNING_NOISE:
         config.addinivalue_line("filterwarnings", f"ignore:{re.escape(text)}")
-    config.addinivalue_line("filterwarnings", "ignore:The number of training batches .* is smaller than the logging")
 
 
 @pytest.fixture

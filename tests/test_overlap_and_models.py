@@ -18,7 +18,7 @@ from ptylab.models.overlap import merge_overlaps
 from ptylab.physics import extract_patches, poisson_nll
 from ptylab.refine import refine
 from ptylab.symmetries import probe_symmetries
-from ptylab.training import LIGHTNING_NOISE, batch_plan, fit
+from ptylab.training import LIGHTNING_NOISE, batch_plan, fit, logging_interval
 
 
 def test_merge_is_identity_for_patches_cut_from_one_object():
@@ -81,16 +81,26 @@ def test_tiny_pinn_training_lowers_poisson_nll(small_dataset_cfg, tmp_path, grid
 
 def test_a_fit_without_validation_patterns_trains_without_lightnings_noise(small_dataset_cfg, tmp_path):
     """The refined arm's set-up (no validation share): it trains, picks its checkpoint by the
-    training loss, and the two warnings Lightning gives on every such job do not reach the user."""
+    training loss, and the two warnings Lightning gives on every such job do not reach the user;
+    nor does the one about epochs shorter than the logging interval (two batches here, against 10)."""
     train = load_or_simulate(small_dataset_cfg, 1e4, 0, tmp_path / "cache").train
     cfg = PinnConfig(base_filters=[8, 16, 32], val_fraction=0.0, batch_size=8)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         _, outcome = fit(cfg, 2, 0, train, {"max_steps": 3, "max_epochs": -1, "accelerator": "cpu",
-                                             "enable_progress_bar": False}, tmp_path / "run")
+                                             "enable_progress_bar": False, "limit_train_batches": 2,
+                                             "log_every_n_steps": 10}, tmp_path / "run")
     assert outcome.steps == 3 and outcome.groups["val"] == 0 and outcome.best_checkpoint_path
     said = [str(w.message) for w in caught]
-    assert not [m for m in said if m.startswith(LIGHTNING_NOISE)], said
+    assert not [m for m in said if m.startswith(LIGHTNING_NOISE) or "logging interval" in m], said
+
+
+def test_the_logging_interval_is_capped_at_the_steps_an_epoch_runs():
+    assert logging_interval({"log_every_n_steps": 10}, 30) == 10
+    assert logging_interval({}, 30) == 30  # Lightning's default 50, capped
+    assert logging_interval({"log_every_n_steps": 10, "limit_train_batches": 4}, 30) == 4
+    assert logging_interval({"log_every_n_steps": 10, "limit_train_batches": 0.1}, 30) == 3
+    assert logging_interval({"log_every_n_steps": 10, "limit_train_batches": 0.01}, 30) == 1
 
 
 @pytest.mark.parametrize("augment", [False, True])

@@ -48,14 +48,30 @@ LIGHTNING_NOISE = ("You defined a `validation_step` but have no `val_dataloader`
                    "`isinstance(treespec, LeafSpec)` is deprecated")
 
 
+def logging_interval(trainer_kwargs: dict[str, Any], batches_per_epoch: int) -> int:
+    """Lightning's ``log_every_n_steps`` (its default 50), capped at the steps one epoch runs: an
+    epoch shorter than the interval (a small dataset, a short ``limit_train_batches``) would log
+    none of its steps, and Lightning warns about it on every such job."""
+    limit = trainer_kwargs.get("limit_train_batches")
+    if isinstance(limit, float):
+        batches_per_epoch = int(batches_per_epoch * limit)
+    elif isinstance(limit, int):
+        batches_per_epoch = min(batches_per_epoch, limit)
+    return max(1, min(int(trainer_kwargs.get("log_every_n_steps", 50)), batches_per_epoch))
+
+
 def build_trainer(trainer_kwargs: dict[str, Any], run_dir: Path, early_stop_patience: int,
-                  logger: str = "csv", monitor: str = "val_loss") -> tuple[L.Trainer, ModelCheckpoint]:
-    """``trainer_kwargs`` go verbatim to ``lightning.Trainer``; callbacks and loggers are added here.
+                  logger: str = "csv", monitor: str = "val_loss",
+                  batches_per_epoch: int | None = None) -> tuple[L.Trainer, ModelCheckpoint]:
+    """``trainer_kwargs`` go to ``lightning.Trainer`` as given, but for ``log_every_n_steps``, which
+    is capped at ``batches_per_epoch`` when that is known; callbacks and loggers are added here.
 
     ``monitor`` picks the best checkpoint and drives early stopping (train_loss when there is no
     validation share).
     """
     kwargs = dict(trainer_kwargs)
+    if batches_per_epoch is not None:
+        kwargs["log_every_n_steps"] = logging_interval(kwargs, batches_per_epoch)
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_no_advert)  # once: addFilter dedups
     checkpoint = ModelCheckpoint(
         dirpath=run_dir / "checkpoints", filename="best-{epoch:03d}", monitor=monitor, mode="min",
@@ -194,7 +210,7 @@ def fit(model_cfg: ModelConfig, gridsize: int, seed: int, train: PtychoData, tra
     val_loader = (make_loader(GroupedPatterns(train.diff3d, _subset(groups, va), y), per_step, False, seed)
                   if va.size else None)
     trainer, checkpoint = build_trainer(trainer_kwargs, run_dir, model_cfg.early_stop_patience, logger,
-                                        "val_loss" if va.size else "train_loss")
+                                        "val_loss" if va.size else "train_loss", len(train_loader))
     history = LossHistory()
     trainer.callbacks.append(history)  # type: ignore[attr-defined]
     t0 = time.perf_counter()
