@@ -162,15 +162,16 @@ def lightning_training(model: PINN, dataset: GroupedPatterns, batch_size: int, s
                        accelerator: str, precision: str = "32-true") -> float:
     """Patterns/s of the real training path (train.py's Trainer with checkpoints, logging and
     progress bar), in steady state: the first epoch is excluded."""
+    loader = make_loader(dataset, batch_size, True, 0)
     trainer, _ = build_trainer(
         {"accelerator": accelerator, "devices": 1, "precision": precision, "max_epochs": 3,
          "limit_train_batches": steps,
          "limit_val_batches": 0, "deterministic": accelerator == "cpu", "enable_progress_bar": True,
          "enable_model_summary": False, "num_sanity_val_steps": 0, "log_every_n_steps": 10},
-        run_dir, early_stop_patience=0, monitor="train_loss")
+        run_dir, early_stop_patience=0, monitor="train_loss", batches_per_epoch=len(loader))
     timer = _EpochTimer()
     trainer.callbacks.append(timer)  # type: ignore[attr-defined]
-    trainer.fit(model, make_loader(dataset, batch_size, True, 0))
+    trainer.fit(model, loader)
     patterns = batch_size * dataset.indices.shape[1]
     return patterns * sum(timer.batches[1:]) / sum(timer.durations[1:])
 
