@@ -60,18 +60,15 @@ def logging_interval(trainer_kwargs: dict[str, Any], batches_per_epoch: int) -> 
     return max(1, min(int(trainer_kwargs.get("log_every_n_steps", 50)), batches_per_epoch))
 
 
-def build_trainer(trainer_kwargs: dict[str, Any], run_dir: Path, early_stop_patience: int,
-                  logger: str = "csv", monitor: str = "val_loss",
-                  batches_per_epoch: int | None = None) -> tuple[L.Trainer, ModelCheckpoint]:
+def build_trainer(trainer_kwargs: dict[str, Any], run_dir: Path, early_stop_patience: int, batches_per_epoch: int,
+                  logger: str = "csv", monitor: str = "val_loss") -> tuple[L.Trainer, ModelCheckpoint]:
     """``trainer_kwargs`` go to ``lightning.Trainer`` as given, but for ``log_every_n_steps``, which
-    is capped at ``batches_per_epoch`` when that is known; callbacks and loggers are added here.
+    is capped at ``batches_per_epoch`` (the train loader's length); callbacks and loggers are added here.
 
     ``monitor`` picks the best checkpoint and drives early stopping (train_loss when there is no
     validation share).
     """
-    kwargs = dict(trainer_kwargs)
-    if batches_per_epoch is not None:
-        kwargs["log_every_n_steps"] = logging_interval(kwargs, batches_per_epoch)
+    kwargs = {**trainer_kwargs, "log_every_n_steps": logging_interval(trainer_kwargs, batches_per_epoch)}
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_no_advert)  # once: addFilter dedups
     checkpoint = ModelCheckpoint(
         dirpath=run_dir / "checkpoints", filename="best-{epoch:03d}", monitor=monitor, mode="min",
@@ -209,8 +206,8 @@ def fit(model_cfg: ModelConfig, gridsize: int, seed: int, train: PtychoData, tra
                                transforms)
     val_loader = (make_loader(GroupedPatterns(train.diff3d, _subset(groups, va), y), per_step, False, seed)
                   if va.size else None)
-    trainer, checkpoint = build_trainer(trainer_kwargs, run_dir, model_cfg.early_stop_patience, logger,
-                                        "val_loss" if va.size else "train_loss", len(train_loader))
+    trainer, checkpoint = build_trainer(trainer_kwargs, run_dir, model_cfg.early_stop_patience, len(train_loader),
+                                        logger, "val_loss" if va.size else "train_loss")
     history = LossHistory()
     trainer.callbacks.append(history)  # type: ignore[attr-defined]
     t0 = time.perf_counter()

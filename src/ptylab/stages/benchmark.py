@@ -168,7 +168,7 @@ def lightning_training(model: PINN, dataset: GroupedPatterns, batch_size: int, s
          "limit_train_batches": steps,
          "limit_val_batches": 0, "deterministic": accelerator == "cpu", "enable_progress_bar": True,
          "enable_model_summary": False, "num_sanity_val_steps": 0, "log_every_n_steps": 10},
-        run_dir, early_stop_patience=0, monitor="train_loss", batches_per_epoch=len(loader))
+        run_dir, early_stop_patience=0, batches_per_epoch=len(loader), monitor="train_loss")
     timer = _EpochTimer()
     trainer.callbacks.append(timer)  # type: ignore[attr-defined]
     trainer.fit(model, loader)
