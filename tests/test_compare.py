@@ -25,7 +25,7 @@ def test_compare_lists_every_run_with_numbers_or_reasons(tmp_path):
     good_run, failed_run = (p.parent for p in sorted((tmp_path / "runs").glob("*/*/training_manifest.json")))
     missing = tmp_path / "never_ran"
     res = run_script(["scripts/compare.py", f"runs=[{good_run},{failed_run},{missing}]",
-                      f"output_dir={tmp_path / 'cmp'}", "lsqml.epochs=5"], cwd=ROOT)
+                      f"output_dir={tmp_path / 'cmp'}", "lsqml.epochs=5", "lsqml.from_networks_epochs=3"], cwd=ROOT)
     assert res.returncode == 0, res.stderr[-3000:]
     rows = list(csv.DictReader((tmp_path / "cmp" / "comparison.csv").read_text().splitlines()))
     by_source = {r["source"]: r for r in rows}
@@ -38,10 +38,36 @@ def test_compare_lists_every_run_with_numbers_or_reasons(tmp_path):
     assert len(lsqml) == 1 and lsqml[0]["status"] in ("succeeded", "not run")
     if lsqml[0]["status"] == "not run":
         assert "make ptychi" in lsqml[0]["reason"]
+    # LSQML also from each network's own reconstruction (here the single pass: PLUMBING skips refinement)
+    networks = [r["method"] for r in rows if r["source"] == str(good_run)]
+    assert networks == ["PINN gs1"]
+    started = {r["method"]: r for r in rows if r["method"].startswith("LSQML from ")}
+    assert sorted(started) == [f"LSQML from {m}" for m in networks]
+    for row in started.values():
+        assert row["status"] == lsqml[0]["status"]
+        assert row["iterations"] == ("3" if row["status"] == "succeeded" else "")
     for row in rows:  # never an empty row: numbers or a reason
         assert row["phase_ssim"] or row["reason"]
     assert (tmp_path / "cmp" / "comparison.md").read_text().count("\n") == len(rows) + 2
     assert (tmp_path / "cmp" / "comparison.png").is_file()
+
+
+def test_a_start_in_any_units_is_matched_to_the_measured_counts(small_dataset_cfg, tmp_path):
+    from ptylab.datasets import load_or_simulate
+    from ptylab.lsqml import matched_start
+
+    test = load_or_simulate(small_dataset_cfg, 1e4, 0, tmp_path).test
+    weight = np.ones(test.obj.shape, np.float32)
+    weight[:, :3] = 0  # never stitched: starts at the stitched part's mean amplitude
+    # The truth in other units (a network's, with its own intensity scale) and a global phase.
+    start = Stitched((0.3 * np.exp(0.7j) * test.obj * (weight > 0)).astype(np.complex64), weight,
+                     illuminated_bbox(test))
+    got = matched_start(start, test)
+    inside = weight > 0
+    # Back in the units the data's intensity scale implies, to Poisson noise on the total counts.
+    np.testing.assert_allclose(np.abs(got[inside]), np.abs(test.obj[inside]), rtol=0.01)
+    np.testing.assert_allclose(np.angle(got[inside] / test.obj[inside]), 0.7, atol=1e-5)
+    np.testing.assert_allclose(np.abs(got[~inside]), np.abs(got[inside]).mean(), rtol=1e-5)
 
 
 @pytest.mark.skipif(not ptychi_available(), reason="pty-chi is not installed here (make ptychi builds .venv-ptychi)")
@@ -61,3 +87,20 @@ def test_lsqml_beats_its_flat_start(small_dataset_cfg, tmp_path):
     # positions passed in pty-chi's convention: the object lands where it belongs
     assert max(abs(s) for s in got["registration"]["shift_yx"]) < 0.5
     json.dumps(info)
+
+
+@pytest.mark.skipif(not ptychi_available(), reason="pty-chi is not installed here (make ptychi builds .venv-ptychi)")
+def test_lsqml_keeps_the_lead_of_a_good_start(small_dataset_cfg, tmp_path):
+    from ptylab.datasets import load_or_simulate
+    from ptylab.lsqml import matched_start, run_lsqml
+
+    test = load_or_simulate(small_dataset_cfg, 1e4, 0, tmp_path).test
+    bbox, ones = illuminated_bbox(test), np.ones(test.obj.shape, np.float32)
+    start = matched_start(Stitched((0.3 * test.obj).astype(np.complex64), ones, bbox), test)  # other units
+    obj, info = run_lsqml(test, epochs=5, start=start, start_name="the truth")
+    flat, _ = run_lsqml(test, epochs=5)
+    assert info["start"] == "the truth" and info["iterations"] == 5
+    got = score_reconstruction(Stitched(obj, ones, bbox), test.obj, EvalConfig())
+    ref = score_reconstruction(Stitched(flat, ones, bbox), test.obj, EvalConfig())
+    assert got["phase"]["ssim"] > ref["phase"]["ssim"] + 0.1
+    assert got["amplitude"]["pearson"] > ref["amplitude"]["pearson"]

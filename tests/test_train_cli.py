@@ -41,7 +41,7 @@ def test_run_directory_has_everything_the_design_lists(trained):
     assert re.search(r"_dose1e3_dense_gs2_pinn$", run.name)
     for name in (".hydra/config.yaml", "checkpoints/last.ckpt", "wts.h5.zip", "wts.h5.zip.sha256", "params.json",
                  "training_manifest.json", "metrics.json", "reconstruction.npz", "reconstruction.png", "frc.png",
-                 "logs/metrics.csv"):
+                 "object.npz", "refine/object.npz", "logs/metrics.csv"):
         assert (run / name).exists(), name
     manifest = json.loads((run / "training_manifest.json").read_text())
     job = manifest["jobs"][0]
@@ -64,6 +64,25 @@ def test_run_directory_has_everything_the_design_lists(trained):
     assert rec["object"].dtype == np.complex64 and rec["object"].shape == rec["ground_truth"].shape
     metrics = json.loads((run / "metrics.json").read_text())
     assert {"mae", "mse", "psnr", "ssim", "ms_ssim", "frc_1_7", "frc_0_5"} <= set(metrics["phase"])
+
+
+def test_each_arm_leaves_the_object_it_scored_unregistered(trained):
+    from ptylab.evaluation import headline, score_reconstruction
+    from ptylab.stages.compare import rebuild_test_split, run_config
+    from ptylab.stitching import read_object
+
+    root, _ = trained
+    (run,) = _run_dirs(root)
+    cfg = run_config(run)
+    test = rebuild_test_split(cfg)
+    for arm in (run, run / "refine"):
+        stitched = read_object(arm / "object.npz")  # in the data's frame, as LSQML can start from it
+        assert stitched.obj.shape == stitched.weight.shape == test.obj.shape
+        assert (stitched.obj[stitched.weight == 0] == 0).all() and (stitched.weight > 0).mean() > 0.3
+        again = headline(score_reconstruction(stitched, test.obj, cfg.eval))
+        scored = json.loads((arm / "metrics.json").read_text())["headline"]
+        for key in ("amplitude_ssim", "amplitude_corr", "phase_ssim", "phase_corr", "phase_psnr"):
+            assert again[key] == pytest.approx(scored[key], abs=1e-9), (arm.name, key)
 
 
 def test_same_config_gives_the_same_bundle_digest(trained, tmp_path):

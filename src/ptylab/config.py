@@ -371,9 +371,14 @@ class LsqmlConfig:
     epochs: int = 200
     noise_model: str = "gaussian"  # scored better than poisson on Poisson data in our trials
     device: str = "cpu"
+    # LSQML also started from each network's reconstruction (its object.npz), for this many epochs
+    # (0: off): what the data hold beyond the network, in a fraction of a flat start's epochs
+    # (docs/quality.md, "LSQML started from the networks' objects").
+    from_networks_epochs: int = 20
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, "lsqml.epochs", self.epochs, ">= 1")
+        _check(self.from_networks_epochs >= 0, "lsqml.from_networks_epochs", self.from_networks_epochs, ">= 0")
         _check(self.noise_model in ("gaussian", "poisson"), "lsqml.noise_model", self.noise_model,
                "'gaussian' or 'poisson'")
 

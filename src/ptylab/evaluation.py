@@ -25,7 +25,7 @@ from .fileio import atomic_write_json, atomic_write_with
 from .metrics import PSNR_CAP_DB, beats, reference_scores, score_image
 from .models import PtychoModule
 from .phase_offsets import OffsetFit
-from .stitching import Stitched, reconstruct, reconstruct_flat
+from .stitching import OBJECT_FILE, Stitched, reconstruct, reconstruct_flat, write_object
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +200,8 @@ def offset_fit(cfg: EvalConfig) -> OffsetFit:
 def evaluate_reconstruction(model: PtychoModule, test: PtychoData, gridsize: int, neighbours: int,
                             cfg: EvalConfig, run_dir: Path, title: str,
                             fit_alone: dict[str, dict[str, float]] | None = None) -> dict[str, Any]:
-    """Reconstruct, score and write ``metrics.json`` with its figures. With the offset fit on, the
+    """Reconstruct, score and write ``metrics.json`` with its figures, and the stitched object as
+    reconstructed (``object.npz``, ``stitching.write_object``). With the offset fit on, the
     fit's own scores on flat patches go beside each part's (``fit_alone``; computed here unless
     given, as the refined arm is given the single pass's). ``evaluate_s`` times this method's
     reconstruction and scoring; ``fit_alone_s`` the reference, when computed here."""
@@ -210,6 +211,7 @@ def evaluate_reconstruction(model: PtychoModule, test: PtychoData, gridsize: int
                            sync_phase=cfg.sync_phase, tile_patches=cfg.tile_patches, scratch_dir=run_dir,
                            offset_fit=fit, average_symmetries=cfg.average_symmetries)
     infer_s = time.perf_counter() - t0
+    write_object(run_dir / OBJECT_FILE, stitched)
     scores = score_reconstruction(stitched, test.obj, cfg)
     evaluate_s = time.perf_counter() - t0
     fit_alone_s = None

@@ -55,7 +55,7 @@ def complex_panels(path: str | Path, entries: dict[str, tuple[np.ndarray, np.nda
     # Rows as tall as the images are (a scan's region is often wide), plus room for the titles.
     height, width = entries[names[0]][0].shape
     aspect = min(max(height / max(width, 1), 0.25), 2.0)
-    fig, axes = plt.subplots(rows, len(names), figsize=(3.6 * len(names), (3.0 * aspect + 0.5) * rows),
+    fig, axes = plt.subplots(rows, len(names), figsize=(3.6 * len(names), (3.0 * aspect + 0.6) * rows),
                              squeeze=False, layout="constrained")
     for col, name in enumerate(names):
         img, ref = entries[name]
@@ -77,7 +77,8 @@ def complex_panels(path: str | Path, entries: dict[str, tuple[np.ndarray, np.nda
             else:
                 vmin, vmax = ranges[row] or (None, None)
                 im = ax.imshow(data, cmap=cmap, vmin=vmin, vmax=vmax)
-            ax.set_title(f"{name}: {label}", fontsize=9)
+            # A long method name goes on its own line rather than over the next column's colour bar.
+            ax.set_title(f"{name}: {label}" if len(name) + len(label) <= 40 else f"{name}\n{label}", fontsize=9)
             fig.colorbar(im, ax=ax, fraction=0.046)
     fig.suptitle(title)
     _save(fig, path)

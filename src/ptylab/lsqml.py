@@ -1,23 +1,29 @@
 """The iterative LSQML reference from pty-chi (optional extra, its own environment).
 
 Choices that change results, recorded with every run (see ../shared/notes/ptychi.md): a flat
-start (never the ground truth), the known probe fixed and carrying the data's intensity scale
-(pty-chi's FFT is unnormalised, so P_ptychi = s * P / N), no probe refinement, no first-epoch
-probe rescale, the Gaussian noise model by default, positions relative to the object's centre.
+start (never the ground truth; or another method's reconstruction, ``matched_start``), the known
+probe fixed and carrying the data's intensity scale (pty-chi's FFT is unnormalised, so
+P_ptychi = s * P / N), no probe refinement, no first-epoch probe rescale, the Gaussian noise
+model by default, positions relative to the object's centre.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import logging
+import math
 import time
 from typing import Any
 
 import numpy as np
+import torch
 
+from .batches import mean_total_counts
 from .config import EvalConfig
 from .data import PtychoData
 from .models.factory import derived_intensity_scale
+from .physics import extract_patches
+from .stitching import Stitched, illuminated_bbox
 
 log = logging.getLogger(__name__)
 NOT_INSTALLED = ("pty-chi is not installed in this environment: run `make ptychi` and use "
@@ -47,19 +53,49 @@ def measured_intensities(diff: Any, chunk: int = 4096) -> np.ndarray:
     return out
 
 
+def data_scale(data: PtychoData) -> float:
+    """The intensity scale LSQML's probe carries: the data's own, else the one derived for an object
+    of RMS amplitude 1."""
+    scale = data.metadata.get("intensity_scale")
+    return float(scale) if scale is not None else derived_intensity_scale(data)
+
+
+def matched_start(start: Stitched, data: PtychoData, chunk: int = 4096) -> np.ndarray:
+    """A stitched object as LSQML's start: scaled so that the counts it models at ``data``'s
+    positions total the measured counts, pixels nothing was stitched to set to its mean amplitude.
+
+    A network's amplitudes are in its own units (its intensity scale assumes an object of RMS
+    amplitude ``model.reference_amplitude`` where the data state no scale); matching the total
+    counts (Parseval: sum |F(s P O)|^2 = s^2 sum |P O|^2) puts any start in the units of LSQML's
+    probe without knowing them.
+    """
+    stitched = start.weight > 0
+    if not stitched.any():
+        raise ValueError("the start object has no stitched pixel")
+    obj = np.where(stitched, start.obj, np.abs(start.obj[stitched]).mean()).astype(np.complex64)
+    canvas, probe = torch.from_numpy(obj), torch.from_numpy(np.asarray(data.probe, np.complex64))
+    modelled = 0.0
+    for first in range(0, data.n_positions, chunk):
+        x = torch.from_numpy(np.asarray(data.xcoords[first : first + chunk], np.float64))
+        y = torch.from_numpy(np.asarray(data.ycoords[first : first + chunk], np.float64))
+        modelled += float((probe * extract_patches(canvas, x, y, data.N)).abs().square().sum())
+    measured = mean_total_counts(data.diff3d) * data.n_positions
+    factor = math.sqrt(measured / (data_scale(data) ** 2 * modelled))
+    return (obj * factor).astype(np.complex64)
+
+
 def run_lsqml(data: PtychoData, epochs: int, noise_model: str = "gaussian", device: str = "cpu",
-              batch_size: int = 96, seed: int = 0) -> tuple[np.ndarray, dict[str, Any]]:
-    """Reconstruct ``data`` from a flat object; return the (H, W) complex object and what was run."""
+              batch_size: int = 96, seed: int = 0, start: np.ndarray | None = None,
+              start_name: str = "flat") -> tuple[np.ndarray, dict[str, Any]]:
+    """Reconstruct ``data`` from a flat object, or from ``start`` (``matched_start``) named
+    ``start_name``; return the (H, W) complex object and what was run."""
     import ptychi.api as api
     from ptychi.api.enums import ObjectPosOriginCoordsMethods
     from ptychi.api.task import PtychographyTask
 
-    scale = data.metadata.get("intensity_scale")
-    if scale is None:
-        scale = derived_intensity_scale(data)
     n = data.N
-    probe = (data.probe * (scale / n)).astype(np.complex64)[None, None]
-    flat = np.ones((1, *data.obj.shape), dtype=np.complex64)
+    probe = (data.probe * (data_scale(data) / n)).astype(np.complex64)[None, None]
+    obj0 = (np.ones(data.obj.shape, np.complex64) if start is None else start.astype(np.complex64))[None]
     px, py = ptychi_positions(data.xcoords, data.ycoords, n)
 
     opts = api.LSQMLOptions()
@@ -78,12 +114,12 @@ def run_lsqml(data: PtychoData, epochs: int, noise_model: str = "gaussian", devi
     rec.default_device = api.Devices.CPU if device == "cpu" else api.Devices.GPU
     rec.random_seed = seed
     t0 = time.perf_counter()
-    task = PtychographyTask(opts, diffraction_data=measured_intensities(data.diff3d), object_data=flat,
+    task = PtychographyTask(opts, diffraction_data=measured_intensities(data.diff3d), object_data=obj0,
                             probe_data=probe, probe_position_x_px=px, probe_position_y_px=py)
     task.run()
     wall = time.perf_counter() - t0
     obj = np.asarray(task.get_data_to_cpu("object", as_numpy=True))[0].astype(np.complex64)
-    info = {"iterations": epochs, "wall_s": round(wall, 2), "noise_model": noise_model, "start": "flat",
+    info = {"iterations": epochs, "wall_s": round(wall, 2), "noise_model": noise_model, "start": start_name,
             "probe": "known, fixed, not rescaled", "object_probe_ambiguity_removal": False,
             "batch_size": batch_size, "device": device, "positions": "x - 0.5, y - 0.5 with origin (0, 0)"}
     log.info("LSQML: %d epochs in %.1f s", epochs, wall)
@@ -91,11 +127,13 @@ def run_lsqml(data: PtychoData, epochs: int, noise_model: str = "gaussian", devi
 
 
 def reconstruct_and_score(data: PtychoData, epochs: int, eval_cfg: EvalConfig, noise_model: str = "gaussian",
-                          device: str = "cpu") -> tuple[dict[str, Any], dict[str, Any]]:
-    """LSQML on ``data`` scored exactly as the networks are (same region, registration, alignment)."""
+                          device: str = "cpu", start: Stitched | None = None,
+                          start_name: str = "flat") -> tuple[dict[str, Any], dict[str, Any]]:
+    """LSQML on ``data`` (from a flat object, or from ``start``: another method's stitched object)
+    scored exactly as the networks are (same region, registration, alignment)."""
     from .evaluation import score_reconstruction
-    from .stitching import Stitched, illuminated_bbox
 
-    obj, info = run_lsqml(data, epochs, noise_model, device)
+    obj0 = None if start is None else matched_start(start, data)
+    obj, info = run_lsqml(data, epochs, noise_model, device, start=obj0, start_name=start_name)
     stitched = Stitched(obj, np.ones(obj.shape, np.float32), illuminated_bbox(data))
     return score_reconstruction(stitched, data.obj, eval_cfg), info

@@ -431,19 +431,34 @@ def reconstruct_from_bundle(bundle: Bundle, data: PtychoData, batch_size: int = 
                        average_symmetries=symmetry_average(info.get("average_symmetries", "none")))
 
 
-def write_reconstruction(out_dir: Path, stitched: Stitched, title: str) -> Path:
-    """``object.npz`` (complex ``object``, stitching ``weight``) and amplitude/phase PNGs."""
-    from .figures import complex_panels
-    from .fileio import atomic_write_with
+OBJECT_FILE = "object.npz"
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    r0, r1, c0, c1 = stitched.bbox
+
+def write_object(path: Path, stitched: Stitched) -> Path:
+    """The stitched object in the data's frame, as it was reconstructed (not registered to any truth):
+    complex ``object`` (zero where nothing was stitched), stitching ``weight`` and the scanned ``bbox``.
+    What another method can start from (``lsqml.matched_start``) or a user can read back."""
+    from .fileio import atomic_write_with
 
     def _npz(tmp: Path) -> None:
         with open(tmp, "wb") as fh:
             np.savez(fh, object=stitched.obj, weight=stitched.weight, bbox=np.asarray(stitched.bbox))
 
-    path = out_dir / "object.npz"
     atomic_write_with(path, _npz)
+    return path
+
+
+def read_object(path: Path) -> Stitched:
+    with np.load(path) as f:
+        return Stitched(f["object"], f["weight"], tuple(int(v) for v in f["bbox"]))  # type: ignore[arg-type]
+
+
+def write_reconstruction(out_dir: Path, stitched: Stitched, title: str) -> Path:
+    """``object.npz`` (``write_object``) and amplitude/phase PNGs."""
+    from .figures import complex_panels
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    r0, r1, c0, c1 = stitched.bbox
+    path = write_object(out_dir / OBJECT_FILE, stitched)
     complex_panels(out_dir / "object.png", {"reconstruction": (stitched.obj[r0:r1, c0:c1], None)}, title)
     return path

@@ -1,5 +1,6 @@
 """Put methods side by side on the same test positions and dose: PINN runs, supervised runs and
-the LSQML reference. Every requested method gets a row; one that could not run says why.
+the LSQML reference, from a flat start and from each network's reconstruction. Every requested
+method gets a row; one that could not run says why.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from ..figures import complex_panels, frc_curves
 from ..fileio import atomic_write_json, atomic_write_text
 from ..manifest import read_manifest
 from ..refine import REFINE_DIR
+from ..stitching import OBJECT_FILE, read_object
 from ..tables import csv_text, markdown_lines
 
 log = logging.getLogger(__name__)
@@ -81,23 +83,35 @@ def rebuild_test_split(cfg: TrainConfig) -> PtychoData:
     return sel.apply(source.train, source.test)[1]
 
 
-def lsqml_row(cfg: TrainConfig, lsqml: LsqmlConfig, out_dir: Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
+def lsqml_row(cfg: TrainConfig, lsqml: LsqmlConfig, out_dir: Path,
+              start: tuple[str, Path] | None = None) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """LSQML on the run's test positions from a flat object, or, with ``start`` (a method's name and
+    its ``object.npz``), from that method's reconstruction for ``lsqml.from_networks_epochs``."""
     from ..lsqml import NOT_INSTALLED, ptychi_available, reconstruct_and_score
 
+    method, epochs = ("LSQML", lsqml.epochs) if start is None else (f"LSQML from {start[0]}",
+                                                                     lsqml.from_networks_epochs)
     row: dict[str, Any] = {c: None for c in COLUMNS}
-    row.update(method="LSQML", dose=float(cfg.dose), view=str(cfg.view.name), source="pty-chi")
+    row.update(method=method, dose=float(cfg.dose), view=str(cfg.view.name), source="pty-chi")
     if not ptychi_available():
         row.update(status="not run", reason=NOT_INSTALLED)
         return row, None
+    if start is not None and not start[1].is_file():
+        row.update(status="not run", reason=f"no {start[1].name} in {start[1].parent} (jobs write it since "
+                                            "2026-12-03); re-run the job or reconstruct its bundle")
+        return row, None
     try:
-        scores, info = reconstruct_and_score(rebuild_test_split(cfg), lsqml.epochs, cfg.eval, lsqml.noise_model,
-                                             lsqml.device)
+        scores, info = reconstruct_and_score(rebuild_test_split(cfg), epochs, cfg.eval, lsqml.noise_model,
+                                             lsqml.device, start=None if start is None else read_object(start[1]),
+                                             start_name="flat" if start is None else f"{start[0]} ({start[1]})")
     except Exception as exc:  # a reference that fails is reported as a row, not a crash
-        log.exception("LSQML failed")
+        log.exception("%s failed", method)
         row.update(status="failed", reason=f"{type(exc).__name__}: {exc}")
         return row, None
     row.update(headline(scores), status="succeeded", reconstruct_s=info["wall_s"], iterations=info["iterations"])
     tag = f"lsqml_dose{format_dose(float(cfg.dose))}_{cfg.view.name}"
+    if start is not None:
+        tag += "_from_" + "_".join(start[0].lower().split())
     with open(out_dir / f"{tag}.npz", "wb") as fh:
         np.savez(fh, object=scores["aligned"], ground_truth=scores["ground_truth"])
     atomic_write_json(out_dir / f"{tag}.json", {**{k: v for k, v in scores.items()
@@ -136,15 +150,21 @@ def compare(run_dirs: list[str], out_dir: Path, lsqml: LsqmlConfig) -> list[dict
         m = json.loads((run / "metrics.json").read_text())["phase"]["frc_curve"]
         curves[f"{label} (phase)"] = (np.asarray(m["frequency"]), np.asarray(m["frc"]))
     if lsqml.enabled:
+        networks = [row for row in rows if row["status"] == "succeeded"]
+        references: list[tuple[dict[str, Any], tuple[str, Path] | None]] = []
         seen: set[tuple[float, str]] = set()
-        for row in list(rows):
-            if row["status"] != "succeeded" or (row["dose"], row["view"]) in seen:
-                continue
-            seen.add((row["dose"], row["view"]))
-            lrow, scores = lsqml_row(run_config(Path(row["source"])), lsqml, out_dir)
+        for row in networks:  # one flat-start reference per dose and view
+            if (row["dose"], row["view"]) not in seen:
+                seen.add((row["dose"], row["view"]))
+                references.append((row, None))
+        if lsqml.from_networks_epochs > 0:
+            references += [(row, (row["method"], Path(row["source"]) / (row.get("metrics_dir") or "") / OBJECT_FILE))
+                           for row in networks]
+        for row, start in references:
+            lrow, scores = lsqml_row(run_config(Path(row["source"])), lsqml, out_dir, start)
             rows.append(lrow)
             if scores is not None:
-                label = f"LSQML {row['view']} {format_dose(row['dose'])}"
+                label = f"{lrow['method']} {row['view']} {format_dose(row['dose'])}"
                 panels[label] = (scores["aligned"], scores["ground_truth"])
                 c = scores["phase"]["frc_curve"]
                 curves[f"{label} (phase)"] = (np.asarray(c["frequency"]), np.asarray(c["frc"]))

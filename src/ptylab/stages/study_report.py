@@ -72,11 +72,11 @@ def lsqml_rows(sweep_dir: Path) -> list[dict[str, Any]]:
     rows = []
     for path in sorted(sweep_dir.glob("**/comparison.json")):
         for r in json.loads(path.read_text()):
-            if r.get("method") != "LSQML":
+            if not str(r.get("method", "")).startswith("LSQML"):  # from a flat start or from a network's object
                 continue
             row: dict[str, Any] = {c: None for c in COLUMNS}
             row.update({k: r.get(k) for k in METRICS})
-            row.update(dose=r["dose"], view=r["view"], model="LSQML", gridsize="-", status=r["status"],
+            row.update(dose=r["dose"], view=r["view"], model=r["method"], gridsize="-", status=r["status"],
                        duration_s=r.get("reconstruct_s"), reason=r.get("reason"),
                        run_dir=str(path.parent.relative_to(sweep_dir)))
             rows.append(row)
