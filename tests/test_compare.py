@@ -52,6 +52,23 @@ def test_compare_lists_every_run_with_numbers_or_reasons(tmp_path):
     assert (tmp_path / "cmp" / "comparison.png").is_file()
 
 
+def test_the_study_report_takes_every_lsqml_row_compare_wrote(tmp_path):
+    from ptylab.stages.compare import COLUMNS
+    from ptylab.stages.study_report import lsqml_rows
+
+    rows = []
+    for i, method in enumerate(("PINN gs2", "LSQML", "LSQML from PINN gs2 refined")):
+        row = {c: None for c in COLUMNS}
+        row.update(method=method, dose=1e4, view="dense", status="succeeded", phase_ssim=0.5 + i / 10,
+                   reconstruct_s=float(i))
+        rows.append(row)
+    (tmp_path / "cmp").mkdir()
+    (tmp_path / "cmp" / "comparison.json").write_text(json.dumps(rows))
+    got = lsqml_rows(tmp_path)  # the network rows come from the jobs' own manifests, not from here
+    assert [(r["model"], r["phase_ssim"], r["duration_s"]) for r in got] == [
+        ("LSQML", 0.6, 1.0), ("LSQML from PINN gs2 refined", 0.7, 2.0)]
+
+
 def test_a_start_in_any_units_is_matched_to_the_measured_counts(small_dataset_cfg, tmp_path):
     from ptylab.datasets import load_or_simulate
     from ptylab.lsqml import matched_start
