@@ -83,7 +83,7 @@ def rebuild_test_split(cfg: TrainConfig) -> PtychoData:
     return sel.apply(source.train, source.test)[1]
 
 
-def lsqml_row(cfg: TrainConfig, lsqml: LsqmlConfig, out_dir: Path,
+def lsqml_row(cfg: TrainConfig, test: PtychoData, lsqml: LsqmlConfig, out_dir: Path,
               start: tuple[str, Path] | None = None) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """LSQML on the run's test positions from a flat object, or, with ``start`` (a method's name and
     its ``object.npz``), from that method's reconstruction for ``lsqml.from_networks_epochs``."""
@@ -101,7 +101,7 @@ def lsqml_row(cfg: TrainConfig, lsqml: LsqmlConfig, out_dir: Path,
                                             "2026-12-03); re-run the job or reconstruct its bundle")
         return row, None
     try:
-        scores, info = reconstruct_and_score(rebuild_test_split(cfg), epochs, cfg.eval, lsqml.noise_model,
+        scores, info = reconstruct_and_score(test, epochs, cfg.eval, lsqml.noise_model,
                                              lsqml.device, start=None if start is None else read_object(start[1]),
                                              start_name="flat" if start is None else f"{start[0]} ({start[1]})")
     except Exception as exc:  # a reference that fails is reported as a row, not a crash
@@ -160,8 +160,12 @@ def compare(run_dirs: list[str], out_dir: Path, lsqml: LsqmlConfig) -> list[dict
         if lsqml.from_networks_epochs > 0:
             references += [(row, (row["method"], Path(row["source"]) / (row.get("metrics_dir") or "") / OBJECT_FILE))
                            for row in networks]
+        splits: dict[str, tuple[TrainConfig, PtychoData]] = {}  # a run's arms share its test split
         for row, start in references:
-            lrow, scores = lsqml_row(run_config(Path(row["source"])), lsqml, out_dir, start)
+            if row["source"] not in splits:
+                cfg = run_config(Path(row["source"]))
+                splits[row["source"]] = (cfg, rebuild_test_split(cfg))
+            lrow, scores = lsqml_row(*splits[row["source"]], lsqml, out_dir, start)
             rows.append(lrow)
             if scores is not None:
                 label = f"{lrow['method']} {row['view']} {format_dose(row['dose'])}"
