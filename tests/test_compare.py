@@ -2,6 +2,7 @@
 
 import csv
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ from ptylab.evaluation import score_reconstruction
 from ptylab.lsqml import ptychi_available
 from ptylab.stitching import Stitched, illuminated_bbox
 
-from .conftest import PLUMBING, ROOT, SMALL_OVERRIDES, TINY_TRAIN, run_script
+from .conftest import CONF, PLUMBING, ROOT, SMALL_OVERRIDES, TINY_TRAIN, run_script
 
 
 def test_compare_lists_every_run_with_numbers_or_reasons(tmp_path):
@@ -24,7 +25,16 @@ def test_compare_lists_every_run_with_numbers_or_reasons(tmp_path):
     assert bad.returncode != 0
     good_run, failed_run = (p.parent for p in sorted((tmp_path / "runs").glob("*/*/training_manifest.json")))
     missing = tmp_path / "never_ran"
-    res = run_script(["scripts/compare.py", f"runs=[{good_run},{failed_run},{missing}]",
+    # The same run as if trained at seed 2 (its snapshot and manifest say so): compare decides a run's
+    # test split from those two files alone, so it must give this one a reference of its own.
+    other_seed = tmp_path / "other_seed"
+    shutil.copytree(good_run, other_seed)
+    snap = other_seed / ".hydra" / "config.yaml"
+    snap.write_text(snap.read_text().replace("seed: 1\n", "seed: 2\n"))
+    man = json.loads((other_seed / "training_manifest.json").read_text())
+    man["jobs"][0]["context"]["seed"] = 2
+    (other_seed / "training_manifest.json").write_text(json.dumps(man))
+    res = run_script(["scripts/compare.py", f"runs=[{good_run},{failed_run},{missing},{other_seed}]",
                       f"output_dir={tmp_path / 'cmp'}", "lsqml.epochs=5", "lsqml.from_networks_epochs=3"], cwd=ROOT)
     assert res.returncode == 0, res.stderr[-3000:]
     rows = list(csv.DictReader((tmp_path / "cmp" / "comparison.csv").read_text().splitlines()))
@@ -34,22 +44,54 @@ def test_compare_lists_every_run_with_numbers_or_reasons(tmp_path):
     assert by_source[str(failed_run)]["status"] == "failed" and "absent.npz" in by_source[str(failed_run)]["reason"]
     assert by_source[str(missing)]["status"] == "missing" and "no training_manifest.json" in by_source[str(missing)][
         "reason"]
-    lsqml = [r for r in rows if r["method"] == "LSQML"]
-    assert len(lsqml) == 1 and lsqml[0]["status"] in ("succeeded", "not run")
+    lsqml = [r for r in rows if r["method"] == "LSQML"]  # one flat-start reference per test split
+    assert [r["seed"] for r in lsqml] == ["1", "2"] and lsqml[0]["status"] in ("succeeded", "not run")
+    if lsqml[0]["status"] == "succeeded":  # files named by seed, neither replacing the other
+        assert {p.name for p in (tmp_path / "cmp").glob("lsqml_dense_1e3_seed_*.json")} == {
+            "lsqml_dense_1e3_seed_1.json", "lsqml_dense_1e3_seed_2.json"}
     if lsqml[0]["status"] == "not run":
         assert "make ptychi" in lsqml[0]["reason"]
     # LSQML also from each network's own reconstruction (here the single pass: PLUMBING skips refinement)
     networks = [r["method"] for r in rows if r["source"] == str(good_run)]
     assert networks == ["PINN gs1"]
-    started = {r["method"]: r for r in rows if r["method"].startswith("LSQML from ")}
-    assert sorted(started) == [f"LSQML from {m}" for m in networks]
-    for row in started.values():
+    started = [r for r in rows if r["method"].startswith("LSQML from ")]
+    assert [(r["method"], r["seed"]) for r in started] == [(f"LSQML from {m}", s) for s in "12" for m in networks]
+    for row in started:
         assert row["status"] == lsqml[0]["status"]
         assert row["iterations"] == ("3" if row["status"] == "succeeded" else "")
     for row in rows:  # never an empty row: numbers or a reason
         assert row["phase_ssim"] or row["reason"]
     assert (tmp_path / "cmp" / "comparison.md").read_text().count("\n") == len(rows) + 2
     assert (tmp_path / "cmp" / "comparison.png").is_file()
+
+
+def test_runs_share_a_reference_only_when_they_share_the_test_split():
+    from hydra import compose, initialize_config_dir
+
+    from ptylab.config import validate
+    from ptylab.stages.compare import split_key
+
+    def key(*overrides):
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            return split_key(validate(compose(config_name="train", overrides=list(overrides))))
+
+    base = key("dose=1000")
+    assert key("dose=1000", "gridsize=1", "model=supervised", "model.lr=0.01") == base  # same positions and counts
+    for other in (["dose=10000"], ["seed=2"], ["view=sparse"], ["view.min_train_positions=8"],
+                  ["dataset=user_style"], ["dataset.scan_step=4.0"]):
+        assert key("dose=1000", *other) != base, other
+
+
+def test_labels_name_the_seed_when_there_are_several_and_never_repeat():
+    from ptylab.stages.compare import Labels
+
+    row = {"view": "dense", "dose": 1e4, "seed": 1}
+    one = Labels({1})
+    assert [one("PINN gs2", row), one("PINN gs2", row), one("LSQML", row)] == [
+        "PINN gs2 dense 1e4", "PINN gs2 dense 1e4 #2", "LSQML dense 1e4"]  # two ablations on one split
+    several = Labels({1, 2})
+    assert [several("PINN gs2", row), several("PINN gs2", {**row, "seed": 2})] == [
+        "PINN gs2 dense 1e4 seed 1", "PINN gs2 dense 1e4 seed 2"]
 
 
 def test_the_study_report_takes_every_lsqml_row_compare_wrote(tmp_path):

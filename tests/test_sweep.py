@@ -1,5 +1,6 @@
 """Sweeps through Hydra's launchers, for real, on tiny data; reproduce and the study report."""
 
+import csv
 import json
 import shutil
 
@@ -145,6 +146,38 @@ def test_study_report_has_one_row_per_job_plots_and_html(sweep, tmp_path):
     assert page.count("<tr>") == 1 + 2 * 4 and "data:image/png;base64," in page
     assert "below_flat" in (rep / "study.md").read_text() and "below_fit_alone" in (rep / "study.md").read_text()
     assert "dense" in (rep / "study.md").read_text() and "sparse" in (rep / "study.md").read_text()
+
+
+def test_study_report_over_seeds_gives_each_methods_mean_and_spread(sweep, tmp_path):
+    from ptylab.stages.study_report import write_report
+
+    sweep_dir, _ = sweep
+    study = tmp_path / "study"
+    shutil.copytree(sweep_dir, study)
+    assert write_report(study, tmp_path / "one")["seed_means"] == 0  # one seed: no means table
+    assert not (tmp_path / "one" / "study_seed_means.csv").exists()
+    # Each job again as seed 2 (its manifest and metrics edited: the report reads nothing else).
+    first = {}
+    for job in [p for p in sorted(study.iterdir()) if (p / "training_manifest.json").is_file()]:
+        again = study / f"{job.name}_seed2"
+        shutil.copytree(job, again)
+        m = json.loads((again / "training_manifest.json").read_text())
+        m["jobs"][0]["context"]["seed"] = 2
+        (again / "training_manifest.json").write_text(json.dumps(m))
+        metrics = json.loads((again / "metrics.json").read_text())
+        first[job.name] = metrics["headline"]["phase_ssim"]
+        metrics["headline"]["phase_ssim"] += 0.1
+        (again / "metrics.json").write_text(json.dumps(metrics))
+    got = write_report(study, tmp_path / "rep")
+    rep = tmp_path / "rep"
+    assert got["rows"] == 2 * 2 * 4 and got["seed_means"] == 2 * 4  # single pass and refined arm, 4 jobs
+    rows = list(csv.DictReader((rep / "study_seed_means.csv").read_text().splitlines()))
+    single = sorted(float(r["phase_ssim_mean"]) for r in rows if r["model"] == "pinn")
+    assert single == pytest.approx(sorted(v + 0.05 for v in first.values()))
+    assert all(float(r["phase_ssim_std"]) == pytest.approx(0.05) for r in rows if r["model"] == "pinn")
+    assert all(r["seeds"] == "2" for r in rows)
+    assert "±" in (rep / "study.md").read_text() and "Over seeds" in (rep / "study.html").read_text()
+    assert {r["seed"] for r in csv.DictReader((rep / "study.csv").read_text().splitlines())} == {"1", "2"}
 
 
 def test_optuna_search_minimises_the_validation_objective(tmp_path):

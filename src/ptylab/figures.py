@@ -100,16 +100,23 @@ def frc_curves(path: str | Path, curves: dict[str, tuple[np.ndarray, np.ndarray]
 
 
 def metric_vs_dose(path: str | Path, series: dict[str, tuple[list[float], list[float]]], metric: str) -> None:
+    """One line per series; several values at one dose (runs of several seeds) are drawn as their
+    mean with a bar of one standard deviation, so a study over seeds shows its spread."""
     fig, ax = plt.subplots(figsize=(5.5, 4))
+    several = False
     for name, (doses, values) in sorted(series.items()):
-        order = np.argsort(doses)
-        ax.plot(np.asarray(doses)[order], np.asarray(values)[order], marker="o", label=name)
+        d, v = np.asarray(doses, float), np.asarray(values, float)
+        at = np.unique(d)
+        several |= len(at) < len(d)
+        mean = np.array([v[d == x].mean() for x in at])
+        std = np.array([v[d == x].std() for x in at])
+        ax.errorbar(at, mean, yerr=std if std.any() else None, marker="o", capsize=3, label=name)
     ax.set_xscale("log")
     ax.set_xlabel("dose (photons per pattern)")
     ax.set_ylabel(metric)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
-    ax.set_title(f"{metric} against dose")
+    ax.set_title(f"{metric} against dose" + (" (mean ± 1 sd over seeds)" if several else ""))
     _save(fig, path)
 
 

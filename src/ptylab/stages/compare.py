@@ -1,12 +1,18 @@
 """Put methods side by side on the same test positions and dose: PINN runs, supervised runs and
 the LSQML reference, from a flat start and from each network's reconstruction. Every requested
 method gets a row; one that could not run says why.
+
+Runs of several seeds or datasets can be compared in one call: each flat-start reference is run on
+the test split it scores against (dataset, view, dose and seed), and labels name the seed when the
+runs have several.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +32,7 @@ from ..tables import csv_text, markdown_lines
 log = logging.getLogger(__name__)
 # Beside each SSIM, what a flat image and the stitching's offset fit on flat patches score (the
 # fit-alone reference exists for network methods only; see ptylab.evaluation.fit_alone_scores).
-COLUMNS = ["method", "dose", "view", "status", "reason", "amplitude_ssim", "amplitude_flat_ssim",
+COLUMNS = ["method", "dose", "view", "seed", "status", "reason", "amplitude_ssim", "amplitude_flat_ssim",
            "amplitude_fit_alone_ssim", "amplitude_corr", "amplitude_psnr", "amplitude_frc50_px", "phase_ssim",
            "phase_flat_ssim", "phase_fit_alone_ssim", "phase_corr", "phase_psnr", "phase_frc50_px", "train_s",
            "reconstruct_s", "iterations", "source"]
@@ -49,8 +55,8 @@ def run_rows(run_dir: Path) -> list[dict[str, Any]]:
         return [row]
     job = manifest["jobs"][0]
     ctx = job["context"]
-    row.update(method=method_name(ctx), dose=ctx["dose"], view=ctx["view"], status=job["status"],
-               train_s=job.get("train_s"))
+    row.update(method=method_name(ctx), dose=ctx["dose"], view=ctx["view"], seed=ctx.get("seed"),
+               status=job["status"], train_s=job.get("train_s"))
     if job["status"] != "succeeded":
         row["reason"] = job.get("error") or f"job {job['status']}"
         return [row]
@@ -83,16 +89,24 @@ def rebuild_test_split(cfg: TrainConfig) -> PtychoData:
     return sel.apply(source.train, source.test)[1]
 
 
-def lsqml_row(cfg: TrainConfig, test: PtychoData, lsqml: LsqmlConfig, out_dir: Path,
+def split_key(cfg: TrainConfig) -> str:
+    """What a run's test split depends on (everything ``rebuild_test_split`` reads): runs that share
+    it share one flat-start reference; runs that differ in any of it get their own."""
+    return json.dumps({"dataset": dataclasses.asdict(cfg.dataset), "view": dataclasses.asdict(cfg.view),
+                       "dose": float(cfg.dose), "seed": int(cfg.seed)}, sort_keys=True, default=str)
+
+
+def lsqml_row(cfg: TrainConfig, test: PtychoData, lsqml: LsqmlConfig, out_dir: Path, label: str,
               start: tuple[str, Path] | None = None) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """LSQML on the run's test positions from a flat object, or, with ``start`` (a method's name and
-    its ``object.npz``), from that method's reconstruction for ``lsqml.from_networks_epochs``."""
+    its ``object.npz``), from that method's reconstruction for ``lsqml.from_networks_epochs``. Its
+    files in ``out_dir`` are named after ``label``, which is unique within one comparison."""
     from ..lsqml import NOT_INSTALLED, ptychi_available, reconstruct_and_score
 
     method, epochs = ("LSQML", lsqml.epochs) if start is None else (f"LSQML from {start[0]}",
                                                                      lsqml.from_networks_epochs)
     row: dict[str, Any] = {c: None for c in COLUMNS}
-    row.update(method=method, dose=float(cfg.dose), view=str(cfg.view.name), source="pty-chi")
+    row.update(method=method, dose=float(cfg.dose), view=str(cfg.view.name), seed=int(cfg.seed), source="pty-chi")
     if not ptychi_available():
         row.update(status="not run", reason=NOT_INSTALLED)
         return row, None
@@ -109,14 +123,33 @@ def lsqml_row(cfg: TrainConfig, test: PtychoData, lsqml: LsqmlConfig, out_dir: P
         row.update(status="failed", reason=f"{type(exc).__name__}: {exc}")
         return row, None
     row.update(headline(scores), status="succeeded", reconstruct_s=info["wall_s"], iterations=info["iterations"])
-    tag = f"lsqml_dose{format_dose(float(cfg.dose))}_{cfg.view.name}"
-    if start is not None:
-        tag += "_from_" + "_".join(start[0].lower().split())
-    with open(out_dir / f"{tag}.npz", "wb") as fh:
+    stem = "_".join(re.findall(r"[a-z0-9.]+", label.lower())).replace(".", "p")
+    with open(out_dir / f"{stem}.npz", "wb") as fh:
         np.savez(fh, object=scores["aligned"], ground_truth=scores["ground_truth"])
-    atomic_write_json(out_dir / f"{tag}.json", {**{k: v for k, v in scores.items()
-                                                   if k not in ("aligned", "ground_truth")}, "lsqml": info})
+    atomic_write_json(out_dir / f"{stem}.json", {**{k: v for k, v in scores.items()
+                                                    if k not in ("aligned", "ground_truth")}, "lsqml": info})
     return row, scores
+
+
+class Labels:
+    """Panel and file labels, one per row of a comparison: method, view and dose, the seed when the
+    compared runs have several, and a count where two runs would still share a label (say, two
+    ablations of one method on one split), so that no panel or file replaces another."""
+
+    def __init__(self, seeds: set[Any]) -> None:
+        self.with_seed = len(seeds) > 1
+        self.taken: set[str] = set()
+
+    def __call__(self, method: str, row: dict[str, Any]) -> str:
+        label = f"{method} {row['view']} {format_dose(row['dose'])}"
+        if self.with_seed:
+            label += f" seed {row['seed']}"
+        unique, n = label, 1
+        while unique in self.taken:
+            n += 1
+            unique = f"{label} #{n}"
+        self.taken.add(unique)
+        return unique
 
 
 def write_tables(rows: list[dict[str, Any]], out_dir: Path, stem: str = "comparison") -> None:
@@ -136,46 +169,47 @@ def run_config(run_dir: Path) -> TrainConfig:
 def compare(run_dirs: list[str], out_dir: Path, lsqml: LsqmlConfig) -> list[dict[str, Any]]:
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = [row for r in run_dirs for row in run_rows(Path(r))]
+    scored = [row for row in rows if row["status"] == "succeeded"]
+    label = Labels({row["seed"] for row in scored})
     panels: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
     curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    for row in rows:
-        if row["status"] != "succeeded":
-            continue
+    for row in scored:
+        name = label(row["method"], row)
         run = Path(row["source"]) / (row.get("metrics_dir") or "")
-        label = f"{row['method']} {row['view']} {format_dose(row['dose'])}"
         rec = np.load(run / "reconstruction.npz")
         if not panels:
             panels["ground truth"] = (rec["ground_truth"], None)
-        panels[label] = (rec["object"], rec["ground_truth"])
+        panels[name] = (rec["object"], rec["ground_truth"])
         m = json.loads((run / "metrics.json").read_text())["phase"]["frc_curve"]
-        curves[f"{label} (phase)"] = (np.asarray(m["frequency"]), np.asarray(m["frc"]))
+        curves[f"{name} (phase)"] = (np.asarray(m["frequency"]), np.asarray(m["frc"]))
     if lsqml.enabled:
-        networks = [row for row in rows if row["status"] == "succeeded"]
+        configs = {row["source"]: run_config(Path(row["source"])) for row in scored}
         references: list[tuple[dict[str, Any], tuple[str, Path] | None]] = []
-        seen: set[tuple[float, str]] = set()
-        for row in networks:  # one flat-start reference per dose and view
-            if (row["dose"], row["view"]) not in seen:
-                seen.add((row["dose"], row["view"]))
+        flat: set[str] = set()
+        for row in scored:  # one flat-start reference per test split
+            key = split_key(configs[row["source"]])
+            if key not in flat:
+                flat.add(key)
                 references.append((row, None))
         if lsqml.from_networks_epochs > 0:
             references += [(row, (row["method"], Path(row["source"]) / (row.get("metrics_dir") or "") / OBJECT_FILE))
-                           for row in networks]
-        splits: dict[str, tuple[TrainConfig, PtychoData]] = {}  # a run's arms share its test split
+                           for row in scored]
+        tests: dict[str, PtychoData] = {}  # a split is rebuilt once for all the rows that use it
         for row, start in references:
-            if row["source"] not in splits:
-                cfg = run_config(Path(row["source"]))
-                splits[row["source"]] = (cfg, rebuild_test_split(cfg))
-            lrow, scores = lsqml_row(*splits[row["source"]], lsqml, out_dir, start)
+            cfg = configs[row["source"]]
+            key = split_key(cfg)
+            if key not in tests:
+                tests[key] = rebuild_test_split(cfg)
+            name = label("LSQML" if start is None else f"LSQML from {start[0]}", row)
+            lrow, scores = lsqml_row(cfg, tests[key], lsqml, out_dir, name, start)
             rows.append(lrow)
             if scores is not None:
-                label = f"{lrow['method']} {row['view']} {format_dose(row['dose'])}"
-                panels[label] = (scores["aligned"], scores["ground_truth"])
+                panels[name] = (scores["aligned"], scores["ground_truth"])
                 c = scores["phase"]["frc_curve"]
-                curves[f"{label} (phase)"] = (np.asarray(c["frequency"]), np.asarray(c["frc"]))
+                curves[f"{name} (phase)"] = (np.asarray(c["frequency"]), np.asarray(c["frc"]))
     write_tables(rows, out_dir)
     atomic_write_json(out_dir / "comparison.json", rows)
     if panels:
         complex_panels(out_dir / "comparison.png", panels, "test split: each method against the ground truth")
         frc_curves(out_dir / "comparison_frc.png", curves, "FRC against ground truth")
     return rows
-

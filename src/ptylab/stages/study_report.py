@@ -1,4 +1,5 @@
 """Turn a sweep into a study report: table (CSV, Markdown), metric-vs-dose plots, one HTML page.
+A sweep over several seeds also gets each method's mean and standard deviation over its seeds.
 
 Reads only manifests and metrics files (and LSQML results where compare.py wrote them), so it
 works on a sweep directory copied from a cluster.
@@ -10,6 +11,7 @@ import base64
 import html
 import json
 from pathlib import Path
+from statistics import mean, pstdev
 from typing import Any
 
 from ..config import format_dose
@@ -20,7 +22,7 @@ from ..tables import cell, csv_text, markdown_lines
 
 METRICS = ["amplitude_ssim", "phase_ssim", "amplitude_corr", "phase_corr", "amplitude_psnr", "phase_psnr",
            "amplitude_frc50_px", "phase_frc50_px"]
-COLUMNS = ["dose", "view", "model", "gridsize", "status", *METRICS, "below_flat", "below_fit_alone",
+COLUMNS = ["dose", "view", "model", "gridsize", "seed", "status", *METRICS, "below_flat", "below_fit_alone",
            "amplitude_flat_ssim", "phase_flat_ssim", "amplitude_fit_alone_ssim", "phase_fit_alone_ssim",
            "amplitude_ms_ssim", "phase_ms_ssim", "amplitude_mae", "phase_mae", "epochs", "steps",
            "duration_s", "bundle_sha256", "run_dir", "reason"]
@@ -40,7 +42,8 @@ def job_rows(sweep_dir: Path) -> list[dict[str, Any]]:
             ctx = job["context"]
             row: dict[str, Any] = {c: None for c in COLUMNS}
             row.update(dose=ctx["dose"], view=ctx["view"], model=ctx["model"], gridsize=ctx["gridsize"],
-                       status=job["status"], epochs=job.get("epochs"), duration_s=job.get("duration_s"),
+                       seed=ctx.get("seed"), status=job["status"], epochs=job.get("epochs"),
+                       duration_s=job.get("duration_s"),
                        bundle_sha256=job.get("bundle_sha256"), run_dir=str(path.parent.relative_to(sweep_dir)),
                        reason=job.get("error"))
             row["steps"] = job.get("steps")
@@ -76,7 +79,8 @@ def lsqml_rows(sweep_dir: Path) -> list[dict[str, Any]]:
                 continue
             row: dict[str, Any] = {c: None for c in COLUMNS}
             row.update({k: r.get(k) for k in METRICS})
-            row.update(dose=r["dose"], view=r["view"], model=r["method"], gridsize="-", status=r["status"],
+            row.update(dose=r["dose"], view=r["view"], model=r["method"], gridsize="-", seed=r.get("seed"),
+                       status=r["status"],
                        duration_s=r.get("reconstruct_s"), reason=r.get("reason"),
                        run_dir=str(path.parent.relative_to(sweep_dir)))
             rows.append(row)
@@ -90,14 +94,20 @@ def _png_b64(path: Path) -> str:
 def write_report(sweep_dir: Path, out_dir: Path) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = sorted(job_rows(sweep_dir) + lsqml_rows(sweep_dir),
-                  key=lambda r: (r["dose"] or 0, r["view"] or "", r["model"], str(r["gridsize"])))
+                  key=lambda r: (r["dose"] or 0, r["view"] or "", r["model"], str(r["gridsize"]), r["seed"] or 0))
     atomic_write_text(out_dir / "study.csv", csv_text(rows, COLUMNS))
-    shown = ["dose", "view", "model", "gridsize", "status", *METRICS, "below_flat", "below_fit_alone"]
+    shown = ["dose", "view", "model", "gridsize", "seed", "status", *METRICS, "below_flat", "below_fit_alone"]
     md = markdown_lines(rows, shown)
     md += ["", "below_flat: how many of the six scores (SSIM, PSNR, correlation; amplitude and phase) do not beat "
            "a flat image of the truth's mean on the same region; anything above 0 is flagged, not a success.",
            "below_fit_alone: how many of them do not beat the stitching's offset fit applied to flat patches (no "
            "network): for those, the fit to the test patterns, not the network, made the score."]
+    means = seed_means(rows)
+    if means:
+        atomic_write_text(out_dir / "study_seed_means.csv", csv_text(means, MEAN_COLUMNS))
+        md += ["", "Over seeds: the mean and the standard deviation of each score, over the runs that succeeded "
+               "(seeds: how many).", ""]
+        md += markdown_lines([_mean_cells(m) for m in means], MEAN_SHOWN)
     problems = [r for r in rows if r["status"] != "succeeded"]
     if problems:
         md += ["", "Jobs that did not succeed:", ""]
@@ -117,15 +127,55 @@ def write_report(sweep_dir: Path, out_dir: Path) -> dict[str, Any]:
             path = out_dir / f"{metric}_vs_dose.png"
             metric_vs_dose(path, series, metric)
             plots.append(path)
-    _write_html(out_dir / "study.html", sweep_dir, rows, shown, problems, plots)
-    return {"rows": len(rows), "failed_or_skipped": len(problems), "plots": [p.name for p in plots]}
+    _write_html(out_dir / "study.html", sweep_dir, rows, shown, problems, plots, [_mean_cells(m) for m in means])
+    return {"rows": len(rows), "failed_or_skipped": len(problems), "plots": [p.name for p in plots],
+            "seed_means": len(means)}
+
+
+MEAN_COLUMNS = ["dose", "view", "model", "gridsize", "seeds", *(f"{m}_{s}" for m in METRICS for s in ("mean", "std"))]
+MEAN_SHOWN = ["dose", "view", "model", "gridsize", "seeds", *METRICS]
+
+
+def seed_means(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per dose, view and method, each score's mean and (population) standard deviation over the
+    seeds that succeeded; empty unless the sweep holds some method at several seeds."""
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for r in rows:
+        if r["status"] == "succeeded":
+            groups.setdefault((r["dose"], r["view"], r["model"], r["gridsize"]), []).append(r)
+    if all(len({r["seed"] for r in g}) < 2 for g in groups.values()):
+        return []
+    out = []
+    for (dose, view, model, gridsize), group in groups.items():
+        row: dict[str, Any] = {"dose": dose, "view": view, "model": model, "gridsize": gridsize, "seeds": len(group)}
+        for m in METRICS:
+            values = [float(r[m]) for r in group if isinstance(r[m], int | float)]
+            row[f"{m}_mean"] = mean(values) if values else None
+            row[f"{m}_std"] = pstdev(values) if values else None
+        out.append(row)
+    return out
+
+
+def _mean_cells(row: dict[str, Any]) -> dict[str, Any]:
+    """A seed-means row for display: each score as 'mean ± std'."""
+    shown = {k: row[k] for k in ("dose", "view", "model", "gridsize", "seeds")}
+    for m in METRICS:
+        mu, sd = row[f"{m}_mean"], row[f"{m}_std"]
+        shown[m] = "" if mu is None else f"{mu:.4g} ± {sd:.2g}"
+    return shown
+
+
+def _table_html(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    e = html.escape
+    head = "".join(f"<th>{e(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{e(cell(r[c], c))}</td>" for c in columns) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def _write_html(path: Path, sweep_dir: Path, rows: list[dict[str, Any]], shown: list[str],
-                problems: list[dict[str, Any]], plots: list[Path]) -> None:
+                problems: list[dict[str, Any]], plots: list[Path], means: list[dict[str, Any]]) -> None:
     e = html.escape
-    head = "".join(f"<th>{e(c)}</th>" for c in shown)
-    body = "".join("<tr>" + "".join(f"<td>{e(cell(r[c], c))}</td>" for c in shown) + "</tr>" for r in rows)
+    over_seeds = f"<h2>Over seeds (mean ± standard deviation)</h2>{_table_html(means, MEAN_SHOWN)}" if means else ""
     issues = "".join(f"<li>dose {e(cell(r['dose'], 'dose'))} {e(str(r['view']))} "
                      f"{e(_method(r['model'], r['gridsize']))}: <b>{e(r['status'])}</b> &mdash; "
                      f"{e(str(r['reason']))}</li>" for r in problems)
@@ -137,7 +187,8 @@ def _write_html(path: Path, sweep_dir: Path, rows: list[dict[str, Any]], shown: 
 td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}figure{{display:inline-block;margin:0.5em}}
 img{{max-width:480px}}</style></head><body>
 <h1>Study report</h1><p>Sweep <code>{e(str(sweep_dir))}</code>: {len(rows)} rows, doses {e(doses)}.</p>
-<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>
+{_table_html(rows, shown)}
+{over_seeds}
 <h2>Jobs that did not succeed</h2><ul>{issues or "<li>none</li>"}</ul>
 <h2>Metrics against dose</h2>{figs}
 </body></html>
