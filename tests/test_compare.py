@@ -6,10 +6,12 @@ import shutil
 
 import numpy as np
 import pytest
+from hydra import compose, initialize_config_dir
 
 from ptylab.config import EvalConfig
 from ptylab.evaluation import score_reconstruction
 from ptylab.lsqml import ptychi_available
+from ptylab.stages.train import run_job
 from ptylab.stitching import Stitched, illuminated_bbox
 
 from .conftest import CONF, PLUMBING, ROOT, SMALL_OVERRIDES, TINY_TRAIN, run_script
@@ -19,11 +21,14 @@ def test_compare_lists_every_run_with_numbers_or_reasons(tmp_path):
     ok = run_script(["train.py", "dose=1000", "gridsize=1", f"paths.output_root={tmp_path}", *SMALL_OVERRIDES,
                      *TINY_TRAIN, *PLUMBING], cwd=ROOT)
     assert ok.returncode == 0, ok.stderr[-3000:]
-    bad = run_script(["train.py", "dataset=npz", f"dataset.train_file={tmp_path / 'absent.npz'}",
-                      f"dataset.test_file={tmp_path / 'absent.npz'}", f"paths.output_root={tmp_path}", *TINY_TRAIN],
-                     cwd=ROOT)
-    assert bad.returncode != 0
-    good_run, failed_run = (p.parent for p in sorted((tmp_path / "runs").glob("*/*/training_manifest.json")))
+    # The failed run in this process: train.py's exit status on bad data is test_train_cli's concern.
+    failed_run = tmp_path / "failed"
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[
+            "dataset=npz", f"dataset.train_file={tmp_path / 'absent.npz'}",
+            f"dataset.test_file={tmp_path / 'absent.npz'}", f"paths.output_root={tmp_path}", *TINY_TRAIN])
+    assert run_job(cfg, failed_run).status == "failed"
+    (good_run,) = (p.parent for p in (tmp_path / "runs").glob("*/*/training_manifest.json"))
     missing = tmp_path / "never_ran"
     # The same run as if trained at seed 2 (its snapshot and manifest say so): compare decides a run's
     # test split from those two files alone, so it must give this one a reference of its own.
@@ -66,8 +71,6 @@ def test_compare_lists_every_run_with_numbers_or_reasons(tmp_path):
 
 
 def test_runs_share_a_reference_only_when_they_share_the_test_split():
-    from hydra import compose, initialize_config_dir
-
     from ptylab.config import validate
     from ptylab.stages.compare import split_key
 

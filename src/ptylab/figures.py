@@ -41,38 +41,45 @@ def dataset_preview(path: str | Path, obj: np.ndarray, splits: dict[str, tuple[n
     _save(fig, path)
 
 
-def complex_panels(path: str | Path, entries: dict[str, tuple[np.ndarray, np.ndarray | None]], title: str) -> None:
-    """One column per entry: amplitude and phase, plus error maps against the entry's reference.
+def complex_panels(path: str | Path, entries: dict[str, tuple[np.ndarray, np.ndarray | None]], title: str,
+                   columns: int = 6) -> None:
+    """One column per entry: amplitude and phase, plus error maps against the entry's reference;
+    more than ``columns`` entries wrap onto further blocks of rows, so a comparison of many methods
+    stays readable on a screen.
 
     ``entries`` maps a name to (image, reference or None); references may differ per column
     (each method is scored on its own registered crop). An image with a reference is shown on the
-    reference's value range, so columns compare by eye and a few wild pixels at a scan's edge do
-    not wash out the rest.
+    reference's value range, and every error map of a kind on one colour scale (the median over the
+    entries of each map's 99th percentile of |error|), so columns compare by eye: a worse method
+    saturates rather than being rescaled to look like the others, and a few wild pixels at a scan's
+    edge do not wash out the rest.
     """
     names = list(entries)
-    with_errors = any(ref is not None for _, ref in entries.values())
-    rows = 4 if with_errors else 2
+    errors = {name: [np.abs(img) - np.abs(ref), np.angle(img * np.conj(ref))]
+              for name, (img, ref) in entries.items() if ref is not None}
+    limits = [float(np.median([np.nanpercentile(np.abs(e[k]), 99) for e in errors.values()])) or 1.0
+              for k in range(2)] if errors else []
+    rows = 4 if errors else 2
+    cols = min(len(names), columns)
+    blocks = -(-len(names) // cols)
     # Rows as tall as the images are (a scan's region is often wide), plus room for the titles.
     height, width = entries[names[0]][0].shape
     aspect = min(max(height / max(width, 1), 0.25), 2.0)
-    fig, axes = plt.subplots(rows, len(names), figsize=(3.6 * len(names), (3.0 * aspect + 0.6) * rows),
+    fig, axes = plt.subplots(rows * blocks, cols, figsize=(3.6 * cols, (3.0 * aspect + 0.6) * rows * blocks),
                              squeeze=False, layout="constrained")
-    for col, name in enumerate(names):
+    for ax in axes.flat:
+        ax.axis("off")
+    for i, name in enumerate(names):
         img, ref = entries[name]
         panels = [(np.abs(img), "amplitude", "gray"), (np.angle(img), "phase", "twilight")]
         ranges = [None, None] if ref is None else [(float(np.min(f(ref))), float(np.max(f(ref))))
                                                    for f in (np.abs, np.angle)]
-        if ref is not None:
-            panels += [(np.abs(img) - np.abs(ref), "amplitude error", "coolwarm"),
-                       (np.angle(img * np.conj(ref)), "phase error", "coolwarm")]
-        for row in range(rows):
-            ax = axes[row, col]
-            ax.axis("off")
-            if row >= len(panels):
-                continue
-            data, label, cmap = panels[row]
+        if name in errors:
+            panels += [(errors[name][0], "amplitude error", "coolwarm"), (errors[name][1], "phase error", "coolwarm")]
+        for row, (data, label, cmap) in enumerate(panels):
+            ax = axes[(i // cols) * rows + row, i % cols]
             if "error" in label:
-                lim = float(np.nanpercentile(np.abs(data), 99)) or 1.0
+                lim = limits[row - 2]
                 im = ax.imshow(data, cmap=cmap, vmin=-lim, vmax=lim)
             else:
                 vmin, vmax = ranges[row] or (None, None)
