@@ -168,16 +168,28 @@ def test_study_report_over_seeds_gives_each_methods_mean_and_spread(sweep, tmp_p
         first[job.name] = metrics["headline"]["phase_ssim"]
         metrics["headline"]["phase_ssim"] += 0.1
         (again / "metrics.json").write_text(json.dumps(metrics))
+    # One job once more at seed 3 with another learning rate: a variant of its own, never averaged in.
+    job = next(iter(first))
+    lr = study / f"{job}_seed3_lr"
+    shutil.copytree(study / job, lr)
+    m = json.loads((lr / "training_manifest.json").read_text())
+    m["jobs"][0]["context"]["seed"] = 3
+    (lr / "training_manifest.json").write_text(json.dumps(m))
+    overrides = lr / ".hydra" / "overrides.yaml"
+    overrides.write_text(overrides.read_text() + "- model.lr=0.002\n")
     got = write_report(study, tmp_path / "rep")
     rep = tmp_path / "rep"
-    assert got["rows"] == 2 * 2 * 4 and got["seed_means"] == 2 * 4  # single pass and refined arm, 4 jobs
+    assert got["rows"] == 2 * (2 * 4 + 1) and got["seed_means"] == 2 * (4 + 1)  # single pass and refined arm
     rows = list(csv.DictReader((rep / "study_seed_means.csv").read_text().splitlines()))
-    single = sorted(float(r["phase_ssim_mean"]) for r in rows if r["model"] == "pinn")
+    pairs = [r for r in rows if r["runs"] == "2"]
+    single = sorted(float(r["phase_ssim_mean"]) for r in pairs if r["model"] == "pinn")
     assert single == pytest.approx(sorted(v + 0.05 for v in first.values()))
-    assert all(float(r["phase_ssim_std"]) == pytest.approx(0.05) for r in rows if r["model"] == "pinn")
-    assert all(r["seeds"] == "2" for r in rows)
+    assert all(float(r["phase_ssim_std"]) == pytest.approx(0.05) for r in pairs if r["model"] == "pinn")
+    alone = [r for r in rows if r["runs"] == "1"]
+    assert len(pairs) == 2 * 4 and len(alone) == 2 and all("model.lr=0.002" in r["variant"] for r in alone)
+    assert all("seed" not in r["variant"] and "dose=" in r["variant"] for r in rows)
     assert "±" in (rep / "study.md").read_text() and "Over seeds" in (rep / "study.html").read_text()
-    assert {r["seed"] for r in csv.DictReader((rep / "study.csv").read_text().splitlines())} == {"1", "2"}
+    assert {r["seed"] for r in csv.DictReader((rep / "study.csv").read_text().splitlines())} == {"1", "2", "3"}
 
 
 def test_optuna_search_minimises_the_validation_objective(tmp_path):

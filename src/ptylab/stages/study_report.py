@@ -14,6 +14,8 @@ from pathlib import Path
 from statistics import mean, pstdev
 from typing import Any
 
+from omegaconf import OmegaConf
+
 from ..config import format_dose
 from ..figures import metric_vs_dose
 from ..fileio import atomic_write_text
@@ -25,7 +27,7 @@ METRICS = ["amplitude_ssim", "phase_ssim", "amplitude_corr", "phase_corr", "ampl
 COLUMNS = ["dose", "view", "model", "gridsize", "seed", "status", *METRICS, "below_flat", "below_fit_alone",
            "amplitude_flat_ssim", "phase_flat_ssim", "amplitude_fit_alone_ssim", "phase_fit_alone_ssim",
            "amplitude_ms_ssim", "phase_ms_ssim", "amplitude_mae", "phase_mae", "epochs", "steps",
-           "duration_s", "bundle_sha256", "run_dir", "reason"]
+           "duration_s", "bundle_sha256", "run_dir", "reason", "variant"]
 
 
 def _method(model: str, gridsize: Any) -> str:
@@ -47,12 +49,23 @@ def job_rows(sweep_dir: Path) -> list[dict[str, Any]]:
                        bundle_sha256=job.get("bundle_sha256"), run_dir=str(path.parent.relative_to(sweep_dir)),
                        reason=job.get("error"))
             row["steps"] = job.get("steps")
+            row["variant"] = variant(path.parent)
             rows.append(_scored(row, path.parent / "metrics.json", job["status"]))
             if job.get("refined"):
                 refined = {**row, "model": f"{ctx['model']}-refined", "steps": job["refined"]["steps"],
                            "duration_s": job["refined"]["refine_s"]}
                 rows.append(_scored(refined, path.parent / job["refined"]["metrics_path"], job["status"]))
     return rows
+
+
+def variant(run_dir: Path) -> str:
+    """The job's command-line overrides but its seed (from Hydra's ``.hydra/overrides.yaml``): runs
+    with the same variant differ only in their seed, so only they are averaged over seeds."""
+    path = run_dir / ".hydra" / "overrides.yaml"
+    if not path.is_file():
+        return ""
+    overrides = [str(o) for o in OmegaConf.load(path)]
+    return " ".join(sorted(o for o in overrides if o.split("=", 1)[0].lstrip("+~") != "seed"))
 
 
 def _scored(row: dict[str, Any], metrics_path: Path, status: str) -> dict[str, Any]:
@@ -106,7 +119,7 @@ def write_report(sweep_dir: Path, out_dir: Path) -> dict[str, Any]:
     if means:
         atomic_write_text(out_dir / "study_seed_means.csv", csv_text(means, MEAN_COLUMNS))
         md += ["", "Over seeds: the mean and the standard deviation of each score, over the runs that succeeded "
-               "(seeds: how many).", ""]
+               "(runs: how many; variant: the overrides they share, all but the seed).", ""]
         md += markdown_lines([_mean_cells(m) for m in means], MEAN_SHOWN)
     problems = [r for r in rows if r["status"] != "succeeded"]
     if problems:
@@ -132,22 +145,26 @@ def write_report(sweep_dir: Path, out_dir: Path) -> dict[str, Any]:
             "seed_means": len(means)}
 
 
-MEAN_COLUMNS = ["dose", "view", "model", "gridsize", "seeds", *(f"{m}_{s}" for m in METRICS for s in ("mean", "std"))]
-MEAN_SHOWN = ["dose", "view", "model", "gridsize", "seeds", *METRICS]
+MEAN_COLUMNS = ["dose", "view", "model", "gridsize", "runs", *(f"{m}_{s}" for m in METRICS for s in ("mean", "std")),
+                "variant"]
+MEAN_SHOWN = ["dose", "view", "model", "gridsize", "runs", *METRICS, "variant"]
 
 
 def seed_means(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per dose, view and method, each score's mean and (population) standard deviation over the
-    seeds that succeeded; empty unless the sweep holds some method at several seeds."""
+    """Per dose, view, method and variant (the overrides but the seed), each score's mean and
+    (population) standard deviation over the seeds that succeeded; empty unless the sweep holds
+    some method at several seeds. Runs of different variants (say, two learning rates) are never
+    averaged together."""
     groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for r in rows:
         if r["status"] == "succeeded":
-            groups.setdefault((r["dose"], r["view"], r["model"], r["gridsize"]), []).append(r)
+            groups.setdefault((r["dose"], r["view"], r["model"], r["gridsize"], r.get("variant") or ""), []).append(r)
     if all(len({r["seed"] for r in g}) < 2 for g in groups.values()):
         return []
     out = []
-    for (dose, view, model, gridsize), group in groups.items():
-        row: dict[str, Any] = {"dose": dose, "view": view, "model": model, "gridsize": gridsize, "seeds": len(group)}
+    for (dose, view, model, gridsize, var), group in groups.items():
+        row: dict[str, Any] = {"dose": dose, "view": view, "model": model, "gridsize": gridsize,
+                               "runs": len(group), "variant": var}
         for m in METRICS:
             values = [float(r[m]) for r in group if isinstance(r[m], int | float)]
             row[f"{m}_mean"] = mean(values) if values else None
@@ -158,7 +175,7 @@ def seed_means(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _mean_cells(row: dict[str, Any]) -> dict[str, Any]:
     """A seed-means row for display: each score as 'mean ± std'."""
-    shown = {k: row[k] for k in ("dose", "view", "model", "gridsize", "seeds")}
+    shown = {k: row[k] for k in ("dose", "view", "model", "gridsize", "runs", "variant")}
     for m in METRICS:
         mu, sd = row[f"{m}_mean"], row[f"{m}_std"]
         shown[m] = "" if mu is None else f"{mu:.4g} ± {sd:.2g}"
