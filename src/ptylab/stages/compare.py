@@ -184,20 +184,19 @@ def compare(run_dirs: list[str], out_dir: Path, lsqml: LsqmlConfig) -> list[dict
         curves[f"{name} (phase)"] = (np.asarray(m["frequency"]), np.asarray(m["frc"]))
     if lsqml.enabled:
         configs = {row["source"]: run_config(Path(row["source"])) for row in scored}
+        keys = {source: split_key(cfg) for source, cfg in configs.items()}
         references: list[tuple[dict[str, Any], tuple[str, Path] | None]] = []
         flat: set[str] = set()
         for row in scored:  # one flat-start reference per test split
-            key = split_key(configs[row["source"]])
-            if key not in flat:
-                flat.add(key)
+            if keys[row["source"]] not in flat:
+                flat.add(keys[row["source"]])
                 references.append((row, None))
         if lsqml.from_networks_epochs > 0:
             references += [(row, (row["method"], Path(row["source"]) / (row.get("metrics_dir") or "") / OBJECT_FILE))
                            for row in scored]
         tests: dict[str, PtychoData] = {}  # a split is rebuilt once for all the rows that use it
         for row, start in references:
-            cfg = configs[row["source"]]
-            key = split_key(cfg)
+            cfg, key = configs[row["source"]], keys[row["source"]]
             if key not in tests:
                 tests[key] = rebuild_test_split(cfg)
             name = label("LSQML" if start is None else f"LSQML from {start[0]}", row)

@@ -116,11 +116,12 @@ def write_report(sweep_dir: Path, out_dir: Path) -> dict[str, Any]:
            "below_fit_alone: how many of them do not beat the stitching's offset fit applied to flat patches (no "
            "network): for those, the fit to the test patterns, not the network, made the score."]
     means = seed_means(rows)
+    means_shown = [_mean_cells(m) for m in means]
     if means:
         atomic_write_text(out_dir / "study_seed_means.csv", csv_text(means, MEAN_COLUMNS))
         md += ["", "Over seeds: the mean and the standard deviation of each score, over the runs that succeeded "
                "(runs: how many; variant: the overrides they share, all but the seed).", ""]
-        md += markdown_lines([_mean_cells(m) for m in means], MEAN_SHOWN)
+        md += markdown_lines(means_shown, MEAN_SHOWN)
     problems = [r for r in rows if r["status"] != "succeeded"]
     if problems:
         md += ["", "Jobs that did not succeed:", ""]
@@ -140,7 +141,7 @@ def write_report(sweep_dir: Path, out_dir: Path) -> dict[str, Any]:
             path = out_dir / f"{metric}_vs_dose.png"
             metric_vs_dose(path, series, metric)
             plots.append(path)
-    _write_html(out_dir / "study.html", sweep_dir, rows, shown, problems, plots, [_mean_cells(m) for m in means])
+    _write_html(out_dir / "study.html", sweep_dir, rows, shown, problems, plots, means_shown)
     return {"rows": len(rows), "failed_or_skipped": len(problems), "plots": [p.name for p in plots],
             "seed_means": len(means)}
 
