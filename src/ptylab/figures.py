@@ -122,7 +122,8 @@ def metric_vs_dose(path: str | Path, series: dict[str, tuple[list[float], list[f
     ax.set_xlabel("dose (photons per pattern)")
     ax.set_ylabel(metric)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    # Beside the axes, not over them: a study's dozen series would cover its points.
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
     ax.set_title(f"{metric} against dose" + (" (mean ± 1 sd over seeds)" if several else ""))
     _save(fig, path)
 
