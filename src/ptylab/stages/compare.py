@@ -103,8 +103,8 @@ def lsqml_row(cfg: TrainConfig, test: PtychoData, lsqml: LsqmlConfig, out_dir: P
     files in ``out_dir`` are named after ``label``, which is unique within one comparison."""
     from ..lsqml import NOT_INSTALLED, ptychi_available, reconstruct_and_score
 
-    method, epochs = ("LSQML", lsqml.epochs) if start is None else (f"LSQML from {start[0]}",
-                                                                     lsqml.from_networks_epochs)
+    method = lsqml_method(start)
+    epochs = lsqml.epochs if start is None else lsqml.from_networks_epochs
     row: dict[str, Any] = {c: None for c in COLUMNS}
     row.update(method=method, dose=float(cfg.dose), view=str(cfg.view.name), seed=int(cfg.seed), source="pty-chi")
     if not ptychi_available():
@@ -129,6 +129,20 @@ def lsqml_row(cfg: TrainConfig, test: PtychoData, lsqml: LsqmlConfig, out_dir: P
     atomic_write_json(out_dir / f"{stem}.json", {**{k: v for k, v in scores.items()
                                                     if k not in ("aligned", "ground_truth")}, "lsqml": info})
     return row, scores
+
+
+def lsqml_method(start: tuple[str, Path] | None) -> str:
+    """An LSQML row's method name: from a flat start, or from the named method's object."""
+    return "LSQML" if start is None else f"LSQML from {start[0]}"
+
+
+def arm_dir(row: dict[str, Any]) -> Path:
+    """Where a network row's files are: its run directory, or the refined arm's inside it."""
+    return Path(row["source"]) / (row.get("metrics_dir") or "")
+
+
+def frc_of(curve: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    return np.asarray(curve["frequency"]), np.asarray(curve["frc"])
 
 
 class Labels:
@@ -175,13 +189,12 @@ def compare(run_dirs: list[str], out_dir: Path, lsqml: LsqmlConfig) -> list[dict
     curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for row in scored:
         name = label(row["method"], row)
-        run = Path(row["source"]) / (row.get("metrics_dir") or "")
+        run = arm_dir(row)
         rec = np.load(run / "reconstruction.npz")
         if not panels:
             panels["ground truth"] = (rec["ground_truth"], None)
         panels[name] = (rec["object"], rec["ground_truth"])
-        m = json.loads((run / "metrics.json").read_text())["phase"]["frc_curve"]
-        curves[f"{name} (phase)"] = (np.asarray(m["frequency"]), np.asarray(m["frc"]))
+        curves[f"{name} (phase)"] = frc_of(json.loads((run / "metrics.json").read_text())["phase"]["frc_curve"])
     if lsqml.enabled:
         configs = {row["source"]: run_config(Path(row["source"])) for row in scored}
         keys = {source: split_key(cfg) for source, cfg in configs.items()}
@@ -192,20 +205,18 @@ def compare(run_dirs: list[str], out_dir: Path, lsqml: LsqmlConfig) -> list[dict
                 flat.add(keys[row["source"]])
                 references.append((row, None))
         if lsqml.from_networks_epochs > 0:
-            references += [(row, (row["method"], Path(row["source"]) / (row.get("metrics_dir") or "") / OBJECT_FILE))
-                           for row in scored]
+            references += [(row, (row["method"], arm_dir(row) / OBJECT_FILE)) for row in scored]
         tests: dict[str, PtychoData] = {}  # a split is rebuilt once for all the rows that use it
         for row, start in references:
             cfg, key = configs[row["source"]], keys[row["source"]]
             if key not in tests:
                 tests[key] = rebuild_test_split(cfg)
-            name = label("LSQML" if start is None else f"LSQML from {start[0]}", row)
+            name = label(lsqml_method(start), row)
             lrow, scores = lsqml_row(cfg, tests[key], lsqml, out_dir, name, start)
             rows.append(lrow)
             if scores is not None:
                 panels[name] = (scores["aligned"], scores["ground_truth"])
-                c = scores["phase"]["frc_curve"]
-                curves[f"{name} (phase)"] = (np.asarray(c["frequency"]), np.asarray(c["frc"]))
+                curves[f"{name} (phase)"] = frc_of(scores["phase"]["frc_curve"])
     write_tables(rows, out_dir)
     atomic_write_json(out_dir / "comparison.json", rows)
     if panels:
