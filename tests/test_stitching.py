@@ -52,12 +52,13 @@ def test_phase_sync_removes_arbitrary_per_patch_phase_offsets(scan):
 
 
 def test_explicit_and_matrix_free_synchronisation_agree(scan, monkeypatch):
-    """Small scans solve the synchronisation with an explicit matrix, large tiles matrix-free: the same answer."""
+    """Sparse scans solve the synchronisation with an explicit matrix, densely covered tiles
+    matrix-free: the same answer."""
     obj, x, y, patches = scan
-    assert len(x) <= stitching.EXPLICIT_SYNC_PATCHES
+    assert stitching._coverage(stitching.place(patches, x, y, obj.shape, 16)) <= stitching.EXPLICIT_SYNC_MAX_COVER
     offsets = np.exp(1j * stage_rng(3, "offsets").uniform(-np.pi, np.pi, len(x))).astype(np.complex64)
     explicit = stitch(patches * offsets[:, None, None], x, y, obj.shape, 16, sync_phase=True)
-    monkeypatch.setattr(stitching, "EXPLICIT_SYNC_PATCHES", 0)
+    monkeypatch.setattr(stitching, "EXPLICIT_SYNC_MAX_COVER", 0.0)
     free = stitch(patches * offsets[:, None, None], x, y, obj.shape, 16, sync_phase=True)
     np.testing.assert_allclose(explicit.obj, free.obj, atol=1e-5)
 
