@@ -64,6 +64,12 @@ def test_compare_lists_every_run_with_numbers_or_reasons(tmp_path):
     for row in started:
         assert row["status"] == lsqml[0]["status"]
         assert row["iterations"] == ("3" if row["status"] == "succeeded" else "")
+    # The study report averages rows of one variant over seeds: a network's is its overrides but the
+    # seed, an LSQML row's from a start that run's, a flat start's the test data but the seed.
+    variant = by_source[str(good_run)]["variant"]
+    assert "dose=1000" in variant and "gridsize=1" in variant and "seed" not in variant
+    assert {r["variant"] for r in started} == {variant}
+    assert lsqml[0]["variant"] == lsqml[1]["variant"] and lsqml[0]["variant"].startswith("test data embedded dense ")
     for row in rows:  # never an empty row: numbers or a reason
         assert row["phase_ssim"] or row["reason"]
     assert (tmp_path / "cmp" / "comparison.md").read_text().count("\n") == len(rows) + 2
@@ -72,17 +78,21 @@ def test_compare_lists_every_run_with_numbers_or_reasons(tmp_path):
 
 def test_runs_share_a_reference_only_when_they_share_the_test_split():
     from ptylab.config import validate
-    from ptylab.stages.compare import split_key
+    from ptylab.stages.compare import data_variant, split_key
 
-    def key(*overrides):
+    def cfg(*overrides):
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            return split_key(validate(compose(config_name="train", overrides=list(overrides))))
+            return validate(compose(config_name="train", overrides=list(overrides)))
 
-    base = key("dose=1000")
-    assert key("dose=1000", "gridsize=1", "model=supervised", "model.lr=0.01") == base  # same positions and counts
+    base = cfg("dose=1000")
+    same = cfg("dose=1000", "gridsize=1", "model=supervised", "model.lr=0.01")  # same positions and counts
+    assert split_key(same) == split_key(base) and data_variant(same) == data_variant(base)
     for other in (["dose=10000"], ["seed=2"], ["view=sparse"], ["view.min_train_positions=8"],
                   ["dataset=user_style"], ["dataset.scan_step=4.0"]):
-        assert key("dose=1000", *other) != base, other
+        changed = cfg("dose=1000", *other)
+        assert split_key(changed) != split_key(base), other
+        # the flat-start reference's variant: its data but the seed, averaged over seeds in the report
+        assert (data_variant(changed) == data_variant(base)) == (other == ["seed=2"]), other
 
 
 def test_labels_name_the_seed_when_there_are_several_and_never_repeat():
@@ -99,19 +109,27 @@ def test_labels_name_the_seed_when_there_are_several_and_never_repeat():
 
 def test_the_study_report_takes_every_lsqml_row_compare_wrote(tmp_path):
     from ptylab.stages.compare import COLUMNS
-    from ptylab.stages.study_report import lsqml_rows
+    from ptylab.stages.study_report import lsqml_rows, seed_means
 
     rows = []
     for i, method in enumerate(("PINN gs2", "LSQML", "LSQML from PINN gs2 refined")):
         row = {c: None for c in COLUMNS}
-        row.update(method=method, dose=1e4, view="dense", status="succeeded", phase_ssim=0.5 + i / 10,
-                   reconstruct_s=float(i))
+        row.update(method=method, dose=1e4, view="dense", seed=1, status="succeeded", phase_ssim=0.5 + i / 10,
+                   reconstruct_s=float(i), variant=f"v{i}")
         rows.append(row)
+    # Flat-start references on another seed of the same data and on other data, at the same dose and view
+    rows += [{**rows[1], "seed": 2, "phase_ssim": 0.8}, {**rows[1], "variant": "other data", "phase_ssim": 0.1}]
     (tmp_path / "cmp").mkdir()
     (tmp_path / "cmp" / "comparison.json").write_text(json.dumps(rows))
     got = lsqml_rows(tmp_path)  # the network rows come from the jobs' own manifests, not from here
-    assert [(r["model"], r["phase_ssim"], r["duration_s"]) for r in got] == [
-        ("LSQML", 0.6, 1.0), ("LSQML from PINN gs2 refined", 0.7, 2.0)]
+    assert [(r["model"], r["phase_ssim"], r["duration_s"], r["variant"]) for r in got] == [
+        ("LSQML", 0.6, 1.0, "v1"), ("LSQML from PINN gs2 refined", 0.7, 2.0, "v2"), ("LSQML", 0.8, 1.0, "v1"),
+        ("LSQML", 0.1, 1.0, "other data")]
+    # averaged over the seeds of one test data only (with the first grouping, over both datasets too)
+    means = seed_means(got)
+    assert [(m["model"], m["runs"], m["variant"]) for m in means] == [
+        ("LSQML", 2, "v1"), ("LSQML from PINN gs2 refined", 1, "v2"), ("LSQML", 1, "other data")]
+    assert means[0]["phase_ssim_mean"] == pytest.approx(0.7)
 
 
 def test_a_start_in_any_units_is_matched_to_the_measured_counts(small_dataset_cfg, tmp_path):

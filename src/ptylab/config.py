@@ -435,6 +435,16 @@ def load_run_config(path: str | Path) -> DictConfig:
     return cfg
 
 
+def run_variant(run_dir: Path) -> str:
+    """A run's command-line overrides but its seed (Hydra's ``.hydra/overrides.yaml``), sorted: runs
+    with the same variant differ only in their seed, so only they are averaged over seeds."""
+    path = run_dir / ".hydra" / "overrides.yaml"
+    if not path.is_file():
+        return ""
+    overrides = [str(o) for o in OmegaConf.load(path)]
+    return " ".join(sorted(o for o in overrides if o.split("=", 1)[0].lstrip("+~") != "seed"))
+
+
 def validate(cfg: Any) -> Any:
     """Instantiate a composed config as its schema, running every range check before any work.
 

@@ -10,6 +10,7 @@ runs have several.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import re
@@ -18,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ..config import LsqmlConfig, TrainConfig, format_dose, load_run_config, validate
+from ..config import LsqmlConfig, TrainConfig, format_dose, load_run_config, run_variant, validate
 from ..data import PtychoData
 from ..datasets import load_job_data
 from ..evaluation import headline
@@ -35,7 +36,7 @@ log = logging.getLogger(__name__)
 COLUMNS = ["method", "dose", "view", "seed", "status", "reason", "amplitude_ssim", "amplitude_flat_ssim",
            "amplitude_fit_alone_ssim", "amplitude_corr", "amplitude_psnr", "amplitude_frc50_px", "phase_ssim",
            "phase_flat_ssim", "phase_fit_alone_ssim", "phase_corr", "phase_psnr", "phase_frc50_px", "train_s",
-           "reconstruct_s", "iterations", "source"]
+           "reconstruct_s", "iterations", "source", "variant"]
 
 
 def method_name(context: dict[str, Any]) -> str:
@@ -49,6 +50,7 @@ def run_rows(run_dir: Path) -> list[dict[str, Any]]:
     where the job ran one); a reason instead of numbers where it has none."""
     row: dict[str, Any] = {c: None for c in COLUMNS}
     row["source"] = str(run_dir)
+    row["variant"] = run_variant(run_dir)
     manifest = read_manifest(run_dir)
     if manifest is None:
         row.update(method=run_dir.name, status="missing", reason=f"no training_manifest.json in {run_dir}")
@@ -89,11 +91,21 @@ def rebuild_test_split(cfg: TrainConfig) -> PtychoData:
     return sel.apply(source.train, source.test)[1]
 
 
+def _data_settings(cfg: TrainConfig) -> dict[str, Any]:
+    return {"dataset": dataclasses.asdict(cfg.dataset), "view": dataclasses.asdict(cfg.view), "dose": float(cfg.dose)}
+
+
 def split_key(cfg: TrainConfig) -> str:
     """What a run's test split depends on (everything ``rebuild_test_split`` reads): runs that share
     it share one flat-start reference; runs that differ in any of it get their own."""
-    return json.dumps({"dataset": dataclasses.asdict(cfg.dataset), "view": dataclasses.asdict(cfg.view),
-                       "dose": float(cfg.dose), "seed": int(cfg.seed)}, sort_keys=True, default=str)
+    return json.dumps({**_data_settings(cfg), "seed": int(cfg.seed)}, sort_keys=True, default=str)
+
+
+def data_variant(cfg: TrainConfig) -> str:
+    """A flat-start LSQML row's variant: its test data but the seed (dataset, view and their
+    settings, dose), so that the study report averages such rows over seeds and never over datasets."""
+    digest = hashlib.sha256(json.dumps(_data_settings(cfg), sort_keys=True, default=str).encode()).hexdigest()
+    return f"test data {cfg.dataset.name} {cfg.view.name} {digest[:8]}"
 
 
 def lsqml_row(cfg: TrainConfig, test: PtychoData, lsqml: LsqmlConfig, out_dir: Path, label: str,
@@ -167,8 +179,10 @@ class Labels:
 
 
 def write_tables(rows: list[dict[str, Any]], out_dir: Path, stem: str = "comparison") -> None:
+    """Every column in the CSV; the Markdown table without the last two (source and variant), which
+    are long paths and overrides."""
     atomic_write_text(out_dir / f"{stem}.csv", csv_text(rows, COLUMNS))
-    atomic_write_text(out_dir / f"{stem}.md", "\n".join(markdown_lines(rows, COLUMNS[:-1], digits=3)) + "\n")
+    atomic_write_text(out_dir / f"{stem}.md", "\n".join(markdown_lines(rows, COLUMNS[:-2], digits=3)) + "\n")
 
 
 def run_config(run_dir: Path) -> TrainConfig:
@@ -213,6 +227,7 @@ def compare(run_dirs: list[str], out_dir: Path, lsqml: LsqmlConfig) -> list[dict
                 tests[key] = rebuild_test_split(cfg)
             name = label(lsqml_method(start), row)
             lrow, scores = lsqml_row(cfg, tests[key], lsqml, out_dir, name, start)
+            lrow["variant"] = data_variant(cfg) if start is None else row["variant"]  # from a start: its run's
             rows.append(lrow)
             if scores is not None:
                 panels[name] = (scores["aligned"], scores["ground_truth"])

@@ -14,9 +14,7 @@ from pathlib import Path
 from statistics import mean, pstdev
 from typing import Any
 
-from omegaconf import OmegaConf
-
-from ..config import format_dose
+from ..config import format_dose, run_variant
 from ..figures import metric_vs_dose
 from ..fileio import atomic_write_text
 from ..manifest import MANIFEST_NAME, read_manifest
@@ -49,23 +47,13 @@ def job_rows(sweep_dir: Path) -> list[dict[str, Any]]:
                        bundle_sha256=job.get("bundle_sha256"), run_dir=str(path.parent.relative_to(sweep_dir)),
                        reason=job.get("error"))
             row["steps"] = job.get("steps")
-            row["variant"] = variant(path.parent)
+            row["variant"] = run_variant(path.parent)
             rows.append(_scored(row, path.parent / "metrics.json", job["status"]))
             if job.get("refined"):
                 refined = {**row, "model": f"{ctx['model']}-refined", "steps": job["refined"]["steps"],
                            "duration_s": job["refined"]["refine_s"]}
                 rows.append(_scored(refined, path.parent / job["refined"]["metrics_path"], job["status"]))
     return rows
-
-
-def variant(run_dir: Path) -> str:
-    """The job's command-line overrides but its seed (from Hydra's ``.hydra/overrides.yaml``): runs
-    with the same variant differ only in their seed, so only they are averaged over seeds."""
-    path = run_dir / ".hydra" / "overrides.yaml"
-    if not path.is_file():
-        return ""
-    overrides = [str(o) for o in OmegaConf.load(path)]
-    return " ".join(sorted(o for o in overrides if o.split("=", 1)[0].lstrip("+~") != "seed"))
 
 
 def _scored(row: dict[str, Any], metrics_path: Path, status: str) -> dict[str, Any]:
@@ -95,7 +83,7 @@ def lsqml_rows(sweep_dir: Path) -> list[dict[str, Any]]:
             row.update(dose=r["dose"], view=r["view"], model=r["method"], gridsize="-", seed=r.get("seed"),
                        status=r["status"],
                        duration_s=r.get("reconstruct_s"), reason=r.get("reason"),
-                       run_dir=str(path.parent.relative_to(sweep_dir)))
+                       run_dir=str(path.parent.relative_to(sweep_dir)), variant=r.get("variant") or "")
             rows.append(row)
     return rows
 
