@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
 
 from ptylab.config import EmbeddedDatasetConfig as DatasetConfig
 from ptylab.training import LIGHTNING_NOISE
@@ -44,6 +46,12 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture
 def small_dataset_cfg() -> DatasetConfig:
     return DatasetConfig(**SMALL_DATASET)
+
+
+def compose_config(overrides: list[str], name: str = "train") -> DictConfig:
+    """A config composed from conf/ with Hydra's compose API, as the entry points compose it."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name=name, overrides=list(overrides))
 
 
 def run_script(args: list[str], cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:

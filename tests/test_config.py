@@ -3,7 +3,6 @@
 import json
 
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ConfigKeyError, ValidationError
 
@@ -12,16 +11,11 @@ from ptylab.config import validate
 from ptylab.data import read_dataset
 from ptylab.errors import ConfigError
 
-from .conftest import CONF, ROOT, SMALL_OVERRIDES, run_script
-
-
-def _compose(overrides, name="train"):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name=name, overrides=overrides)
+from .conftest import ROOT, SMALL_OVERRIDES, compose_config, run_script
 
 
 def test_defaults_compose_to_typed_config():
-    cfg = _compose(["dose=1000", "view=sparse", "gridsize=1"])
+    cfg = compose_config(["dose=1000", "view=sparse", "gridsize=1"])
     assert cfg.dose == 1000.0 and isinstance(cfg.dose, float)
     assert cfg.view.name == "sparse" and cfg.view.target_overlap == 0.2
     assert cfg.model.name == "pinn" and cfg.trainer.accelerator == "cpu"
@@ -29,41 +23,41 @@ def test_defaults_compose_to_typed_config():
 
 
 def test_symmetry_averages_default_per_arm_and_read_old_booleans():
-    tc = validate(_compose([]))
+    tc = validate(compose_config([]))
     assert (tc.eval.average_symmetries, tc.refine.average_symmetries) == ("none", "point")
-    old = validate(_compose(["eval.average_symmetries=true", "refine.average_symmetries=false"]))
+    old = validate(compose_config(["eval.average_symmetries=true", "refine.average_symmetries=false"]))
     assert (old.eval.average_symmetries, old.refine.average_symmetries) == ("all", "none")
 
 
 def test_trainer_accepts_any_lightning_argument():
-    cfg = _compose(["++trainer.limit_train_batches=5", "trainer.max_epochs=3"])
+    cfg = compose_config(["++trainer.limit_train_batches=5", "trainer.max_epochs=3"])
     assert cfg.trainer.limit_train_batches == 5 and cfg.trainer.max_epochs == 3
 
 
 @pytest.mark.parametrize("override", ["model.widht=2", "dataset.nphotns=3", "typo=1"])
 def test_misspelt_key_fails_at_composition(override):
     with pytest.raises((ConfigCompositionException, ConfigKeyError)):
-        _compose([override])
+        compose_config([override])
 
 
 @pytest.mark.parametrize("override", ["dose=lots", "gridsize=2.5", "model.probe_trainable=maybe"])
 def test_wrong_type_fails_at_composition(override):
     with pytest.raises((ConfigCompositionException, ValidationError)):
-        _compose([override])
+        compose_config([override])
 
 
 def test_user_files_need_both_paths():
-    cfg = _compose(["dataset=npz"])
+    cfg = compose_config(["dataset=npz"])
     with pytest.raises(ConfigError, match=r"dataset.train_file: a value is required"):
         validate(cfg)
-    cfg = _compose(["dataset=npz", "dataset.train_file=a.npz", "dataset.test_file=b.npz"])
+    cfg = compose_config(["dataset=npz", "dataset.train_file=a.npz", "dataset.test_file=b.npz"])
     assert cfg.dataset.name == "file" and cfg.dataset.train_file == "a.npz"
-    assert _compose(["dataset=hdf5", "dataset.train_file=a.h5", "dataset.test_file=b.h5"]).dataset.name == "file"
+    assert compose_config(["dataset=hdf5", "dataset.train_file=a.h5", "dataset.test_file=b.h5"]).dataset.name == "file"
 
 
 def test_simulate_config_has_no_view_unless_asked():
-    assert _compose(["output_dir=x"], name="simulate").view is None
-    assert _compose(["output_dir=x", "view=dense"], name="simulate").view.name == "dense"
+    assert compose_config(["output_dir=x"], name="simulate").view is None
+    assert compose_config(["output_dir=x", "view=dense"], name="simulate").view.name == "dense"
 
 
 def test_simulate_script_writes_contract_files_summary_and_preview(tmp_path):

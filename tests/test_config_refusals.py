@@ -5,19 +5,13 @@ out-of-range value. Each must fail before any data are touched, naming the key a
 """
 
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 
 from ptylab.cli import preflight
 from ptylab.config import PinnConfig, SupervisedConfig, validate
 from ptylab.errors import ConfigError, PtylabError
 
-from .conftest import CONF, ROOT, run_script
-
-
-def _compose(overrides, name="train"):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name=name, overrides=overrides)
+from .conftest import ROOT, compose_config, run_script
 
 
 @pytest.mark.parametrize("overrides, schema", [
@@ -26,7 +20,7 @@ def _compose(overrides, name="train"):
 ])
 def test_key_of_another_kind_fails_at_composition(overrides, schema):
     with pytest.raises(ConfigCompositionException) as info:
-        _compose(overrides)
+        compose_config(overrides)
     assert schema in str(info.value.__cause__)
 
 
@@ -39,7 +33,7 @@ def test_key_of_another_kind_fails_at_composition(overrides, schema):
 ])
 def test_wrong_choice_fails_at_composition_with_the_valid_ones(override, valid):
     with pytest.raises(ConfigCompositionException) as info:
-        _compose([override])
+        compose_config([override])
     assert valid in str(info.value.__cause__)
 
 
@@ -59,14 +53,14 @@ def test_wrong_choice_fails_at_composition_with_the_valid_ones(override, valid):
 ])
 def test_out_of_range_values_are_refused_with_key_and_value(overrides, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-        validate(_compose(overrides))
+        validate(compose_config(overrides))
 
 
 def test_defaults_live_in_the_schema_once():
-    cfg = validate(_compose([]))
+    cfg = validate(compose_config([]))
     assert isinstance(cfg.model, PinnConfig)
     assert cfg.model.width == PinnConfig().width  # the YAML repeats no default
-    sup = validate(_compose(["model=supervised", "gridsize=1"])).model
+    sup = validate(compose_config(["model=supervised", "gridsize=1"])).model
     assert isinstance(sup, SupervisedConfig) and sup.separate_decoders
 
 

@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 
 import ptylab.bundle
 from ptylab.evaluation import TIMING_KEYS
@@ -25,7 +24,7 @@ from ptylab.runlock import LOCK_NAME, RunDirLocked, run_dir_lock
 from ptylab.stages.train import resume_point, run_job
 from ptylab.training import CheckpointError, check_checkpoint
 
-from .conftest import CONF, ROOT, SMALL_OVERRIDES, TINY_TRAIN, run_script
+from .conftest import ROOT, SMALL_OVERRIDES, TINY_TRAIN, compose_config, run_script
 
 # Four short epochs, so a kill lands mid-training; evaluation and the refined arm stay on.
 RESUMABLE = [*SMALL_OVERRIDES, *TINY_TRAIN, "trainer.max_epochs=4", "dose=1000"]
@@ -99,13 +98,9 @@ def test_resume_point_follows_the_manifest_and_resume_flag(reference, tmp_path, 
     manifest = json.loads((reference / "training_manifest.json").read_text())
     manifest["jobs"][0]["status"] = manifest["status"] = status
     (run_dir / "training_manifest.json").write_text(json.dumps(manifest))
-    cfg = _compose([f"resume={str(resume).lower()}"])
+    cfg = compose_config([f"resume={str(resume).lower()}"])
     assert resume_point(cfg, run_dir) == (str(run_dir / "checkpoints" / "last.ckpt") if expected else None)
 
-
-def _compose(overrides):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="train", overrides=overrides)
 
 
 def test_second_writer_is_refused_naming_the_directory_and_holder(tmp_path):
@@ -114,7 +109,7 @@ def test_second_writer_is_refused_naming_the_directory_and_holder(tmp_path):
         res = run_script(["train.py", f"hydra.run.dir={run_dir}", f"paths.output_root={tmp_path}", *SMALL_OVERRIDES,
                           *TINY_TRAIN], cwd=ROOT)
         with pytest.raises(RunDirLocked, match=f"pid {os.getpid()}"):
-            run_job(_compose([f"paths.output_root={tmp_path}"]), run_dir)
+            run_job(compose_config([f"paths.output_root={tmp_path}"]), run_dir)
     assert res.returncode == 2, res.stderr[-2000:]
     err = res.stderr.strip().splitlines()[-1]
     assert err.startswith("error: ") and str(run_dir) in err and f"pid {os.getpid()}" in err
@@ -144,7 +139,7 @@ def test_truncated_checkpoint_is_refused_naming_the_file(tmp_path, reference):
     (tmp_path / "foreign.ckpt").write_text("not a checkpoint")
     with pytest.raises(CheckpointError, match=r"foreign\.ckpt: not a complete checkpoint"):
         check_checkpoint(tmp_path / "foreign.ckpt")
-    record = run_job(_compose([f"paths.output_root={tmp_path}", *SMALL_OVERRIDES, *TINY_TRAIN,
+    record = run_job(compose_config([f"paths.output_root={tmp_path}", *SMALL_OVERRIDES, *TINY_TRAIN,
                                f"ckpt_path={bad}"]), tmp_path / "job")
     assert record.status == "failed" and "not a complete checkpoint" in record.error and str(bad) in record.error
     assert _job(tmp_path / "job")["status"] == "failed"
@@ -158,7 +153,7 @@ def test_disk_full_while_writing_the_bundle_leaves_no_bundle(tmp_path, monkeypat
 
     monkeypatch.setattr(ptylab.bundle, "atomic_write_bytes", full_disk)
     run_dir = tmp_path / "job"
-    record = run_job(_compose([f"paths.output_root={tmp_path}", *SMALL_OVERRIDES, *TINY_TRAIN]), run_dir)
+    record = run_job(compose_config([f"paths.output_root={tmp_path}", *SMALL_OVERRIDES, *TINY_TRAIN]), run_dir)
     assert record.status == "failed" and "No space left" in record.error
     assert _job(run_dir)["status"] == "failed" and _job(run_dir)["bundle_sha256"] is None
     assert not (run_dir / "wts.h5.zip").exists() and not (run_dir / "wts.h5.zip.sha256").exists()

@@ -8,13 +8,12 @@ flat-image comparison are the scores a flat or collapsed reconstruction cannot r
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
 
 from ptylab.data import read_dataset
 from ptylab.stages.simulate import run_simulate
 from ptylab.stages.train import run_job, summary_line
 
-from .conftest import CONF, SMALL_OVERRIDES
+from .conftest import SMALL_OVERRIDES, compose_config
 
 # Separate decoders as by default, but at the encoder's width: at half the width of these tiny
 # filters (4 to 16) the embedded job's amplitude fell below the flat image (SSIM 0.461 vs 0.483,
@@ -35,10 +34,6 @@ SMALL_USER = ["dataset=user_style", "dataset.N=32", "dataset.object_size=96", "d
               "dataset.probe_blur=1.0", "dataset.scan_step=3.0"]
 
 
-def _compose(overrides, name="train"):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name=name, overrides=overrides)
-
 
 def _check_floors(scores, floors):
     for key, floor in floors.items():
@@ -46,7 +41,7 @@ def _check_floors(scores, floors):
 
 
 def test_embedded_job_stays_above_its_quality_floors(tmp_path):
-    record = run_job(_compose([f"paths.output_root={tmp_path}", "dose=10000", *SMALL_OVERRIDES, *TINY_NET]),
+    record = run_job(compose_config([f"paths.output_root={tmp_path}", "dose=10000", *SMALL_OVERRIDES, *TINY_NET]),
                      tmp_path / "job")
     assert record.status == "succeeded", record.error
     head = record.headline_metrics
@@ -80,7 +75,7 @@ def test_embedded_job_stays_above_its_quality_floors(tmp_path):
 @pytest.fixture(scope="module")
 def user_files(tmp_path_factory):
     root = tmp_path_factory.mktemp("user")
-    run_simulate(_compose([f"output_dir={root}", f"paths.output_root={root}", "dose=10000", "as_user_files=true",
+    run_simulate(compose_config([f"output_dir={root}", f"paths.output_root={root}", "dose=10000", "as_user_files=true",
                            "view=dense", *SMALL_USER], name="simulate"))
     return root / "train_dense.npz", root / "test_dense.npz"
 
@@ -90,7 +85,7 @@ def test_user_style_files_reconstruct_structure_not_a_flat_image(user_files, tmp
     train = read_dataset(train_file)
     assert "intensity_scale" not in train.metadata  # the scale must come from the data alone
     assert np.abs(train.obj).max() > 1.9  # brighter than an amplitude-1 object
-    record = run_job(_compose([f"paths.output_root={tmp_path}", "dose=10000", "dataset=npz", "view=full",
+    record = run_job(compose_config([f"paths.output_root={tmp_path}", "dose=10000", "dataset=npz", "view=full",
                                f"dataset.train_file={train_file}", f"dataset.test_file={test_file}", *TINY_NET,
                                "trainer.max_epochs=30"]),
                      tmp_path / "job")
@@ -114,7 +109,7 @@ def test_upstream_parity_preset_reconstructs_its_amplitude_and_does_not_score_a_
     test size: the amplitude must come out near-exact, as it does at full size (docs/quality.md,
     "Upstream parity preset"), and the phase, zero everywhere in the truth, is reported as not
     scored rather than flagged against a flat image that matches it exactly."""
-    record = run_job(_compose([f"paths.output_root={tmp_path}", "experiment=upstream_parity", *SMALL_OVERRIDES,
+    record = run_job(compose_config([f"paths.output_root={tmp_path}", "experiment=upstream_parity", *SMALL_OVERRIDES,
                                *TINY_NET, "trainer.max_epochs=4"]), tmp_path / "job")
     assert record.status == "succeeded", record.error
     head = record.headline_metrics
