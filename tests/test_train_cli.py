@@ -2,6 +2,7 @@
 this process, where a subprocess would add only its start-up (about 10 s: torch and Lightning)."""
 
 import json
+import logging
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import ptylab.progress
 from ptylab.bundle import load_bundle
 from ptylab.config import cpu_precision
 from ptylab.data import read_dataset
@@ -155,6 +157,21 @@ def _failed_truthfully(run: Path, train_file: Path) -> None:
     assert manifest["status"] == job["status"] == "failed" and job["bundle_sha256"] is None
     assert str(train_file) in job["error"]
     assert not (run / "wts.h5.zip").exists()
+
+
+def test_long_work_says_what_it_does_and_how_far_it_is(tmp_path, monkeypatch, caplog):
+    """No progress bar shows evaluation, the offset fit or refinement (nor training when its bar is
+    off, as in sweeps): each says in the log what it starts and, every EVERY_S, how far it is."""
+    monkeypatch.setattr(ptylab.progress, "EVERY_S", 0.0)  # a line at every step
+    with caplog.at_level(logging.INFO):
+        record = _train_here(tmp_path / "run")
+    assert record.status == "succeeded", record.error
+    text = caplog.text
+    assert "training, step: 1 / 8 (12%), about" in text and "training, step: 7 / 8" in text  # 2 epochs of 4
+    assert "refining on the test diffraction, step: 2 / 3" in text
+    assert re.search(r"fitting offsets to \d+ patterns, step: 9 / 10", text)
+    assert text.count("test positions predicted, stitched, their offsets fitted to the data") == 2  # both arms
+    assert text.count("the fit-alone reference") == 1  # computed once, for both arms
 
 
 def test_missing_data_file_fails_truthfully_with_nonzero_exit(tmp_path):

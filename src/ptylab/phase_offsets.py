@@ -52,6 +52,7 @@ import torch
 
 from .batches import mean_total_counts
 from .physics import extract_patches, far_field, poisson_nll
+from .progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +206,9 @@ def fit_offsets(canvas_of: Callable[[torch.Tensor], torch.Tensor], start: torch.
         return torch.polar(torch.exp(log_amp).expand_as(phase), phase)
 
     first = last = float("nan")
+    progress = Progress(f"fitting offsets to {len(patterns)} patterns, step", fit.steps)
     for step in range(fit.steps):
+        progress.update(step)
         opt.zero_grad()
         canvas = canvas_of(factors()).to(FIT_COMPLEX)
         leaf = canvas.detach().requires_grad_(True)

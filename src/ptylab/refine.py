@@ -35,6 +35,6 @@ def refine(model: PtychoModule, model_cfg: PinnConfig, cfg: RefineConfig, gridsi
     kwargs = {**trainer_kwargs, "max_steps": cfg.steps, "max_epochs": -1, "enable_progress_bar": False}
     t0 = time.perf_counter()
     tuned, outcome = fit(refine_cfg, gridsize, seed, replace(test, Y=None), kwargs, run_dir / REFINE_DIR,
-                         model=tuned)
+                         model=tuned, what="refining on the test diffraction")
     outcome.train_s = round(time.perf_counter() - t0, 2)
     return tuned, outcome

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import math
 import tempfile
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
@@ -20,6 +19,7 @@ from .grouping import Groups, group_positions
 from .models import MODEL_CLASSES, PtychoModule
 from .phase_offsets import FIT_COMPLEX, FIT_REAL, Evidence, OffsetFit, fit_offsets
 from .physics import effective_probe_radius, sample_windows
+from .progress import Progress
 from .symmetries import averaged_transforms, inverse, symmetry_average, transform_images, transform_offsets
 
 log = logging.getLogger(__name__)
@@ -41,23 +41,6 @@ DEFAULT_TILE_PATCHES = 4096
 EXPLICIT_SYNC_MAX_COVER = 256.0
 # Canvas pixels whose accumulated weight is below this share of the largest are left empty.
 MIN_WEIGHT_SHARE = 1e-3
-
-
-class _Progress:
-    """Logs ``done / total`` for long loops, at most every ``every_s`` seconds (a 200k-position
-    evaluation takes many minutes; a short one logs nothing)."""
-
-    def __init__(self, what: str, total: int, every_s: float = 30.0):
-        self.what, self.total, self.every_s = what, total, every_s
-        self.start = self.last = time.monotonic()
-
-    def update(self, done: int) -> None:
-        now = time.monotonic()
-        if now - self.last >= self.every_s and done < self.total:
-            self.last = now
-            rate = done / (now - self.start)
-            log.info("%s: %d / %d (%.0f%%), about %.0f s left", self.what, done, self.total, 100 * done / self.total,
-                     (self.total - done) / max(rate, 1e-9))
 
 
 def central(a: np.ndarray, crop: int) -> np.ndarray:
@@ -89,7 +72,7 @@ def predict_crops(model: PtychoModule, diff: np.ndarray, groups: Groups, crop: i
     shape = (groups.n_groups * groups.indices.shape[1], crop, crop)
     out = np.memmap(scratch, np.complex64, "w+", shape=shape) if scratch is not None else np.empty(shape, np.complex64)
     c = groups.indices.shape[1]
-    progress = _Progress("predicting groups", groups.n_groups)
+    progress = Progress("predicting groups", groups.n_groups)
     for start in range(0, groups.n_groups, batch_size):
         progress.update(start)
         idx = groups.indices[start : start + batch_size]
@@ -337,7 +320,7 @@ def stitch(patches: np.ndarray, x: np.ndarray, y: np.ndarray, shape: tuple[int, 
         illumination = central(illumination, crop)
     tiles: list[_Tile] = []
     tile_index = spatial_tiles(np.asarray(x), np.asarray(y), tile_patches)
-    progress = _Progress(f"stitching tiles of {tile_patches} patches", len(tile_index))
+    progress = Progress(f"stitching tiles of {tile_patches} patches", len(tile_index))
     for idx in tile_index:
         progress.update(len(tiles))
         tiles.append(_stitch_tile(patches[idx], x[idx], y[idx], shape, crop, sync_phase, illumination, evidence,

@@ -8,6 +8,7 @@ Lightning argument works. The result is the best checkpoint's model and a ``Trai
 from __future__ import annotations
 
 import logging
+import math
 import re
 import time
 import warnings
@@ -28,6 +29,7 @@ from .errors import PtylabError
 from .grouping import Groups, group_positions
 from .manifest import TrainingOutcome
 from .models import PtychoModule, build_model
+from .progress import Progress
 from .rng import stage_rng
 from .symmetries import probe_symmetries
 
@@ -61,12 +63,13 @@ def logging_interval(trainer_kwargs: dict[str, Any], batches_per_epoch: int) -> 
 
 
 def build_trainer(trainer_kwargs: dict[str, Any], run_dir: Path, early_stop_patience: int, batches_per_epoch: int,
-                  logger: str = "csv", monitor: str = "val_loss") -> tuple[L.Trainer, ModelCheckpoint]:
+                  logger: str = "csv", monitor: str = "val_loss",
+                  what: str = "training") -> tuple[L.Trainer, ModelCheckpoint]:
     """``trainer_kwargs`` go to ``lightning.Trainer`` as given, but for ``log_every_n_steps``, which
     is capped at ``batches_per_epoch`` (the train loader's length); callbacks and loggers are added here.
 
     ``monitor`` picks the best checkpoint and drives early stopping (train_loss when there is no
-    validation share).
+    validation share). Without a progress bar the steps done go to the log as ``what``.
     """
     kwargs = {**trainer_kwargs, "log_every_n_steps": logging_interval(trainer_kwargs, batches_per_epoch)}
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_no_advert)  # once: addFilter dedups
@@ -77,6 +80,8 @@ def build_trainer(trainer_kwargs: dict[str, Any], run_dir: Path, early_stop_pati
     callbacks: list[Any] = [checkpoint, LearningRateMonitor(logging_interval="epoch")]
     if early_stop_patience > 0:
         callbacks.append(EarlyStopping(monitor=monitor, mode="min", patience=early_stop_patience))
+    if not kwargs.get("enable_progress_bar", True):
+        callbacks.append(StepProgress(what))
     loggers: list[Logger] = [CSVLogger(run_dir, name="logs", version="")]
     if logger == "tensorboard":
         from lightning.pytorch.loggers import TensorBoardLogger
@@ -85,6 +90,23 @@ def build_trainer(trainer_kwargs: dict[str, Any], run_dir: Path, early_stop_pati
     kwargs.setdefault("default_root_dir", str(run_dir))
     trainer = L.Trainer(callbacks=callbacks, logger=loggers, **kwargs)
     return trainer, checkpoint
+
+
+class StepProgress(L.Callback):
+    """Steps done and the time left, in the log (``progress.Progress``), where no progress bar shows them."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.progress: Progress | None = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        total = trainer.estimated_stepping_batches
+        if trainer.is_global_zero and math.isfinite(total):
+            self.progress = Progress(f"{self.what}, step", int(total))
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if self.progress is not None:
+            self.progress.update(trainer.global_step)
 
 
 class LossHistory(L.Callback):
@@ -193,8 +215,9 @@ def batch_plan(model: PtychoModule, batch_size: int, gridsize: int) -> tuple[int
 
 def fit(model_cfg: ModelConfig, gridsize: int, seed: int, train: PtychoData, trainer_kwargs: dict[str, Any],
         run_dir: Path, logger: str = "csv", ckpt_path: str | None = None,
-        model: PtychoModule | None = None) -> tuple[PtychoModule, TrainingOutcome]:
-    """Train (a new model, or ``model`` to fine-tune it) and return the best checkpoint's model."""
+        model: PtychoModule | None = None, what: str = "training") -> tuple[PtychoModule, TrainingOutcome]:
+    """Train (a new model, or ``model`` to fine-tune it) and return the best checkpoint's model;
+    ``what`` names the work in the log."""
     L.seed_everything(seed, workers=True, verbose=False)
     model = model or build_model(model_cfg, gridsize, train)
     groups = training_groups(train, model_cfg, gridsize, seed)
@@ -207,7 +230,7 @@ def fit(model_cfg: ModelConfig, gridsize: int, seed: int, train: PtychoData, tra
     val_loader = (make_loader(GroupedPatterns(train.diff3d, _subset(groups, va), y), per_step, False, seed)
                   if va.size else None)
     trainer, checkpoint = build_trainer(trainer_kwargs, run_dir, model_cfg.early_stop_patience, len(train_loader),
-                                        logger, "val_loss" if va.size else "train_loss")
+                                        logger, "val_loss" if va.size else "train_loss", what)
     history = LossHistory()
     trainer.callbacks.append(history)  # type: ignore[attr-defined]
     t0 = time.perf_counter()
