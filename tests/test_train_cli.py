@@ -170,8 +170,8 @@ def test_long_work_says_what_it_does_and_how_far_it_is(tmp_path, monkeypatch, ca
     assert "training, step: 1 / 8 (12%), about" in text and "training, step: 7 / 8" in text  # 2 epochs of 4
     assert "refining on the test diffraction, step: 2 / 3" in text
     assert re.search(r"fitting offsets to \d+ patterns, step: 9 / 10", text)
-    assert text.count("test positions predicted, stitched, their offsets fitted to the data") == 2  # both arms
-    assert text.count("the fit-alone reference") == 1  # computed once, for both arms
+    assert text.count("test positions (predicted, stitched, their offsets fitted to the data)") == 2  # both arms
+    assert text.count("refined: evaluating") == 1 and text.count("the fit-alone reference") == 1  # once, for both
 
 
 def test_missing_data_file_fails_truthfully_with_nonzero_exit(tmp_path):

@@ -205,7 +205,7 @@ def evaluate_reconstruction(model: PtychoModule, test: PtychoData, gridsize: int
     fit's own scores on flat patches go beside each part's (``fit_alone``; computed here unless
     given, as the refined arm is given the single pass's). ``evaluate_s`` times this method's
     reconstruction and scoring; ``fit_alone_s`` the reference, when computed here."""
-    log.info("%s evaluating: %d test positions predicted, stitched%s", title, test.n_positions,
+    log.info("%s: evaluating %d test positions (predicted, stitched%s)", title, test.n_positions,
              ", their offsets fitted to the data" if cfg.sync_phase and cfg.offset_fit_steps else "")
     t0 = time.perf_counter()
     fit = offset_fit(cfg).for_data(test.diff3d)  # the lr it used, for metrics.json
@@ -219,7 +219,7 @@ def evaluate_reconstruction(model: PtychoModule, test: PtychoData, gridsize: int
     fit_alone_s = None
     if fit.steps > 0 and cfg.fit_alone:
         if fit_alone is None:
-            log.info("%s the fit-alone reference: the same offset fit on flat patches", title)
+            log.info("%s: the fit-alone reference (the same offset fit on flat patches)", title)
             t1 = time.perf_counter()
             fit_alone = fit_alone_scores(test, gridsize, neighbours, cfg, fit)  # the same fit, counts read once
             fit_alone_s = round(time.perf_counter() - t1, 3)
