@@ -97,12 +97,23 @@ def test_each_arm_leaves_the_object_it_scored_unregistered(trained):
             assert again[key] == pytest.approx(scored[key], abs=1e-9), (arm.name, key)
 
 
-def test_same_config_gives_the_same_bundle_digest(trained, tmp_path):
-    # Again in this process, after whatever tests ran in it: the digest depends on the config alone.
+def test_same_config_again_gives_the_same_digest_and_logs_its_progress(trained, tmp_path, monkeypatch, caplog):
+    """The fixture's job again, in this process after whatever tests ran in it: the digest depends on
+    the config alone. Its log says what long work it starts and, every EVERY_S, how far it is: no
+    progress bar shows evaluation, the offset fit or refinement (nor training when its bar is off,
+    as in sweeps)."""
     _, first = trained
-    again = _train_here(tmp_path / "again")
+    monkeypatch.setattr(ptylab.progress, "EVERY_S", 0.0)  # a line at every step
+    with caplog.at_level(logging.INFO):
+        again = _train_here(tmp_path / "again")
     assert again.status == "succeeded", again.error
     assert again.bundle_sha256 == SHA_LINE.search(first.stdout).group(1)
+    text = caplog.text
+    assert "training, step: 1 / 8 (12%), about" in text and "training, step: 7 / 8" in text  # 2 epochs of 4
+    assert "refining on the test diffraction, step: 2 / 3" in text
+    assert re.search(r"fitting offsets to \d+ patterns, step: 9 / 10", text)
+    assert text.count("test positions (predicted, stitched, their offsets fitted to the data)") == 2  # both arms
+    assert text.count("refined: evaluating") == 1 and text.count("the fit-alone reference") == 1  # once, for both
 
 
 def test_reconstruct_from_the_bundle_alone(trained, tmp_path):
@@ -157,21 +168,6 @@ def _failed_truthfully(run: Path, train_file: Path) -> None:
     assert manifest["status"] == job["status"] == "failed" and job["bundle_sha256"] is None
     assert str(train_file) in job["error"]
     assert not (run / "wts.h5.zip").exists()
-
-
-def test_long_work_says_what_it_does_and_how_far_it_is(tmp_path, monkeypatch, caplog):
-    """No progress bar shows evaluation, the offset fit or refinement (nor training when its bar is
-    off, as in sweeps): each says in the log what it starts and, every EVERY_S, how far it is."""
-    monkeypatch.setattr(ptylab.progress, "EVERY_S", 0.0)  # a line at every step
-    with caplog.at_level(logging.INFO):
-        record = _train_here(tmp_path / "run")
-    assert record.status == "succeeded", record.error
-    text = caplog.text
-    assert "training, step: 1 / 8 (12%), about" in text and "training, step: 7 / 8" in text  # 2 epochs of 4
-    assert "refining on the test diffraction, step: 2 / 3" in text
-    assert re.search(r"fitting offsets to \d+ patterns, step: 9 / 10", text)
-    assert text.count("test positions (predicted, stitched, their offsets fitted to the data)") == 2  # both arms
-    assert text.count("refined: evaluating") == 1 and text.count("the fit-alone reference") == 1  # once, for both
 
 
 def test_missing_data_file_fails_truthfully_with_nonzero_exit(tmp_path):
