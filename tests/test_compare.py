@@ -6,7 +6,6 @@ import shutil
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
 
 from ptylab.config import EvalConfig
 from ptylab.evaluation import score_reconstruction
@@ -14,7 +13,7 @@ from ptylab.lsqml import ptychi_available
 from ptylab.stages.train import run_job
 from ptylab.stitching import Stitched, illuminated_bbox
 
-from .conftest import CONF, PLUMBING, ROOT, SMALL_OVERRIDES, TINY_TRAIN, run_script
+from .conftest import PLUMBING, ROOT, SMALL_OVERRIDES, TINY_TRAIN, compose_config, run_script
 
 
 def test_compare_lists_every_run_with_numbers_or_reasons(tmp_path):
@@ -23,10 +22,8 @@ def test_compare_lists_every_run_with_numbers_or_reasons(tmp_path):
     assert ok.returncode == 0, ok.stderr[-3000:]
     # The failed run in this process: train.py's exit status on bad data is test_train_cli's concern.
     failed_run = tmp_path / "failed"
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=[
-            "dataset=npz", f"dataset.train_file={tmp_path / 'absent.npz'}",
-            f"dataset.test_file={tmp_path / 'absent.npz'}", f"paths.output_root={tmp_path}", *TINY_TRAIN])
+    cfg = compose_config(["dataset=npz", f"dataset.train_file={tmp_path / 'absent.npz'}",
+                          f"dataset.test_file={tmp_path / 'absent.npz'}", f"paths.output_root={tmp_path}", *TINY_TRAIN])
     assert run_job(cfg, failed_run).status == "failed"
     (good_run,) = (p.parent for p in (tmp_path / "runs").glob("*/*/training_manifest.json"))
     missing = tmp_path / "never_ran"
@@ -81,8 +78,7 @@ def test_runs_share_a_reference_only_when_they_share_the_test_split():
     from ptylab.stages.compare import data_variant, split_key
 
     def cfg(*overrides):
-        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            return validate(compose(config_name="train", overrides=list(overrides)))
+        return validate(compose_config(list(overrides)))
 
     base = cfg("dose=1000")
     same = cfg("dose=1000", "gridsize=1", "model=supervised", "model.lr=0.01")  # same positions and counts

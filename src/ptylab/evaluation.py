@@ -205,10 +205,10 @@ def evaluate_reconstruction(model: PtychoModule, test: PtychoData, gridsize: int
     fit's own scores on flat patches go beside each part's (``fit_alone``; computed here unless
     given, as the refined arm is given the single pass's). ``evaluate_s`` times this method's
     reconstruction and scoring; ``fit_alone_s`` the reference, when computed here."""
-    log.info("%s: evaluating %d test positions (predicted, stitched%s)", title, test.n_positions,
-             ", their offsets fitted to the data" if cfg.sync_phase and cfg.offset_fit_steps else "")
     t0 = time.perf_counter()
     fit = offset_fit(cfg).for_data(test.diff3d)  # the lr it used, for metrics.json
+    log.info("%s: evaluating %d test positions (predicted, stitched%s)", title, test.n_positions,
+             ", their offsets fitted to the data" if fit.steps > 0 else "")
     stitched = reconstruct(model, test, gridsize, neighbours, cfg.stitch_crop, cfg.batch_size,
                            sync_phase=cfg.sync_phase, tile_patches=cfg.tile_patches, scratch_dir=run_dir,
                            offset_fit=fit, average_symmetries=cfg.average_symmetries)

@@ -12,18 +12,17 @@ EVERY_S = 30.0
 
 
 class Progress:
-    """Logs ``done / total`` and the time left, at most every ``every_s`` seconds (default
-    ``EVERY_S``): a loop shorter than that logs nothing, a 200k-position evaluation or a 1000-step
-    refinement a line every half minute."""
+    """Logs ``done / total`` and the time left, at most every ``EVERY_S`` seconds: a loop shorter
+    than that logs nothing, a 200k-position evaluation or a 1000-step refinement a line every half
+    minute."""
 
-    def __init__(self, what: str, total: int, every_s: float | None = None):
+    def __init__(self, what: str, total: int):
         self.what, self.total = what, total
-        self.every_s = EVERY_S if every_s is None else every_s
         self.start = self.last = time.monotonic()
 
     def update(self, done: int) -> None:
         now = time.monotonic()
-        if now - self.last >= self.every_s and 0 < done < self.total:
+        if now - self.last >= EVERY_S and 0 < done < self.total:
             self.last = now
             rate = done / (now - self.start)
             log.info("%s: %d / %d (%.0f%%), about %.0f s left", self.what, done, self.total, 100 * done / self.total,
