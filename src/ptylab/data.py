@@ -11,11 +11,13 @@ from __future__ import annotations
 import json
 import zipfile
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .batches import mean_total_counts
 from .errors import PtylabError
 from .fileio import atomic_write_with
 from .physics import patches_inside
@@ -101,6 +103,12 @@ class PtychoData:
     @property
     def N(self) -> int:
         return int(self.diff3d.shape[-1])
+
+    @cached_property
+    def mean_counts(self) -> float:
+        """Mean total counts per pattern. Read once per split: the derived intensity scale, LSQML's
+        probe and its matched start all need it, and on a large file each read is a pass over it."""
+        return mean_total_counts(self.diff3d)
 
     def subset(self, index: np.ndarray) -> PtychoData:
         """The positions ``index`` (a view or a split), keeping their original scan indices."""

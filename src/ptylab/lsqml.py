@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from .batches import mean_total_counts
 from .config import EvalConfig
 from .data import PtychoData
 from .models.factory import derived_intensity_scale
@@ -79,7 +78,7 @@ def matched_start(start: Stitched, data: PtychoData, chunk: int = 4096) -> np.nd
         x = torch.from_numpy(np.asarray(data.xcoords[first : first + chunk], np.float64))
         y = torch.from_numpy(np.asarray(data.ycoords[first : first + chunk], np.float64))
         modelled += float((probe * extract_patches(canvas, x, y, data.N)).abs().square().sum())
-    measured = mean_total_counts(data.diff3d) * data.n_positions
+    measured = data.mean_counts * data.n_positions
     factor = math.sqrt(measured / (data_scale(data) ** 2 * modelled))
     return (obj * factor).astype(np.complex64)
 

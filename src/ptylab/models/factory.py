@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..batches import input_scale, mean_total_counts
+from ..batches import input_scale
 from ..config import ModelConfig, PinnConfig, SupervisedConfig
 from ..data import PtychoData
 from ..errors import ConfigError, PtylabError
@@ -23,8 +23,7 @@ def derived_intensity_scale(train: PtychoData, reference_amplitude: float = 1.0)
     The model's amplitudes then come out as the true ones times reference / (the object's RMS
     amplitude), whatever the user's units. Computed in chunks.
     """
-    mean_counts = mean_total_counts(train.diff3d)
-    return float(np.sqrt(mean_counts / float((np.abs(train.probe) ** 2).sum()))) / reference_amplitude
+    return float(np.sqrt(train.mean_counts / float((np.abs(train.probe) ** 2).sum()))) / reference_amplitude
 
 
 def build_model(model_cfg: ModelConfig, gridsize: int, train: PtychoData) -> PtychoModule:
