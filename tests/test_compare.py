@@ -118,12 +118,12 @@ def test_the_study_report_takes_every_lsqml_row_compare_wrote(tmp_path):
     (tmp_path / "cmp").mkdir()
     (tmp_path / "cmp" / "comparison.json").write_text(json.dumps(rows))
     got = lsqml_rows(tmp_path)  # the network rows come from the jobs' own manifests, not from here
-    assert [(r["model"], r["phase_ssim"], r["duration_s"], r["variant"]) for r in got] == [
+    assert [(r["method"], r["phase_ssim"], r["duration_s"], r["variant"]) for r in got] == [
         ("LSQML", 0.6, 1.0, "v1"), ("LSQML from PINN gs2 refined", 0.7, 2.0, "v2"), ("LSQML", 0.8, 1.0, "v1"),
         ("LSQML", 0.1, 1.0, "other data")]
     # averaged over the seeds of one test data only (with the first grouping, over both datasets too)
     means = seed_means(got)
-    assert [(m["model"], m["runs"], m["variant"]) for m in means] == [
+    assert [(m["method"], m["runs"], m["variant"]) for m in means] == [
         ("LSQML", 2, "v1"), ("LSQML from PINN gs2 refined", 1, "v2"), ("LSQML", 1, "other data")]
     assert means[0]["phase_ssim_mean"] == pytest.approx(0.7)
 

@@ -128,6 +128,13 @@ class JobRecord:
         return record
 
 
+def method_name(context: dict[str, Any], refined: bool = False) -> str:
+    """The name comparison and study tables give a job's method: ``PINN gs2``, ``PINN gs2 refined``,
+    ``supervised``."""
+    name = f"PINN gs{context['gridsize']}" if context["model"] == "pinn" else str(context["model"])
+    return f"{name} refined" if refined else name
+
+
 def write_manifest(run_dir: Path, record: JobRecord) -> Path:
     """One job per invocation directory; skipped views are summarised at the top level too."""
     skipped = [record.view] if record.status == Status.skipped and record.view else []

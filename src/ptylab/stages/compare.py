@@ -25,7 +25,7 @@ from ..datasets import load_job_data
 from ..evaluation import headline
 from ..figures import complex_panels, frc_curves
 from ..fileio import atomic_write_json, atomic_write_text
-from ..manifest import read_manifest
+from ..manifest import method_name, read_manifest
 from ..refine import REFINE_DIR
 from ..stitching import OBJECT_FILE, read_object
 from ..tables import csv_text, markdown_lines
@@ -37,12 +37,6 @@ COLUMNS = ["method", "dose", "view", "seed", "status", "reason", "amplitude_ssim
            "amplitude_fit_alone_ssim", "amplitude_corr", "amplitude_psnr", "amplitude_frc50_px", "phase_ssim",
            "phase_flat_ssim", "phase_fit_alone_ssim", "phase_corr", "phase_psnr", "phase_frc50_px", "train_s",
            "reconstruct_s", "iterations", "source", "variant"]
-
-
-def method_name(context: dict[str, Any]) -> str:
-    if context["model"] == "pinn":
-        return f"PINN gs{context['gridsize']}"
-    return str(context["model"])
 
 
 def run_rows(run_dir: Path) -> list[dict[str, Any]]:
@@ -65,7 +59,7 @@ def run_rows(run_dir: Path) -> list[dict[str, Any]]:
     rows = [_with_metrics(row, run_dir, run_dir / "metrics.json")]
     refined = job.get("refined")
     if refined:
-        ref = {**row, "method": f"{row['method']} refined", "metrics_dir": REFINE_DIR}
+        ref = {**row, "method": method_name(ctx, refined=True), "metrics_dir": REFINE_DIR}
         ref = _with_metrics(ref, run_dir, run_dir / refined["metrics_path"])
         if ref["reconstruct_s"] is not None:
             ref["reconstruct_s"] += refined["refine_s"]

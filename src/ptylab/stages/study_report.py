@@ -17,19 +17,15 @@ from typing import Any
 from ..config import format_dose, run_variant
 from ..figures import metric_vs_dose
 from ..fileio import atomic_write_text
-from ..manifest import MANIFEST_NAME, read_manifest
+from ..manifest import MANIFEST_NAME, method_name, read_manifest
 from ..tables import cell, csv_text, markdown_lines
 
 METRICS = ["amplitude_ssim", "phase_ssim", "amplitude_corr", "phase_corr", "amplitude_psnr", "phase_psnr",
            "amplitude_frc50_px", "phase_frc50_px"]
-COLUMNS = ["dose", "view", "model", "gridsize", "seed", "status", *METRICS, "below_flat", "below_fit_alone",
+COLUMNS = ["dose", "view", "method", "model", "gridsize", "seed", "status", *METRICS, "below_flat", "below_fit_alone",
            "amplitude_flat_ssim", "phase_flat_ssim", "amplitude_fit_alone_ssim", "phase_fit_alone_ssim",
            "amplitude_ms_ssim", "phase_ms_ssim", "amplitude_mae", "phase_mae", "epochs", "steps",
            "duration_s", "bundle_sha256", "run_dir", "reason", "variant"]
-
-
-def _method(model: str, gridsize: Any) -> str:
-    return f"{model} gs{gridsize}" if model.startswith("pinn") else model
 
 
 def job_rows(sweep_dir: Path) -> list[dict[str, Any]]:
@@ -41,7 +37,8 @@ def job_rows(sweep_dir: Path) -> list[dict[str, Any]]:
         for job in manifest["jobs"]:
             ctx = job["context"]
             row: dict[str, Any] = {c: None for c in COLUMNS}
-            row.update(dose=ctx["dose"], view=ctx["view"], model=ctx["model"], gridsize=ctx["gridsize"],
+            row.update(dose=ctx["dose"], view=ctx["view"], method=method_name(ctx), model=ctx["model"],
+                       gridsize=ctx["gridsize"],
                        seed=ctx.get("seed"), status=job["status"], epochs=job.get("epochs"),
                        duration_s=job.get("duration_s"),
                        bundle_sha256=job.get("bundle_sha256"), run_dir=str(path.parent.relative_to(sweep_dir)),
@@ -50,7 +47,7 @@ def job_rows(sweep_dir: Path) -> list[dict[str, Any]]:
             row["variant"] = run_variant(path.parent)
             rows.append(_scored(row, path.parent / "metrics.json", job["status"]))
             if job.get("refined"):
-                refined = {**row, "model": f"{ctx['model']}-refined", "steps": job["refined"]["steps"],
+                refined = {**row, "method": method_name(ctx, refined=True), "steps": job["refined"]["steps"],
                            "duration_s": job["refined"]["refine_s"]}
                 rows.append(_scored(refined, path.parent / job["refined"]["metrics_path"], job["status"]))
     return rows
@@ -80,7 +77,7 @@ def lsqml_rows(sweep_dir: Path) -> list[dict[str, Any]]:
                 continue
             row: dict[str, Any] = {c: None for c in COLUMNS}
             row.update({k: r.get(k) for k in METRICS})
-            row.update(dose=r["dose"], view=r["view"], model=r["method"], gridsize="-", seed=r.get("seed"),
+            row.update(dose=r["dose"], view=r["view"], method=r["method"], model="lsqml", seed=r.get("seed"),
                        status=r["status"],
                        duration_s=r.get("reconstruct_s"), reason=r.get("reason"),
                        run_dir=str(path.parent.relative_to(sweep_dir)), variant=r.get("variant") or "")
@@ -95,9 +92,9 @@ def _png_b64(path: Path) -> str:
 def write_report(sweep_dir: Path, out_dir: Path) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = sorted(job_rows(sweep_dir) + lsqml_rows(sweep_dir),
-                  key=lambda r: (r["dose"] or 0, r["view"] or "", r["model"], str(r["gridsize"]), r["seed"] or 0))
+                  key=lambda r: (r["dose"] or 0, r["view"] or "", r["method"], r["seed"] or 0))
     atomic_write_text(out_dir / "study.csv", csv_text(rows, COLUMNS))
-    shown = ["dose", "view", "model", "gridsize", "seed", "status", *METRICS, "below_flat", "below_fit_alone"]
+    shown = ["dose", "view", "method", "seed", "status", *METRICS, "below_flat", "below_fit_alone"]
     md = markdown_lines(rows, shown)
     md += ["", "below_flat: how many of the six scores (SSIM, PSNR, correlation; amplitude and phase) do not beat "
            "a flat image of the truth's mean on the same region; anything above 0 is flagged, not a success.",
@@ -113,7 +110,7 @@ def write_report(sweep_dir: Path, out_dir: Path) -> dict[str, Any]:
     problems = [r for r in rows if r["status"] != "succeeded"]
     if problems:
         md += ["", "Jobs that did not succeed:", ""]
-        md += [f"- dose {cell(r['dose'], 'dose')} {r['view']} {_method(r['model'], r['gridsize'])}: {r['status']} - "
+        md += [f"- dose {cell(r['dose'], 'dose')} {r['view']} {r['method']}: {r['status']} - "
                f"{r['reason']}" for r in problems]
     atomic_write_text(out_dir / "study.md", "\n".join(md) + "\n")
     plots = []
@@ -121,7 +118,7 @@ def write_report(sweep_dir: Path, out_dir: Path) -> dict[str, Any]:
         series: dict[str, tuple[list[float], list[float]]] = {}
         for r in rows:
             if r["status"] == "succeeded" and isinstance(r[metric], int | float):
-                key = f"{_method(r['model'], r['gridsize'])} {r['view']}"
+                key = f"{r['method']} {r['view']}"
                 series.setdefault(key, ([], []))
                 series[key][0].append(float(r["dose"]))
                 series[key][1].append(float(r[metric]))
@@ -134,9 +131,9 @@ def write_report(sweep_dir: Path, out_dir: Path) -> dict[str, Any]:
             "seed_means": len(means)}
 
 
-MEAN_COLUMNS = ["dose", "view", "model", "gridsize", "runs", *(f"{m}_{s}" for m in METRICS for s in ("mean", "std")),
+MEAN_COLUMNS = ["dose", "view", "method", "runs", *(f"{m}_{s}" for m in METRICS for s in ("mean", "std")),
                 "variant"]
-MEAN_SHOWN = ["dose", "view", "model", "gridsize", "runs", *METRICS, "variant"]
+MEAN_SHOWN = ["dose", "view", "method", "runs", *METRICS, "variant"]
 
 
 def seed_means(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -147,13 +144,12 @@ def seed_means(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for r in rows:
         if r["status"] == "succeeded":
-            groups.setdefault((r["dose"], r["view"], r["model"], r["gridsize"], r.get("variant") or ""), []).append(r)
+            groups.setdefault((r["dose"], r["view"], r["method"], r.get("variant") or ""), []).append(r)
     if all(len({r["seed"] for r in g}) < 2 for g in groups.values()):
         return []
     out = []
-    for (dose, view, model, gridsize, var), group in groups.items():
-        row: dict[str, Any] = {"dose": dose, "view": view, "model": model, "gridsize": gridsize,
-                               "runs": len(group), "variant": var}
+    for (dose, view, method, var), group in groups.items():
+        row: dict[str, Any] = {"dose": dose, "view": view, "method": method, "runs": len(group), "variant": var}
         for m in METRICS:
             values = [float(r[m]) for r in group if isinstance(r[m], int | float)]
             row[f"{m}_mean"] = mean(values) if values else None
@@ -164,7 +160,7 @@ def seed_means(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _mean_cells(row: dict[str, Any]) -> dict[str, Any]:
     """A seed-means row for display: each score as 'mean ± std'."""
-    shown = {k: row[k] for k in ("dose", "view", "model", "gridsize", "runs", "variant")}
+    shown = {k: row[k] for k in ("dose", "view", "method", "runs", "variant")}
     for m in METRICS:
         mu, sd = row[f"{m}_mean"], row[f"{m}_std"]
         shown[m] = "" if mu is None else f"{mu:.4g} ± {sd:.2g}"
@@ -183,7 +179,7 @@ def _write_html(path: Path, sweep_dir: Path, rows: list[dict[str, Any]], shown: 
     e = html.escape
     over_seeds = f"<h2>Over seeds (mean ± standard deviation)</h2>{_table_html(means, MEAN_SHOWN)}" if means else ""
     issues = "".join(f"<li>dose {e(cell(r['dose'], 'dose'))} {e(str(r['view']))} "
-                     f"{e(_method(r['model'], r['gridsize']))}: <b>{e(r['status'])}</b> &mdash; "
+                     f"{e(r['method'])}: <b>{e(r['status'])}</b> &mdash; "
                      f"{e(str(r['reason']))}</li>" for r in problems)
     figs = "".join(f'<figure><img alt="{e(p.stem)}" src="data:image/png;base64,{_png_b64(p)}"></figure>' for p in plots)
     doses = ", ".join(sorted({format_dose(float(r["dose"])) for r in rows if r["dose"]}))
