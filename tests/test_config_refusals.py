@@ -28,6 +28,7 @@ def test_key_of_another_kind_fails_at_composition(overrides, schema):
     ("model.object_support=centre", "center, full"),
     ("model.amp_activation=relu", "sigmoid, swish"),
     ("model.schedule=linear", "cosine, constant, plateau"),
+    ("model.group_norm=batch", "none, phase_decoder, all"),
     ("view.name=medium", "dense, sparse, full, custom"),
     ("logger=wandb", "csv, tensorboard"),
 ])
@@ -43,6 +44,7 @@ def test_wrong_choice_fails_at_composition_with_the_valid_ones(override, valid):
     (["gridsize=4"], "gridsize=4"),
     (["view.target_overlap=1.5"], "view.target_overlap=1.5"),
     (["model.lr=0"], "model.lr=0.0"),
+    (["model.separate_decoders=false", "model.group_norm=phase_decoder"], "model.group_norm='phase_decoder'"),
     (["model=supervised", "gridsize=2"], "gridsize=2"),
     (["gridsize=1", "model.oversample=2"], "model.oversample=2"),
     (["dataset.N=30"], "dataset.N=30"),

@@ -117,11 +117,12 @@ def test_refinement_uses_the_probes_symmetries_only_when_asked(small_dataset_cfg
     assert outcome.groups["symmetries"] == (len(probe_symmetries(data.test.probe)) if augment else 1)
 
 
-def test_bf16_autocast_leaves_amplitude_and_phase_in_full_precision(small_dataset_cfg, tmp_path):
+@pytest.mark.parametrize("group_norm", ["none", "phase_decoder"])
+def test_bf16_autocast_leaves_amplitude_and_phase_in_full_precision(small_dataset_cfg, tmp_path, group_norm):
     """Under bf16 autocast (trainer=cpu on a CPU with AMX) the convolutions run in bf16 but the
     heads do not: a bf16 phase would move in steps of about 0.01 rad."""
     train = load_or_simulate(small_dataset_cfg, 1e4, 0, tmp_path / "cache").train
-    model = build_model(PinnConfig(base_filters=[8, 16, 32]), 2, train)
+    model = build_model(PinnConfig(base_filters=[8, 16, 32], group_norm=group_norm), 2, train)
     diff = GroupedPatterns(train.diff3d, group_positions(train.xcoords, train.ycoords, 2, 7)).__getitems__([0])["diff"]
     with torch.no_grad():
         _, phase32 = model.predict_amp_phase(diff)
@@ -130,12 +131,16 @@ def test_bf16_autocast_leaves_amplitude_and_phase_in_full_precision(small_datase
     assert amp.dtype == phase.dtype == torch.float32
     assert not torch.equal(phase, phase.bfloat16().float())  # values bf16 cannot hold
     assert not torch.equal(phase, phase32)  # the convolutions did run in bf16
-    torch.testing.assert_close(phase, phase32, atol=0.05, rtol=0)
+    # bf16's 8-bit mantissa through the convolutions: a few per cent of the phase's spread. (An untrained
+    # network's phase spans about 0.01 rad without normalisation and about 2 rad with it.)
+    assert float((phase - phase32).square().mean().sqrt()) < 0.05 * float(phase32.std())
 
 
-def test_per_pattern_network_predicts_each_pattern_from_itself_alone(small_dataset_cfg, tmp_path):
+@pytest.mark.parametrize("group_norm", ["none", "phase_decoder", "all"])
+def test_per_pattern_network_predicts_each_pattern_from_itself_alone(small_dataset_cfg, tmp_path, group_norm):
     train = load_or_simulate(small_dataset_cfg, 1e4, 0, tmp_path / "cache").train
-    model = build_model(PinnConfig(base_filters=[8, 16, 32], per_pattern=True), 2, train)
+    model = build_model(PinnConfig(base_filters=[8, 16, 32], per_pattern=True, group_norm=group_norm), 2, train)
+    model.train()  # group normalisation is per sample in training too (a batch norm's would mix the batch)
     ds = GroupedPatterns(train.diff3d, group_positions(train.xcoords, train.ycoords, 2, 7))
     diff = ds.__getitems__([0, 1])["diff"]
     with torch.no_grad():

@@ -67,6 +67,7 @@ class PtychoModule(L.LightningModule):
         separate_decoders: bool,
         per_pattern: bool = False,
         decoder_width: float = 1.0,
+        group_norm: str = "none",
     ):
         super().__init__()
         if amp_activation not in AMP_ACTIVATIONS:
@@ -81,7 +82,7 @@ class PtychoModule(L.LightningModule):
         io = 1 if per_pattern else channels
         net = EncoderDecoder(io, io, filters, separate_decoders,
                              out_size_factor=2 if object_support == "center" else 1, layout=decoder,
-                             decoder_width=decoder_width)
+                             decoder_width=decoder_width, group_norm=group_norm)
         initialise(net, init)
         # channels-last convolutions run 10-25% faster on these CPUs (docs/performance.md).
         self.net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]

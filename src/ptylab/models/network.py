@@ -18,18 +18,38 @@ import itertools
 import torch
 from torch import nn
 
+# Where group normalisation goes: nowhere, the phase decoder's blocks only, or every block.
+GROUP_NORMS = ("none", "phase_decoder", "all")
+NORM_GROUPS = 8
 
-def _block(cin: int, cout: int, convs: int = 2) -> nn.Sequential:
+
+class _GroupNorm32(nn.GroupNorm):
+    """Group normalisation computed in fp32 under bf16 autocast (where torch's CPU autocast would
+    run it in bf16): its mean and variance over a group are sums that bf16 would round coarsely."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            return super().forward(x.float())
+
+
+def _block(cin: int, cout: int, convs: int = 2, norm: bool = False) -> nn.Sequential:
+    """``convs`` 3x3 convolutions, each followed by ReLU; with ``norm`` a group normalisation before
+    each ReLU (``NORM_GROUPS`` groups; computed per sample, so training and inference agree and a
+    pattern's prediction never depends on its batch, as a batch norm's would)."""
     layers: list[nn.Module] = []
     for i in range(convs):
-        layers += [nn.Conv2d(cin if i == 0 else cout, cout, 3, padding=1), nn.ReLU(inplace=True)]
+        layers.append(nn.Conv2d(cin if i == 0 else cout, cout, 3, padding=1))
+        if norm:
+            layers.append(_GroupNorm32(min(NORM_GROUPS, cout), cout))
+        layers.append(nn.ReLU(inplace=True))
     return nn.Sequential(*layers)
 
 
 class Decoder(nn.Module):
     """Bottleneck (N/8, ``in_channels``) -> output size, doubling ``levels`` times through ``filters`` reversed."""
 
-    def __init__(self, in_channels: int, filters: list[int], out_channels: int, levels: int, layout: str):
+    def __init__(self, in_channels: int, filters: list[int], out_channels: int, levels: int, layout: str,
+                 norm: bool = False):
         super().__init__()
         widths = [in_channels, *filters[::-1]][: levels + 1]
         while len(widths) < levels + 1:
@@ -37,10 +57,11 @@ class Decoder(nn.Module):
         pairs = list(itertools.pairwise(widths))
         if layout == "transposed":
             self.ups = nn.ModuleList(nn.ConvTranspose2d(a, a, 2, stride=2) for a in widths[:-1])
-            self.blocks = nn.ModuleList(_block(a, b) for a, b in pairs)
+            self.blocks = nn.ModuleList(_block(a, b, norm=norm) for a, b in pairs)
         elif layout == "upsample":
             self.ups = nn.ModuleList(nn.Upsample(scale_factor=2, mode="nearest") for _ in pairs)
-            self.blocks = nn.ModuleList(_block(a, b, 1 if i == len(pairs) - 1 else 2) for i, (a, b) in enumerate(pairs))
+            self.blocks = nn.ModuleList(_block(a, b, 1 if i == len(pairs) - 1 else 2, norm)
+                                        for i, (a, b) in enumerate(pairs))
         else:
             raise ValueError(f"decoder layout must be 'upsample' or 'transposed', got '{layout}'")
         self.head = nn.Conv2d(widths[-1], out_channels, 1)
@@ -65,23 +86,29 @@ class EncoderDecoder(nn.Module):
     """
 
     def __init__(self, in_channels: int, out_channels: int, filters: list[int], separate_decoders: bool,
-                 out_size_factor: int = 2, layout: str = "upsample", decoder_width: float = 1.0):
+                 out_size_factor: int = 2, layout: str = "upsample", decoder_width: float = 1.0,
+                 group_norm: str = "none"):
         super().__init__()
+        if group_norm not in GROUP_NORMS:
+            raise ValueError(f"model.group_norm must be one of {GROUP_NORMS}, got '{group_norm}'")
+        if group_norm == "phase_decoder" and not separate_decoders:
+            raise ValueError("model.group_norm=phase_decoder needs model.separate_decoders=true")
+        everywhere = group_norm == "all"
         self.down = nn.ModuleList()
         cin = in_channels
         for f in filters:
-            self.down.append(_block(cin, f))
+            self.down.append(_block(cin, f, norm=everywhere))
             cin = f
         self.pool = nn.MaxPool2d(2)
-        self.bottleneck = _block(filters[-1], filters[-1])
+        self.bottleneck = _block(filters[-1], filters[-1], norm=everywhere)
         levels = len(filters) - (out_size_factor.bit_length() - 1)
         self.separate = separate_decoders
         dec = [max(1, round(f * decoder_width)) for f in filters]
         if separate_decoders:
-            self.amp_decoder = Decoder(filters[-1], dec, out_channels, levels, layout)
-            self.phase_decoder = Decoder(filters[-1], dec, out_channels, levels, layout)
+            self.amp_decoder = Decoder(filters[-1], dec, out_channels, levels, layout, everywhere)
+            self.phase_decoder = Decoder(filters[-1], dec, out_channels, levels, layout, group_norm != "none")
         else:
-            self.decoder = Decoder(filters[-1], dec, 2 * out_channels, levels, layout)
+            self.decoder = Decoder(filters[-1], dec, 2 * out_channels, levels, layout, everywhere)
         self.out_channels = out_channels
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -46,10 +46,11 @@ class PINN(PtychoModule):
         per_pattern: bool = False,
         probe: torch.Tensor | None = None,
         decoder_width: float = 1.0,  # bundles written before it existed load with 1.0, as they were
+        group_norm: str = "none",  # and without normalisation
     ):
         super().__init__(N, gridsize**2, list(base_filters), width, object_support, amp_activation,
                          input_scale, lr, schedule, warmup_steps, min_lr, lr_factor, lr_patience, init, decoder,
-                         separate_decoders, per_pattern, decoder_width)
+                         separate_decoders, per_pattern, decoder_width, group_norm)
         self.save_hyperparameters(ignore=["probe"])
         start = torch.zeros(2, N, N) if probe is None else torch.stack((probe.real, probe.imag)).float()
         self.probe_ri = nn.Parameter(start, requires_grad=probe_trainable)

@@ -27,10 +27,11 @@ class Supervised(PtychoModule):
         decoder: str = "upsample",
         separate_decoders: bool = True,
         decoder_width: float = 1.0,
+        group_norm: str = "none",
     ):
         super().__init__(N, gridsize**2, list(base_filters), width, object_support, amp_activation,
                          input_scale, lr, schedule, warmup_steps, min_lr, lr_factor, lr_patience, init, decoder,
-                         separate_decoders, decoder_width=decoder_width)
+                         separate_decoders, decoder_width=decoder_width, group_norm=group_norm)
         self.save_hyperparameters()
 
     def training_loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
