@@ -196,8 +196,8 @@ def test_offset_fit_rate_follows_the_counts_unless_set(tmp_path):
         diff = np.lib.format.open_memmap(tmp_path / f"d{counts}.npy", "w+", np.float32, (40, 8, 8))
         diff[:] = np.sqrt(counts / 64)  # amplitudes whose squares sum to ``counts`` per pattern
         assert mean_total_counts(diff, chunk=7) == pytest.approx(counts, rel=1e-5)
-        assert OffsetFit().for_data(diff).lr == pytest.approx(auto_lr(counts))
-        assert OffsetFit(lr=0.05).for_data(diff).lr == 0.05
+        assert OffsetFit().for_counts(mean_total_counts(diff)).lr == pytest.approx(auto_lr(counts))
+        assert OffsetFit(lr=0.05).for_counts(counts).lr == 0.05
     rates = [auto_lr(c) for c in (300.0, 1e3, 2e3, 4e3, 9e3, 1e5)]
     assert rates[0] == rates[1] == AUTO_LR and rates[-2] == rates[-1] == pytest.approx(AUTO_LR_MAX)
     assert rates[1] < rates[2] < rates[3] < rates[4]

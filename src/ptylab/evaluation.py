@@ -206,7 +206,7 @@ def evaluate_reconstruction(model: PtychoModule, test: PtychoData, gridsize: int
     given, as the refined arm is given the single pass's). ``evaluate_s`` times this method's
     reconstruction and scoring; ``fit_alone_s`` the reference, when computed here."""
     t0 = time.perf_counter()
-    fit = offset_fit(cfg).for_data(test.diff3d)  # the lr it used, for metrics.json
+    fit = offset_fit(cfg).for_counts(test.mean_counts)  # the lr it used, for metrics.json
     log.info("%s: evaluating %d test positions (predicted, stitched%s)", title, test.n_positions,
              ", their offsets fitted to the data" if fit.steps > 0 else "")
     stitched = reconstruct(model, test, gridsize, neighbours, cfg.stitch_crop, cfg.batch_size,

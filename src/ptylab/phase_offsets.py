@@ -87,7 +87,7 @@ class OffsetFit:
     settings and their bundle keys are defined."""
 
     steps: int = 100
-    lr: float | None = None  # None: from the data's counts (``for_data``)
+    lr: float | None = None  # None: from the data's counts (``for_counts``)
     gains: bool = True  # also fit one amplitude gain per patch
     order: int = 2  # polynomial order per patch: 0 offset (and gain), 1 + ramps, 2 + curvature, astigmatism
     ramp: bool = True  # also move all offsets together along a phase ramp across the tile
@@ -107,9 +107,10 @@ class OffsetFit:
                    bool(info.get("offset_fit_gains", False)), int(info.get("offset_fit_order", 0)),
                    bool(info.get("offset_fit_ramp", False)))
 
-    def for_data(self, diff: np.ndarray) -> OffsetFit:
-        """These settings with a numeric lr: the one set, or ``auto_lr`` of ``diff``'s counts."""
-        return self if self.lr is not None else replace(self, lr=auto_lr(mean_total_counts(diff)))
+    def for_counts(self, mean_counts: float) -> OffsetFit:
+        """These settings with a numeric lr: the one set, or ``auto_lr`` of the data's mean total
+        counts per pattern."""
+        return self if self.lr is not None else replace(self, lr=auto_lr(mean_counts))
 
 
 def auto_lr(counts: float) -> float:
@@ -143,7 +144,8 @@ class Evidence:
     fit: OffsetFit = field(default_factory=OffsetFit)
 
     def __post_init__(self) -> None:
-        self.fit = self.fit.for_data(self.diff)  # one lr for every tile of the scan
+        if self.fit.lr is None:  # one lr for every tile of the scan
+            self.fit = self.fit.for_counts(mean_total_counts(self.diff))
 
 
 def fit_offsets(canvas_of: Callable[[torch.Tensor], torch.Tensor], start: torch.Tensor, evidence: Evidence,
