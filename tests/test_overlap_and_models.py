@@ -119,7 +119,7 @@ def test_refinement_uses_the_probes_symmetries_only_when_asked(small_dataset_cfg
 
 @pytest.mark.parametrize("group_norm", ["none", "phase_decoder"])
 def test_bf16_autocast_leaves_amplitude_and_phase_in_full_precision(small_dataset_cfg, tmp_path, group_norm):
-    """Under bf16 autocast (trainer=cpu on a CPU with AMX) the convolutions run in bf16 but the
+    """Under bf16 autocast (trainer=cpu on a CPU with AVX512-BF16) the convolutions run in bf16 but the
     heads do not: a bf16 phase would move in steps of about 0.01 rad."""
     train = load_or_simulate(small_dataset_cfg, 1e4, 0, tmp_path / "cache").train
     model = build_model(PinnConfig(base_filters=[8, 16, 32], group_norm=group_norm), 2, train)
