@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ptylab import stitching
-from ptylab.batches import mean_total_counts
+from ptylab.data import mean_total_counts
 from ptylab.phase_offsets import AUTO_LR, AUTO_LR_MAX, Evidence, OffsetFit, auto_lr, fit_offsets
 from ptylab.physics import extract_patches, far_field, make_object, make_probe, poisson_sample, raster_scan
 from ptylab.rng import stage_rng

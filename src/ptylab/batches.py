@@ -117,18 +117,6 @@ def split_train_val(n: int, val_fraction: float, rng: np.random.Generator) -> tu
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
 
-STAT_CHUNK = 4096
-
-
-def mean_total_counts(diff: np.ndarray, chunk: int = STAT_CHUNK) -> float:
-    """Mean over patterns of the total counts sum(diff^2), in chunks: memory stays flat for any M."""
-    total = 0.0
-    for start in range(0, diff.shape[0], chunk):
-        block = np.asarray(diff[start : start + chunk], dtype=np.float64)
-        total += float(np.square(block).sum())
-    return total / max(diff.shape[0], 1)
-
-
 def input_scale(diff: np.ndarray) -> float:
     """Scale that makes the mean total normalised intensity (N/2)^2, recorded for inference."""
     n = diff.shape[-1]

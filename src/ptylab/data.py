@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 
-from .batches import mean_total_counts
 from .errors import PtylabError
 from .fileio import atomic_write_with
 from .physics import patches_inside
@@ -81,6 +80,18 @@ def take_rows(arr: Any, index: np.ndarray) -> Any:
     if isinstance(arr, np.memmap):
         return RowSubset(arr, index)
     return arr[index]
+
+
+STAT_CHUNK = 4096
+
+
+def mean_total_counts(diff: np.ndarray, chunk: int = STAT_CHUNK) -> float:
+    """Mean over patterns of the total counts sum(diff^2), in chunks: memory stays flat for any M."""
+    total = 0.0
+    for start in range(0, diff.shape[0], chunk):
+        block = np.asarray(diff[start : start + chunk], dtype=np.float64)
+        total += float(np.square(block).sum())
+    return total / max(diff.shape[0], 1)
 
 
 @dataclass

@@ -44,13 +44,12 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import torch
 
-from .batches import mean_total_counts
 from .physics import extract_patches, far_field, poisson_nll
 from .progress import Progress
 
@@ -133,7 +132,8 @@ class Evidence:
 
     ``diff`` (P, N, N) are measured amplitudes (square roots of counts), indexable by an integer
     array (a memory map works); ``pattern`` (M,) says which pattern each patch was predicted from;
-    ``x``, ``y`` (P,) are the patterns' positions on the object canvas.
+    ``x``, ``y`` (P,) are the patterns' positions on the object canvas. ``fit`` carries a numeric
+    rate, one for every tile of the scan (``OffsetFit.for_counts`` of the split's ``mean_counts``).
     """
 
     diff: np.ndarray
@@ -141,11 +141,11 @@ class Evidence:
     x: np.ndarray
     y: np.ndarray
     probe: np.ndarray
-    fit: OffsetFit = field(default_factory=OffsetFit)
+    fit: OffsetFit
 
     def __post_init__(self) -> None:
-        if self.fit.lr is None:  # one lr for every tile of the scan
-            self.fit = self.fit.for_counts(mean_total_counts(self.diff))
+        if self.fit.lr is None:
+            raise ValueError("the offset fit's rate is unresolved: pass OffsetFit.for_counts(data.mean_counts)")
 
 
 def fit_offsets(canvas_of: Callable[[torch.Tensor], torch.Tensor], start: torch.Tensor, evidence: Evidence,
