@@ -44,6 +44,7 @@ def test_wrong_choice_fails_at_composition_with_the_valid_ones(override, valid):
     (["gridsize=4"], "gridsize=4"),
     (["view.target_overlap=1.5"], "view.target_overlap=1.5"),
     (["model.lr=0"], "model.lr=0.0"),
+    (["model.phase_tv=-0.1"], "model.phase_tv=-0.1"),
     (["model.separate_decoders=false", "model.group_norm=phase_decoder"], "model.group_norm='phase_decoder'"),
     (["model=supervised", "gridsize=2"], "gridsize=2"),
     (["gridsize=1", "model.oversample=2"], "model.oversample=2"),

@@ -15,6 +15,7 @@ from ptylab.grouping import group_positions
 from ptylab.models import PINN, Supervised, build_model
 from ptylab.models.base import support_mask
 from ptylab.models.overlap import merge_overlaps
+from ptylab.models.pinn import total_variation
 from ptylab.physics import extract_patches, poisson_nll
 from ptylab.refine import refine
 from ptylab.symmetries import probe_symmetries
@@ -154,6 +155,30 @@ def test_per_pattern_network_predicts_each_pattern_from_itself_alone(small_datas
     swapped = diff[:, [1, 0, 2, 3]]
     with torch.no_grad():
         assert torch.allclose(model.predict_patches(swapped)[:, 1], whole[:, 0], atol=1e-6)
+
+
+def test_phase_total_variation_counts_steps_on_the_support_only():
+    support = support_mask(16, "center")  # the central 8 x 8
+    ramp = (0.1 * torch.arange(16.0))[None, :].expand(16, 16).clone()  # 0.1 rad per column
+    assert float(total_variation(torch.full((2, 4, 16, 16), 3.0), support)) == 0.0
+    torch.testing.assert_close(total_variation(ramp, support), torch.tensor(0.1))
+    ramp[support == 0] = torch.randn(int((support == 0).sum()), generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(total_variation(ramp, support), torch.tensor(0.1))  # off the support: ignored
+
+
+def test_phase_tv_adds_its_weighted_term_to_the_loss(small_dataset_cfg, tmp_path):
+    train = load_or_simulate(small_dataset_cfg, 1e4, 0, tmp_path / "cache").train
+    batch = GroupedPatterns(train.diff3d, group_positions(train.xcoords, train.ycoords, 2, 7)).__getitems__([0, 1, 2])
+    L.seed_everything(0, verbose=False)
+    plain = build_model(PinnConfig(base_filters=[8, 16, 32]), 2, train)
+    L.seed_everything(0, verbose=False)
+    prior = build_model(PinnConfig(base_filters=[8, 16, 32], phase_tv=0.5), 2, train)
+    with torch.no_grad():
+        without, with_tv = plain.training_loss(batch), prior.training_loss(batch)
+    assert "phase_tv" not in without and float(with_tv["phase_tv"]) > 0  # an untrained network's phase varies
+    torch.testing.assert_close(with_tv["nll"], without["nll"])
+    counts = batch["diff"].square().mean()  # the weight is relative to the likelihood, which scales with counts
+    torch.testing.assert_close(with_tv["loss"], without["loss"] + 0.5 * counts * with_tv["phase_tv"])
 
 
 def test_supervised_baseline_learns_and_refuses_data_without_y(small_dataset_cfg, tmp_path):

@@ -224,9 +224,17 @@ class PinnConfig(ModelConfig):
     reference_amplitude: float = 0.5
     nll_weight: float = 1.0
     mae_weight: float = 0.0
+    # Weight of the predicted phase's total variation (per pixel, over the support) in the training
+    # and refinement loss, relative to the likelihood (times the data's mean counts per pixel): a
+    # prior for flat regions with sharp edges. 0.045 (2026-12-04; about 0.1 per count at the
+    # embedded data's 2.2 counts per pixel at 1e4): amplitude SSIM +0.009 and +0.019 on two seeds at
+    # 1e4, the user-style phase SSIM +0.09; FRC50s up to 0.5 px coarser at 1e4, phase SSIM -0.02
+    # at 1e3 (docs/quality.md). Bundles written before load without it.
+    phase_tv: float = 0.045
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        _check(self.phase_tv >= 0, "model.phase_tv", self.phase_tv, ">= 0")
         _check(self.oversample >= 0, "model.oversample", self.oversample, ">= 0")
         _check(self.reference_amplitude > 0, "model.reference_amplitude", self.reference_amplitude, "> 0")
         _check(self.nll_weight >= 0 and self.mae_weight >= 0 and self.nll_weight + self.mae_weight > 0,

@@ -110,7 +110,10 @@ class PtychoModule(L.LightningModule):
 
     def predict_patches(self, diff: torch.Tensor) -> torch.Tensor:
         """Object patches (B, C, N, N) complex, zero off the support."""
-        amp, phase = self.predict_amp_phase(diff)
+        return self.patches_from(*self.predict_amp_phase(diff))
+
+    def patches_from(self, amp: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:
+        """Complex patches from ``predict_amp_phase``'s amplitude and phase, zero off the support."""
         return torch.polar(amp * self.support, phase)
 
     def predict_object(self, diff: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:

@@ -47,6 +47,7 @@ class PINN(PtychoModule):
         probe: torch.Tensor | None = None,
         decoder_width: float = 1.0,  # bundles written before it existed load with 1.0, as they were
         group_norm: str = "none",  # and without normalisation
+        phase_tv: float = 0.0,  # and without the phase's total-variation term
     ):
         super().__init__(N, gridsize**2, list(base_filters), width, object_support, amp_activation,
                          input_scale, lr, schedule, warmup_steps, min_lr, lr_factor, lr_patience, init, decoder,
@@ -72,13 +73,31 @@ class PINN(PtychoModule):
 
     def training_loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         diff = batch["diff"]
-        pred = self.predicted_counts(self.predict_object(diff, batch["offsets"]))
+        amp, phase = self.predict_amp_phase(diff)
+        pred = self.predicted_counts(merge_overlaps(self.patches_from(amp, phase), self.support, batch["offsets"]))
         nll = poisson_nll(pred, diff.square())
         out = {"nll": nll}
         loss = self.hparams["nll_weight"] * nll
+        if self.hparams["phase_tv"] > 0:
+            # Weighted by the batch's mean counts per pixel, as the likelihood scales with them, so
+            # one weight balances the two at any dose.
+            tv = total_variation(phase, self.support)
+            out["phase_tv"] = tv
+            loss = loss + self.hparams["phase_tv"] * diff.square().mean() * tv
         if self.hparams["mae_weight"] > 0:
             mae = (pred.sqrt() - diff).abs().mean()
             out["mae"] = mae
             loss = loss + self.hparams["mae_weight"] * mae
         out["loss"] = loss
         return out
+
+
+def total_variation(image: torch.Tensor, support: torch.Tensor) -> torch.Tensor:
+    """Mean absolute difference between horizontally and vertically adjacent pixels of ``image``
+    (..., N, N) that both lie on ``support`` (N, N), the two directions summed: the anisotropic
+    total variation per pixel, a prior that favours flat regions with sharp edges."""
+    across = support[:, 1:] * support[:, :-1]
+    down = support[1:, :] * support[:-1, :]
+    dx = ((image[..., :, 1:] - image[..., :, :-1]).abs() * across).sum((-2, -1)) / across.sum()
+    dy = ((image[..., 1:, :] - image[..., :-1, :]).abs() * down).sum((-2, -1)) / down.sum()
+    return (dx + dy).mean()
