@@ -226,11 +226,10 @@ class PinnConfig(ModelConfig):
     mae_weight: float = 0.0
     # Weight of the predicted phase's total variation (per pixel, over the support) in the training
     # and refinement loss, relative to the likelihood (times the data's mean counts per pixel): a
-    # prior for flat regions with sharp edges. 0.045 (2026-12-04; about 0.1 per count at the
-    # embedded data's 2.2 counts per pixel at 1e4): amplitude SSIM +0.009 and +0.019 on two seeds at
-    # 1e4, the user-style phase SSIM +0.09; FRC50s up to 0.5 px coarser at 1e4, phase SSIM -0.02
-    # at 1e3 (docs/quality.md). Bundles written before load without it.
-    phase_tv: float = 0.045
+    # prior for flat regions with sharp edges. Off by default: 0.045 (about 0.1 per count at 1e4)
+    # lifted the user-style phase SSIM by 0.09 and, in scratch runs, the 1e4 amplitude, but the
+    # default job with it lost 0.03 of amplitude SSIM on the same region (docs/quality.md).
+    phase_tv: float = 0.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
