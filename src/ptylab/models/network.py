@@ -18,8 +18,11 @@ import itertools
 import torch
 from torch import nn
 
-# Where group normalisation goes: nowhere, the phase decoder's blocks only, or every block.
-GROUP_NORMS = ("none", "phase_decoder", "all")
+from ..config import GroupNorm
+
+# Where group normalisation goes: nowhere, the phase decoder's blocks only, or every block (the
+# config's choices; a bundle's hyperparameters carry them as plain strings).
+GROUP_NORMS = tuple(str(g) for g in GroupNorm)
 NORM_GROUPS = 8
 
 

@@ -75,7 +75,8 @@ class PINN(PtychoModule):
         diff = batch["diff"]
         amp, phase = self.predict_amp_phase(diff)
         pred = self.predicted_counts(merge_overlaps(self.patches_from(amp, phase), self.support, batch["offsets"]))
-        nll = poisson_nll(pred, diff.square())
+        counts = diff.square()
+        nll = poisson_nll(pred, counts)
         out = {"nll": nll}
         loss = self.hparams["nll_weight"] * nll
         if self.hparams["phase_tv"] > 0:
@@ -83,7 +84,7 @@ class PINN(PtychoModule):
             # one weight balances the two at any dose.
             tv = total_variation(phase, self.support)
             out["phase_tv"] = tv
-            loss = loss + self.hparams["phase_tv"] * diff.square().mean() * tv
+            loss = loss + self.hparams["phase_tv"] * counts.mean() * tv
         if self.hparams["mae_weight"] > 0:
             mae = (pred.sqrt() - diff).abs().mean()
             out["mae"] = mae
