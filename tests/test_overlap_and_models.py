@@ -19,7 +19,7 @@ from ptylab.models.pinn import total_variation
 from ptylab.physics import extract_patches, poisson_nll
 from ptylab.refine import refine
 from ptylab.symmetries import probe_symmetries
-from ptylab.training import LIGHTNING_NOISE, batch_plan, fit, logging_interval
+from ptylab.training import LIGHTNING_NOISE, batch_plan, fit, logging_interval, whole_epoch_budget
 
 
 def test_merge_is_identity_for_patches_cut_from_one_object():
@@ -94,6 +94,25 @@ def test_a_fit_without_validation_patterns_trains_without_lightnings_noise(small
     assert outcome.steps == 3 and outcome.groups["val"] == 0 and outcome.best_checkpoint_path
     said = [str(w.message) for w in caught]
     assert not [m for m in said if m.startswith(LIGHTNING_NOISE) or "logging interval" in m], said
+
+
+def test_a_step_budget_under_an_epoch_cap_trains_the_whole_epochs_that_reach_it(small_dataset_cfg, tmp_path):
+    """1800 steps are 22 epochs of 82 batches (rounded up) and 90 of 20; the cap still rules a tiny
+    scan; a pure step budget (the refined arm's) passes unchanged. A real fit of 5 steps in epochs
+    of 2 batches runs 3 whole epochs, 6 steps (Lightning resumes wrongly with ``max_steps`` set)."""
+    assert whole_epoch_budget({"max_steps": 1800, "max_epochs": 200}, 82) == {"max_steps": -1, "max_epochs": 22}
+    assert whole_epoch_budget({"max_steps": 1800, "max_epochs": 200}, 20)["max_epochs"] == 90
+    assert whole_epoch_budget({"max_steps": 1800, "max_epochs": 200}, 4)["max_epochs"] == 200
+    assert whole_epoch_budget({"max_steps": 1800, "max_epochs": 200, "limit_train_batches": 30}, 82)["max_epochs"] == 60
+    accumulated = {"max_steps": 1800, "max_epochs": 200, "accumulate_grad_batches": 2}
+    assert whole_epoch_budget(accumulated, 40)["max_epochs"] == 90
+    pure = {"max_steps": 3, "max_epochs": -1}
+    assert whole_epoch_budget(pure, 82) == pure and whole_epoch_budget({"max_epochs": 5}, 82) == {"max_epochs": 5}
+    train = load_or_simulate(small_dataset_cfg, 1e4, 0, tmp_path / "cache").train
+    cfg = PinnConfig(base_filters=[8, 16, 32], val_fraction=0.0, batch_size=8)
+    _, outcome = fit(cfg, 2, 0, train, {"max_steps": 5, "max_epochs": 200, "accelerator": "cpu",
+                                         "enable_progress_bar": False, "limit_train_batches": 2}, tmp_path / "run")
+    assert (outcome.epochs, outcome.steps) == (3, 6)
 
 
 def test_the_logging_interval_is_capped_at_the_steps_an_epoch_runs():

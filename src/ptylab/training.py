@@ -50,16 +50,41 @@ LIGHTNING_NOISE = ("You defined a `validation_step` but have no `val_dataloader`
                    "`isinstance(treespec, LeafSpec)` is deprecated")
 
 
+def batches_run(trainer_kwargs: dict[str, Any], batches_per_epoch: int) -> int:
+    """The batches one epoch runs: the loader's length, cut by ``limit_train_batches``."""
+    limit = trainer_kwargs.get("limit_train_batches")
+    if isinstance(limit, float):
+        return int(batches_per_epoch * limit)
+    if isinstance(limit, int):
+        return min(batches_per_epoch, limit)
+    return batches_per_epoch
+
+
 def logging_interval(trainer_kwargs: dict[str, Any], batches_per_epoch: int) -> int:
     """Lightning's ``log_every_n_steps`` (its default 50), capped at the steps one epoch runs: an
     epoch shorter than the interval (a small dataset, a short ``limit_train_batches``) would log
     none of its steps, and Lightning warns about it on every such job."""
-    limit = trainer_kwargs.get("limit_train_batches")
-    if isinstance(limit, float):
-        batches_per_epoch = int(batches_per_epoch * limit)
-    elif isinstance(limit, int):
-        batches_per_epoch = min(batches_per_epoch, limit)
-    return max(1, min(int(trainer_kwargs.get("log_every_n_steps", 50)), batches_per_epoch))
+    batches = batches_run(trainer_kwargs, batches_per_epoch)
+    return max(1, min(int(trainer_kwargs.get("log_every_n_steps", 50)), batches))
+
+
+def whole_epoch_budget(trainer_kwargs: dict[str, Any], batches_per_epoch: int) -> dict[str, Any]:
+    """A step budget under an epoch cap (``max_steps`` and ``max_epochs`` both set), given to
+    Lightning as the whole epochs that first reach it, with no ``max_steps``.
+
+    Why: Lightning 2.6 resumes wrongly from an end-of-epoch checkpoint when ``max_steps`` is set
+    (the resumed epoch runs one batch, measured with 2.6.6), which would break resuming a killed
+    job to the uninterrupted digest. Whole epochs also give every epoch the same batches. The
+    budget rounds up by less than an epoch (1800 steps are 22 epochs of 82 batches, 1804 steps).
+    A pure step budget (``max_epochs`` -1, the refined arm's) is passed as given; it never resumes.
+    """
+    steps, cap = trainer_kwargs.get("max_steps"), trainer_kwargs.get("max_epochs")
+    if steps is None or steps < 0 or cap is None or cap < 0:
+        return trainer_kwargs
+    per_epoch = math.ceil(batches_run(trainer_kwargs, batches_per_epoch)
+                          / int(trainer_kwargs.get("accumulate_grad_batches", 1)))
+    epochs = min(cap, max(1, math.ceil(steps / max(per_epoch, 1))))
+    return {**trainer_kwargs, "max_steps": -1, "max_epochs": epochs}
 
 
 def build_trainer(trainer_kwargs: dict[str, Any], run_dir: Path, early_stop_patience: int, batches_per_epoch: int,
@@ -229,6 +254,7 @@ def fit(model_cfg: ModelConfig, gridsize: int, seed: int, train: PtychoData, tra
                                transforms)
     val_loader = (make_loader(GroupedPatterns(train.diff3d, _subset(groups, va), y), per_step, False, seed)
                   if va.size else None)
+    trainer_kwargs = whole_epoch_budget(trainer_kwargs, len(train_loader))
     trainer, checkpoint = build_trainer(trainer_kwargs, run_dir, model_cfg.early_stop_patience, len(train_loader),
                                         logger, "val_loss" if va.size else "train_loss", what)
     history = LossHistory()
