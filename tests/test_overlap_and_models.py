@@ -98,14 +98,17 @@ def test_a_fit_without_validation_patterns_trains_without_lightnings_noise(small
 
 def test_a_step_budget_under_an_epoch_cap_trains_the_whole_epochs_that_reach_it(small_dataset_cfg, tmp_path):
     """1800 steps are 22 epochs of 82 batches (rounded up) and 90 of 20; the cap still rules a tiny
-    scan; a pure step budget (the refined arm's) passes unchanged. A real fit of 5 steps in epochs
-    of 2 batches runs 3 whole epochs, 6 steps (Lightning resumes wrongly with ``max_steps`` set)."""
+    scan; a pure step budget (the refined arm's) and one shorter than an epoch pass unchanged. A
+    real fit of 5 steps in epochs of 2 batches runs 3 whole epochs, 6 steps (Lightning resumes
+    wrongly with ``max_steps`` set)."""
     assert whole_epoch_budget({"max_steps": 1800, "max_epochs": 200}, 82) == {"max_steps": -1, "max_epochs": 22}
     assert whole_epoch_budget({"max_steps": 1800, "max_epochs": 200}, 20)["max_epochs"] == 90
     assert whole_epoch_budget({"max_steps": 1800, "max_epochs": 200}, 4)["max_epochs"] == 200
     assert whole_epoch_budget({"max_steps": 1800, "max_epochs": 200, "limit_train_batches": 30}, 82)["max_epochs"] == 60
     accumulated = {"max_steps": 1800, "max_epochs": 200, "accumulate_grad_batches": 2}
     assert whole_epoch_budget(accumulated, 40)["max_epochs"] == 90
+    short = {"max_steps": 30, "max_epochs": 60}  # the parity preset's shortest documented run
+    assert whole_epoch_budget(short, 192) == short
     pure = {"max_steps": 3, "max_epochs": -1}
     assert whole_epoch_budget(pure, 82) == pure and whole_epoch_budget({"max_epochs": 5}, 82) == {"max_epochs": 5}
     train = load_or_simulate(small_dataset_cfg, 1e4, 0, tmp_path / "cache").train

@@ -76,14 +76,17 @@ def whole_epoch_budget(trainer_kwargs: dict[str, Any], batches_per_epoch: int) -
     (the resumed epoch runs one batch, measured with 2.6.6), which would break resuming a killed
     job to the uninterrupted digest. Whole epochs also give every epoch the same batches. The
     budget rounds up by less than an epoch (1800 steps are 22 epochs of 82 batches, 1804 steps).
-    A pure step budget (``max_epochs`` -1, the refined arm's) is passed as given; it never resumes.
+    Passed as given: a pure step budget (``max_epochs`` -1, the refined arm's; it never resumes),
+    and one shorter than an epoch (no end-of-epoch checkpoint precedes its end).
     """
     steps, cap = trainer_kwargs.get("max_steps"), trainer_kwargs.get("max_epochs")
     if steps is None or steps < 0 or cap is None or cap < 0:
         return trainer_kwargs
     per_epoch = math.ceil(batches_run(trainer_kwargs, batches_per_epoch)
                           / int(trainer_kwargs.get("accumulate_grad_batches", 1)))
-    epochs = min(cap, max(1, math.ceil(steps / max(per_epoch, 1))))
+    if steps < per_epoch:
+        return trainer_kwargs
+    epochs = min(cap, math.ceil(steps / max(per_epoch, 1)))
     return {**trainer_kwargs, "max_steps": -1, "max_epochs": epochs}
 
 
