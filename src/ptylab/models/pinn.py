@@ -66,7 +66,11 @@ class PINN(PtychoModule):
         return torch.complex(self.probe_ri[0], self.probe_ri[1]) * self.probe_support
 
     def predict_object(self, diff: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-        return merge_overlaps(self.predict_patches(diff), self.support, offsets)
+        return self.merged(self.predict_patches(diff), offsets)
+
+    def merged(self, patches: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        """Each group's members' patches merged where they overlap (the object each member sees)."""
+        return merge_overlaps(patches, self.support, offsets)
 
     def predicted_counts(self, obj: torch.Tensor) -> torch.Tensor:
         return torch.exp(2 * self.log_intensity_scale) * far_field(self.probe * obj).abs().square()
@@ -74,7 +78,7 @@ class PINN(PtychoModule):
     def training_loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         diff = batch["diff"]
         amp, phase = self.predict_amp_phase(diff)
-        pred = self.predicted_counts(merge_overlaps(self.patches_from(amp, phase), self.support, batch["offsets"]))
+        pred = self.predicted_counts(self.merged(self.patches_from(amp, phase), batch["offsets"]))
         counts = diff.square()
         nll = poisson_nll(pred, counts)
         out = {"nll": nll}
