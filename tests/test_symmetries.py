@@ -4,13 +4,14 @@ import numpy as np
 import pytest
 import torch
 
+from ptylab import stitching
 from ptylab.batches import EpochShuffle, GroupedPatterns
 from ptylab.config import PinnConfig
 from ptylab.datasets import load_or_simulate
 from ptylab.grouping import Groups, group_positions
 from ptylab.models import build_model
 from ptylab.physics import exit_wave_intensity, extract_patches, make_probe
-from ptylab.stitching import predict_crops
+from ptylab.stitching import central, predict_crops
 from ptylab.symmetries import (
     TRANSFORMS,
     averaged_transforms,
@@ -139,3 +140,26 @@ def test_a_prediction_averaged_over_the_symmetries_turns_with_the_data(small_dat
 
     assert turned_back_error(TRANSFORMS) < 1e-4
     assert turned_back_error((0,)) > 1e-2
+
+
+def test_each_distinct_pattern_predicted_once_gives_every_groups_own_prediction(small_dataset_cfg, tmp_path,
+                                                                                monkeypatch):
+    """A per-pattern network predicts each distinct pattern of a span of groups once and merges
+    each group from those patches: the crops must be the group-by-group prediction's, across
+    span and batch boundaries (spans of 7 groups, batches of 3)."""
+    train = load_or_simulate(small_dataset_cfg, 1e4, 0, tmp_path / "cache").train
+    torch.manual_seed(0)
+    model = build_model(PinnConfig(base_filters=[8, 16, 32], width=1), 2, train).eval()
+    assert model.per_pattern
+    groups = group_positions(train.xcoords, train.ycoords, 2, 7)
+    groups = Groups(groups.indices[:20], groups.offsets[:20])
+    monkeypatch.setattr(stitching, "SHARED_SPAN_GROUPS", 7)
+    crop = N // 2
+    shared = predict_crops(model, train.diff3d, groups, crop, batch_size=3)
+    with torch.no_grad():
+        own = np.concatenate([central(model.predict_object(
+            torch.from_numpy(np.asarray(train.diff3d[idx], np.float32))[None],
+            torch.from_numpy(off.astype(np.float32))[None]).numpy()[0], crop)
+            for idx, off in zip(groups.indices, groups.offsets, strict=True)])
+    assert len(np.unique(groups.indices)) < groups.indices.size  # patterns are shared between groups
+    np.testing.assert_allclose(shared, own, rtol=0, atol=1e-5 * float(np.abs(own).max()))

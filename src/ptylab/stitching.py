@@ -39,6 +39,8 @@ DEFAULT_TILE_PATCHES = 4096
 # Phase synchronisation forms its (M, M) overlap matrix (sparse) while a canvas pixel is covered by
 # at most this many patches on average (weighted by coverage); denser tiles stay matrix-free.
 EXPLICIT_SYNC_MAX_COVER = 256.0
+# Groups whose distinct patterns a per-pattern network predicts together (``predict_crops``).
+SHARED_SPAN_GROUPS = 1024
 # Canvas pixels whose accumulated weight is below this share of the largest are left empty.
 MIN_WEIGHT_SHARE = 1e-3
 
@@ -56,8 +58,10 @@ def predict_crops(model: PtychoModule, diff: np.ndarray, groups: Groups, crop: i
     """(G * C, crop, crop) complex64: the central crop of every member's predicted object patch.
 
     Only the crops are kept, because stitching uses nothing else; with a ``scratch`` file they go
-    to a memory map on it, so a scan of any size is predicted batch by batch without holding its
-    patches in memory (the page cache holds them, and can drop them).
+    to a memory map on it, so a scan of any size is predicted span by span without holding its
+    patches in memory (the page cache holds them, and can drop them). A per-pattern network
+    predicts each distinct pattern of a span of ``SHARED_SPAN_GROUPS`` groups once, and each group
+    merges its members' patches from those (``PtychoModule.objects_from``).
 
     With several ``transforms`` (symmetries of the probe, ``ptylab.symmetries``) each group is
     also predicted as its mirrored or turned measurement, each prediction is turned back, and the
@@ -69,27 +73,53 @@ def predict_crops(model: PtychoModule, diff: np.ndarray, groups: Groups, crop: i
     factor per member, equal at 1e3; docs/quality.md).
     """
     model = model.to(device).eval()
-    shape = (groups.n_groups * groups.indices.shape[1], crop, crop)
-    out = np.memmap(scratch, np.complex64, "w+", shape=shape) if scratch is not None else np.empty(shape, np.complex64)
     c = groups.indices.shape[1]
-    progress = Progress("predicting groups", groups.n_groups)
-    for start in range(0, groups.n_groups, batch_size):
-        progress.update(start)
-        idx = groups.indices[start : start + batch_size]
-        batch = np.asarray(diff[idx.ravel()], dtype=np.float32).reshape(*idx.shape, *diff.shape[1:])
-        offsets = groups.offsets[start : start + batch_size].astype(np.float32)
+    shape = (groups.n_groups * c, crop, crop)
+    out = np.memmap(scratch, np.complex64, "w+", shape=shape) if scratch is not None else np.empty(shape, np.complex64)
+    # A per-pattern network's patch does not depend on its group, and with one group per anchor a
+    # pattern is a member of about C groups, most of them close in the anchors' order: each distinct
+    # pattern of a span of groups is predicted once (about a third of the network's work at gridsize 2).
+    shared = model.per_pattern and c > 1
+    span = max(batch_size, SHARED_SPAN_GROUPS) if shared else batch_size
+    progress = Progress("predicting groups", groups.n_groups * len(transforms))
+    done = 0
+    for first in range(0, groups.n_groups, span):
+        idx = groups.indices[first : first + span]
+        offsets = groups.offsets[first : first + span].astype(np.float32)
+        if shared:
+            distinct, inverse_index = np.unique(idx, return_inverse=True)
+            member = torch.from_numpy(inverse_index.reshape(idx.shape))  # each member's row in ``patterns``
+            patterns = np.asarray(diff[distinct], dtype=np.float32)
+        else:
+            patterns = np.asarray(diff[idx.ravel()], dtype=np.float32).reshape(*idx.shape, *diff.shape[1:])
         total = np.zeros((*idx.shape, crop, crop), np.complex128)
         for t in transforms:
-            pred = model.predict_object(torch.from_numpy(np.ascontiguousarray(transform_images(batch, t))).to(device),
-                                        torch.from_numpy(transform_offsets(offsets, t)).to(device))
-            crops = central(transform_images(pred.cpu().numpy(), inverse(t)), crop)
-            if len(transforms) > 1:  # phase reference: the group's crops summed without their first row
-                # and column (the part every transform maps onto itself); one factor for the whole group
-                ref = crops[..., 1:, 1:].sum(axis=(-3, -2, -1), keepdims=True)
-                crops = crops * np.conj(ref) / np.maximum(np.abs(ref), 1e-30)
-            total += crops
-        out[start * c : (start + len(idx)) * c] = (total / len(transforms)).reshape(-1, crop, crop)
+            turned = transform_images(patterns, t)
+            moved = torch.from_numpy(transform_offsets(offsets, t)).to(device)
+            patches = _predict_patterns(model, turned, batch_size * c, device) if shared else None
+            for b in range(0, len(idx), batch_size):
+                part = slice(b, b + batch_size)
+                pred = (model.objects_from(patches[member[part]], moved[part])
+                        if patches is not None else
+                        model.predict_object(torch.from_numpy(np.ascontiguousarray(turned[part])).to(device),
+                                             moved[part]))
+                crops = central(transform_images(pred.cpu().numpy(), inverse(t)), crop)
+                if len(transforms) > 1:  # phase reference: the group's crops summed without their first row
+                    # and column (the part every transform maps onto itself); one factor for the whole group
+                    ref = crops[..., 1:, 1:].sum(axis=(-3, -2, -1), keepdims=True)
+                    crops = crops * np.conj(ref) / np.maximum(np.abs(ref), 1e-30)
+                total[part] += crops
+                done += len(crops)
+                progress.update(done)
+        out[first * c : (first + len(idx)) * c] = (total / len(transforms)).reshape(-1, crop, crop)
     return out
+
+
+def _predict_patterns(model: PtychoModule, patterns: np.ndarray, batch_size: int,
+                      device: str | torch.device) -> torch.Tensor:
+    """(P, N, N) complex patches of a per-pattern network, predicted ``batch_size`` patterns at a time."""
+    return torch.cat([model.predict_patches(torch.from_numpy(np.ascontiguousarray(patterns[s : s + batch_size, None]))
+                                            .to(device))[:, 0] for s in range(0, len(patterns), batch_size)])
 
 
 @dataclass

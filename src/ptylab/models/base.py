@@ -118,7 +118,14 @@ class PtychoModule(L.LightningModule):
 
     def predict_object(self, diff: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         """The model's object estimate for each member of each group (used for reconstruction)."""
-        return self.predict_patches(diff)
+        return self.objects_from(self.predict_patches(diff), offsets)
+
+    def objects_from(self, patches: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        """Each member's object estimate from its group's predicted patches (B, C, N, N) and
+        offsets (B, C, 2): the patches themselves here; a model with an overlap constraint merges
+        them. With ``per_pattern`` the patches may come from one prediction per distinct pattern
+        (``stitching.predict_crops``), since a pattern's patch does not depend on its group."""
+        return patches
 
     def training_loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         raise NotImplementedError

@@ -65,10 +65,7 @@ class PINN(PtychoModule):
     def probe(self) -> torch.Tensor:
         return torch.complex(self.probe_ri[0], self.probe_ri[1]) * self.probe_support
 
-    def predict_object(self, diff: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-        return self.merged(self.predict_patches(diff), offsets)
-
-    def merged(self, patches: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    def objects_from(self, patches: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         """Each group's members' patches merged where they overlap (the object each member sees)."""
         return merge_overlaps(patches, self.support, offsets)
 
@@ -78,7 +75,7 @@ class PINN(PtychoModule):
     def training_loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         diff = batch["diff"]
         amp, phase = self.predict_amp_phase(diff)
-        pred = self.predicted_counts(self.merged(self.patches_from(amp, phase), batch["offsets"]))
+        pred = self.predicted_counts(self.objects_from(self.patches_from(amp, phase), batch["offsets"]))
         counts = diff.square()
         nll = poisson_nll(pred, counts)
         out = {"nll": nll}
