@@ -63,6 +63,30 @@ def test_explicit_and_matrix_free_synchronisation_agree(scan, monkeypatch):
     np.testing.assert_allclose(explicit.obj, free.obj, atol=1e-5)
 
 
+def test_phase_sync_runs_its_power_steps_to_a_fixed_point():
+    """The power steps relax the phases slowly across a large scan; they run until no phase moves
+    by more than the tolerance, so one more step changes nothing. Patches with their own phase
+    errors (a random bowl each, as a network's) on a 27 x 27 raster: 20 steps were not enough."""
+    obj = make_object(112, "camera", "astronaut", 0.3, 2.0)
+    x, y = raster_scan(obj.shape, 16, 3.0, 0.4, stage_rng(0, "scan"))
+    patches = extract_patches(torch.from_numpy(obj), torch.from_numpy(x), torch.from_numpy(y), 16).numpy()
+    rng = stage_rng(2, "errors")
+    u = np.linspace(-1, 1, 16)
+    bowl = (u[:, None] ** 2 + u[None, :] ** 2)[None] * rng.normal(0, 0.8, (len(x), 1, 1))
+    patches = patches * np.exp(1j * (bowl + rng.uniform(-np.pi, np.pi, (len(x), 1, 1)))).astype(np.complex64)
+    placement = stitching.place(patches, x, y, obj.shape, 16)
+    weight = placement.weight_sum()
+    a = stitching._overlap_matrix(placement, torch.where(weight > 1e-6, 1 / weight.clamp_min(1e-6), 0 * weight))
+
+    def last_move(v: torch.Tensor) -> float:
+        z = torch.from_numpy(a @ v.numpy())
+        return float((z / z.abs() * v.conj()).angle().abs().max())
+
+    assert len(x) > 700
+    assert last_move(stitching.phase_sync(placement, max_steps=20)) > 10 * stitching.SYNC_TOL
+    assert last_move(stitching.phase_sync(placement)) < stitching.SYNC_TOL
+
+
 def test_tiled_stitching_matches_stitching_the_whole_scan(scan):
     """Tiles bound memory on large scans; they must not change what is reconstructed."""
     obj, x, y, patches = scan
