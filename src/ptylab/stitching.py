@@ -99,14 +99,14 @@ def predict_crops(model: PtychoModule, diff: np.ndarray, groups: Groups, crop: i
         total = np.zeros((*idx.shape, crop, crop), np.complex128)
         for t in transforms:
             turned = transform_images(patterns, t)
-            moved = torch.from_numpy(transform_offsets(offsets, t)).to(device)
+            turned_offsets = torch.from_numpy(transform_offsets(offsets, t)).to(device)
             patches = _predict_patterns(model, turned, batch_size * c, device) if shared else None
             for b in range(0, len(idx), batch_size):
                 part = slice(b, b + batch_size)
-                pred = (model.objects_from(patches[member[part]], moved[part])
+                pred = (model.objects_from(patches[member[part]], turned_offsets[part])
                         if patches is not None else
                         model.predict_object(torch.from_numpy(np.ascontiguousarray(turned[part])).to(device),
-                                             moved[part]))
+                                             turned_offsets[part]))
                 crops = central(transform_images(pred.cpu().numpy(), inverse(t)), crop)
                 if len(transforms) > 1:  # phase reference: the group's crops summed without their first row
                     # and column (the part every transform maps onto itself); one factor for the whole group
