@@ -85,7 +85,7 @@ def predict_crops(model: PtychoModule, diff: np.ndarray, groups: Groups, crop: i
     # pattern of a span of groups is predicted once (about a third of the network's work at gridsize 2).
     shared = model.per_pattern and c > 1
     span = max(batch_size, SHARED_SPAN_GROUPS) if shared else batch_size
-    progress = Progress("predicting groups", groups.n_groups * len(transforms))
+    progress = Progress(f"predicting groups ({len(transforms)} orientation(s) each)", groups.n_groups * len(transforms))
     done = 0
     for first in range(0, groups.n_groups, span):
         idx = groups.indices[first : first + span]
