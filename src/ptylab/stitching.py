@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
@@ -244,7 +245,15 @@ def phase_sync(placement: Placement, max_steps: int = SYNC_MAX_STEPS, tol: float
         op = LinearOperator((m, m), matvec=lambda v: apply(torch.from_numpy(np.asarray(v).ravel())).numpy(),
                             dtype=np.complex128)
     _, vec = eigsh(op, k=1, which="LA", v0=np.ones(m, np.complex128), tol=1e-6)
-    v = torch.from_numpy(vec[:, 0])
+    v = _projected_power_steps(apply, torch.from_numpy(vec[:, 0]), max_steps, tol, f"{m} patches")
+    return v * (v[0].conj() / v[0].abs())  # fix the global gauge: the first patch keeps its phase
+
+
+def _projected_power_steps(apply: Callable[[torch.Tensor], torch.Tensor], v: torch.Tensor, max_steps: int,
+                           tol: float, what: str) -> torch.Tensor:
+    """Unit-modulus factors from the leading eigenvector ``v`` of the overlap matrix that
+    ``apply`` multiplies by: projected onto unit modulus, then generalised power steps (multiply,
+    project) until no phase moves by more than ``tol`` rad, at most ``max_steps`` of them."""
     v = v / v.abs().clamp_min(1e-12)
     steps, moved = 0, math.inf
     while steps < max_steps and moved >= tol:
@@ -252,8 +261,8 @@ def phase_sync(placement: Placement, max_steps: int = SYNC_MAX_STEPS, tol: float
         z = z / z.abs().clamp_min(1e-12)
         moved = float((z * v.conj()).angle().abs().max())
         v, steps = z, steps + 1
-    log.debug("phase synchronisation of %d patches: %d power steps, last move %.2g rad", m, steps, moved)
-    return v * (v[0].conj() / v[0].abs())  # fix the global gauge: the first patch keeps its phase
+    log.debug("phase synchronisation of %s: %d power steps, last move %.2g rad", what, steps, moved)
+    return v
 
 
 def _coverage(placement: Placement) -> float:
@@ -315,9 +324,11 @@ def _stitch_tile(crops: np.ndarray, x: np.ndarray, y: np.ndarray, shape: tuple[i
                  placement.weight_sum().reshape(r1 - r0, c1 - c0).numpy())
 
 
-def _sync_tiles(tiles: list[_Tile], weight: np.ndarray, refine: int = 20) -> np.ndarray:
-    """Phase factors that make the tiles agree where they overlap: the same objective as
-    ``phase_sync`` with whole tiles in place of patches, A[s, t] = sum conj(V_s) V_t / W."""
+def _sync_tiles(tiles: list[_Tile], weight: np.ndarray, max_steps: int = SYNC_MAX_STEPS,
+                tol: float = SYNC_TOL) -> np.ndarray:
+    """Phase factors that make the tiles agree where they overlap: the same objective, and the
+    same power steps to a fixed point, as ``phase_sync`` with whole tiles in place of patches,
+    A[s, t] = sum conj(V_s) V_t / W."""
     inv_w = np.where(weight > 1e-6, 1.0 / np.maximum(weight, 1e-6), 0.0)
     a = np.zeros((len(tiles), len(tiles)), np.complex128)
     for s, ts in enumerate(tiles):
@@ -331,11 +342,9 @@ def _sync_tiles(tiles: list[_Tile], weight: np.ndarray, refine: int = 20) -> np.
             vt = tt.values[r0 - tt.box[0] : r1 - tt.box[0], c0 - tt.box[2] : c1 - tt.box[2]]
             a[s, t] = np.sum(np.conj(vs) * vt * inv_w[r0:r1, c0:c1])
             a[t, s] = np.conj(a[s, t])
-    v = np.linalg.eigh(a)[1][:, -1]
-    v = v / np.maximum(np.abs(v), 1e-12)
-    for _ in range(refine):
-        z = a @ v
-        v = z / np.maximum(np.abs(z), 1e-12)
+    matrix = torch.from_numpy(a)
+    v = _projected_power_steps(lambda u: matrix @ u, torch.from_numpy(np.linalg.eigh(a)[1][:, -1]), max_steps, tol,
+                               f"{len(tiles)} tiles").numpy()
     return v * (np.conj(v[0]) / np.abs(v[0]))  # the first tile keeps its phase
 
 
