@@ -324,8 +324,7 @@ def _stitch_tile(crops: np.ndarray, x: np.ndarray, y: np.ndarray, shape: tuple[i
                  placement.weight_sum().reshape(r1 - r0, c1 - c0).numpy())
 
 
-def _sync_tiles(tiles: list[_Tile], weight: np.ndarray, max_steps: int = SYNC_MAX_STEPS,
-                tol: float = SYNC_TOL) -> np.ndarray:
+def _sync_tiles(tiles: list[_Tile], weight: np.ndarray) -> np.ndarray:
     """Phase factors that make the tiles agree where they overlap: the same objective, and the
     same power steps to a fixed point, as ``phase_sync`` with whole tiles in place of patches,
     A[s, t] = sum conj(V_s) V_t / W."""
@@ -343,8 +342,8 @@ def _sync_tiles(tiles: list[_Tile], weight: np.ndarray, max_steps: int = SYNC_MA
             a[s, t] = np.sum(np.conj(vs) * vt * inv_w[r0:r1, c0:c1])
             a[t, s] = np.conj(a[s, t])
     matrix = torch.from_numpy(a)
-    v = _projected_power_steps(lambda u: matrix @ u, torch.from_numpy(np.linalg.eigh(a)[1][:, -1]), max_steps, tol,
-                               f"{len(tiles)} tiles").numpy()
+    v = _projected_power_steps(lambda u: matrix @ u, torch.from_numpy(np.linalg.eigh(a)[1][:, -1]), SYNC_MAX_STEPS,
+                               SYNC_TOL, f"{len(tiles)} tiles").numpy()
     return v * (np.conj(v[0]) / np.abs(v[0]))  # the first tile keeps its phase
 
 
