@@ -245,15 +245,15 @@ def phase_sync(placement: Placement, max_steps: int = SYNC_MAX_STEPS, tol: float
         op = LinearOperator((m, m), matvec=lambda v: apply(torch.from_numpy(np.asarray(v).ravel())).numpy(),
                             dtype=np.complex128)
     _, vec = eigsh(op, k=1, which="LA", v0=np.ones(m, np.complex128), tol=1e-6)
-    v = _projected_power_steps(apply, torch.from_numpy(vec[:, 0]), max_steps, tol, f"{m} patches")
-    return v * (v[0].conj() / v[0].abs())  # fix the global gauge: the first patch keeps its phase
+    return _projected_power_steps(apply, torch.from_numpy(vec[:, 0]), max_steps, tol, f"{m} patches")
 
 
 def _projected_power_steps(apply: Callable[[torch.Tensor], torch.Tensor], v: torch.Tensor, max_steps: int,
                            tol: float, what: str) -> torch.Tensor:
     """Unit-modulus factors from the leading eigenvector ``v`` of the overlap matrix that
     ``apply`` multiplies by: projected onto unit modulus, then generalised power steps (multiply,
-    project) until no phase moves by more than ``tol`` rad, at most ``max_steps`` of them."""
+    project) until no phase moves by more than ``tol`` rad, at most ``max_steps`` of them. The
+    global gauge is fixed: the first factor is real (its patch or tile keeps its phase)."""
     v = v / v.abs().clamp_min(1e-12)
     steps, moved = 0, math.inf
     while steps < max_steps and moved >= tol:
@@ -262,7 +262,7 @@ def _projected_power_steps(apply: Callable[[torch.Tensor], torch.Tensor], v: tor
         moved = float((z * v.conj()).angle().abs().max())
         v, steps = z, steps + 1
     log.debug("phase synchronisation of %s: %d power steps, last move %.2g rad", what, steps, moved)
-    return v
+    return v * (v[0].conj() / v[0].abs())
 
 
 def _coverage(placement: Placement) -> float:
@@ -342,9 +342,8 @@ def _sync_tiles(tiles: list[_Tile], weight: np.ndarray) -> np.ndarray:
             a[s, t] = np.sum(np.conj(vs) * vt * inv_w[r0:r1, c0:c1])
             a[t, s] = np.conj(a[s, t])
     matrix = torch.from_numpy(a)
-    v = _projected_power_steps(lambda u: matrix @ u, torch.from_numpy(np.linalg.eigh(a)[1][:, -1]), SYNC_MAX_STEPS,
-                               SYNC_TOL, f"{len(tiles)} tiles").numpy()
-    return v * (np.conj(v[0]) / np.abs(v[0]))  # the first tile keeps its phase
+    return _projected_power_steps(lambda u: matrix @ u, torch.from_numpy(np.linalg.eigh(a)[1][:, -1]),
+                                  SYNC_MAX_STEPS, SYNC_TOL, f"{len(tiles)} tiles").numpy()
 
 
 def stitch(patches: np.ndarray, x: np.ndarray, y: np.ndarray, shape: tuple[int, int], crop: int,
