@@ -10,7 +10,11 @@ from ptylab.data import mean_total_counts
 from ptylab.phase_offsets import AUTO_LR, AUTO_LR_MAX, Evidence, OffsetFit, auto_lr, fit_offsets
 from ptylab.physics import extract_patches, far_field, make_object, make_probe, poisson_sample, raster_scan
 from ptylab.rng import stage_rng
+from ptylab.stages.train import trainer_kwargs
 from ptylab.stitching import spatial_tiles, stitch
+from ptylab.training import evaluation_device
+
+from .conftest import compose_config
 
 
 @pytest.fixture(scope="module")
@@ -168,6 +172,17 @@ def test_offsets_fitted_to_the_data_undo_the_drift_of_overlap_synchronisation(sc
     np.testing.assert_allclose(fitted.weight, synced.weight)
 
 
+def _with_bowl_and_ramps(patches: np.ndarray) -> np.ndarray:
+    """``patches`` with the same phase bowl in each, a random ramp and an arbitrary offset."""
+    rng = stage_rng(4, "errors")
+    u, v = np.meshgrid(np.arange(32) - 16.0, np.arange(32) - 16.0, indexing="xy")
+    u, v = u / 8, v / 8  # +-1 at the edge of the 16 px stitching crop
+    ramps = rng.normal(0, 0.15, (2, len(patches), 1, 1))
+    error = 0.4 * (u**2 + v**2) + ramps[0] * u + ramps[1] * v
+    offset = np.exp(1j * rng.uniform(-np.pi, np.pi, len(patches)))[:, None, None]
+    return (patches * np.exp(1j * error) * offset).astype(np.complex64)
+
+
 def test_shape_terms_fitted_to_the_data_remove_an_error_every_patch_shares(scan):
     """Every patch carries the same phase bowl relative to its own centre (as a network that puts
     part of a defocused probe's phase into the object does) and a random ramp: averaged over the
@@ -175,13 +190,7 @@ def test_shape_terms_fitted_to_the_data_remove_an_error_every_patch_shares(scan)
     curvature and ramps (order 2) can."""
     obj, x, y, patches = scan
     probe, diff = _measured(patches)
-    rng = stage_rng(4, "errors")
-    u, v = np.meshgrid(np.arange(32) - 16.0, np.arange(32) - 16.0, indexing="xy")
-    u, v = u / 8, v / 8  # +-1 at the edge of the 16 px stitching crop
-    ramps = rng.normal(0, 0.15, (2, len(x), 1, 1))
-    error = 0.4 * (u**2 + v**2) + ramps[0] * u + ramps[1] * v
-    offset = np.exp(1j * rng.uniform(-np.pi, np.pi, len(x)))[:, None, None]
-    predicted = (patches * np.exp(1j * error) * offset).astype(np.complex64)
+    predicted = _with_bowl_and_ramps(patches)
 
     def fitted(order: int):
         evidence = Evidence(diff, np.arange(len(x)), x, y, probe, OffsetFit(60, LR, order=order))
@@ -189,6 +198,31 @@ def test_shape_terms_fitted_to_the_data_remove_an_error_every_patch_shares(scan)
 
     offsets_only, shaped = _phase_error(fitted(0), obj), _phase_error(fitted(2), obj)
     assert shaped < 0.8 * offsets_only  # measured 0.038 vs 0.058 rad
+
+
+def test_jobs_evaluate_on_the_device_they_train_on():
+    """trainer=gpu (and DDP on GPUs) evaluates on CUDA, where the offset fit is 7x faster than on
+    16 CPU cores (docs/performance.md); trainer=cpu, the default, keeps evaluation on the CPU."""
+    devices = {t: evaluation_device(trainer_kwargs(compose_config([f"trainer={t}"]))) for t in ("cpu", "gpu", "ddp")}
+    assert devices == {"cpu": "cpu", "gpu": "cuda", "ddp": "cuda"}
+    assert evaluation_device(trainer_kwargs(compose_config(["trainer=ddp", "trainer.accelerator=cpu"]))) == "cpu"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run on the device machine)")
+def test_the_offset_fit_on_cuda_reaches_what_it_reaches_on_the_cpu(scan):
+    """A job trained on a GPU evaluates there (``training.evaluation_device``): the default fit
+    (gains, shape terms of order 2, the ramp) on CUDA must stitch what it stitches on the CPU, up
+    to float32 rounding through 60 Adam steps."""
+    obj, x, y, patches = scan
+    probe, diff = _measured(patches)
+    predicted = _with_bowl_and_ramps(patches)
+    evidence = Evidence(diff, np.arange(len(x)), x, y, probe, OffsetFit(60, LR))
+    on = {d: stitch(predicted, x, y, obj.shape, 16, sync_phase=True, evidence=evidence, device=d)
+          for d in ("cpu", "cuda")}
+    np.testing.assert_array_equal(on["cuda"].weight, on["cpu"].weight)
+    errors = {d: _phase_error(r, obj) for d, r in on.items()}
+    assert abs(errors["cuda"] - errors["cpu"]) < 0.05 * errors["cpu"]
+    assert np.abs(on["cuda"].obj - on["cpu"].obj).mean() < 0.01 * np.abs(on["cpu"].obj).mean()
 
 
 def test_ramp_terms_take_a_scan_wide_phase_ramp_out_of_the_offsets_faster(scan):

@@ -156,7 +156,7 @@ def fit_alone_flags(scores: dict[str, Any]) -> list[str]:
 
 
 def fit_alone_scores(test: PtychoData, gridsize: int, neighbours: int, cfg: EvalConfig,
-                     fit: OffsetFit) -> dict[str, dict[str, float]]:
+                     fit: OffsetFit, device: str = "cpu") -> dict[str, dict[str, float]]:
     """SSIM, PSNR and correlation of the offset fit ``fit`` (the network's, rate resolved) applied
     to flat patches (no network).
 
@@ -165,7 +165,8 @@ def fit_alone_scores(test: PtychoData, gridsize: int, neighbours: int, cfg: Eval
     from flat patches (docs/quality.md). Scoring it beside every network shows what the network
     adds, as the flat image shows what any reconstruction adds.
     """
-    stitched = reconstruct_flat(test, gridsize, neighbours, cfg.stitch_crop, cfg.sync_phase, cfg.tile_patches, fit)
+    stitched = reconstruct_flat(test, gridsize, neighbours, cfg.stitch_crop, cfg.sync_phase, cfg.tile_patches, fit,
+                                device)
     amp, phase, gt, _ = aligned_pair(stitched, test.obj, cfg)  # only the scores flags compare (``beats``)
     return {"amplitude": reference_scores(amp, np.abs(gt)), "phase": reference_scores(phase, np.angle(gt))}
 
@@ -199,19 +200,21 @@ def offset_fit(cfg: EvalConfig) -> OffsetFit:
 
 def evaluate_reconstruction(model: PtychoModule, test: PtychoData, gridsize: int, neighbours: int,
                             cfg: EvalConfig, run_dir: Path, title: str,
-                            fit_alone: dict[str, dict[str, float]] | None = None) -> dict[str, Any]:
+                            fit_alone: dict[str, dict[str, float]] | None = None,
+                            device: str = "cpu") -> dict[str, Any]:
     """Reconstruct, score and write ``metrics.json`` with its figures, and the stitched object as
     reconstructed (``object.npz``, ``stitching.write_object``). With the offset fit on, the
     fit's own scores on flat patches go beside each part's (``fit_alone``; computed here unless
     given, as the refined arm is given the single pass's). ``evaluate_s`` times this method's
-    reconstruction and scoring; ``fit_alone_s`` the reference, when computed here."""
+    reconstruction and scoring; ``fit_alone_s`` the reference, when computed here. The network's
+    predictions and the offset fit run on ``device`` (``stitching.reconstruct``)."""
     t0 = time.perf_counter()
     fit = offset_fit(cfg).for_counts(test.mean_counts)  # the lr it used, for metrics.json
     log.info("%s: evaluating %d test positions (predicted, stitched%s)", title, test.n_positions,
              ", their offsets fitted to the data" if fit.steps > 0 else "")
     stitched = reconstruct(model, test, gridsize, neighbours, cfg.stitch_crop, cfg.batch_size,
                            sync_phase=cfg.sync_phase, tile_patches=cfg.tile_patches, scratch_dir=run_dir,
-                           offset_fit=fit, average_symmetries=cfg.average_symmetries)
+                           offset_fit=fit, average_symmetries=cfg.average_symmetries, device=device)
     infer_s = time.perf_counter() - t0
     write_object(run_dir / OBJECT_FILE, stitched)
     scores = score_reconstruction(stitched, test.obj, cfg)
@@ -221,7 +224,7 @@ def evaluate_reconstruction(model: PtychoModule, test: PtychoData, gridsize: int
         if fit_alone is None:
             log.info("%s: the fit-alone reference (the same offset fit on flat patches)", title)
             t1 = time.perf_counter()
-            fit_alone = fit_alone_scores(test, gridsize, neighbours, cfg, fit)  # the same fit, counts read once
+            fit_alone = fit_alone_scores(test, gridsize, neighbours, cfg, fit, device)  # the same fit, counts read once
             fit_alone_s = round(time.perf_counter() - t1, 3)
         for part in ("amplitude", "phase"):
             scores[part][FIT_ALONE] = fit_alone[part]
@@ -229,7 +232,7 @@ def evaluate_reconstruction(model: PtychoModule, test: PtychoData, gridsize: int
              "test_positions": test.n_positions, "stitch_crop": cfg.stitch_crop or test.N // 2,
              "sync_phase": cfg.sync_phase, "offset_fit_steps": fit.steps, "offset_fit_lr": fit.lr,
              "offset_fit_gains": fit.gains, "offset_fit_order": fit.order, "offset_fit_ramp": fit.ramp,
-             "average_symmetries": cfg.average_symmetries}
+             "average_symmetries": cfg.average_symmetries, "device": device}
     metrics = write_evaluation(run_dir, scores, title, extra)
     head, unscored = metrics["headline"], unscored_parts(metrics["headline"])
     log.info("%s %s", title, ", ".join(

@@ -164,10 +164,11 @@ def fit_offsets(canvas_of: Callable[[torch.Tensor], torch.Tensor], start: torch.
     Poisson optimum for a fixed object), so the fit needs no ``intensity_scale``.
     """
     n = evidence.probe.shape[-1]
-    probe = torch.from_numpy(np.asarray(evidence.probe)).to(torch.complex64)
-    obs = torch.from_numpy(np.asarray(evidence.diff[patterns], np.float32)).square()
-    xs = torch.from_numpy(np.asarray(evidence.x[patterns], np.float64) - origin[1])
-    ys = torch.from_numpy(np.asarray(evidence.y[patterns], np.float64) - origin[0])
+    dev = start.device  # the fit runs where its canvas and start are (stitching's ``device``)
+    probe = torch.from_numpy(np.asarray(evidence.probe)).to(dev, torch.complex64)
+    obs = torch.from_numpy(np.asarray(evidence.diff[patterns], np.float32)).to(dev).square()
+    xs = torch.from_numpy(np.asarray(evidence.x[patterns], np.float64) - origin[1]).to(dev)
+    ys = torch.from_numpy(np.asarray(evidence.y[patterns], np.float64) - origin[0]).to(dev)
 
     def unit_counts(canvas: torch.Tensor, sl: slice) -> torch.Tensor:
         return far_field(probe * extract_patches(canvas, xs[sl], ys[sl], n)).abs().square()
@@ -182,8 +183,8 @@ def fit_offsets(canvas_of: Callable[[torch.Tensor], torch.Tensor], start: torch.
     basis = shape_basis(coords[0].to(FIT_REAL), coords[1].to(FIT_REAL), fit.order)  # (K, M, S)
     theta = torch.angle(start).detach().to(FIT_REAL).requires_grad_(True)
     log_gain = torch.zeros_like(theta, requires_grad=fit.gains)
-    phase_shape = torch.zeros(len(basis), len(theta), dtype=theta.dtype, requires_grad=True)
-    gain_shape = torch.zeros(len(basis), len(theta), dtype=theta.dtype, requires_grad=fit.gains)
+    phase_shape = torch.zeros(len(basis), len(theta), dtype=theta.dtype, device=dev, requires_grad=True)
+    gain_shape = torch.zeros(len(basis), len(theta), dtype=theta.dtype, device=dev, requires_grad=fit.gains)
     groups: list[dict[str, object]] = [{"params": [theta]}]
     if fit.order > 0:
         groups.append({"params": [phase_shape], "lr": fit.lr * SHAPE_LR_FACTOR})
@@ -191,8 +192,9 @@ def fit_offsets(canvas_of: Callable[[torch.Tensor], torch.Tensor], start: torch.
         groups.append({"params": [log_gain, gain_shape] if fit.order > 0 else [log_gain],
                        "lr": fit.lr * GAIN_LR_FACTOR})
     # The ramp's terms at each patch's position, +-1 at the tile's outermost patches.
-    ramp_basis = torch.stack([_unit_range(torch.from_numpy(np.asarray(c, np.float64)).to(FIT_REAL)) for c in centres])
-    ramp = torch.zeros(2, dtype=theta.dtype, requires_grad=fit.ramp)
+    ramp_basis = torch.stack([_unit_range(torch.from_numpy(np.asarray(c, np.float64)).to(dev, FIT_REAL))
+                              for c in centres])
+    ramp = torch.zeros(2, dtype=theta.dtype, device=dev, requires_grad=fit.ramp)
     if fit.ramp:
         groups.append({"params": [ramp]})
     opt = torch.optim.Adam(groups, lr=fit.lr)
@@ -207,24 +209,24 @@ def fit_offsets(canvas_of: Callable[[torch.Tensor], torch.Tensor], start: torch.
             log_amp = log_amp + torch.einsum("km,kms->ms", gain_shape, basis)
         return torch.polar(torch.exp(log_amp).expand_as(phase), phase)
 
-    first = last = float("nan")
+    first = last = torch.tensor(float("nan"))
     progress = Progress(f"fitting offsets to {len(patterns)} patterns, step", fit.steps)
     for step in range(fit.steps):
         progress.update(step)
         opt.zero_grad()
         canvas = canvas_of(factors()).to(FIT_COMPLEX)
         leaf = canvas.detach().requires_grad_(True)
-        total = 0.0
+        total = torch.zeros((), device=dev)  # a tensor: no device sync per chunk
         for sl in chunks:  # gradients gathered on the canvas chunk by chunk, then sent to theta once
             nll = poisson_nll(scale * unit_counts(leaf, sl), obs[sl]) * (obs[sl].shape[0] / len(patterns))
             nll.backward()
-            total += float(nll.detach())
+            total += nll.detach()
         canvas.backward(leaf.grad)
         opt.step()
         first = total if step == 0 else first
         last = total
-    log.debug("phase offsets fitted to %d patterns: NLL %.6g -> %.6g in %d steps", len(patterns), first, last,
-              fit.steps)
+    log.debug("phase offsets fitted to %d patterns: NLL %.6g -> %.6g in %d steps", len(patterns), float(first),
+              float(last), fit.steps)
     return factors().detach()
 
 

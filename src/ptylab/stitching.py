@@ -155,7 +155,8 @@ class Placement:
     def value_sum(self, phasors: torch.Tensor | None = None) -> torch.Tensor:
         """Accumulated values per canvas pixel, each patch times its factor (M,) or per-pixel factors (M, S)."""
         vals = self.values if phasors is None else self.values * (phasors if phasors.ndim == 2 else phasors[:, None])
-        return torch.zeros(self.size, dtype=vals.dtype).index_add_(0, self.index.ravel(), vals.ravel())
+        return torch.zeros(self.size, dtype=vals.dtype, device=vals.device).index_add_(0, self.index.ravel(),
+                                                                                    vals.ravel())
 
     def patch_coords(self, x: np.ndarray, y: np.ndarray, width: int, crop: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Each placed pixel's (u, v) offset from its patch's position (x, y) on a canvas ``width``
@@ -305,7 +306,7 @@ class _Tile:
 
 def _stitch_tile(crops: np.ndarray, x: np.ndarray, y: np.ndarray, shape: tuple[int, int], crop: int,
                  sync_phase: bool, illumination: np.ndarray | None, evidence: Evidence | None,
-                 patch_index: np.ndarray) -> _Tile:
+                 patch_index: np.ndarray, device: str | torch.device = "cpu") -> _Tile:
     h, w = shape
     half = crop // 2
     r0, r1 = max(0, math.floor(y.min()) - half), min(h, math.floor(y.max()) - half + crop + 1)
@@ -315,11 +316,15 @@ def _stitch_tile(crops: np.ndarray, x: np.ndarray, y: np.ndarray, shape: tuple[i
     placement = place(np.asarray(crops), xs, ys, (r1 - r0, c1 - c0), crop, illumination)
     phasors = phase_sync(placement) if sync_phase and len(x) > 1 else None
     if phasors is not None and evidence is not None and evidence.fit.steps > 0:
-        inv_weight = placement.inverse_weight().to(FIT_REAL)  # the same at every step: computed once
-        fitted = replace(placement, values=placement.values.to(FIT_COMPLEX))  # the canvas in the fit's precision
-        phasors = fit_offsets(lambda ph: (fitted.value_sum(ph) * inv_weight).reshape(r1 - r0, c1 - c0), phasors,
-                              evidence, np.unique(evidence.pattern[patch_index]), (r0, c0),
-                              placement.patch_coords(xs, ys, c1 - c0, crop), (xs, ys))
+        # The fit, an evaluation's largest cost, runs on ``device``; synchronisation (double
+        # precision, an eigensolver) and the final sum stay on the CPU.
+        inv_weight = placement.inverse_weight().to(device, FIT_REAL)  # the same at every step: computed once
+        # The canvas in the fit's precision, on its device.
+        fitted = replace(placement, values=placement.values.to(device, FIT_COMPLEX), index=placement.index.to(device))
+        u, v = placement.patch_coords(xs, ys, c1 - c0, crop)
+        phasors = fit_offsets(lambda ph: (fitted.value_sum(ph) * inv_weight).reshape(r1 - r0, c1 - c0),
+                              phasors.to(device), evidence, np.unique(evidence.pattern[patch_index]), (r0, c0),
+                              (u.to(device), v.to(device)), (xs, ys)).cpu()
     return _Tile((r0, r1, c0, c1), placement.value_sum(phasors).reshape(r1 - r0, c1 - c0).numpy(),
                  placement.weight_sum().reshape(r1 - r0, c1 - c0).numpy())
 
@@ -349,7 +354,7 @@ def _sync_tiles(tiles: list[_Tile], weight: np.ndarray) -> np.ndarray:
 def stitch(patches: np.ndarray, x: np.ndarray, y: np.ndarray, shape: tuple[int, int], crop: int,
            sync_phase: bool = False, illumination: np.ndarray | None = None,
            bbox: tuple[int, int, int, int] | None = None, tile_patches: int = DEFAULT_TILE_PATCHES,
-           evidence: Evidence | None = None) -> Stitched:
+           evidence: Evidence | None = None, device: str | torch.device = "cpu") -> Stitched:
     """Average the central ``crop`` x ``crop`` region of each patch into an object of ``shape``.
 
     Sub-pixel positions: each crop is shifted by its fractional offset with the bilinear sampler
@@ -358,8 +363,8 @@ def stitch(patches: np.ndarray, x: np.ndarray, y: np.ndarray, shape: tuple[int, 
     the object is sum(|P|^2 o) / sum(|P|^2), the usual ptychographic average, so pixels the probe
     barely lit do not blur the result. With ``sync_phase`` each patch's phase offset is first
     made consistent with its neighbours, and with ``evidence`` (the measured patterns behind the
-    patches) then fitted to the data (``phase_offsets``). ``bbox`` is the area to evaluate (default: the area the
-    crops cover).
+    patches) then fitted to the data (``phase_offsets``, on ``device``). ``bbox`` is the area to
+    evaluate (default: the area the crops cover).
 
     Memory does not grow with the number of patches: they are placed (and synchronised) in
     spatial tiles of at most ``tile_patches``, read from ``patches`` one tile at a time (it may be
@@ -376,7 +381,7 @@ def stitch(patches: np.ndarray, x: np.ndarray, y: np.ndarray, shape: tuple[int, 
     for idx in tile_index:
         progress.update(len(tiles))
         tiles.append(_stitch_tile(patches[idx], x[idx], y[idx], shape, crop, sync_phase, illumination, evidence,
-                                  idx))
+                                  idx, device))
         heap.trim()  # the next tile reuses none of this tile's temporaries' fragmented heap
     weight = np.zeros(shape, np.float64)
     for t in tiles:
@@ -431,11 +436,12 @@ def reconstruct(model: PtychoModule, data: PtychoData, gridsize: int, neighbours
                      average_symmetries,
                      "" if len(transforms) > 1 else ": none but the identity, the predictions as they are")
         crops = predict_crops(model, data.diff3d, groups, crop, batch_size, device, scratch, transforms)
-        return _stitch_groups(crops, groups, data, crop, sync_phase, tile_patches, offset_fit)
+        return _stitch_groups(crops, groups, data, crop, sync_phase, tile_patches, offset_fit, device)
 
 
 def reconstruct_flat(data: PtychoData, gridsize: int, neighbours: int, crop: int | None, sync_phase: bool = True,
-                     tile_patches: int = DEFAULT_TILE_PATCHES, offset_fit: OffsetFit | None = None) -> Stitched:
+                     tile_patches: int = DEFAULT_TILE_PATCHES, offset_fit: OffsetFit | None = None,
+                     device: str | torch.device = "cpu") -> Stitched:
     """``reconstruct`` with every patch flat (amplitude 1, phase 0) instead of a network's: what
     the offset fit reconstructs on its own, the reference a network must beat
     (``evaluation.fit_alone_scores``)."""
@@ -443,11 +449,11 @@ def reconstruct_flat(data: PtychoData, gridsize: int, neighbours: int, crop: int
     crop = crop or data.N // 2
     # A read-only view: no memory per patch, as with the network's scratch file.
     crops = np.broadcast_to(np.ones((1, crop, crop), np.complex64), (groups.indices.size, crop, crop))
-    return _stitch_groups(crops, groups, data, crop, sync_phase, tile_patches, offset_fit)
+    return _stitch_groups(crops, groups, data, crop, sync_phase, tile_patches, offset_fit, device)
 
 
 def _stitch_groups(crops: np.ndarray, groups: Groups, data: PtychoData, crop: int, sync_phase: bool,
-                   tile_patches: int, offset_fit: OffsetFit | None) -> Stitched:
+                   tile_patches: int, offset_fit: OffsetFit | None, device: str | torch.device) -> Stitched:
     """Stitch one crop per group member at its position, with the offset fit's evidence if asked."""
     flat = groups.indices.ravel()
     illumination = np.abs(data.probe) ** 2
@@ -455,7 +461,7 @@ def _stitch_groups(crops: np.ndarray, groups: Groups, data: PtychoData, crop: in
                          offset_fit.for_counts(data.mean_counts))
                 if offset_fit is not None and offset_fit.steps > 0 else None)
     return stitch(crops, data.xcoords[flat], data.ycoords[flat], data.obj.shape, crop, sync_phase,
-                  illumination / illumination.max(), illuminated_bbox(data), tile_patches, evidence)
+                  illumination / illumination.max(), illuminated_bbox(data), tile_patches, evidence, device)
 
 
 def reconstruct_from_bundle(bundle: Bundle, data: PtychoData, batch_size: int = 64,

@@ -365,7 +365,8 @@ def run_benchmark(args: BenchmarkConfig) -> dict[str, Any]:
         out["lsqml"] = f"failed: {type(exc).__name__}: {exc}"
 
     if not args.skip_default_job:
-        job = [*DEFAULT_JOB, *extra] + (["trainer.max_epochs=1", "++trainer.limit_train_batches=3",
+        on_gpu = ["trainer=gpu"] if accel == "gpu" else []  # the job on the device measured above
+        job = [*DEFAULT_JOB, *extra, *on_gpu] + (["trainer.max_epochs=1", "++trainer.limit_train_batches=3",
                                          "++trainer.limit_val_batches=1", "refine.steps=3",
                                          "eval.fit_alone=false"] if args.quick else [])
         default = _run_job_subprocess(job, work / "default")

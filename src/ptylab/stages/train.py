@@ -37,7 +37,7 @@ from ..manifest import SKIP_SUMMARY_NAME, JobContext, JobRecord, Status, finishe
 from ..models import PtychoModule
 from ..refine import REFINE_DIR, refine
 from ..runlock import run_dir_lock
-from ..training import fit
+from ..training import evaluation_device, fit
 from ..views import ViewSelection
 
 log = logging.getLogger(__name__)
@@ -82,12 +82,13 @@ def save_bundle(cfg: DictConfig, tc: TrainConfig, run_dir: Path, model: PtychoMo
 
 
 def evaluate(tc: TrainConfig, run_dir: Path, model: PtychoModule, test: PtychoData,
-             record: JobRecord) -> dict[str, Any] | None:
+             record: JobRecord, device: str) -> dict[str, Any] | None:
     """Reconstruct the test split and score it (skipped when ``eval.enabled`` is false); the
     offset fit's own scores on flat patches, for the refined arm to reuse."""
     if not tc.eval.enabled:
         return None
-    metrics = evaluate_reconstruction(model, test, tc.gridsize, tc.model.neighbours, tc.eval, run_dir, record.label)
+    metrics = evaluate_reconstruction(model, test, tc.gridsize, tc.model.neighbours, tc.eval, run_dir, record.label,
+                                      device=device)
     record.metrics_path = "metrics.json"
     record.headline_metrics = metrics["headline"]
     record.flat_image_flags = metrics["flat_image_flags"]
@@ -100,11 +101,12 @@ def evaluate_refined(cfg: DictConfig, tc: TrainConfig, run_dir: Path, model: Pty
     """The refined arm (PINN only): fine-tune on the test diffraction, score it under its own name."""
     if not (tc.refine.enabled and tc.eval.enabled and isinstance(tc.model, PinnConfig)):
         return
-    tuned, outcome = refine(model, tc.model, tc.refine, tc.gridsize, tc.seed, test, trainer_kwargs(cfg), run_dir)
+    kwargs = trainer_kwargs(cfg)
+    tuned, outcome = refine(model, tc.model, tc.refine, tc.gridsize, tc.seed, test, kwargs, run_dir)
     out = run_dir / REFINE_DIR
     eval_cfg = replace(tc.eval, average_symmetries=tc.refine.average_symmetries)
     metrics = evaluate_reconstruction(tuned, test, tc.gridsize, tc.model.neighbours, eval_cfg, out,
-                                      f"{record.label} refined", fit_alone)
+                                      f"{record.label} refined", fit_alone, evaluation_device(kwargs))
     record.refined = {"metrics_path": f"{REFINE_DIR}/metrics.json", "steps": outcome.steps,
                       "refine_s": outcome.train_s, "loss_history": outcome.loss_history,
                       "headline_metrics": metrics["headline"], "flat_image_flags": metrics["flat_image_flags"],
@@ -203,7 +205,7 @@ def _run_locked(cfg: DictConfig, run_dir: Path) -> JobRecord:
                     model = train(cfg, tc, run_dir, train_data, record)
                     record.bundle_sha256 = save_bundle(cfg, tc, run_dir, model, dict(params))
                     record.bundle_path = BUNDLE_NAME
-                    fit_alone = evaluate(tc, run_dir, model, test_data, record)
+                    fit_alone = evaluate(tc, run_dir, model, test_data, record, evaluation_device(trainer_kwargs(cfg)))
                     evaluate_refined(cfg, tc, run_dir, model, test_data, record, fit_alone)
                     status = Status.succeeded
     except (JobInterrupted, SIGTERMException) as exc:
