@@ -8,6 +8,7 @@ location-free, so on the CPU trainer its digest must match. Hydra's pickle-based
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import time
 import zipfile
@@ -23,10 +24,13 @@ from ..config import load_run_config
 from ..errors import PtylabError
 from ..evaluation import TIMING_KEYS
 from ..manifest import read_manifest
-from .train import run_job
+from ..training import evaluation_device
+from .train import run_job, trainer_kwargs
 
 # Values that name where a run lives; they may differ between the original and the re-run.
 LOCATION_PARAMS = ("output_prefix",)
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -90,6 +94,10 @@ def reproduce(run_dir: str | Path, out_dir: str | Path | None = None) -> Reprodu
     setup_globals()  # Hydra's resolvers (${now:...}) for the unresolved snapshot
     cfg = load_run_config(run_dir / ".hydra" / "config.yaml")
     cfg.ckpt_path = None
+    if evaluation_device(trainer_kwargs(cfg)) != "cpu":
+        log.warning("%s trained on a GPU: GPU training is not byte-reproducible (two seeded runs on one H200 wrote "
+                    "different bundles; docs/performance.md), so expect another digest and nearby scores. "
+                    "The same-digest guarantee is trainer=cpu's.", run_dir)
     if out_dir is None:
         out_dir = Path(cfg.paths.output_root) / "reproduced" / f"{run_dir.name}_{time.strftime('%Y%m%d-%H%M%S')}"
     out = Path(out_dir)
