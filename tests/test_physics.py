@@ -9,7 +9,9 @@ from ptylab.physics import (
     exit_wave_intensity,
     extract_patches,
     far_field,
+    gather_windows,
     make_probe,
+    uncentred_intensity,
 )
 from ptylab.simulate import simulate
 
@@ -45,6 +47,39 @@ def test_extract_patches_integer_positions_match_slicing_and_subpixel_interpolat
     half = extract_patches(t, torch.tensor([20.5]), torch.tensor([30.0]), 16)[0].numpy()
     expected = 0.5 * (obj[22:38, 12:28] + obj[22:38, 13:29])
     np.testing.assert_allclose(half, expected, atol=1e-6)
+
+
+def test_gathered_windows_are_the_simulators_bilinear_windows_exact_at_whole_pixels():
+    """The offset fit cuts windows by gathering: the simulator's bilinear windows, values and
+    gradients, zero outside the image, and whole-pixel positions cut exactly."""
+    rng = np.random.default_rng(2)
+    obj = torch.from_numpy((rng.random((40, 50)) + 1j * rng.random((40, 50))).astype(np.complex64))
+    whole = (torch.tensor([20.0, 5.0, 41.0]), torch.tensor([25.0, 3.0, 30.0]))
+    cases = [whole, (torch.tensor([20.5, 9.25, 41.0]), torch.tensor([25.0, 8.0, 30.75])),
+             (torch.tensor([-3.5, 2.0, 60.2]), torch.tensor([1.0, -9.7, 45.0]))]  # partly or wholly outside
+    weights = torch.from_numpy(rng.random((3, 16, 16)).astype(np.float32))
+    for x, y in cases:
+        grads = []
+        for cut in (gather_windows, extract_patches):
+            image = obj.clone().requires_grad_(True)
+            windows = cut(image, x, y, 16)
+            (windows.abs() * weights).sum().backward()
+            grads.append((windows.detach(), image.grad))
+        torch.testing.assert_close(grads[0][0], grads[1][0], rtol=0, atol=1e-4)
+        torch.testing.assert_close(grads[0][1], grads[1][1], rtol=0, atol=1e-4)
+    exact = gather_windows(obj, *whole, 16)
+    assert torch.equal(exact[0], obj[25 - 8 : 25 + 8, 20 - 8 : 20 + 8])
+    # the second window starts 5 rows above and 3 columns left of the image
+    assert not exact[1, :5].any() and not exact[1, :, :3].any()
+    assert torch.equal(exact[1, 5:, 3:], obj[:11, :13])
+
+
+@pytest.mark.parametrize("n", [32, 31])
+def test_uncentred_intensity_is_the_far_field_intensity_with_zero_frequency_first(n):
+    gen = torch.Generator().manual_seed(3)
+    psi = torch.complex(torch.randn(4, n, n, generator=gen), torch.randn(4, n, n, generator=gen))
+    torch.testing.assert_close(uncentred_intensity(psi),
+                               torch.fft.ifftshift(far_field(psi).abs().square(), dim=(-2, -1)))
 
 
 @pytest.mark.parametrize("dose", [1e3, 1e4, 1e5])

@@ -7,7 +7,7 @@ import torch
 
 from ptylab import stitching
 from ptylab.data import mean_total_counts
-from ptylab.phase_offsets import AUTO_LR, AUTO_LR_MAX, Evidence, OffsetFit, auto_lr, fit_offsets
+from ptylab.phase_offsets import AUTO_LR, AUTO_LR_MAX, Evidence, OffsetFit, _polar, auto_lr, fit_offsets
 from ptylab.physics import extract_patches, far_field, make_object, make_probe, poisson_sample, raster_scan
 from ptylab.rng import stage_rng
 from ptylab.stages.train import trainer_kwargs
@@ -107,6 +107,33 @@ def test_tiled_stitching_matches_stitching_the_whole_scan(scan):
     assert np.abs(np.abs(a) - np.abs(b)).mean() < 1e-3
     # Unsynchronised tiles would each keep an arbitrary phase: the tile step is what makes this work.
     assert len(spatial_tiles(x, y, len(x) // 8)) >= 8
+
+
+def test_the_offset_fits_products_give_autograds_own_gradients(scan):
+    """The fit's canvas (patch values times per-patch or per-pixel factors) and its factors
+    (magnitude and phase to complex) use hand-written backward passes for speed: the same
+    gradients as autograd's complex product and ``torch.polar``."""
+    _, x, y, patches = scan
+    placement = stitching.place(patches[:6].astype(np.complex64), x[:6], y[:6], (96, 96), 16)
+    gen = torch.Generator().manual_seed(4)
+    weights = torch.rand(96 * 96, generator=gen)
+    for shape in ((6,), tuple(placement.values.shape)):
+        factors = torch.polar(torch.rand(shape, generator=gen, dtype=torch.float64) + 0.5,
+                              torch.randn(shape, generator=gen, dtype=torch.float64)).requires_grad_(True)
+        fast = torch.autograd.grad((placement.value_sum(factors).abs() * weights).sum(), factors)[0]
+        plain_values = placement.values * (factors if factors.ndim == 2 else factors[:, None])
+        canvas = torch.zeros(placement.size, dtype=plain_values.dtype).index_add_(
+            0, placement.index.ravel(), plain_values.ravel())
+        torch.testing.assert_close(fast, torch.autograd.grad((canvas.abs() * weights).sum(), factors)[0])
+    magnitude = (torch.rand(5, 1, generator=gen, dtype=torch.float64) + 0.5).requires_grad_(True)
+    phase = torch.randn(5, 7, generator=gen, dtype=torch.float64, requires_grad=True)
+    target = torch.randn(5, 7, generator=gen, dtype=torch.complex128)
+    torch.testing.assert_close(_polar(magnitude, phase), torch.polar(magnitude.expand_as(phase), phase))
+    mine = torch.autograd.grad(((_polar(magnitude, phase) - target).abs() ** 2).sum(), (magnitude, phase))
+    theirs = torch.autograd.grad(((torch.polar(magnitude.expand_as(phase), phase) - target).abs() ** 2).sum(),
+                                 (magnitude, phase))
+    for a, b in zip(mine, theirs, strict=True):
+        torch.testing.assert_close(a, b)
 
 
 def test_tiles_are_compact_and_cover_every_patch_once(scan):

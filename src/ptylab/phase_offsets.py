@@ -50,7 +50,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .physics import extract_patches, far_field, poisson_nll
+from .physics import gather_windows, poisson_nll, uncentred_intensity
 from .progress import Progress
 
 log = logging.getLogger(__name__)
@@ -166,12 +166,15 @@ def fit_offsets(canvas_of: Callable[[torch.Tensor], torch.Tensor], start: torch.
     n = evidence.probe.shape[-1]
     dev = start.device  # the fit runs where its canvas and start are (stitching's ``device``)
     probe = torch.from_numpy(np.asarray(evidence.probe)).to(dev, torch.complex64)
-    obs = torch.from_numpy(np.asarray(evidence.diff[patterns], np.float32)).to(dev).square()
+    # Counts with zero frequency first, as ``uncentred_intensity`` gives them: the likelihood is a
+    # sum over pixels, so unshifting the counts once replaces shifting every step's spectra.
+    counts = torch.from_numpy(np.asarray(evidence.diff[patterns], np.float32)).to(dev).square()
+    obs = torch.fft.ifftshift(counts, dim=(-2, -1))
     xs = torch.from_numpy(np.asarray(evidence.x[patterns], np.float64) - origin[1]).to(dev)
     ys = torch.from_numpy(np.asarray(evidence.y[patterns], np.float64) - origin[0]).to(dev)
 
     def unit_counts(canvas: torch.Tensor, sl: slice) -> torch.Tensor:
-        return far_field(probe * extract_patches(canvas, xs[sl], ys[sl], n)).abs().square()
+        return uncentred_intensity(probe * gather_windows(canvas, xs[sl], ys[sl], n))
 
     chunks = [slice(s, s + CHUNK) for s in range(0, len(patterns), CHUNK)]
     with torch.no_grad():
@@ -202,12 +205,12 @@ def fit_offsets(canvas_of: Callable[[torch.Tensor], torch.Tensor], start: torch.
     def factors() -> torch.Tensor:
         offset = theta + ramp @ ramp_basis
         if fit.order == 0:
-            return torch.polar(torch.exp(log_gain), offset)
-        phase = offset[:, None] + torch.einsum("km,kms->ms", phase_shape, basis)
+            return _polar(torch.exp(log_gain), offset)
+        phase = _add_terms(offset[:, None], phase_shape, basis)
         log_amp = log_gain[:, None]
         if fit.gains:  # without gains the amplitude terms stay zero: no need to expand them per pixel
-            log_amp = log_amp + torch.einsum("km,kms->ms", gain_shape, basis)
-        return torch.polar(torch.exp(log_amp).expand_as(phase), phase)
+            log_amp = _add_terms(log_amp, gain_shape, basis)
+        return _polar(torch.exp(log_amp), phase)
 
     first = last = torch.tensor(float("nan"))
     progress = Progress(f"fitting offsets to {len(patterns)} patterns, step", fit.steps)
@@ -228,6 +231,24 @@ def fit_offsets(canvas_of: Callable[[torch.Tensor], torch.Tensor], start: torch.
     log.debug("phase offsets fitted to %d patterns: NLL %.6g -> %.6g in %d steps", len(patterns), float(first),
               float(last), fit.steps)
     return factors().detach()
+
+
+def _polar(magnitude: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:
+    """``torch.polar`` with broadcasting, through real cosines and sines: polar's own backward
+    multiplies by lazily conjugated tensors, which on the CPU took more than half of an offset-fit
+    step on the default job's first tile (2026-12-04, docs/performance.md)."""
+    return torch.complex(magnitude * torch.cos(phase), magnitude * torch.sin(phase))
+
+
+def _add_terms(start: torch.Tensor, coef: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+    """``start`` (M, 1) plus the shape terms ``coef`` (K, M) times ``basis`` (K, M, S), per pixel (M, S).
+
+    A multiply-add per term: with K of five or fewer, about half the time of the same sum as an
+    einsum (a batched matrix product of M 1 x K by K x S), forward and backward."""
+    out = start
+    for k in range(len(basis)):
+        out = out + coef[k][:, None] * basis[k]
+    return out
 
 
 def _unit_range(c: torch.Tensor) -> torch.Tensor:

@@ -61,6 +61,43 @@ def extract_patches(obj: torch.Tensor, x: torch.Tensor, y: torch.Tensor, n: int)
     return channels_to_complex(sample_windows(src, x.to(src.dtype), y.to(src.dtype), n, n))
 
 
+def gather_windows(image: torch.Tensor, x: torch.Tensor, y: torch.Tensor, n: int) -> torch.Tensor:
+    """(P, n, n) windows of a (H, W) image centred at (x, y), bilinear as ``extract_patches`` and
+    zero outside, by gathering pixels instead of ``grid_sample``.
+
+    For the offset fit, which cuts hundreds of windows from a differentiable canvas at every
+    step: on the CPU grid_sample's backward (a scatter per output pixel) made it 8 times slower
+    than a gather's (196 ms against 23 ms for 500 windows of 64 px, forward and backward). Only
+    the taps some window needs are gathered (whole-pixel positions, as on raster scans, need one),
+    and such positions are cut exactly, where grid_sample's normalised coordinates leave a weight
+    of about 1e-5 on a neighbouring pixel. The image is zero-padded to hold every window, so no
+    mask is applied.
+    """
+    h, w = image.shape
+    x, y = x.to(torch.float64), y.to(torch.float64)
+    col, row = torch.floor(x), torch.floor(y)
+    fx, fy = (x - col).to(image.real.dtype), (y - row).to(image.real.dtype)
+    taps_x, taps_y = (0, 1) if bool(fx.any()) else (0,), (0, 1) if bool(fy.any()) else (0,)
+    steps = torch.arange(n, device=image.device)
+    row0, col0 = row.long() - n // 2, col.long() - n // 2  # each window's first pixel
+    top, left = max(0, -int(row0.min())), max(0, -int(col0.min()))
+    bottom = max(0, int(row0.max()) + n + len(taps_y) - 1 - h)
+    right = max(0, int(col0.max()) + n + len(taps_x) - 1 - w)
+    padded = F.pad(image, (left, right, top, bottom)) if top or left or bottom or right else image
+    flat, width = padded.reshape(-1), w + left + right
+    out: torch.Tensor | None = None
+    for dy in taps_y:
+        rows = (row0 + top + dy)[:, None, None] + steps[None, :, None]
+        for dx in taps_x:
+            tap = flat[rows * width + (col0 + left + dx)[:, None, None] + steps[None, None, :]]
+            if len(taps_x) > 1 or len(taps_y) > 1:
+                weight = (fy if dy else 1 - fy) * (fx if dx else 1 - fx)
+                tap = tap * weight[:, None, None]
+            out = tap if out is None else out + tap
+    assert out is not None
+    return out
+
+
 def patches_inside(x: np.ndarray, y: np.ndarray, n: int, shape: tuple[int, int]) -> np.ndarray:
     """True where the whole n x n patch around (x, y) lies inside an object of ``shape``."""
     h, w = shape
@@ -71,6 +108,15 @@ def patches_inside(x: np.ndarray, y: np.ndarray, n: int, shape: tuple[int, int])
 def far_field(psi: torch.Tensor) -> torch.Tensor:
     """Unitary far-field propagation with zero frequency at the array centre."""
     return torch.fft.fftshift(torch.fft.fft2(psi, norm="ortho"), dim=(-2, -1))
+
+
+def uncentred_intensity(psi: torch.Tensor) -> torch.Tensor:
+    """|F(psi)|^2 (unitary) with zero frequency at index 0: ``far_field``'s intensity without its
+    shift, for likelihoods that sum over pixels against counts shifted to match
+    (``torch.fft.ifftshift``). The offset fit evaluates it at every step, where the shift (a copy
+    forward and backward) and |.|'s square root cost time and change nothing."""
+    field = torch.fft.fft2(psi, norm="ortho")
+    return field.real.square() + field.imag.square()
 
 
 def exit_wave_intensity(probe: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
