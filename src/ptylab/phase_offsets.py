@@ -235,8 +235,8 @@ def fit_offsets(canvas_of: Callable[[torch.Tensor], torch.Tensor], start: torch.
 
 def _polar(magnitude: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:
     """``torch.polar`` with broadcasting, through real cosines and sines: polar's own backward
-    multiplies by lazily conjugated tensors, which on the CPU took more than half of an offset-fit
-    step on the default job's first tile (2026-12-04, docs/performance.md)."""
+    resolves and multiplies by conjugated copies of its (M, S) result; with it the offset-fit
+    step on the default job's first tile took 9% longer (docs/performance.md)."""
     return torch.complex(magnitude * torch.cos(phase), magnitude * torch.sin(phase))
 
 
@@ -244,7 +244,8 @@ def _add_terms(start: torch.Tensor, coef: torch.Tensor, basis: torch.Tensor) -> 
     """``start`` (M, 1) plus the shape terms ``coef`` (K, M) times ``basis`` (K, M, S), per pixel (M, S).
 
     A multiply-add per term: with K of five or fewer, about half the time of the same sum as an
-    einsum (a batched matrix product of M 1 x K by K x S), forward and backward."""
+    einsum (a batched matrix product of M 1 x K by K x S), forward and backward; the einsum made
+    the offset-fit step 11% longer (docs/performance.md)."""
     out = start
     for k in range(len(basis)):
         out = out + coef[k][:, None] * basis[k]

@@ -66,8 +66,9 @@ def gather_windows(image: torch.Tensor, x: torch.Tensor, y: torch.Tensor, n: int
     zero outside, by gathering pixels instead of ``grid_sample``.
 
     For the offset fit, which cuts hundreds of windows from a differentiable canvas at every
-    step: on the CPU grid_sample's backward (a scatter per output pixel) made it 8 times slower
-    than a gather's (196 ms against 23 ms for 500 windows of 64 px, forward and backward). Only
+    step: on the CPU grid_sample (its backward a scatter per output pixel) took 4-8 times a
+    gather's time for 500 windows of 64 px, forward and backward, and the fit step 45% longer
+    (docs/performance.md). Only
     the taps some window needs are gathered (whole-pixel positions, as on raster scans, need one),
     and such positions are cut exactly, where grid_sample's normalised coordinates leave a weight
     of about 1e-5 on a neighbouring pixel. The image is zero-padded to hold every window, so no
@@ -114,7 +115,7 @@ def uncentred_intensity(psi: torch.Tensor) -> torch.Tensor:
     """|F(psi)|^2 (unitary) with zero frequency at index 0: ``far_field``'s intensity without its
     shift, for likelihoods that sum over pixels against counts shifted to match
     (``torch.fft.ifftshift``). The offset fit evaluates it at every step, where the shift (a copy
-    forward and backward) and |.|'s square root cost time and change nothing."""
+    forward and backward) and |.|'s square root change nothing and made the step 18% longer."""
     field = torch.fft.fft2(psi, norm="ortho")
     return field.real.square() + field.imag.square()
 

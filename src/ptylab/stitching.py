@@ -7,7 +7,6 @@ import math
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from functools import cached_property
 from pathlib import Path
 from typing import IO, Any
 
@@ -135,25 +134,6 @@ class Stitched:
     bbox: tuple[int, int, int, int]  # row0, row1, col0, col1 of the scanned area (exclusive ends)
 
 
-class _TimesConstant(torch.autograd.Function):
-    """``constant * factor`` for a factor that needs a gradient, with the constant's conjugate given.
-
-    Autograd's own backward for a complex product conjugates the constant lazily at every call, and
-    on the CPU resolving that conjugate (a copy) and multiplying by it took 88 of the 194 ms of an
-    offset-fit step on the default job's first tile (2026-12-04, docs/performance.md)."""
-
-    @staticmethod
-    def forward(ctx: Any, factor: torch.Tensor, constant: torch.Tensor, constant_conj: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(constant_conj)
-        ctx.factor_shape = factor.shape
-        return constant * factor
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
-        (constant_conj,) = ctx.saved_tensors
-        return (grad * constant_conj).sum_to_size(ctx.factor_shape), None, None
-
-
 @dataclass
 class Placement:
     """Where each patch's central crop lands on the object canvas, with its bilinear weights.
@@ -174,19 +154,9 @@ class Placement:
 
     def value_sum(self, phasors: torch.Tensor | None = None) -> torch.Tensor:
         """Accumulated values per canvas pixel, each patch times its factor (M,) or per-pixel factors (M, S)."""
-        if phasors is None:
-            vals = self.values
-        else:
-            factors = phasors if phasors.ndim == 2 else phasors[:, None]
-            vals = (_TimesConstant.apply(factors, self.values, self.conj_values) if factors.requires_grad
-                    else self.values * factors)
+        vals = self.values if phasors is None else self.values * (phasors if phasors.ndim == 2 else phasors[:, None])
         return torch.zeros(self.size, dtype=vals.dtype, device=vals.device).index_add_(0, self.index.ravel(),
                                                                                     vals.ravel())
-
-    @cached_property
-    def conj_values(self) -> torch.Tensor:
-        """The values' conjugate, materialised once for the offset fit's backward (``_TimesConstant``)."""
-        return self.values.conj().resolve_conj()
 
     def patch_coords(self, x: np.ndarray, y: np.ndarray, width: int, crop: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Each placed pixel's (u, v) offset from its patch's position (x, y) on a canvas ``width``
