@@ -68,11 +68,10 @@ def gather_windows(image: torch.Tensor, x: torch.Tensor, y: torch.Tensor, n: int
     For the offset fit, which cuts hundreds of windows from a differentiable canvas at every
     step: on the CPU grid_sample (its backward a scatter per output pixel) took 4-8 times a
     gather's time for 500 windows of 64 px, forward and backward, and the fit step 45% longer
-    (docs/performance.md). Only
-    the taps some window needs are gathered (whole-pixel positions, as on raster scans, need one),
-    and such positions are cut exactly, where grid_sample's normalised coordinates leave a weight
-    of about 1e-5 on a neighbouring pixel. The image is zero-padded to hold every window, so no
-    mask is applied.
+    (docs/performance.md). Only the taps some window needs are gathered (whole-pixel positions,
+    as on raster scans, need one), and such positions are cut exactly, where grid_sample's
+    normalised coordinates leave a weight of about 1e-5 on a neighbouring pixel. The image is
+    zero-padded to hold every window, so no mask is applied.
     """
     h, w = image.shape
     x, y = x.to(torch.float64), y.to(torch.float64)
