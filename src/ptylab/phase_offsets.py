@@ -50,7 +50,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .physics import gather_windows, poisson_nll, uncentred_intensity
+from .physics import Windows, poisson_nll, uncentred_intensity, window_taps
 from .progress import Progress
 
 log = logging.getLogger(__name__)
@@ -173,13 +173,15 @@ def fit_offsets(canvas_of: Callable[[torch.Tensor], torch.Tensor], start: torch.
     xs = torch.from_numpy(np.asarray(evidence.x[patterns], np.float64) - origin[1]).to(dev)
     ys = torch.from_numpy(np.asarray(evidence.y[patterns], np.float64) - origin[0]).to(dev)
 
-    def unit_counts(canvas: torch.Tensor, sl: slice) -> torch.Tensor:
-        return uncentred_intensity(probe * gather_windows(canvas, xs[sl], ys[sl], n))
+    def unit_counts(canvas: torch.Tensor, windows: Windows) -> torch.Tensor:
+        return uncentred_intensity(probe * windows.cut(canvas))
 
     chunks = [slice(s, s + CHUNK) for s in range(0, len(patterns), CHUNK)]
     with torch.no_grad():
         canvas0 = canvas_of(start).to(FIT_COMPLEX)
-        scale = float(obs.sum()) / max(float(sum(unit_counts(canvas0, sl).sum() for sl in chunks)), 1e-30)
+        # Each chunk's windows are where its patterns sit on the canvas: the same at every step.
+        windows = [window_taps(canvas0.shape, xs[sl], ys[sl], n, FIT_REAL) for sl in chunks]
+        scale = float(obs.sum()) / max(float(sum(unit_counts(canvas0, win).sum() for win in windows)), 1e-30)
 
     fit = evidence.fit
     assert fit.lr is not None  # Evidence resolves it
@@ -220,8 +222,9 @@ def fit_offsets(canvas_of: Callable[[torch.Tensor], torch.Tensor], start: torch.
         canvas = canvas_of(factors()).to(FIT_COMPLEX)
         leaf = canvas.detach().requires_grad_(True)
         total = torch.zeros((), device=dev)  # a tensor: no device sync per chunk
-        for sl in chunks:  # gradients gathered on the canvas chunk by chunk, then sent to theta once
-            nll = poisson_nll(scale * unit_counts(leaf, sl), obs[sl]) * (obs[sl].shape[0] / len(patterns))
+        # Gradients gathered on the canvas chunk by chunk, then sent to theta once.
+        for sl, win in zip(chunks, windows, strict=True):
+            nll = poisson_nll(scale * unit_counts(leaf, win), obs[sl]) * (obs[sl].shape[0] / len(patterns))
             nll.backward()
             total += nll.detach()
         canvas.backward(leaf.grad)

@@ -8,6 +8,9 @@ and cut patches on its overlap canvas, so simulation and model shift patches ide
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -61,41 +64,63 @@ def extract_patches(obj: torch.Tensor, x: torch.Tensor, y: torch.Tensor, n: int)
     return channels_to_complex(sample_windows(src, x.to(src.dtype), y.to(src.dtype), n, n))
 
 
-def gather_windows(image: torch.Tensor, x: torch.Tensor, y: torch.Tensor, n: int) -> torch.Tensor:
-    """(P, n, n) windows of a (H, W) image centred at (x, y), bilinear as ``extract_patches`` and
-    zero outside, by gathering pixels instead of ``grid_sample``.
+@dataclass(frozen=True)
+class Windows:
+    """Where ``gather_windows`` reads for fixed positions on images of one shape: the zero padding
+    that holds every window and, per bilinear tap, the flat pixel index (P, n, n) and its weight
+    (P, 1, 1; None for whole-pixel positions). The offset fit cuts the same windows from a new
+    canvas at every step, so it builds these once (``window_taps``) and only ``cut``s per step."""
 
-    For the offset fit, which cuts hundreds of windows from a differentiable canvas at every
-    step: on the CPU grid_sample (its backward a scatter per output pixel) took 4-8 times a
-    gather's time for 500 windows of 64 px, forward and backward, and the fit step 45% longer
-    (docs/performance.md). Only the taps some window needs are gathered (whole-pixel positions,
-    as on raster scans, need one), and such positions are cut exactly, where grid_sample's
-    normalised coordinates leave a weight of about 1e-5 on a neighbouring pixel. The image is
-    zero-padded to hold every window, so no mask is applied.
-    """
-    h, w = image.shape
+    pad: tuple[int, int, int, int]  # left, right, top, bottom
+    taps: tuple[tuple[torch.Tensor, torch.Tensor | None], ...]
+
+    def cut(self, image: torch.Tensor) -> torch.Tensor:
+        """(P, n, n) windows of ``image`` (differentiable)."""
+        flat = (F.pad(image, self.pad) if any(self.pad) else image).reshape(-1)
+        out: torch.Tensor | None = None
+        for index, weight in self.taps:
+            tap = flat[index] if weight is None else flat[index] * weight
+            out = tap if out is None else out + tap
+        assert out is not None
+        return out
+
+
+def window_taps(shape: Sequence[int], x: torch.Tensor, y: torch.Tensor, n: int, dtype: torch.dtype) -> Windows:
+    """The ``Windows`` for (P,) positions (x, y) on (H, W) images, weights in the real ``dtype``.
+    Only the taps some window needs are kept: whole-pixel positions, as on raster scans, need one."""
+    h, w = shape
     x, y = x.to(torch.float64), y.to(torch.float64)
     col, row = torch.floor(x), torch.floor(y)
-    fx, fy = (x - col).to(image.real.dtype), (y - row).to(image.real.dtype)
+    fx, fy = (x - col).to(dtype), (y - row).to(dtype)
     taps_x, taps_y = (0, 1) if bool(fx.any()) else (0,), (0, 1) if bool(fy.any()) else (0,)
-    steps = torch.arange(n, device=image.device)
+    steps = torch.arange(n, device=x.device)
     row0, col0 = row.long() - n // 2, col.long() - n // 2  # each window's first pixel
     top, left = max(0, -int(row0.min())), max(0, -int(col0.min()))
     bottom = max(0, int(row0.max()) + n + len(taps_y) - 1 - h)
     right = max(0, int(col0.max()) + n + len(taps_x) - 1 - w)
-    padded = F.pad(image, (left, right, top, bottom)) if top or left or bottom or right else image
-    flat, width = padded.reshape(-1), w + left + right
-    out: torch.Tensor | None = None
+    width = w + left + right
+    taps = []
     for dy in taps_y:
         rows = (row0 + top + dy)[:, None, None] + steps[None, :, None]
         for dx in taps_x:
-            tap = flat[rows * width + (col0 + left + dx)[:, None, None] + steps[None, None, :]]
-            if len(taps_x) > 1 or len(taps_y) > 1:
-                weight = (fy if dy else 1 - fy) * (fx if dx else 1 - fx)
-                tap = tap * weight[:, None, None]
-            out = tap if out is None else out + tap
-    assert out is not None
-    return out
+            index = rows * width + (col0 + left + dx)[:, None, None] + steps[None, None, :]
+            weight = ((fy if dy else 1 - fy) * (fx if dx else 1 - fx))[:, None, None]
+            taps.append((index, weight if len(taps_x) > 1 or len(taps_y) > 1 else None))
+    return Windows((left, right, top, bottom), tuple(taps))
+
+
+def gather_windows(image: torch.Tensor, x: torch.Tensor, y: torch.Tensor, n: int) -> torch.Tensor:
+    """(P, n, n) windows of a (H, W) image centred at (x, y), bilinear as ``extract_patches`` and
+    zero outside, by gathering pixels instead of ``grid_sample`` (``window_taps``, then ``cut``).
+
+    For the offset fit, which cuts hundreds of windows from a differentiable canvas at every
+    step: on the CPU grid_sample (its backward a scatter per output pixel) took 4-8 times a
+    gather's time for 500 windows of 64 px, forward and backward, and the fit step 45% longer
+    (docs/performance.md). Whole-pixel positions are cut exactly, where grid_sample's normalised
+    coordinates leave a weight of about 1e-5 on a neighbouring pixel. The image is zero-padded to
+    hold every window, so no mask is applied.
+    """
+    return window_taps(image.shape, x, y, n, image.real.dtype).cut(image)
 
 
 def patches_inside(x: np.ndarray, y: np.ndarray, n: int, shape: tuple[int, int]) -> np.ndarray:

@@ -81,14 +81,14 @@ def save_bundle(cfg: DictConfig, tc: TrainConfig, run_dir: Path, model: PtychoMo
                              location_free(params), bundle_config_yaml(cfg))
 
 
-def evaluate(tc: TrainConfig, run_dir: Path, model: PtychoModule, test: PtychoData,
-             record: JobRecord, device: str) -> dict[str, Any] | None:
+def evaluate(cfg: DictConfig, tc: TrainConfig, run_dir: Path, model: PtychoModule, test: PtychoData,
+             record: JobRecord) -> dict[str, Any] | None:
     """Reconstruct the test split and score it (skipped when ``eval.enabled`` is false); the
     offset fit's own scores on flat patches, for the refined arm to reuse."""
     if not tc.eval.enabled:
         return None
     metrics = evaluate_reconstruction(model, test, tc.gridsize, tc.model.neighbours, tc.eval, run_dir, record.label,
-                                      device=device)
+                                      device=evaluation_device(trainer_kwargs(cfg)))
     record.metrics_path = "metrics.json"
     record.headline_metrics = metrics["headline"]
     record.flat_image_flags = metrics["flat_image_flags"]
@@ -205,7 +205,7 @@ def _run_locked(cfg: DictConfig, run_dir: Path) -> JobRecord:
                     model = train(cfg, tc, run_dir, train_data, record)
                     record.bundle_sha256 = save_bundle(cfg, tc, run_dir, model, dict(params))
                     record.bundle_path = BUNDLE_NAME
-                    fit_alone = evaluate(tc, run_dir, model, test_data, record, evaluation_device(trainer_kwargs(cfg)))
+                    fit_alone = evaluate(cfg, tc, run_dir, model, test_data, record)
                     evaluate_refined(cfg, tc, run_dir, model, test_data, record, fit_alone)
                     status = Status.succeeded
     except (JobInterrupted, SIGTERMException) as exc:
