@@ -30,9 +30,9 @@ TINY_TRAIN = [
     "view.min_train_positions=16", "refine.steps=3", "eval.offset_fit_steps=10",
 ]
 # Added by tests of plumbing (launchers, search, failures, comparison rows) that neither the refined
-# arm nor the fit-alone reference concerns: the two take about half of a tiny job's time, and other
-# tests cover them (the run-directory, sweep, fault and quality tests keep both on).
-PLUMBING = ["refine.enabled=false", "eval.fit_alone=false"]
+# arm nor the fit-alone and network-alone references concern: they take about half of a tiny job's
+# time, and other tests cover them (the run-directory, sweep, fault and quality tests keep them on).
+PLUMBING = ["refine.enabled=false", "eval.fit_alone=false", "eval.network_alone=false"]
 
 
 def pytest_configure(config: pytest.Config) -> None:

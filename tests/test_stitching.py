@@ -1,20 +1,26 @@
 """Stitching: exact for consistent patches; phase synchronisation undoes per-patch phase offsets, and
 the offsets fitted to the measured patterns undo what synchronisation leaves."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 
 from ptylab import stitching
+from ptylab.config import validate
 from ptylab.data import mean_total_counts
+from ptylab.evaluation import NETWORK_ALONE, evaluate_reconstruction
+from ptylab.models import build_model
 from ptylab.phase_offsets import AUTO_LR, AUTO_LR_MAX, Evidence, OffsetFit, _polar, auto_lr, fit_offsets
 from ptylab.physics import extract_patches, far_field, make_object, make_probe, poisson_sample, raster_scan
 from ptylab.rng import stage_rng
+from ptylab.simulate import simulate
 from ptylab.stages.train import trainer_kwargs
 from ptylab.stitching import spatial_tiles, stitch
 from ptylab.training import evaluation_device
 
-from .conftest import compose_config
+from .conftest import SMALL_OVERRIDES, compose_config
 
 
 @pytest.fixture(scope="module")
@@ -276,3 +282,26 @@ def test_offset_fit_rate_follows_the_counts_unless_set(tmp_path):
     assert rates[1] < rates[2] < rates[3] < rates[4]
     assert OffsetFit.from_inference(OffsetFit().inference()).lr is None  # a bundle keeps "from the data"
     assert OffsetFit.from_inference(OffsetFit(lr=0.02).inference()).lr == 0.02
+
+
+def test_the_network_alone_reference_scores_what_an_evaluation_without_the_fit_scores(small_dataset_cfg, tmp_path):
+    """The network-alone reference is the same predictions stitched without the offset fit: it must
+    score exactly what a whole evaluation with the fit turned off scores, and the fit must move it."""
+    train, test, _ = simulate(small_dataset_cfg, 1e4, 0)
+    cfg = validate(compose_config([*SMALL_OVERRIDES, "model.base_filters=[8,16,32]"]))
+    model = build_model(cfg.model, 2, train)  # untrained, but a real network: its predictions are what they are
+    ev = replace(cfg.eval, offset_fit_steps=10, fit_alone=False)
+    runs = {name: tmp_path / name for name in ("fitted", "unfitted")}
+    for run in runs.values():
+        run.mkdir()
+    fitted = evaluate_reconstruction(model, test, 2, cfg.model.neighbours, ev, runs["fitted"], "fitted")
+    unfitted = evaluate_reconstruction(model, test, 2, cfg.model.neighbours, replace(ev, offset_fit_steps=0),
+                                       runs["unfitted"], "unfitted")
+    for part in ("amplitude", "phase"):
+        alone, plain = fitted[part][NETWORK_ALONE], unfitted[part]
+        assert NETWORK_ALONE not in plain  # without a fit there is nothing to separate
+        for key in ("ssim", "psnr", "pearson"):
+            assert alone[key] == pytest.approx(plain[key], rel=1e-9, abs=1e-12)
+        assert alone["frc50_px"] == pytest.approx(plain["frc_0_5"]["period_px"], rel=1e-9)
+        assert fitted[part]["psnr"] != pytest.approx(alone["psnr"], abs=1e-3)
+        assert fitted["headline"][f"{part}_network_alone_ssim"] == alone["ssim"]

@@ -22,7 +22,7 @@ from .config import EvalConfig
 from .data import PtychoData
 from .figures import complex_panels, frc_curves
 from .fileio import atomic_write_json, atomic_write_with
-from .metrics import PSNR_CAP_DB, beats, reference_scores, score_image
+from .metrics import PSNR_CAP_DB, beats, frc_curve, frc_resolution, reference_scores, score_image
 from .models import PtychoModule
 from .phase_offsets import OffsetFit
 from .stitching import OBJECT_FILE, Stitched, reconstruct, reconstruct_flat, write_object
@@ -31,8 +31,10 @@ log = logging.getLogger(__name__)
 
 # Key, beside "flat" in each part's scores, of the offset fit's own scores on flat patches.
 FIT_ALONE = "fit_alone"
+# Key, beside it, of the network's own scores: its predictions stitched without the offset fit.
+NETWORK_ALONE = "network_alone"
 # metrics.json keys that are wall-clock times: the only ones a faithful re-run may change.
-TIMING_KEYS = ("inference_s", "evaluate_s", "fit_alone_s")
+TIMING_KEYS = ("inference_s", "evaluate_s", "fit_alone_s", "network_alone_s")
 
 
 def register(rec: np.ndarray, gt: np.ndarray, upsample_factor: int,
@@ -124,6 +126,8 @@ def headline(scores: dict[str, Any]) -> dict[str, float | None]:
             out[f"{part}_flat_ssim"] = s["flat"]["ssim"]
         if FIT_ALONE in s:
             out[f"{part}_fit_alone_ssim"] = s[FIT_ALONE]["ssim"]
+        if NETWORK_ALONE in s:
+            out[f"{part}_network_alone_ssim"] = s[NETWORK_ALONE]["ssim"]
     return out
 
 
@@ -157,8 +161,8 @@ def fit_alone_flags(scores: dict[str, Any]) -> list[str]:
 
 def fit_alone_scores(test: PtychoData, gridsize: int, neighbours: int, cfg: EvalConfig,
                      fit: OffsetFit, device: str = "cpu") -> dict[str, dict[str, float]]:
-    """SSIM, PSNR and correlation of the offset fit ``fit`` (the network's, rate resolved) applied
-    to flat patches (no network).
+    """SSIM, PSNR, correlation and FRC50 of the offset fit ``fit`` (the network's, rate resolved)
+    applied to flat patches (no network).
 
     The fit (offsets, gains and shape terms per patch, ``phase_offsets``) is itself a small
     iterative solve on the test patterns: on the default job it reaches phase correlation 0.91
@@ -167,8 +171,30 @@ def fit_alone_scores(test: PtychoData, gridsize: int, neighbours: int, cfg: Eval
     """
     stitched = reconstruct_flat(test, gridsize, neighbours, cfg.stitch_crop, cfg.sync_phase, cfg.tile_patches, fit,
                                 device)
-    amp, phase, gt, _ = aligned_pair(stitched, test.obj, cfg)  # only the scores flags compare (``beats``)
-    return {"amplitude": reference_scores(amp, np.abs(gt)), "phase": reference_scores(phase, np.angle(gt))}
+    return _reference_scores(stitched, test.obj, cfg)
+
+
+def _reference_scores(stitched: Stitched, gt_object: np.ndarray, cfg: EvalConfig) -> dict[str, dict[str, float]]:
+    """The scores flags compare (``beats``: SSIM, PSNR, correlation), and the FRC50, per part."""
+    amp, phase, gt, _ = aligned_pair(stitched, gt_object, cfg)
+    out = {}
+    for part, pred, truth in (("amplitude", amp, np.abs(gt)), ("phase", phase, np.angle(gt))):
+        freq, curve = frc_curve(pred, truth)
+        out[part] = {**reference_scores(pred, truth), "frc50_px": frc_resolution(freq, curve, 0.5)["period_px"]}
+    return out
+
+
+def network_alone_scores(unfitted: Stitched, gt_object: np.ndarray, cfg: EvalConfig) -> dict[str, dict[str, float]]:
+    """SSIM, PSNR, correlation and FRC50 of the network's predictions stitched without the offset
+    fit (phase-synchronised only).
+
+    With the fit, a score is the network's and the fit's together; the fit-alone reference says
+    what the fit makes of flat patches, and this what the network makes without the fit. On the
+    default job the network alone resolves about 18 px in amplitude where the two together resolve
+    4.4 (docs/quality.md, "What the network and the fit each give"). Not a floor to flag: the fit
+    is tuned as an early stop, and may trade a little of one score for others.
+    """
+    return _reference_scores(unfitted, gt_object, cfg)
 
 
 def write_evaluation(run_dir: Path, scores: dict[str, Any], title: str, extra: dict[str, Any]) -> dict[str, Any]:
@@ -205,20 +231,34 @@ def evaluate_reconstruction(model: PtychoModule, test: PtychoData, gridsize: int
     """Reconstruct, score and write ``metrics.json`` with its figures, and the stitched object as
     reconstructed (``object.npz``, ``stitching.write_object``). With the offset fit on, the
     fit's own scores on flat patches go beside each part's (``fit_alone``; computed here unless
-    given, as the refined arm is given the single pass's). ``evaluate_s`` times this method's
-    reconstruction and scoring; ``fit_alone_s`` the reference, when computed here. The network's
-    predictions and the offset fit run on ``device`` (``stitching.reconstruct``)."""
+    given, as the refined arm is given the single pass's), and the network's own, its predictions
+    stitched without the fit (``network_alone``, from the same predictions). ``evaluate_s`` times
+    this method's reconstruction and scoring; ``fit_alone_s`` and ``network_alone_s`` the
+    references, when computed here. The network's predictions and the offset fit run on
+    ``device`` (``stitching.reconstruct``)."""
     t0 = time.perf_counter()
     fit = offset_fit(cfg).for_counts(test.mean_counts)  # the lr it used, for metrics.json
     log.info("%s: evaluating %d test positions (predicted, stitched%s)", title, test.n_positions,
              ", their offsets fitted to the data" if fit.steps > 0 else "")
-    stitched = reconstruct(model, test, gridsize, neighbours, cfg.stitch_crop, cfg.batch_size,
-                           sync_phase=cfg.sync_phase, tile_patches=cfg.tile_patches, scratch_dir=run_dir,
-                           offset_fit=fit, average_symmetries=cfg.average_symmetries, device=device)
+    args = (model, test, gridsize, neighbours, cfg.stitch_crop, cfg.batch_size)
+    kwargs: dict[str, Any] = {"sync_phase": cfg.sync_phase, "tile_patches": cfg.tile_patches, "scratch_dir": run_dir,
+                              "offset_fit": fit, "average_symmetries": cfg.average_symmetries, "device": device}
+    unfitted = None
+    if fit.steps > 0 and cfg.network_alone:
+        stitched, unfitted = reconstruct(*args, **kwargs, also_unfitted=True)
+    else:
+        stitched = reconstruct(*args, **kwargs)
     infer_s = time.perf_counter() - t0
     write_object(run_dir / OBJECT_FILE, stitched)
     scores = score_reconstruction(stitched, test.obj, cfg)
     evaluate_s = time.perf_counter() - t0
+    network_alone_s = None
+    if unfitted is not None:
+        t1 = time.perf_counter()
+        alone = network_alone_scores(unfitted, test.obj, cfg)
+        for part in ("amplitude", "phase"):
+            scores[part][NETWORK_ALONE] = alone[part]
+        network_alone_s = round(time.perf_counter() - t1, 3)
     fit_alone_s = None
     if fit.steps > 0 and cfg.fit_alone:
         if fit_alone is None:
@@ -229,6 +269,7 @@ def evaluate_reconstruction(model: PtychoModule, test: PtychoData, gridsize: int
         for part in ("amplitude", "phase"):
             scores[part][FIT_ALONE] = fit_alone[part]
     extra = {"inference_s": round(infer_s, 3), "evaluate_s": round(evaluate_s, 3), "fit_alone_s": fit_alone_s,
+             "network_alone_s": network_alone_s,
              "test_positions": test.n_positions, "stitch_crop": cfg.stitch_crop or test.N // 2,
              "sync_phase": cfg.sync_phase, "offset_fit_steps": fit.steps, "offset_fit_lr": fit.lr,
              "offset_fit_gains": fit.gains, "offset_fit_order": fit.order, "offset_fit_ramp": fit.ramp,

@@ -8,7 +8,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Literal, overload
 
 import numpy as np
 import torch
@@ -409,10 +409,27 @@ def scanned_bbox(x: np.ndarray, y: np.ndarray, crop: float, shape: tuple[int, in
             max(0, math.floor(x.min() - half + 1)), min(w, math.ceil(x.max() + half)))
 
 
+@overload
 def reconstruct(model: PtychoModule, data: PtychoData, gridsize: int, neighbours: int, crop: int | None,
                 batch_size: int = 64, device: str | torch.device = "cpu", sync_phase: bool = True,
                 tile_patches: int = DEFAULT_TILE_PATCHES, scratch_dir: Path | None = None,
-                offset_fit: OffsetFit | None = None, average_symmetries: str = "none") -> Stitched:
+                offset_fit: OffsetFit | None = None, average_symmetries: str = "none",
+                also_unfitted: Literal[False] = False) -> Stitched: ...
+
+
+@overload
+def reconstruct(model: PtychoModule, data: PtychoData, gridsize: int, neighbours: int, crop: int | None,
+                batch_size: int = 64, device: str | torch.device = "cpu", sync_phase: bool = True,
+                tile_patches: int = DEFAULT_TILE_PATCHES, scratch_dir: Path | None = None,
+                offset_fit: OffsetFit | None = None, average_symmetries: str = "none",
+                *, also_unfitted: Literal[True]) -> tuple[Stitched, Stitched]: ...
+
+
+def reconstruct(model: PtychoModule, data: PtychoData, gridsize: int, neighbours: int, crop: int | None,
+                batch_size: int = 64, device: str | torch.device = "cpu", sync_phase: bool = True,
+                tile_patches: int = DEFAULT_TILE_PATCHES, scratch_dir: Path | None = None,
+                offset_fit: OffsetFit | None = None, average_symmetries: str = "none",
+                also_unfitted: bool = False) -> Stitched | tuple[Stitched, Stitched]:
     """Group the dataset's positions as in training (one group per anchor), predict, stitch.
 
     With ``average_symmetries`` ("point" or "all", ``symmetries.averaged_transforms``) each
@@ -421,7 +438,9 @@ def reconstruct(model: PtychoModule, data: PtychoData, gridsize: int, neighbours
 
     With ``offset_fit`` (and ``sync_phase``) the synchronised per-patch phase offsets (and gains,
     and shape terms) are then fitted to the dataset's own patterns (``phase_offsets``): the same
-    patterns the network saw, nothing else.
+    patterns the network saw, nothing else. With ``also_unfitted`` the same predictions are also
+    stitched without the fit, and both are returned (fitted, unfitted): what the network alone
+    gives, for ``evaluation``'s network-alone reference, at the cost of one more stitching only.
 
     Streams: patterns are read batch by batch, predicted crops wait in an unlinked scratch file in
     ``scratch_dir`` (default: the system's temporary directory; the job passes its run directory,
@@ -436,7 +455,10 @@ def reconstruct(model: PtychoModule, data: PtychoData, gridsize: int, neighbours
                      average_symmetries,
                      "" if len(transforms) > 1 else ": none but the identity, the predictions as they are")
         crops = predict_crops(model, data.diff3d, groups, crop, batch_size, device, scratch, transforms)
-        return _stitch_groups(crops, groups, data, crop, sync_phase, tile_patches, offset_fit, device)
+        fitted = _stitch_groups(crops, groups, data, crop, sync_phase, tile_patches, offset_fit, device)
+        if not also_unfitted:
+            return fitted
+        return fitted, _stitch_groups(crops, groups, data, crop, sync_phase, tile_patches, None, device)
 
 
 def reconstruct_flat(data: PtychoData, gridsize: int, neighbours: int, crop: int | None, sync_phase: bool = True,

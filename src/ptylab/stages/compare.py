@@ -31,11 +31,13 @@ from ..stitching import OBJECT_FILE, read_object
 from ..tables import csv_text, markdown_lines
 
 log = logging.getLogger(__name__)
-# Beside each SSIM, what a flat image and the stitching's offset fit on flat patches score (the
-# fit-alone reference exists for network methods only; see ptylab.evaluation.fit_alone_scores).
+# Beside each SSIM, what a flat image, the stitching's offset fit on flat patches and the network
+# without that fit score (the last two exist for network methods only; see
+# ptylab.evaluation.fit_alone_scores and network_alone_scores).
 COLUMNS = ["method", "dose", "view", "seed", "status", "reason", "amplitude_ssim", "amplitude_flat_ssim",
-           "amplitude_fit_alone_ssim", "amplitude_corr", "amplitude_psnr", "amplitude_frc50_px", "phase_ssim",
-           "phase_flat_ssim", "phase_fit_alone_ssim", "phase_corr", "phase_psnr", "phase_frc50_px", "train_s",
+           "amplitude_fit_alone_ssim", "amplitude_network_alone_ssim", "amplitude_corr", "amplitude_psnr",
+           "amplitude_frc50_px", "phase_ssim", "phase_flat_ssim", "phase_fit_alone_ssim", "phase_network_alone_ssim",
+           "phase_corr", "phase_psnr", "phase_frc50_px", "train_s",
            "reconstruct_s", "iterations", "source", "variant"]
 
 
