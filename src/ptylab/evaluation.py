@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 FIT_ALONE = "fit_alone"
 # Key, beside it, of the network's own scores: its predictions stitched without the offset fit.
 NETWORK_ALONE = "network_alone"
+UNFITTED_LABEL = "network alone (no offset fit)"
 # metrics.json keys that are wall-clock times: the only ones a faithful re-run may change.
 TIMING_KEYS = ("inference_s", "evaluate_s", "fit_alone_s", "network_alone_s")
 
@@ -171,34 +173,47 @@ def fit_alone_scores(test: PtychoData, gridsize: int, neighbours: int, cfg: Eval
     """
     stitched = reconstruct_flat(test, gridsize, neighbours, cfg.stitch_crop, cfg.sync_phase, cfg.tile_patches, fit,
                                 device)
-    return _reference_scores(stitched, test.obj, cfg)
+    return reference_of(stitched, test.obj, cfg).scores
 
 
-def _reference_scores(stitched: Stitched, gt_object: np.ndarray, cfg: EvalConfig) -> dict[str, dict[str, float]]:
-    """The scores flags compare (``beats``: SSIM, PSNR, correlation), and the FRC50, per part."""
+@dataclass
+class Reference:
+    """A reference reconstruction, scored: per part the scores flags compare (``beats``: SSIM,
+    PSNR, correlation) and the FRC50; its registered, aligned image and the truth on its pixels
+    (for figures); the FRC curves (frequency, FRC) per part."""
+
+    scores: dict[str, dict[str, float]]
+    image: np.ndarray
+    truth: np.ndarray
+    curves: dict[str, tuple[np.ndarray, np.ndarray]]
+
+
+def reference_of(stitched: Stitched, gt_object: np.ndarray, cfg: EvalConfig) -> Reference:
     amp, phase, gt, _ = aligned_pair(stitched, gt_object, cfg)
-    out = {}
+    scores, curves = {}, {}
     for part, pred, truth in (("amplitude", amp, np.abs(gt)), ("phase", phase, np.angle(gt))):
-        freq, curve = frc_curve(pred, truth)
-        out[part] = {**reference_scores(pred, truth), "frc50_px": frc_resolution(freq, curve, 0.5)["period_px"]}
-    return out
+        curves[part] = frc_curve(pred, truth)
+        scores[part] = {**reference_scores(pred, truth), "frc50_px": frc_resolution(*curves[part], 0.5)["period_px"]}
+    return Reference(scores, (amp * np.exp(1j * phase)).astype(np.complex64), gt.astype(np.complex64), curves)
 
 
-def network_alone_scores(unfitted: Stitched, gt_object: np.ndarray, cfg: EvalConfig) -> dict[str, dict[str, float]]:
-    """SSIM, PSNR, correlation and FRC50 of the network's predictions stitched without the offset
-    fit (phase-synchronised only).
+def network_alone(unfitted: Stitched, gt_object: np.ndarray, cfg: EvalConfig) -> Reference:
+    """The network's predictions stitched without the offset fit (phase-synchronised only), scored.
 
     With the fit, a score is the network's and the fit's together; the fit-alone reference says
     what the fit makes of flat patches, and this what the network makes without the fit. On the
     default job the network alone resolves about 18 px in amplitude where the two together resolve
     4.4 (docs/quality.md, "What the network and the fit each give"). Not a floor to flag: the fit
-    is tuned as an early stop, and may trade a little of one score for others.
+    is tuned as an early stop, and may trade a little of one score for others. Its image and FRC
+    curves join the job's figures.
     """
-    return _reference_scores(unfitted, gt_object, cfg)
+    return reference_of(unfitted, gt_object, cfg)
 
 
-def write_evaluation(run_dir: Path, scores: dict[str, Any], title: str, extra: dict[str, Any]) -> dict[str, Any]:
-    """metrics.json, reconstruction.npz and figures for one method's scores."""
+def write_evaluation(run_dir: Path, scores: dict[str, Any], title: str, extra: dict[str, Any],
+                     unfitted: Reference | None = None) -> dict[str, Any]:
+    """metrics.json, reconstruction.npz and figures for one method's scores; with ``unfitted`` (the
+    network alone) its image and FRC curves beside the reconstruction's in the figures."""
     aligned, gt = scores.pop("aligned"), scores.pop("ground_truth")
     metrics = {**scores, **extra, "headline": headline(scores), "flat_image_flags": flat_image_flags(scores),
                "fit_alone_flags": fit_alone_flags(scores)}
@@ -209,11 +224,14 @@ def write_evaluation(run_dir: Path, scores: dict[str, Any], title: str, extra: d
             np.savez(fh, object=aligned, ground_truth=gt)
 
     atomic_write_with(run_dir / "reconstruction.npz", _npz)
-    complex_panels(run_dir / "reconstruction.png", {"ground truth": (gt, None), "reconstruction": (aligned, gt)},
-                   title)
-    frc_curves(run_dir / "frc.png", {
-        f"{part}": (np.asarray(scores[part]["frc_curve"]["frequency"]), np.asarray(scores[part]["frc_curve"]["frc"]))
-        for part in ("amplitude", "phase")}, f"FRC against ground truth {title}")
+    panels = {"ground truth": (gt, None), "reconstruction": (aligned, gt)}
+    curves = {part: (np.asarray(scores[part]["frc_curve"]["frequency"]), np.asarray(scores[part]["frc_curve"]["frc"]))
+              for part in ("amplitude", "phase")}
+    if unfitted is not None:
+        panels[UNFITTED_LABEL] = (unfitted.image, unfitted.truth)
+        curves.update({f"{part}, {UNFITTED_LABEL}": unfitted.curves[part] for part in ("amplitude", "phase")})
+    complex_panels(run_dir / "reconstruction.png", panels, title)
+    frc_curves(run_dir / "frc.png", curves, f"FRC against ground truth {title}")
     return metrics
 
 
@@ -252,12 +270,12 @@ def evaluate_reconstruction(model: PtychoModule, test: PtychoData, gridsize: int
     write_object(run_dir / OBJECT_FILE, stitched)
     scores = score_reconstruction(stitched, test.obj, cfg)
     evaluate_s = time.perf_counter() - t0
-    network_alone_s = None
+    network_alone_s, alone = None, None
     if unfitted is not None:
         t1 = time.perf_counter()
-        alone = network_alone_scores(unfitted, test.obj, cfg)
+        alone = network_alone(unfitted, test.obj, cfg)
         for part in ("amplitude", "phase"):
-            scores[part][NETWORK_ALONE] = alone[part]
+            scores[part][NETWORK_ALONE] = alone.scores[part]
         network_alone_s = round(time.perf_counter() - t1, 3)
     fit_alone_s = None
     if fit.steps > 0 and cfg.fit_alone:
@@ -274,7 +292,7 @@ def evaluate_reconstruction(model: PtychoModule, test: PtychoData, gridsize: int
              "sync_phase": cfg.sync_phase, "offset_fit_steps": fit.steps, "offset_fit_lr": fit.lr,
              "offset_fit_gains": fit.gains, "offset_fit_order": fit.order, "offset_fit_ramp": fit.ramp,
              "average_symmetries": cfg.average_symmetries, "device": device}
-    metrics = write_evaluation(run_dir, scores, title, extra)
+    metrics = write_evaluation(run_dir, scores, title, extra, alone)
     head, unscored = metrics["headline"], unscored_parts(metrics["headline"])
     log.info("%s %s", title, ", ".join(
         f"{part} {NOT_SCORED}" if part in unscored else
