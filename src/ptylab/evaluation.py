@@ -32,7 +32,12 @@ log = logging.getLogger(__name__)
 
 # Key, beside "flat" in each part's scores, of the offset fit's own scores on flat patches.
 FIT_ALONE = "fit_alone"
-# Key, beside it, of the network's own scores: its predictions stitched without the offset fit.
+# Key, beside it, of the network's own scores: its predictions stitched without the offset fit
+# (phase-synchronised only). With the fit a score is the network's and the fit's together; the
+# fit-alone reference says what the fit makes of flat patches, this what the network makes without
+# the fit. On the default job the network alone resolves about 18 px in amplitude where the two
+# together resolve 4.4 (docs/quality.md, "What the network and the fit each give"). Reported, not
+# flagged: the fit is tuned as an early stop and may trade a little of one score for others.
 NETWORK_ALONE = "network_alone"
 UNFITTED_LABEL = "network alone (no offset fit)"
 # metrics.json keys that are wall-clock times: the only ones a faithful re-run may change.
@@ -189,25 +194,14 @@ class Reference:
 
 
 def reference_of(stitched: Stitched, gt_object: np.ndarray, cfg: EvalConfig) -> Reference:
+    """A reference reconstruction (the fit on flat patches, or the network without the fit),
+    registered and aligned as a method's own is (``aligned_pair``), and scored."""
     amp, phase, gt, _ = aligned_pair(stitched, gt_object, cfg)
     scores, curves = {}, {}
     for part, pred, truth in (("amplitude", amp, np.abs(gt)), ("phase", phase, np.angle(gt))):
         curves[part] = frc_curve(pred, truth)
         scores[part] = {**reference_scores(pred, truth), "frc50_px": frc_resolution(*curves[part], 0.5)["period_px"]}
     return Reference(scores, (amp * np.exp(1j * phase)).astype(np.complex64), gt.astype(np.complex64), curves)
-
-
-def network_alone(unfitted: Stitched, gt_object: np.ndarray, cfg: EvalConfig) -> Reference:
-    """The network's predictions stitched without the offset fit (phase-synchronised only), scored.
-
-    With the fit, a score is the network's and the fit's together; the fit-alone reference says
-    what the fit makes of flat patches, and this what the network makes without the fit. On the
-    default job the network alone resolves about 18 px in amplitude where the two together resolve
-    4.4 (docs/quality.md, "What the network and the fit each give"). Not a floor to flag: the fit
-    is tuned as an early stop, and may trade a little of one score for others. Its image and FRC
-    curves join the job's figures.
-    """
-    return reference_of(unfitted, gt_object, cfg)
 
 
 def write_evaluation(run_dir: Path, scores: dict[str, Any], title: str, extra: dict[str, Any],
@@ -250,10 +244,11 @@ def evaluate_reconstruction(model: PtychoModule, test: PtychoData, gridsize: int
     reconstructed (``object.npz``, ``stitching.write_object``). With the offset fit on, the
     fit's own scores on flat patches go beside each part's (``fit_alone``; computed here unless
     given, as the refined arm is given the single pass's), and the network's own, its predictions
-    stitched without the fit (``network_alone``, from the same predictions). ``evaluate_s`` times
-    this method's reconstruction and scoring; ``fit_alone_s`` and ``network_alone_s`` the
-    references, when computed here. The network's predictions and the offset fit run on
-    ``device`` (``stitching.reconstruct``)."""
+    stitched without the fit (``network_alone``, from the same predictions; its image and FRC
+    curves join the figures). ``evaluate_s`` times this method's reconstruction and scoring (the
+    network-alone stitching included); ``fit_alone_s`` the fit-alone reference (its stitching and
+    fit included) and ``network_alone_s`` the network-alone scoring, when computed here. The
+    network's predictions and the offset fit run on ``device`` (``stitching.reconstruct``)."""
     t0 = time.perf_counter()
     fit = offset_fit(cfg).for_counts(test.mean_counts)  # the lr it used, for metrics.json
     log.info("%s: evaluating %d test positions (predicted, stitched%s)", title, test.n_positions,
@@ -273,7 +268,7 @@ def evaluate_reconstruction(model: PtychoModule, test: PtychoData, gridsize: int
     network_alone_s, alone = None, None
     if unfitted is not None:
         t1 = time.perf_counter()
-        alone = network_alone(unfitted, test.obj, cfg)
+        alone = reference_of(unfitted, test.obj, cfg)
         for part in ("amplitude", "phase"):
             scores[part][NETWORK_ALONE] = alone.scores[part]
         network_alone_s = round(time.perf_counter() - t1, 3)

@@ -33,7 +33,7 @@ from ..tables import csv_text, markdown_lines
 log = logging.getLogger(__name__)
 # Beside each SSIM, what a flat image, the stitching's offset fit on flat patches and the network
 # without that fit score (the last two exist for network methods only; see
-# ptylab.evaluation.fit_alone_scores and network_alone).
+# ptylab.evaluation.fit_alone_scores and NETWORK_ALONE).
 COLUMNS = ["method", "dose", "view", "seed", "status", "reason", "amplitude_ssim", "amplitude_flat_ssim",
            "amplitude_fit_alone_ssim", "amplitude_network_alone_ssim", "amplitude_corr", "amplitude_psnr",
            "amplitude_frc50_px", "phase_ssim", "phase_flat_ssim", "phase_fit_alone_ssim", "phase_network_alone_ssim",
