@@ -283,8 +283,8 @@ class EvalConfig:
     # Also score the fit on flat patches (no network), the reference a network must beat; it costs
     # about one more stitching and fit (off for scans so large that this matters).
     fit_alone: bool = True
-    # Also score the network's predictions stitched without the fit (the same predictions, one more
-    # stitching): what the network gives on its own, beside what the fit gives on its own.
+    # Also score the network's predictions stitched without the fit (the fit's synchronised start,
+    # kept on the way): what the network gives on its own, beside what the fit gives on its own.
     network_alone: bool = True
     # Predict each group also mirrored and turned under the probe's symmetries, and average
     # (stitching.predict_crops): none, the point reflection alone, or all the probe has (true and

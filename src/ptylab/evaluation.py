@@ -245,30 +245,26 @@ def evaluate_reconstruction(model: PtychoModule, test: PtychoData, gridsize: int
     fit's own scores on flat patches go beside each part's (``fit_alone``; computed here unless
     given, as the refined arm is given the single pass's), and the network's own, its predictions
     stitched without the fit (``network_alone``, from the same predictions; its image and FRC
-    curves join the figures). ``evaluate_s`` times this method's reconstruction and scoring (the
-    network-alone stitching included); ``fit_alone_s`` the fit-alone reference (its stitching and
+    curves join the figures). ``evaluate_s`` times this method's reconstruction and scoring;
+    ``fit_alone_s`` the fit-alone reference (its stitching and
     fit included) and ``network_alone_s`` the network-alone scoring, when computed here. The
     network's predictions and the offset fit run on ``device`` (``stitching.reconstruct``)."""
     t0 = time.perf_counter()
     fit = offset_fit(cfg).for_counts(test.mean_counts)  # the lr it used, for metrics.json
     log.info("%s: evaluating %d test positions (predicted, stitched%s)", title, test.n_positions,
              ", their offsets fitted to the data" if fit.steps > 0 else "")
-    args = (model, test, gridsize, neighbours, cfg.stitch_crop, cfg.batch_size)
-    kwargs: dict[str, Any] = {"sync_phase": cfg.sync_phase, "tile_patches": cfg.tile_patches, "scratch_dir": run_dir,
-                              "offset_fit": fit, "average_symmetries": cfg.average_symmetries, "device": device}
-    unfitted = None
-    if fit.steps > 0 and cfg.network_alone:
-        stitched, unfitted = reconstruct(*args, **kwargs, also_unfitted=True)
-    else:
-        stitched = reconstruct(*args, **kwargs)
+    stitched = reconstruct(model, test, gridsize, neighbours, cfg.stitch_crop, cfg.batch_size,
+                           sync_phase=cfg.sync_phase, tile_patches=cfg.tile_patches, scratch_dir=run_dir,
+                           offset_fit=fit, average_symmetries=cfg.average_symmetries, device=device,
+                           also_unfitted=fit.steps > 0 and cfg.network_alone)
     infer_s = time.perf_counter() - t0
     write_object(run_dir / OBJECT_FILE, stitched)
     scores = score_reconstruction(stitched, test.obj, cfg)
     evaluate_s = time.perf_counter() - t0
     network_alone_s, alone = None, None
-    if unfitted is not None:
+    if stitched.unfitted is not None:
         t1 = time.perf_counter()
-        alone = reference_of(unfitted, test.obj, cfg)
+        alone = reference_of(stitched.unfitted, test.obj, cfg)
         for part in ("amplitude", "phase"):
             scores[part][NETWORK_ALONE] = alone.scores[part]
         network_alone_s = round(time.perf_counter() - t1, 3)

@@ -66,10 +66,17 @@ def extract_patches(obj: torch.Tensor, x: torch.Tensor, y: torch.Tensor, n: int)
 
 @dataclass(frozen=True)
 class Windows:
-    """Where ``gather_windows`` reads for fixed positions on images of one shape: the zero padding
-    that holds every window and, per bilinear tap, the flat pixel index (P, n, n) and its weight
-    (P, 1, 1; None for whole-pixel positions). The offset fit cuts the same windows from a new
-    canvas at every step, so it builds these once (``window_taps``) and only ``cut``s per step."""
+    """(P, n, n) windows of (H, W) images at fixed positions, bilinear as ``extract_patches`` and
+    zero outside, cut by gathering pixels instead of ``grid_sample``: the zero padding that holds
+    every window and, per bilinear tap, the flat pixel index (P, n, n) and its weight (P, 1, 1;
+    None for whole-pixel positions).
+
+    For the offset fit, which cuts the same windows from a new differentiable canvas at every step:
+    it builds these once (``window_taps``) and only ``cut``s per step. On the CPU grid_sample (its
+    backward a scatter per output pixel) took 4-8 times a gather's time for 500 windows of 64 px,
+    forward and backward, and the fit step 45% longer (docs/performance.md). Whole-pixel
+    positions are cut exactly, where grid_sample's normalised coordinates leave a weight of about
+    1e-5 on a neighbouring pixel."""
 
     pad: tuple[int, int, int, int]  # left, right, top, bottom
     taps: tuple[tuple[torch.Tensor, torch.Tensor | None], ...]
@@ -107,20 +114,6 @@ def window_taps(shape: Sequence[int], x: torch.Tensor, y: torch.Tensor, n: int, 
             weight = ((fy if dy else 1 - fy) * (fx if dx else 1 - fx))[:, None, None]
             taps.append((index, weight if len(taps_x) > 1 or len(taps_y) > 1 else None))
     return Windows((left, right, top, bottom), tuple(taps))
-
-
-def gather_windows(image: torch.Tensor, x: torch.Tensor, y: torch.Tensor, n: int) -> torch.Tensor:
-    """(P, n, n) windows of a (H, W) image centred at (x, y), bilinear as ``extract_patches`` and
-    zero outside, by gathering pixels instead of ``grid_sample`` (``window_taps``, then ``cut``).
-
-    For the offset fit, which cuts hundreds of windows from a differentiable canvas at every
-    step: on the CPU grid_sample (its backward a scatter per output pixel) took 4-8 times a
-    gather's time for 500 windows of 64 px, forward and backward, and the fit step 45% longer
-    (docs/performance.md). Whole-pixel positions are cut exactly, where grid_sample's normalised
-    coordinates leave a weight of about 1e-5 on a neighbouring pixel. The image is zero-padded to
-    hold every window, so no mask is applied.
-    """
-    return window_taps(image.shape, x, y, n, image.real.dtype).cut(image)
 
 
 def patches_inside(x: np.ndarray, y: np.ndarray, n: int, shape: tuple[int, int]) -> np.ndarray:

@@ -8,7 +8,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import IO, Any, Literal, overload
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -132,6 +132,9 @@ class Stitched:
     obj: np.ndarray  # (H, W) complex64, zero where nothing was stitched
     weight: np.ndarray  # (H, W) float32 accumulated bilinear weights
     bbox: tuple[int, int, int, int]  # row0, row1, col0, col1 of the scanned area (exclusive ends)
+    # When asked for (``stitch``'s ``also_unfitted``): the same patches synchronised but not fitted
+    # to the data, a by-product of the fit's own start (the network-alone reference).
+    unfitted: Stitched | None = None
 
 
 @dataclass
@@ -302,11 +305,12 @@ class _Tile:
     box: tuple[int, int, int, int]  # row0, row1, col0, col1
     values: np.ndarray  # (rows, cols) complex128
     weights: np.ndarray  # (rows, cols) float64
+    unfitted: np.ndarray | None = None  # the values before the offset fit, when kept
 
 
 def _stitch_tile(crops: np.ndarray, x: np.ndarray, y: np.ndarray, shape: tuple[int, int], crop: int,
                  sync_phase: bool, illumination: np.ndarray | None, evidence: Evidence | None,
-                 patch_index: np.ndarray, device: str | torch.device = "cpu") -> _Tile:
+                 patch_index: np.ndarray, device: str | torch.device = "cpu", keep_unfitted: bool = False) -> _Tile:
     h, w = shape
     half = crop // 2
     r0, r1 = max(0, math.floor(y.min()) - half), min(h, math.floor(y.max()) - half + crop + 1)
@@ -315,6 +319,7 @@ def _stitch_tile(crops: np.ndarray, x: np.ndarray, y: np.ndarray, shape: tuple[i
     xs, ys = x - c0, y - r0  # the patches' positions on the tile's canvas
     placement = place(np.asarray(crops), xs, ys, (r1 - r0, c1 - c0), crop, illumination)
     phasors = phase_sync(placement) if sync_phase and len(x) > 1 else None
+    unfitted = placement.value_sum(phasors).reshape(r1 - r0, c1 - c0).numpy() if keep_unfitted else None
     if phasors is not None and evidence is not None and evidence.fit.steps > 0:
         # The fit, an evaluation's largest cost, runs on ``device``; synchronisation (double
         # precision, an eigensolver) and the final sum stay on the CPU.
@@ -326,13 +331,13 @@ def _stitch_tile(crops: np.ndarray, x: np.ndarray, y: np.ndarray, shape: tuple[i
                               phasors.to(device), evidence, np.unique(evidence.pattern[patch_index]), (r0, c0),
                               (u.to(device), v.to(device)), (xs, ys)).cpu()
     return _Tile((r0, r1, c0, c1), placement.value_sum(phasors).reshape(r1 - r0, c1 - c0).numpy(),
-                 placement.weight_sum().reshape(r1 - r0, c1 - c0).numpy())
+                 placement.weight_sum().reshape(r1 - r0, c1 - c0).numpy(), unfitted)
 
 
-def _sync_tiles(tiles: list[_Tile], weight: np.ndarray) -> np.ndarray:
+def _sync_tiles(tiles: list[_Tile], values: list[np.ndarray], weight: np.ndarray) -> np.ndarray:
     """Phase factors that make the tiles agree where they overlap: the same objective, and the
     same power steps to a fixed point, as ``phase_sync`` with whole tiles in place of patches,
-    A[s, t] = sum conj(V_s) V_t / W."""
+    A[s, t] = sum conj(V_s) V_t / W, V being each tile's ``values`` (fitted or unfitted)."""
     inv_w = np.where(weight > 1e-6, 1.0 / np.maximum(weight, 1e-6), 0.0)
     a = np.zeros((len(tiles), len(tiles)), np.complex128)
     for s, ts in enumerate(tiles):
@@ -342,8 +347,8 @@ def _sync_tiles(tiles: list[_Tile], weight: np.ndarray) -> np.ndarray:
             c0, c1 = max(ts.box[2], tt.box[2]), min(ts.box[3], tt.box[3])
             if r0 >= r1 or c0 >= c1:
                 continue
-            vs = ts.values[r0 - ts.box[0] : r1 - ts.box[0], c0 - ts.box[2] : c1 - ts.box[2]]
-            vt = tt.values[r0 - tt.box[0] : r1 - tt.box[0], c0 - tt.box[2] : c1 - tt.box[2]]
+            vs = values[s][r0 - ts.box[0] : r1 - ts.box[0], c0 - ts.box[2] : c1 - ts.box[2]]
+            vt = values[t][r0 - tt.box[0] : r1 - tt.box[0], c0 - tt.box[2] : c1 - tt.box[2]]
             a[s, t] = np.sum(np.conj(vs) * vt * inv_w[r0:r1, c0:c1])
             a[t, s] = np.conj(a[s, t])
     matrix = torch.from_numpy(a)
@@ -354,7 +359,8 @@ def _sync_tiles(tiles: list[_Tile], weight: np.ndarray) -> np.ndarray:
 def stitch(patches: np.ndarray, x: np.ndarray, y: np.ndarray, shape: tuple[int, int], crop: int,
            sync_phase: bool = False, illumination: np.ndarray | None = None,
            bbox: tuple[int, int, int, int] | None = None, tile_patches: int = DEFAULT_TILE_PATCHES,
-           evidence: Evidence | None = None, device: str | torch.device = "cpu") -> Stitched:
+           evidence: Evidence | None = None, device: str | torch.device = "cpu",
+           also_unfitted: bool = False) -> Stitched:
     """Average the central ``crop`` x ``crop`` region of each patch into an object of ``shape``.
 
     Sub-pixel positions: each crop is shifted by its fractional offset with the bilinear sampler
@@ -370,6 +376,9 @@ def stitch(patches: np.ndarray, x: np.ndarray, y: np.ndarray, shape: tuple[int, 
     spatial tiles of at most ``tile_patches``, read from ``patches`` one tile at a time (it may be
     a memory map), and the tiles' phases are then synchronised with each other on their overlaps.
     A scan that fits in one tile is stitched exactly as a whole.
+
+    With ``also_unfitted`` the result's ``unfitted`` is the same patches synchronised but not
+    fitted: the fit's start, kept on the way, so nothing is placed or synchronised twice.
     """
     h, w = shape
     patches = central(patches, crop)
@@ -381,19 +390,29 @@ def stitch(patches: np.ndarray, x: np.ndarray, y: np.ndarray, shape: tuple[int, 
     for idx in tile_index:
         progress.update(len(tiles))
         tiles.append(_stitch_tile(patches[idx], x[idx], y[idx], shape, crop, sync_phase, illumination, evidence,
-                                  idx, device))
+                                  idx, device, also_unfitted))
         heap.trim()  # the next tile reuses none of this tile's temporaries' fragmented heap
     weight = np.zeros(shape, np.float64)
     for t in tiles:
         weight[t.box[0] : t.box[1], t.box[2] : t.box[3]] += t.weights
-    phasors = _sync_tiles(tiles, weight) if sync_phase and len(tiles) > 1 else np.ones(len(tiles), np.complex128)
-    total = np.zeros(shape, np.complex128)
-    for t, phasor in zip(tiles, phasors, strict=True):
-        total[t.box[0] : t.box[1], t.box[2] : t.box[3]] += phasor * t.values
-    valid = weight > MIN_WEIGHT_SHARE * float(weight.max())
-    obj = np.zeros(shape, np.complex64)
-    obj[valid] = total[valid] / weight[valid]
-    return Stitched(obj, weight.astype(np.float32), bbox or scanned_bbox(x, y, crop, (h, w)))
+    box = bbox or scanned_bbox(x, y, crop, (h, w))
+
+    def assemble(values: list[np.ndarray]) -> Stitched:
+        """The tiles' ``values``, synchronised with each other, as one object."""
+        phasors = (_sync_tiles(tiles, values, weight) if sync_phase and len(tiles) > 1
+                   else np.ones(len(tiles), np.complex128))
+        total = np.zeros(shape, np.complex128)
+        for t, v, phasor in zip(tiles, values, phasors, strict=True):
+            total[t.box[0] : t.box[1], t.box[2] : t.box[3]] += phasor * v
+        valid = weight > MIN_WEIGHT_SHARE * float(weight.max())
+        obj = np.zeros(shape, np.complex64)
+        obj[valid] = total[valid] / weight[valid]
+        return Stitched(obj, weight.astype(np.float32), box)
+
+    stitched = assemble([t.values for t in tiles])
+    if also_unfitted:
+        stitched.unfitted = assemble([t.values if t.unfitted is None else t.unfitted for t in tiles])
+    return stitched
 
 
 def illuminated_bbox(data: PtychoData) -> tuple[int, int, int, int]:
@@ -409,27 +428,11 @@ def scanned_bbox(x: np.ndarray, y: np.ndarray, crop: float, shape: tuple[int, in
             max(0, math.floor(x.min() - half + 1)), min(w, math.ceil(x.max() + half)))
 
 
-@overload
 def reconstruct(model: PtychoModule, data: PtychoData, gridsize: int, neighbours: int, crop: int | None,
                 batch_size: int = 64, device: str | torch.device = "cpu", sync_phase: bool = True,
                 tile_patches: int = DEFAULT_TILE_PATCHES, scratch_dir: Path | None = None,
                 offset_fit: OffsetFit | None = None, average_symmetries: str = "none",
-                also_unfitted: Literal[False] = False) -> Stitched: ...
-
-
-@overload
-def reconstruct(model: PtychoModule, data: PtychoData, gridsize: int, neighbours: int, crop: int | None,
-                batch_size: int = 64, device: str | torch.device = "cpu", sync_phase: bool = True,
-                tile_patches: int = DEFAULT_TILE_PATCHES, scratch_dir: Path | None = None,
-                offset_fit: OffsetFit | None = None, average_symmetries: str = "none",
-                *, also_unfitted: Literal[True]) -> tuple[Stitched, Stitched]: ...
-
-
-def reconstruct(model: PtychoModule, data: PtychoData, gridsize: int, neighbours: int, crop: int | None,
-                batch_size: int = 64, device: str | torch.device = "cpu", sync_phase: bool = True,
-                tile_patches: int = DEFAULT_TILE_PATCHES, scratch_dir: Path | None = None,
-                offset_fit: OffsetFit | None = None, average_symmetries: str = "none",
-                also_unfitted: bool = False) -> Stitched | tuple[Stitched, Stitched]:
+                also_unfitted: bool = False) -> Stitched:
     """Group the dataset's positions as in training (one group per anchor), predict, stitch.
 
     With ``average_symmetries`` ("point" or "all", ``symmetries.averaged_transforms``) each
@@ -438,9 +441,9 @@ def reconstruct(model: PtychoModule, data: PtychoData, gridsize: int, neighbours
 
     With ``offset_fit`` (and ``sync_phase``) the synchronised per-patch phase offsets (and gains,
     and shape terms) are then fitted to the dataset's own patterns (``phase_offsets``): the same
-    patterns the network saw, nothing else. With ``also_unfitted`` the same predictions are also
-    stitched without the fit, and both are returned (fitted, unfitted): what the network alone
-    gives, for ``evaluation``'s network-alone reference, at the cost of one more stitching only.
+    patterns the network saw, nothing else. With ``also_unfitted`` the result's ``unfitted`` is the
+    same predictions synchronised but not fitted (``stitch``): what the network alone gives, for
+    ``evaluation``'s network-alone reference.
 
     Streams: patterns are read batch by batch, predicted crops wait in an unlinked scratch file in
     ``scratch_dir`` (default: the system's temporary directory; the job passes its run directory,
@@ -455,10 +458,7 @@ def reconstruct(model: PtychoModule, data: PtychoData, gridsize: int, neighbours
                      average_symmetries,
                      "" if len(transforms) > 1 else ": none but the identity, the predictions as they are")
         crops = predict_crops(model, data.diff3d, groups, crop, batch_size, device, scratch, transforms)
-        fitted = _stitch_groups(crops, groups, data, crop, sync_phase, tile_patches, offset_fit, device)
-        if not also_unfitted:
-            return fitted
-        return fitted, _stitch_groups(crops, groups, data, crop, sync_phase, tile_patches, None, device)
+        return _stitch_groups(crops, groups, data, crop, sync_phase, tile_patches, offset_fit, device, also_unfitted)
 
 
 def reconstruct_flat(data: PtychoData, gridsize: int, neighbours: int, crop: int | None, sync_phase: bool = True,
@@ -475,15 +475,18 @@ def reconstruct_flat(data: PtychoData, gridsize: int, neighbours: int, crop: int
 
 
 def _stitch_groups(crops: np.ndarray, groups: Groups, data: PtychoData, crop: int, sync_phase: bool,
-                   tile_patches: int, offset_fit: OffsetFit | None, device: str | torch.device) -> Stitched:
-    """Stitch one crop per group member at its position, with the offset fit's evidence if asked."""
+                   tile_patches: int, offset_fit: OffsetFit | None, device: str | torch.device,
+                   also_unfitted: bool = False) -> Stitched:
+    """Stitch one crop per group member at its position, with the offset fit's evidence if asked
+    (and the unfitted stitch beside it, ``stitch``'s ``also_unfitted``)."""
     flat = groups.indices.ravel()
     illumination = np.abs(data.probe) ** 2
     evidence = (Evidence(data.diff3d, flat, data.xcoords, data.ycoords, data.probe,
                          offset_fit.for_counts(data.mean_counts))
                 if offset_fit is not None and offset_fit.steps > 0 else None)
     return stitch(crops, data.xcoords[flat], data.ycoords[flat], data.obj.shape, crop, sync_phase,
-                  illumination / illumination.max(), illuminated_bbox(data), tile_patches, evidence, device)
+                  illumination / illumination.max(), illuminated_bbox(data), tile_patches, evidence, device,
+                  also_unfitted)
 
 
 def reconstruct_from_bundle(bundle: Bundle, data: PtychoData, batch_size: int = 64,
