@@ -6,10 +6,12 @@ import torch
 from omegaconf import OmegaConf
 
 from ptylab import legacy_params
-from ptylab.bundle import BundleError, ModelWeights, load_bundle, write_bundle
+from ptylab.bundle import BundleError, ModelWeights, bundle_config_yaml, load_bundle, write_bundle
 from ptylab.legacy_params import LegacyParamsError, bridge, bridged, params
 from ptylab.models import PINN
 from ptylab.stitching import model_from_weights
+
+from .conftest import compose_config
 
 
 def _model(seed=0, **kwargs):
@@ -136,3 +138,16 @@ def test_location_free_params_for_the_bundle():
         free = legacy_params.location_free(p)
     assert free["output_prefix"] == "." and json.dumps(free)
     assert np.isclose(free["nphotons"], 1000.0)
+
+
+def test_the_bundles_config_names_input_files_without_their_directories():
+    """A job on the same files in another place writes the same bundle config (so the same digest)."""
+    def snapshot(where):
+        return bundle_config_yaml(compose_config([
+            "dataset=npz", f"dataset.train_file={where}/train.npz", f"dataset.test_file={where}/test.npz",
+            f"model.init_weights={where}/runs/wts.h5.zip", "view=full"]))
+    here, there = snapshot("/data/a"), snapshot("/scratch/b/c")
+    assert here == there
+    text = OmegaConf.create(here)
+    assert (text.dataset.train_file, text.dataset.test_file, text.model.init_weights) == (
+        "train.npz", "test.npz", "wts.h5.zip")

@@ -8,11 +8,12 @@ import pytest
 import torch
 
 from ptylab.batches import EpochShuffle, GroupedPatterns, make_loader
+from ptylab.bundle import BundleError, load_bundle, save_model_bundle
 from ptylab.config import PinnConfig, RefineConfig, SupervisedConfig
 from ptylab.datasets import load_or_simulate
 from ptylab.errors import ConfigError, PtylabError
 from ptylab.grouping import group_positions
-from ptylab.models import PINN, Supervised, build_model
+from ptylab.models import PINN, Supervised, build_model, start_from_bundle
 from ptylab.models.base import support_mask
 from ptylab.models.overlap import merge_overlaps
 from ptylab.models.pinn import total_variation
@@ -116,6 +117,35 @@ def test_a_step_budget_under_an_epoch_cap_trains_the_whole_epochs_that_reach_it(
     _, outcome = fit(cfg, 2, 0, train, {"max_steps": 5, "max_epochs": 200, "accelerator": "cpu",
                                          "enable_progress_bar": False, "limit_train_batches": 2}, tmp_path / "run")
     assert (outcome.epochs, outcome.steps) == (3, 6)
+
+
+def test_training_starts_from_a_bundles_network_on_this_datas_physics(small_dataset_cfg, tmp_path):
+    """``model.init_weights``: the network of a bundle trained at another dose starts a training on
+    this data; the probe and the scales stay this data's; the manifest's outcome names the bundle;
+    a network of another shape and a missing file are refused, naming what is wrong."""
+    high = load_or_simulate(small_dataset_cfg, 1e4, 0, tmp_path / "cache").train
+    low = load_or_simulate(small_dataset_cfg, 1e3, 0, tmp_path / "cache").train
+    cfg = PinnConfig(base_filters=[8, 16, 32], val_fraction=0.0, batch_size=8)
+    budget = {"max_steps": 3, "max_epochs": -1, "accelerator": "cpu", "enable_progress_bar": False}
+    trained, _ = fit(cfg, 2, 0, high, budget, tmp_path / "a")
+    path = tmp_path / "wts.h5.zip"
+    digest = save_model_bundle(path, trained, "pinn", {}, {}, "dose: 10000.0\n")
+    started = build_model(cfg, 2, low)
+    assert start_from_bundle(started, str(path)) == digest == load_bundle(path).sha256
+    x = torch.rand(2, 1, 64, 64)
+    with torch.no_grad():
+        assert all(torch.equal(a, b) for a, b in zip(started.net(x), trained.net(x), strict=True))
+    fresh = build_model(cfg, 2, low)
+    assert float(started.log_intensity_scale) == float(fresh.log_intensity_scale) != float(trained.log_intensity_scale)
+    model, outcome = fit(PinnConfig(base_filters=[8, 16, 32], val_fraction=0.0, batch_size=8, init_weights=str(path)),
+                         2, 0, low, budget, tmp_path / "b")
+    assert outcome.init_weights_sha256 == digest and outcome.steps == 3
+    moved = [not torch.equal(p, q) for p, q in zip(model.net.parameters(), trained.net.parameters(), strict=True)]
+    assert any(moved)  # it trained on from there
+    with pytest.raises(BundleError, match=r"wts\.h5\.zip: model\.init_weights: network tensor 'net\..*' is of shape"):
+        start_from_bundle(build_model(PinnConfig(base_filters=[8, 16, 32], width=2), 2, low), str(path))
+    with pytest.raises(ConfigError, match=r"model\.init_weights='nowhere/wts\.h5\.zip': must be an existing"):
+        PinnConfig(init_weights="nowhere/wts.h5.zip")
 
 
 def test_the_logging_interval_is_capped_at_the_steps_an_epoch_runs():

@@ -16,7 +16,7 @@ import json
 import zipfile
 import zlib
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 import h5py
@@ -33,6 +33,9 @@ BUNDLE_NAME = "wts.h5.zip"
 # the bundle, so the digest identifies the model alone.
 LOCATION_NODES = ("paths", "ckpt_path", "redo", "resume")
 PRESENTATION_TRAINER_KEYS = ("enable_progress_bar", "enable_model_summary", "log_every_n_steps")
+# Config values that name input files: the bundle keeps their names, not where they lay (what the
+# data or the starting network were is their content's business: the manifest records the start's digest).
+FILE_KEYS = (("dataset", "train_file"), ("dataset", "test_file"), ("dataset", "probe_file"), ("model", "init_weights"))
 ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 
 
@@ -158,13 +161,16 @@ def load_bundle(path: str | Path, expected_sha256: str | None = None) -> Bundle:
 
 
 def bundle_config_yaml(cfg: DictConfig) -> str:
-    """Resolved config without location-only nodes or presentation-only Trainer keys."""
+    """Resolved config without location-only nodes or presentation-only Trainer keys, input files by name."""
     container = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     assert isinstance(container, dict)
     for key in LOCATION_NODES:
         container.pop(key, None)
     for key in PRESENTATION_TRAINER_KEYS:
         container.get("trainer", {}).pop(key, None)
+    for node, key in FILE_KEYS:
+        if container.get(node, {}).get(key):
+            container[node][key] = PurePath(str(container[node][key])).name
     return OmegaConf.to_yaml(OmegaConf.create(container), sort_keys=True)
 
 

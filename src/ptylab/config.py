@@ -177,6 +177,11 @@ class ModelConfig:
     # per step; phase SSIM gained at 1e3 and fell at 1e4, still above LSQML's (docs/quality.md).
     # The supervised baseline (Y transformed alike) uses them too: methods compared on one sample set.
     augment_symmetries: bool = True
+    # A model bundle (wts.h5.zip) whose network weights training starts from, instead of the
+    # initialisation: a network trained longer, on a GPU or on other data, fine-tuned on this data
+    # within this job's budget. Its architecture must match this config's; the physics (probe,
+    # intensity and input scales) are this data's.
+    init_weights: str | None = None
 
     def __post_init__(self) -> None:
         _check(len(self.base_filters) == 3 and all(f > 0 for f in self.base_filters), "model.base_filters",
@@ -195,6 +200,9 @@ class ModelConfig:
         _check(self.neighbours >= 1, "model.neighbours", self.neighbours, ">= 1")
         if self.max_train_groups is not None:
             _check(self.max_train_groups >= 1, "model.max_train_groups", self.max_train_groups, ">= 1 or null")
+        if self.init_weights is not None:
+            _check(Path(self.init_weights).is_file(), "model.init_weights", self.init_weights,
+                   "an existing model bundle (wts.h5.zip) or null")
 
 
 @dataclass

@@ -65,6 +65,7 @@ class TrainingOutcome:
     groups: dict[str, int]
     stalled: bool = False  # the training loss stopped moving (logged as a warning)
     precision: str | None = None  # Lightning's precision as it ran (trainer=cpu chooses by CPU)
+    init_weights_sha256: str | None = None  # the bundle whose network training started from
 
 
 @dataclass
@@ -92,6 +93,7 @@ class JobRecord:
     groups: dict[str, int] | None = None
     stalled: bool = False
     precision: str | None = None
+    init_weights_sha256: str | None = None
     dataset: dict[str, Any] | None = None
     view: dict[str, Any] | None = None
     metrics_path: str | None = None

@@ -28,7 +28,7 @@ from .data import PtychoData
 from .errors import PtylabError
 from .grouping import Groups, group_positions
 from .manifest import TrainingOutcome
-from .models import PtychoModule, build_model
+from .models import PtychoModule, build_model, start_from_bundle
 from .progress import Progress
 from .rng import stage_rng
 from .symmetries import probe_symmetries
@@ -256,7 +256,12 @@ def fit(model_cfg: ModelConfig, gridsize: int, seed: int, train: PtychoData, tra
     """Train (a new model, or ``model`` to fine-tune it) and return the best checkpoint's model;
     ``what`` names the work in the log."""
     L.seed_everything(seed, workers=True, verbose=False)
-    model = model or build_model(model_cfg, gridsize, train)
+    started_from = None
+    if model is None:
+        model = build_model(model_cfg, gridsize, train)
+        if model_cfg.init_weights:
+            started_from = start_from_bundle(model, model_cfg.init_weights)
+            log.info("%s starts from the network of %s (sha256 %s)", what, model_cfg.init_weights, started_from)
     groups = training_groups(train, model_cfg, gridsize, seed)
     tr, va = split_train_val(groups.n_groups, model_cfg.val_fraction, stage_rng(seed, "val_split"))
     y = train.Y if isinstance(model_cfg, SupervisedConfig) else None
@@ -289,7 +294,7 @@ def fit(model_cfg: ModelConfig, gridsize: int, seed: int, train: PtychoData, tra
         checkpoint_path=_relative(checkpoint.last_model_path, run_dir), best_checkpoint_path=_relative(best, run_dir),
         groups={"train": int(tr.size), "val": int(va.size), "patterns_per_group": gridsize**2,
                 "symmetries": len(transforms)},
-        stalled=history.stalled, precision=str(trainer.precision),
+        stalled=history.stalled, precision=str(trainer.precision), init_weights_sha256=started_from,
     )
     return model.cpu().eval(), outcome
 

@@ -6,6 +6,6 @@ from .supervised import Supervised
 
 MODEL_CLASSES: dict[str, type[PtychoModule]] = {"pinn": PINN, "supervised": Supervised}
 
-from .factory import build_model  # noqa: E402  (needs MODEL_CLASSES' modules first)
+from .factory import build_model, start_from_bundle  # noqa: E402  (needs MODEL_CLASSES' modules first)
 
-__all__ = ["MODEL_CLASSES", "PINN", "PtychoModule", "Supervised", "build_model"]
+__all__ = ["MODEL_CLASSES", "PINN", "PtychoModule", "Supervised", "build_model", "start_from_bundle"]

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from ..batches import input_scale
+from ..bundle import BundleError, load_bundle
 from ..config import ModelConfig, PinnConfig, SupervisedConfig
 from ..data import PtychoData
 from ..errors import ConfigError, PtylabError
@@ -55,3 +56,25 @@ def build_model(model_cfg: ModelConfig, gridsize: int, train: PtychoData) -> Pty
                               "this dataset has none (key 'Y' missing)")
         return Supervised(**common)
     raise ConfigError(f"model.name={model_cfg.name!r}: not a known model kind (pinn, supervised)")
+
+
+def start_from_bundle(model: PtychoModule, path: str) -> str:
+    """Copy the network weights of the bundle at ``path`` into ``model``; return its digest.
+
+    Only the network moves: the probe, the intensity and input scales stay the ones ``model`` was
+    built with from this data, so a network trained elsewhere starts on this data's physics. The
+    bundle may hold either model kind; every network tensor must be there with the same shape.
+    """
+    bundle = load_bundle(path)
+    (weights,) = bundle.models.values()
+    mine = {k: v for k, v in model.state_dict().items() if k.startswith("net.")}
+    for key, tensor in mine.items():
+        theirs = weights.state_dict.get(key)
+        if theirs is None or theirs.shape != tensor.shape:
+            found = "missing" if theirs is None else f"of shape {tuple(theirs.shape)}"
+            raise BundleError(
+                f"{path}: model.init_weights: network tensor '{key}' is {found}, this config's network needs "
+                f"shape {tuple(tensor.shape)} (base_filters, width, the decoders, group_norm and the input "
+                f"channels, i.e. per_pattern or gridsize, must match the bundle's {weights.kind} network)")
+    model.load_state_dict({k: weights.state_dict[k] for k in mine}, strict=False)
+    return bundle.sha256
