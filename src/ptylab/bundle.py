@@ -33,8 +33,8 @@ BUNDLE_NAME = "wts.h5.zip"
 # the bundle, so the digest identifies the model alone.
 LOCATION_NODES = ("paths", "ckpt_path", "redo", "resume")
 PRESENTATION_TRAINER_KEYS = ("enable_progress_bar", "enable_model_summary", "log_every_n_steps")
-# Config values that name input files: the bundle keeps their names, not where they lay (what the
-# data or the starting network were is their content's business: the manifest records the start's digest).
+# Config values that name input files: the bundle keeps their names only, so its digest does not
+# depend on where the files lie (the manifest identifies a starting network by its digest).
 FILE_KEYS = (("dataset", "train_file"), ("dataset", "test_file"), ("dataset", "probe_file"), ("model", "init_weights"))
 ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 
