@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ptylab.batches import EpochShuffle, GroupedPatterns, make_loader
-from ptylab.bundle import BundleError, load_bundle, save_model_bundle
+from ptylab.bundle import BundleError, load_bundle, save_model_bundle, write_bundle
 from ptylab.config import PinnConfig, RefineConfig, SupervisedConfig
 from ptylab.datasets import load_or_simulate
 from ptylab.errors import ConfigError, PtylabError
@@ -146,6 +146,10 @@ def test_training_starts_from_a_bundles_network_on_this_datas_physics(small_data
         start_from_bundle(build_model(PinnConfig(base_filters=[8, 16, 32], width=2), 2, low), str(path))
     with pytest.raises(ConfigError, match=r"model\.init_weights='nowhere/wts\.h5\.zip': must be an existing"):
         PinnConfig(init_weights="nowhere/wts.h5.zip")
+    one = load_bundle(path).models["pinn"]
+    write_bundle(tmp_path / "two" / "wts.h5.zip", {"pinn": one, "spare": one}, {}, "x: 1\n", {})
+    with pytest.raises(BundleError, match=r"holds 2 models \(pinn, spare\); a start needs exactly one"):
+        start_from_bundle(build_model(cfg, 2, low), str(tmp_path / "two" / "wts.h5.zip"))
 
 
 def test_the_logging_interval_is_capped_at_the_steps_an_epoch_runs():

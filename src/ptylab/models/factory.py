@@ -66,6 +66,9 @@ def start_from_bundle(model: PtychoModule, path: str) -> str:
     bundle may hold either model kind; every network tensor must be there with the same shape.
     """
     bundle = load_bundle(path)
+    if len(bundle.models) != 1:
+        raise BundleError(f"{path}: model.init_weights: the bundle holds {len(bundle.models)} models "
+                          f"({', '.join(sorted(bundle.models))}); a start needs exactly one")
     (weights,) = bundle.models.values()
     mine = {k: v for k, v in model.state_dict().items() if k.startswith("net.")}
     for key, tensor in mine.items():
