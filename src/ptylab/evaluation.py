@@ -256,7 +256,7 @@ def evaluate_reconstruction(model: PtychoModule, test: PtychoData, gridsize: int
     stitched = reconstruct(model, test, gridsize, neighbours, cfg.stitch_crop, cfg.batch_size,
                            sync_phase=cfg.sync_phase, tile_patches=cfg.tile_patches, scratch_dir=run_dir,
                            offset_fit=fit, average_symmetries=cfg.average_symmetries, device=device,
-                           also_unfitted=fit.steps > 0 and cfg.network_alone)
+                           also_unfitted=cfg.network_alone)
     infer_s = time.perf_counter() - t0
     write_object(run_dir / OBJECT_FILE, stitched)
     scores = score_reconstruction(stitched, test.obj, cfg)

@@ -319,8 +319,10 @@ def _stitch_tile(crops: np.ndarray, x: np.ndarray, y: np.ndarray, shape: tuple[i
     xs, ys = x - c0, y - r0  # the patches' positions on the tile's canvas
     placement = place(np.asarray(crops), xs, ys, (r1 - r0, c1 - c0), crop, illumination)
     phasors = phase_sync(placement) if sync_phase and len(x) > 1 else None
-    unfitted = placement.value_sum(phasors).reshape(r1 - r0, c1 - c0).numpy() if keep_unfitted else None
+    unfitted = None
     if phasors is not None and evidence is not None and evidence.fit.steps > 0:
+        if keep_unfitted:  # without a fit the values are the unfitted ones already
+            unfitted = placement.value_sum(phasors).reshape(r1 - r0, c1 - c0).numpy()
         # The fit, an evaluation's largest cost, runs on ``device``; synchronisation (double
         # precision, an eigensolver) and the final sum stay on the CPU.
         inv_weight = placement.inverse_weight().to(device, FIT_REAL)  # the same at every step: computed once
@@ -378,7 +380,8 @@ def stitch(patches: np.ndarray, x: np.ndarray, y: np.ndarray, shape: tuple[int, 
     A scan that fits in one tile is stitched exactly as a whole.
 
     With ``also_unfitted`` the result's ``unfitted`` is the same patches synchronised but not
-    fitted: the fit's start, kept on the way, so nothing is placed or synchronised twice.
+    fitted: the fit's start, kept on the way, so nothing is placed or synchronised twice (None
+    when no fit ran: the object itself is then unfitted).
     """
     h, w = shape
     patches = central(patches, crop)
@@ -410,7 +413,7 @@ def stitch(patches: np.ndarray, x: np.ndarray, y: np.ndarray, shape: tuple[int, 
         return Stitched(obj, weight.astype(np.float32), box)
 
     stitched = assemble([t.values for t in tiles])
-    if also_unfitted:
+    if any(t.unfitted is not None for t in tiles):  # asked for, and a fit ran
         stitched.unfitted = assemble([t.values if t.unfitted is None else t.unfitted for t in tiles])
     return stitched
 
