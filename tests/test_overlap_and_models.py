@@ -144,8 +144,10 @@ def test_training_starts_from_a_bundles_network_on_this_datas_physics(small_data
     assert any(moved)  # it trained on from there
     with pytest.raises(BundleError, match=r"wts\.h5\.zip: model\.init_weights: network tensor 'net\..*' is of shape"):
         start_from_bundle(build_model(PinnConfig(base_filters=[8, 16, 32], width=2), 2, low), str(path))
-    with pytest.raises(ConfigError, match=r"model\.init_weights='nowhere/wts\.h5\.zip': must be an existing"):
-        PinnConfig(init_weights="nowhere/wts.h5.zip")
+    gone = PinnConfig(base_filters=[8, 16, 32], val_fraction=0.0, batch_size=8, init_weights="nowhere/wts.h5.zip")
+    # a finished run's config stays readable after its start moved; training from it is refused
+    with pytest.raises(BundleError, match=r"nowhere/wts\.h5\.zip: no such bundle file"):
+        fit(gone, 2, 0, low, budget, tmp_path / "c")
     one = load_bundle(path).models["pinn"]
     write_bundle(tmp_path / "two" / "wts.h5.zip", {"pinn": one, "spare": one}, {}, "x: 1\n", {})
     with pytest.raises(BundleError, match=r"holds 2 models \(pinn, spare\); a start needs exactly one"):

@@ -180,7 +180,8 @@ class ModelConfig:
     # A model bundle (wts.h5.zip) whose network weights training starts from, instead of the
     # initialisation: a network trained longer, on a GPU or on other data, fine-tuned on this data
     # within this job's budget. Its architecture must match this config's; the physics (probe,
-    # intensity and input scales) are this data's.
+    # intensity and input scales) are this data's. Not checked here: a finished run's config must stay
+    # readable (compare, study reports) after its start has moved; the job refuses a missing file.
     init_weights: str | None = None
 
     def __post_init__(self) -> None:
@@ -200,9 +201,6 @@ class ModelConfig:
         _check(self.neighbours >= 1, "model.neighbours", self.neighbours, ">= 1")
         if self.max_train_groups is not None:
             _check(self.max_train_groups >= 1, "model.max_train_groups", self.max_train_groups, ">= 1 or null")
-        if self.init_weights is not None:
-            _check(Path(self.init_weights).is_file(), "model.init_weights", self.init_weights,
-                   "an existing model bundle (wts.h5.zip) or null")
 
 
 @dataclass
