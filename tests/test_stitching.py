@@ -305,3 +305,30 @@ def test_the_network_alone_reference_scores_what_an_evaluation_without_the_fit_s
         assert alone["frc50_px"] == pytest.approx(plain["frc_0_5"]["period_px"], rel=1e-9)
         assert fitted[part]["psnr"] != pytest.approx(alone["psnr"], abs=1e-3)
         assert fitted["headline"][f"{part}_network_alone_ssim"] == alone["ssim"]
+
+
+def test_empty_pixels_of_the_evaluated_area_take_their_nearest_stitched_value(scan):
+    """The evaluated area reaches corners that no patch constrains (weight below the empty share):
+    inside it they are filled from the nearest stitched pixel, not left as zeros that score as
+    amplitude 0; stitched pixels and everything outside the area stay as they were."""
+    obj, x, y, patches = scan
+    lit = np.exp(-((np.arange(32) - 15.5) ** 2) / 60.0)
+    illumination = np.outer(lit, lit)
+    area = (0, 60, 0, obj.shape[1])  # reaches the canvas's unscanned top rows and side columns
+    out = stitch(patches, x, y, obj.shape, 24, illumination=illumination, bbox=area)
+    empty = out.weight <= stitching.MIN_WEIGHT_SHARE * out.weight.max()
+    inside = np.zeros_like(empty)
+    inside[: area[1], :] = True
+    assert (empty & inside).sum() > 100 and (empty & ~inside).sum() > 100
+    assert np.all(out.obj[inside] != 0) and np.all(out.obj[empty & ~inside] == 0)
+    reference = stitch(patches, x, y, obj.shape, 24, illumination=illumination)  # its own, smaller area
+    np.testing.assert_array_equal(out.obj[~empty], reference.obj[~empty])
+    rows, cols = np.nonzero(~empty[: area[1]])
+    for r, c in zip(*np.nonzero(empty & inside), strict=True):
+        nearest = np.argmin((rows - r) ** 2 + (cols - c) ** 2)
+        distance = np.hypot(rows[nearest] - r, cols[nearest] - c)
+        # the filled value is that of a stitched pixel at the nearest distance (ties may pick either)
+        assert any(out.obj[r, c] == out.obj[rr, cc] for rr, cc in zip(rows, cols, strict=True)
+                   if np.hypot(rr - r, cc - c) == distance)
+    filled = empty & inside
+    assert np.abs(out.obj[filled] - obj[filled]).mean() < np.abs(obj[filled]).mean()  # nearer the truth than zero
