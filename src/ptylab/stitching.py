@@ -425,11 +425,11 @@ def fill_from_nearest(obj: np.ndarray, valid: np.ndarray, box: tuple[int, int, i
 
     The evaluated area (the scan widened by the probe's effective radius) reaches corners that only
     the rims of corner patches touch, below ``MIN_WEIGHT_SHARE`` of the largest weight: left as
-    zeros they score as amplitude 0 and an arbitrary phase (60 of 26257 pixels on the user-style
-    files cost the phase 0.03 of correlation), and admitted they are rim values divided by a tiny
-    weight, noise at low dose (1e3 lost 0.7 dB). The nearest stitched value is the plain edge
-    extension; it changes no pixel the stitch constrains (docs/quality.md, "Empty pixels at the
-    evaluated region's corners").
+    zeros they score as amplitude 0 and an arbitrary phase (on the user-style files 6 such pixels
+    past registration's trimmed margin cost the phase 0.03 of correlation), and admitted they are
+    rim values divided by a tiny weight, noise at low dose (1e3 lost 0.7 dB). The nearest stitched
+    value is the plain edge extension; it changes no pixel the stitch constrains (docs/quality.md,
+    "Empty pixels at the evaluated region's corners").
     """
     r0, r1, c0, c1 = box
     inside = valid[r0:r1, c0:c1]
