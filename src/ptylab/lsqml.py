@@ -61,14 +61,15 @@ def data_scale(data: PtychoData) -> float:
 
 def matched_start(start: Stitched, data: PtychoData, chunk: int = 4096) -> np.ndarray:
     """A stitched object as LSQML's start: scaled so that the counts it models at ``data``'s
-    positions total the measured counts, pixels nothing was stitched to set to its mean amplitude.
+    positions total the measured counts, pixels the stitch left empty (zero: no weight, or below
+    ``stitching.MIN_WEIGHT_SHARE`` outside the evaluated area) set to its mean amplitude.
 
     A network's amplitudes are in its own units (its intensity scale assumes an object of RMS
     amplitude ``model.reference_amplitude`` where the data state no scale); matching the total
     counts (Parseval: sum |F(s P O)|^2 = s^2 sum |P O|^2) puts any start in the units of LSQML's
     probe without knowing them.
     """
-    stitched = start.weight > 0
+    stitched = start.obj != 0
     if not stitched.any():
         raise ValueError("the start object has no stitched pixel")
     obj = np.where(stitched, start.obj, np.abs(start.obj[stitched]).mean()).astype(np.complex64)
