@@ -429,7 +429,7 @@ def fill_from_nearest(obj: np.ndarray, valid: np.ndarray, box: tuple[int, int, i
     past registration's trimmed margin cost the phase 0.03 of correlation), and admitted they are
     rim values divided by a tiny weight, noise at low dose (1e3 lost 0.7 dB). The nearest stitched
     value is the plain edge extension; it changes no pixel the stitch constrains (docs/quality.md,
-    "Empty pixels at the evaluated region's corners").
+    "Empty pixels filled from their nearest stitched pixel").
     """
     r0, r1, c0, c1 = box
     inside = valid[r0:r1, c0:c1]
