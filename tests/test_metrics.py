@@ -48,6 +48,17 @@ def test_registration_recovers_a_known_subpixel_shift(obj):
     assert np.abs(moved[inner] - gt[inner]).mean() < 0.02 * np.abs(gt).mean()
 
 
+def test_registration_trims_the_same_rim_at_a_zero_shift_as_at_a_subpixel_one(obj):
+    """The scored area must not depend on whether a method lands on the correlation's zero step:
+    an exact reconstruction and one 0.05 px off are scored on the same pixels."""
+    gt = obj[20:100, 10:110]
+    nudged = np.fft.ifft2(fourier_shift(np.fft.fft2(gt), (0.0, 0.05))).astype(np.complex64)
+    _, zero, zero_margin, applied = register(gt.astype(np.complex64), gt, upsample_factor=20, max_shift=4)
+    _, small, small_margin, _ = register(nudged, gt, upsample_factor=20, max_shift=4)
+    assert applied and zero == (0.0, 0.0) and small != (0.0, 0.0)
+    assert zero_margin == small_margin == 2
+
+
 def test_scores_ignore_global_phase_and_amplitude_scale(obj):
     stitched = Stitched((0.5 * obj * np.exp(1j * 0.8)).astype(np.complex64), np.ones(obj.shape, np.float32),
                         (10, 100, 10, 120))

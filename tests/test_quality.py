@@ -105,8 +105,11 @@ def test_user_style_files_reconstruct_structure_not_a_flat_image(user_files, tmp
     # seed 1: 0.973 and 0.683; with the offsets' ramp terms 0.973 and 0.669 (refined at lr 1e-3 0.973
     # and 0.631); with the probe's symmetries as samples 0.975 and 0.649 (refined 0.973 and 0.667;
     # after 300 steps with the point-reflection average 0.973 and 0.665, without it 0.972 and 0.676).
-    _check_floors(record.headline_metrics, {"amplitude_corr": 0.9, "phase_corr": 0.55})
-    _check_floors(record.refined["headline_metrics"], {"amplitude_corr": 0.9, "phase_corr": 0.55})
+    # With the evaluated area's empty corner pixels filled from their nearest stitched pixel
+    # (2026-12-04; at this size they are a larger share of the area), seeds 1/2/3: 0.976/0.976/0.979
+    # and 0.799/0.815/0.799 (refined 0.976/0.976/0.976 and 0.806/0.824/0.765); floors raised.
+    _check_floors(record.headline_metrics, {"amplitude_corr": 0.95, "phase_corr": 0.7})
+    _check_floors(record.refined["headline_metrics"], {"amplitude_corr": 0.95, "phase_corr": 0.7})
     assert not [f for f in record.flat_image_flags if f.startswith("amplitude")]
     assert record.fit_alone_flags == []  # measured: amplitude SSIM 0.844 vs 0.726 for the fit on flat patches
 

@@ -44,6 +44,10 @@ UNFITTED_LABEL = "network alone (no offset fit)"
 TIMING_KEYS = ("inference_s", "evaluate_s", "fit_alone_s", "network_alone_s")
 
 
+# The rim every registered image loses at least (``register``): what a sub-pixel shift trims.
+MIN_TRIM_PX = 2
+
+
 def register(rec: np.ndarray, gt: np.ndarray, upsample_factor: int,
              max_shift: float) -> tuple[np.ndarray, tuple[float, float], int, bool]:
     """Shift ``rec`` onto ``gt`` (sub-pixel); return it, the shift (dy, dx), the margin to trim, and
@@ -52,12 +56,17 @@ def register(rec: np.ndarray, gt: np.ndarray, upsample_factor: int,
     Positions are known, so a correct reconstruction is off by a pixel or two at most; a larger
     peak means the cross-correlation found nothing real, and the shift is refused rather than
     letting a failed reconstruction be cropped into a flattering corner.
+
+    The margin is the rim the Fourier shift wraps around, ``ceil(|shift|) + 1`` px, and at least
+    ``MIN_TRIM_PX`` (what any sub-pixel shift trims) when the shift is exactly zero: a zero is one
+    of the upsampled correlation's 1/``upsample_factor`` steps, and trimming nothing then scored
+    that method on a wider, poorly lit rim than one registered 0.05 px away (before 2026-12-04).
     """
     shift, _, _ = phase_cross_correlation(gt, rec, upsample_factor=upsample_factor, normalization=None)
     if float(np.max(np.abs(shift))) > max_shift:
         return rec, (float(shift[0]), float(shift[1])), 0, False
-    moved = np.fft.ifft2(fourier_shift(np.fft.fft2(rec), shift))
-    margin = math.ceil(float(np.max(np.abs(shift)))) + 1 if np.any(shift) else 0
+    moved = np.fft.ifft2(fourier_shift(np.fft.fft2(rec), shift)) if np.any(shift) else rec
+    margin = max(MIN_TRIM_PX, math.ceil(float(np.max(np.abs(shift)))) + 1)
     return moved.astype(np.complex64), (float(shift[0]), float(shift[1])), margin, True
 
 
