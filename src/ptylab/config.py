@@ -239,10 +239,17 @@ class PinnConfig(ModelConfig):
     # lifted the user-style phase SSIM by 0.09 and, in scratch runs, the 1e4 amplitude, but the
     # default job with it lost 0.03 of amplitude SSIM on the same region (docs/quality.md).
     phase_tv: float = 0.0
+    # Weight of a second likelihood, on each group member's own patch before the overlap merge
+    # (gridsize > 1; a gs1 group has nothing to merge). The merge averages the members' patches, so
+    # a fine error every patch makes alike (exactly cancelled when periodic at twice the members'
+    # spacing) is nearly invisible to the merged likelihood: the scan-step grid in gs2's phase. Off
+    # by default while it is measured (docs/quality.md, "Each member's own patch in the loss").
+    own_patch_weight: float = 0.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _check(self.phase_tv >= 0, "model.phase_tv", self.phase_tv, ">= 0")
+        _check(self.own_patch_weight >= 0, "model.own_patch_weight", self.own_patch_weight, ">= 0")
         _check(self.oversample >= 0, "model.oversample", self.oversample, ">= 0")
         _check(self.reference_amplitude > 0, "model.reference_amplitude", self.reference_amplitude, "> 0")
         _check(self.nll_weight >= 0 and self.mae_weight >= 0 and self.nll_weight + self.mae_weight > 0,

@@ -45,7 +45,8 @@ def build_model(model_cfg: ModelConfig, gridsize: int, train: PtychoData) -> Pty
                                             else derived_intensity_scale(train, model_cfg.reference_amplitude)),
             probe_trainable=model_cfg.probe_trainable, probe_mask=model_cfg.probe_mask,
             intensity_scale_trainable=model_cfg.intensity_scale_trainable, nll_weight=model_cfg.nll_weight,
-            mae_weight=model_cfg.mae_weight, phase_tv=model_cfg.phase_tv, per_pattern=model_cfg.per_pattern,
+            mae_weight=model_cfg.mae_weight, phase_tv=model_cfg.phase_tv, own_patch_weight=model_cfg.own_patch_weight,
+            per_pattern=model_cfg.per_pattern,
             probe=torch.from_numpy(np.asarray(train.probe)),
         )
     if isinstance(model_cfg, SupervisedConfig):

@@ -48,6 +48,7 @@ class PINN(PtychoModule):
         decoder_width: float = 1.0,  # bundles written before it existed load with 1.0, as they were
         group_norm: str = "none",  # and without normalisation
         phase_tv: float = 0.0,  # and without the phase's total-variation term
+        own_patch_weight: float = 0.0,  # and without the own patches' likelihood
     ):
         super().__init__(N, gridsize**2, list(base_filters), width, object_support, amp_activation,
                          input_scale, lr, schedule, warmup_steps, min_lr, lr_factor, lr_patience, init, decoder,
@@ -75,11 +76,18 @@ class PINN(PtychoModule):
     def training_loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         diff = batch["diff"]
         amp, phase = self.predict_amp_phase(diff)
-        pred = self.predicted_counts(self.objects_from(self.patches_from(amp, phase), batch["offsets"]))
+        patches = self.patches_from(amp, phase)
+        pred = self.predicted_counts(self.objects_from(patches, batch["offsets"]))
         counts = diff.square()
         nll = poisson_nll(pred, counts)
         out = {"nll": nll}
         loss = self.hparams["nll_weight"] * nll
+        if self.hparams["own_patch_weight"] > 0 and patches.shape[1] > 1:
+            # Each member's pattern from its own patch as well: what the merge averages away
+            # (model.own_patch_weight) is then measured too.
+            own = poisson_nll(self.predicted_counts(patches), counts)
+            out["own_nll"] = own
+            loss = loss + self.hparams["own_patch_weight"] * own
         if self.hparams["phase_tv"] > 0:
             # Weighted by the batch's mean counts per pixel, as the likelihood scales with them, so
             # one weight balances the two at any dose.
