@@ -63,11 +63,11 @@ def register(rec: np.ndarray, gt: np.ndarray, upsample_factor: int,
     that method on a wider, poorly lit rim than one registered 0.05 px away (before 2026-12-04).
     """
     shift, _, _ = phase_cross_correlation(gt, rec, upsample_factor=upsample_factor, normalization=None)
-    if float(np.max(np.abs(shift))) > max_shift:
-        return rec, (float(shift[0]), float(shift[1])), 0, False
-    moved = np.fft.ifft2(fourier_shift(np.fft.fft2(rec), shift)) if np.any(shift) else rec
-    margin = max(MIN_TRIM_PX, math.ceil(float(np.max(np.abs(shift)))) + 1)
-    return moved.astype(np.complex64), (float(shift[0]), float(shift[1])), margin, True
+    found, largest = (float(shift[0]), float(shift[1])), float(np.max(np.abs(shift)))
+    if largest > max_shift:
+        return rec, found, 0, False
+    moved = np.fft.ifft2(fourier_shift(np.fft.fft2(rec), shift)) if largest > 0 else rec
+    return moved.astype(np.complex64), found, max(MIN_TRIM_PX, math.ceil(largest) + 1), True
 
 
 def align(rec: np.ndarray, gt: np.ndarray, remove_plane: bool) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
