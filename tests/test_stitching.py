@@ -12,7 +12,16 @@ from ptylab.config import validate
 from ptylab.data import mean_total_counts
 from ptylab.evaluation import NETWORK_ALONE, evaluate_reconstruction
 from ptylab.models import build_model
-from ptylab.phase_offsets import AUTO_LR, AUTO_LR_MAX, Evidence, OffsetFit, _polar, auto_lr, fit_offsets
+from ptylab.phase_offsets import (
+    AUTO_LR,
+    AUTO_LR_MAX,
+    AUTO_ORDER_COUNTS,
+    Evidence,
+    OffsetFit,
+    _polar,
+    auto_lr,
+    fit_offsets,
+)
 from ptylab.physics import extract_patches, far_field, make_object, make_probe, poisson_sample, raster_scan
 from ptylab.rng import stage_rng
 from ptylab.simulate import simulate
@@ -193,15 +202,23 @@ def test_offsets_fitted_to_the_data_undo_the_drift_of_overlap_synchronisation(sc
     np.testing.assert_allclose(fitted.weight, synced.weight)
 
 
-def _with_bowl_and_ramps(patches: np.ndarray) -> np.ndarray:
-    """``patches`` with the same phase bowl in each, a random ramp and an arbitrary offset."""
+def _with_shared_error(patches: np.ndarray, shared) -> np.ndarray:
+    """``patches`` with the same phase error ``shared(u, v)`` in each (u, v +-1 at the edge of the
+    16 px stitching crop), a random ramp and an arbitrary offset."""
     rng = stage_rng(4, "errors")
     u, v = np.meshgrid(np.arange(32) - 16.0, np.arange(32) - 16.0, indexing="xy")
-    u, v = u / 8, v / 8  # +-1 at the edge of the 16 px stitching crop
+    u, v = u / 8, v / 8
     ramps = rng.normal(0, 0.15, (2, len(patches), 1, 1))
-    error = 0.4 * (u**2 + v**2) + ramps[0] * u + ramps[1] * v
+    error = shared(u, v) + ramps[0] * u + ramps[1] * v
     offset = np.exp(1j * rng.uniform(-np.pi, np.pi, len(patches)))[:, None, None]
     return (patches * np.exp(1j * error) * offset).astype(np.complex64)
+
+
+def _fitted(scan, predicted: np.ndarray, order: int, steps: int = 60):
+    obj, x, y, patches = scan
+    probe, diff = _measured(patches)
+    evidence = Evidence(diff, np.arange(len(x)), x, y, probe, OffsetFit(steps, LR, order=order))
+    return stitch(predicted, x, y, obj.shape, 16, sync_phase=True, evidence=evidence)
 
 
 def test_shape_terms_fitted_to_the_data_remove_an_error_every_patch_shares(scan):
@@ -209,16 +226,20 @@ def test_shape_terms_fitted_to_the_data_remove_an_error_every_patch_shares(scan)
     part of a defocused probe's phase into the object does) and a random ramp: averaged over the
     raster the bowl prints a grid at the scan step that offsets alone cannot remove; the fitted
     curvature and ramps (order 2) can."""
-    obj, x, y, patches = scan
-    probe, diff = _measured(patches)
-    predicted = _with_bowl_and_ramps(patches)
-
-    def fitted(order: int):
-        evidence = Evidence(diff, np.arange(len(x)), x, y, probe, OffsetFit(60, LR, order=order))
-        return stitch(predicted, x, y, obj.shape, 16, sync_phase=True, evidence=evidence)
-
-    offsets_only, shaped = _phase_error(fitted(0), obj), _phase_error(fitted(2), obj)
+    obj, _, _, patches = scan
+    predicted = _with_shared_error(patches, lambda u, v: 0.4 * (u**2 + v**2))
+    offsets_only, shaped = (_phase_error(_fitted(scan, predicted, order), obj) for order in (0, 2))
     assert shaped < 0.8 * offsets_only  # measured 0.038 vs 0.058 rad
+
+
+def test_third_order_terms_remove_a_shared_trefoil_that_second_order_leaves(scan):
+    """A trefoil (u^3 - 3uv^2, orthogonal to every term up to order 2 over the patch) shared by
+    every patch: order 3 (coma and trefoil; `eval.offset_fit_order`'s choice from 3e3 counts) takes it out to the
+    floor of exact patches (0.030 rad), order 2 cannot."""
+    obj, _, _, patches = scan
+    predicted = _with_shared_error(patches, lambda u, v: u * (u * u - 3 * v * v))
+    second, third = (_phase_error(_fitted(scan, predicted, order, steps=100), obj) for order in (2, 3))
+    assert third < 0.7 * second  # measured 0.032 vs 0.052 rad
 
 
 def test_jobs_evaluate_on_the_device_they_train_on():
@@ -236,8 +257,8 @@ def test_the_offset_fit_on_cuda_reaches_what_it_reaches_on_the_cpu(scan):
     to float32 rounding through 60 Adam steps."""
     obj, x, y, patches = scan
     probe, diff = _measured(patches)
-    predicted = _with_bowl_and_ramps(patches)
-    evidence = Evidence(diff, np.arange(len(x)), x, y, probe, OffsetFit(60, LR))
+    predicted = _with_shared_error(patches, lambda u, v: 0.4 * (u**2 + v**2))
+    evidence = Evidence(diff, np.arange(len(x)), x, y, probe, OffsetFit(60, LR, order=2))
     on = {d: stitch(predicted, x, y, obj.shape, 16, sync_phase=True, evidence=evidence, device=d)
           for d in ("cpu", "cuda")}
     np.testing.assert_array_equal(on["cuda"].weight, on["cpu"].weight)
@@ -268,9 +289,10 @@ def test_ramp_terms_take_a_scan_wide_phase_ramp_out_of_the_offsets_faster(scan):
     assert not ramp_free.ramp  # bundles from before the ramp terms reconstruct as they did
 
 
-def test_offset_fit_rate_follows_the_counts_unless_set(tmp_path):
+def test_offset_fit_rate_and_order_follow_the_counts_unless_set(tmp_path):
     """An unset rate comes from the data's counts per pattern (slow where noise dominates, faster
-    with more counts, capped); a set rate or one a bundle recorded is kept."""
+    with more counts, capped), and an unset order too (third-order terms only where the counts pin
+    them); a set rate or order, or one a bundle recorded, is kept."""
     for counts in (300.0, 1e3, 4e3, 9e3, 1e5):
         diff = np.lib.format.open_memmap(tmp_path / f"d{counts}.npy", "w+", np.float32, (40, 8, 8))
         diff[:] = np.sqrt(counts / 64)  # amplitudes whose squares sum to ``counts`` per pattern
@@ -282,6 +304,10 @@ def test_offset_fit_rate_follows_the_counts_unless_set(tmp_path):
     assert rates[1] < rates[2] < rates[3] < rates[4]
     assert OffsetFit.from_inference(OffsetFit().inference()).lr is None  # a bundle keeps "from the data"
     assert OffsetFit.from_inference(OffsetFit(lr=0.02).inference()).lr == 0.02
+    assert [OffsetFit().for_counts(c).order for c in (1e3, AUTO_ORDER_COUNTS, 1e4)] == [2, 3, 3]
+    assert OffsetFit(order=1).for_counts(1e4).order == 1
+    assert OffsetFit.from_inference(OffsetFit().inference()).order is None
+    assert OffsetFit.from_inference(OffsetFit(order=2).inference()).order == 2
 
 
 def test_the_network_alone_reference_scores_what_an_evaluation_without_the_fit_scores(small_dataset_cfg, tmp_path):

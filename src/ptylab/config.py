@@ -274,7 +274,7 @@ class PathsConfig:
 
 
 # Polynomial orders of the offset fit's per-patch shape terms (ptylab.phase_offsets.shape_basis).
-OFFSET_FIT_ORDERS = (0, 1, 2)
+OFFSET_FIT_ORDERS = (0, 1, 2, 3)
 
 
 @dataclass
@@ -291,7 +291,9 @@ class EvalConfig:
     # None: from the data's counts per pattern (0.02 at 1e3, 0.06 from 9e3; phase_offsets.auto_lr)
     offset_fit_lr: float | None = None
     offset_fit_gains: bool = True  # with one amplitude gain per patch (at a fifth of the lr)
-    offset_fit_order: int = 2  # per-patch polynomial: 0 offset only, 1 + ramps, 2 + curvature and astigmatism
+    # Per-patch polynomial: 0 offset only, 1 + ramps, 2 + curvature and astigmatism, 3 + coma and
+    # trefoil. None: from the data's counts per pattern (3 from 3e3, else 2; phase_offsets.auto_order)
+    offset_fit_order: int | None = None
     offset_fit_ramp: bool = True  # offsets also move together along a ramp across the scan (faster, same result space)
     # Also score the fit on flat patches (no network), the reference a network must beat; it costs
     # about one more stitching and fit (off for scans so large that this matters).
@@ -320,8 +322,8 @@ class EvalConfig:
         _check(self.offset_fit_steps >= 0, "eval.offset_fit_steps", self.offset_fit_steps, ">= 0")
         _check(self.offset_fit_lr is None or self.offset_fit_lr > 0, "eval.offset_fit_lr", self.offset_fit_lr,
                "> 0, or null (from the data's counts)")
-        _check(self.offset_fit_order in OFFSET_FIT_ORDERS, "eval.offset_fit_order", self.offset_fit_order,
-               f"one of {OFFSET_FIT_ORDERS}")
+        _check(self.offset_fit_order is None or self.offset_fit_order in OFFSET_FIT_ORDERS, "eval.offset_fit_order",
+               self.offset_fit_order, f"one of {OFFSET_FIT_ORDERS}, or null (from the data's counts)")
         if self.stitch_crop is not None:
             _check(self.stitch_crop >= 1, "eval.stitch_crop", self.stitch_crop, ">= 1 or null")
 
