@@ -261,7 +261,8 @@ def evaluate_reconstruction(model: PtychoModule, test: PtychoData, gridsize: int
     t0 = time.perf_counter()
     fit = offset_fit(cfg).for_counts(test.mean_counts)  # the lr it used, for metrics.json
     log.info("%s: evaluating %d test positions (predicted, stitched%s)", title, test.n_positions,
-             ", their offsets fitted to the data" if fit.steps > 0 else "")
+             f", their offsets fitted to the data: {fit.steps} steps at lr {fit.lr:.3g}, shape terms of order "
+             f"{fit.order} ({test.mean_counts:.0f} counts per pattern)" if fit.steps > 0 else "")
     stitched = reconstruct(model, test, gridsize, neighbours, cfg.stitch_crop, cfg.batch_size,
                            sync_phase=cfg.sync_phase, tile_patches=cfg.tile_patches, scratch_dir=run_dir,
                            offset_fit=fit, average_symmetries=cfg.average_symmetries, device=device,
