@@ -81,9 +81,10 @@ AUTO_LR_MAX = 0.06
 # The shape terms' order when none is set: 3 (coma and trefoil as well) from AUTO_ORDER_COUNTS
 # counts per pattern, else 2. Four more terms per patch sharpen what the fit makes of the
 # network's patches where the counts pin them (at 1e4 every FRC50 finer, embedded phase SSIM
-# +0.05), and fit noise where they do not (at 1e3 amplitude SSIM -0.03). Measured at 1e3 and 1e4
-# only: the threshold is their geometric middle (docs/quality.md).
-AUTO_ORDER_COUNTS = 3e3
+# +0.05), and fit noise where they do not (at 1e3 amplitude SSIM -0.03; at 2.6e3 and 3.4e3 still
+# -0.01 to -0.02). Measured at 0.9e3, 2.6e3, 3.4e3 and 8.6e3 counts: the threshold lies between
+# the last two, at their geometric middle (docs/quality.md).
+AUTO_ORDER_COUNTS = 5e3
 
 
 @dataclass(frozen=True)
