@@ -234,8 +234,8 @@ def test_shape_terms_fitted_to_the_data_remove_an_error_every_patch_shares(scan)
 
 def test_third_order_terms_remove_a_shared_trefoil_that_second_order_leaves(scan):
     """A trefoil (u^3 - 3uv^2, orthogonal to every term up to order 2 over the patch) shared by
-    every patch: order 3 (coma and trefoil; `eval.offset_fit_order`'s choice from 5e3 counts) takes it out to the
-    floor of exact patches (0.030 rad), order 2 cannot."""
+    every patch: order 3 (coma and trefoil; `eval.offset_fit_order`'s choice from 5e3 counts)
+    takes it out to the floor of exact patches (0.030 rad), order 2 cannot."""
     obj, _, _, patches = scan
     predicted = _with_shared_error(patches, lambda u, v: u * (u * u - 3 * v * v))
     second, third = (_phase_error(_fitted(scan, predicted, order, steps=100), obj) for order in (2, 3))

@@ -13,15 +13,16 @@ patch (a pattern's total counts fix its patch's brightness; the network's bright
 as a grid at the patch spacing).
 
 With ``order`` 1 to 3 each patch's phase and log-amplitude also get a low-order polynomial in the
-patch's own coordinates (ramps; curvature and astigmatism; coma and trefoil). The network's errors are partly the
-same in every patch, relative to the probe (a phase bowl where the probe is defocused): averaged
-over a raster they print a grid at the scan step (3 px on the embedded data), which no single
-offset per patch removes. A ramp shifts a patch's diffraction and a curvature reshapes it, so the
-patterns determine these terms as they do the offsets. Still nothing is added at the patches'
-resolution: five (at order 3 nine) smooth terms per patch, never a pixel. But patches overlap every few pixels, so
-the sum of their smooth terms can vary on the scale of the scan step: the fit is a small iterative
-solve in its own right (on the default job it reaches phase correlation 0.91 from flat patches).
-Evaluation therefore scores it on flat patches beside every network (``evaluation.fit_alone_scores``).
+patch's own coordinates (ramps; curvature and astigmatism; coma and trefoil). The network's
+errors are partly the same in every patch, relative to the probe (a phase bowl where the probe is
+defocused): averaged over a raster they print a grid at the scan step (3 px on the embedded data),
+which no single offset per patch removes. A ramp shifts a patch's diffraction and a curvature
+reshapes it, so the patterns determine these terms as they do the offsets. Still nothing is added
+at the patches' resolution: five smooth terms per patch (nine at order 3), never a pixel. But
+patches overlap every few pixels, so the sum of their smooth terms can vary on the scale of the
+scan step: the fit is a small iterative solve in its own right (on the default job it reaches phase
+correlation 0.91 from flat patches at order 2). Evaluation therefore scores it on flat patches
+beside every network (``evaluation.fit_alone_scores``).
 
 With ``ramp`` the offsets also move together: two more parameters add a phase ramp across the tile,
 evaluated at each patch's position, to every offset. It adds nothing the offsets could not express;
