@@ -46,22 +46,50 @@ def test_merge_averages_inconsistent_patches_and_gridsize_one_is_identity():
     assert merge_overlaps(single, torch.ones(8, 8), torch.zeros(3, 1, 2)) is single
 
 
+def test_merge_weights_each_member_by_its_own_map_and_keeps_agreeing_patches():
+    """With a weight map (the probe's intensity), each canvas pixel is the members' values averaged
+    with the weights each member's map has there; patches that agree come back unchanged."""
+    n = 8
+    weight = (torch.arange(n, dtype=torch.float32) + 1).expand(n, n)  # grows along x
+    p = torch.ones(1, 2, n, n, dtype=torch.complex64)
+    p[0, 1] *= 3
+    offsets = torch.tensor([[[0.0, 0.0], [2.0, 0.0]]])  # member 1 two pixels along x
+    out = merge_overlaps(p, weight, offsets)
+    # member 0's pixel x is member 1's pixel x - 2, where its weight is that of x - 2
+    w0, w1 = weight[0, 2:], weight[0, :-2]
+    torch.testing.assert_close(out[0, 0, 0, 2:].real, (w0 * 1 + w1 * 3) / (w0 + w1))
+    torch.testing.assert_close(out[0, 0, 0, :2].real, torch.ones(2))  # member 1 does not reach
+    torch.testing.assert_close(merge_overlaps(torch.full_like(p, 2 - 1j), weight, offsets), torch.full_like(p, 2 - 1j))
+
+
+def test_the_pinns_merge_weights_are_its_support_or_the_probes_intensity_on_it():
+    yy, xx = torch.meshgrid(torch.arange(16) - 8.0, torch.arange(16) - 8.0, indexing="ij")
+    probe = torch.exp(-(xx**2 + yy**2) / 20).to(torch.complex64) * (2 + 1j)
+    uniform = PINN(N=16, base_filters=(4, 8, 8), probe=probe)
+    weighted = PINN(N=16, base_filters=(4, 8, 8), probe=probe, merge_weight="probe")
+    torch.testing.assert_close(uniform.merge_weights(), uniform.support)
+    intensity = probe.abs().square() * weighted.support
+    torch.testing.assert_close(weighted.merge_weights(), intensity / intensity.max())
+    assert float(weighted.merge_weights().max()) == pytest.approx(1.0)
+
+
 def _nll_on(model, batch):
     with torch.no_grad():
         pred = model.predicted_counts(model.predict_object(batch["diff"], batch["offsets"]))
         return float(poisson_nll(pred, batch["diff"].square()))
 
 
-@pytest.mark.parametrize(("gridsize", "per_pattern", "augment", "precision"),
-                         [(1, False, False, "32-true"), (2, False, False, "32-true"), (2, True, False, "32-true"),
-                          (2, True, True, "32-true"), (2, True, False, "bf16-mixed")])
+@pytest.mark.parametrize(("gridsize", "per_pattern", "augment", "precision", "merge"),
+                         [(1, False, False, "32-true", "support"), (2, False, False, "32-true", "support"),
+                          (2, True, False, "32-true", "support"), (2, True, True, "32-true", "support"),
+                          (2, True, False, "bf16-mixed", "support"), (2, True, False, "32-true", "probe")])
 def test_tiny_pinn_training_lowers_poisson_nll(small_dataset_cfg, tmp_path, gridsize, per_pattern, augment,
-                                               precision):
+                                               precision, merge):
     src = load_or_simulate(small_dataset_cfg, 1e4, 0, tmp_path / "cache")
     train = src.train
     L.seed_everything(0, verbose=False)
-    model = build_model(PinnConfig(base_filters=[8, 16, 32], width=1, lr=3e-3, per_pattern=per_pattern),
-                        gridsize, train)
+    model = build_model(PinnConfig(base_filters=[8, 16, 32], width=1, lr=3e-3, per_pattern=per_pattern,
+                                   merge_weight=merge), gridsize, train)
     groups = group_positions(train.xcoords, train.ycoords, gridsize, 7)
     ds = GroupedPatterns(train.diff3d, groups)
     probe_batch = ds.__getitems__(list(range(min(32, len(ds)))))

@@ -60,6 +60,13 @@ class GroupNorm(StrEnum):
     all = "all"
 
 
+class MergeWeight(StrEnum):
+    """How the PINN's overlap merge weights each group member's patch (ptylab.models.overlap)."""
+
+    support = "support"  # uniformly over its support
+    probe = "probe"  # by the probe's intensity |P|^2 over its support, as the stitch does
+
+
 class ViewName(StrEnum):
     dense = "dense"
     sparse = "sparse"
@@ -245,6 +252,11 @@ class PinnConfig(ModelConfig):
     # spacing) is nearly invisible to the merged likelihood: the scan-step grid in gs2's phase. Off
     # by default while it is measured (docs/quality.md, "Each member's own patch in the loss").
     own_patch_weight: float = 0.0
+    # How the overlap merge averages a group's patches where they overlap: uniformly over each
+    # patch's support, or by the probe's intensity there, so that where a member's probe is weak
+    # (its pattern says little about the object) its patch counts for little (docs/quality.md,
+    # "The overlap merge weighted by the probe's intensity").
+    merge_weight: MergeWeight = MergeWeight.support
 
     def __post_init__(self) -> None:
         super().__post_init__()

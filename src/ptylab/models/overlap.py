@@ -15,8 +15,10 @@ from ..physics import sample_windows
 EPS = 1e-6
 
 
-def merge_overlaps(patches: torch.Tensor, support: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-    """patches (B, C, N, N) complex (zero outside ``support``), offsets (B, C, 2) (dx, dy) -> same shape."""
+def merge_overlaps(patches: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """patches (B, C, N, N) complex, offsets (B, C, 2) (dx, dy) -> same shape: at each canvas pixel
+    the members' values averaged with ``weight`` (N, N), >= 0 and zero off the predicted support,
+    placed with its patch."""
     b, c, n, _ = patches.shape
     if c == 1:
         return patches
@@ -25,8 +27,9 @@ def merge_overlaps(patches: torch.Tensor, support: torch.Tensor, offsets: torch.
     offsets = offsets - (offsets[:, :1] - torch.round(offsets[:, :1]))
     pad = math.ceil(float(offsets.abs().max())) + 1
     size = n + 2 * pad
-    weight = support.to(patches.real.dtype).expand(b, c, n, n)
-    src = torch.stack((patches.real, patches.imag, weight), dim=2).reshape(b * c, 3, n, n)
+    w = weight.to(patches.real.dtype)
+    patches = patches * w
+    src = torch.stack((patches.real, patches.imag, w.expand(b, c, n, n)), dim=2).reshape(b * c, 3, n, n)
     off = offsets.reshape(b * c, 2).to(src.dtype)
     placed = sample_windows(src, n // 2 - off[:, 0], n // 2 - off[:, 1], size, size)
     canvas = placed.reshape(b, c, 3, size, size).sum(dim=1)

@@ -49,6 +49,7 @@ class PINN(PtychoModule):
         group_norm: str = "none",  # and without normalisation
         phase_tv: float = 0.0,  # and without the phase's total-variation term
         own_patch_weight: float = 0.0,  # and without the own patches' likelihood
+        merge_weight: str = "support",  # and merged uniformly over the support
     ):
         super().__init__(N, gridsize**2, list(base_filters), width, object_support, amp_activation,
                          input_scale, lr, schedule, warmup_steps, min_lr, lr_factor, lr_patience, init, decoder,
@@ -68,7 +69,15 @@ class PINN(PtychoModule):
 
     def objects_from(self, patches: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         """Each group's members' patches merged where they overlap (the object each member sees)."""
-        return merge_overlaps(patches, self.support, offsets)
+        return merge_overlaps(patches, self.merge_weights(), offsets)
+
+    def merge_weights(self) -> torch.Tensor:
+        """(N, N) weight of a member's patch in the merge: its support, or the probe's intensity on
+        it (peak 1; a choice of average, so no gradient reaches a trainable probe through it)."""
+        if self.hparams.get("merge_weight", "support") == "support":
+            return self.support
+        intensity = self.probe.detach().abs().square() * self.support
+        return intensity / intensity.max().clamp_min(torch.finfo(intensity.dtype).tiny)
 
     def predicted_counts(self, obj: torch.Tensor) -> torch.Tensor:
         return torch.exp(2 * self.log_intensity_scale) * far_field(self.probe * obj).abs().square()
