@@ -74,7 +74,7 @@ class PINN(PtychoModule):
     def merge_weights(self) -> torch.Tensor:
         """(N, N) weight of a member's patch in the merge: its support, or the probe's intensity on
         it (peak 1; a choice of average, so no gradient reaches a trainable probe through it)."""
-        if self.hparams.get("merge_weight", "support") == "support":
+        if self.hparams["merge_weight"] == "support":
             return self.support
         intensity = self.probe.detach().abs().square() * self.support
         return intensity / intensity.max().clamp_min(torch.finfo(intensity.dtype).tiny)
