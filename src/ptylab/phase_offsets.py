@@ -138,11 +138,12 @@ def shape_basis(u: torch.Tensor, v: torch.Tensor, order: int) -> torch.Tensor:
     constant: order 1 the ramps u, v; order 2 also curvature u^2 + v^2 and astigmatism u^2 - v^2, 2uv;
     order 3 also coma (u^2 + v^2) u, (u^2 + v^2) v and trefoil u^3 - 3uv^2, 3u^2 v - v^3."""
     terms = [u, v] if order >= 1 else []
-    r2 = u * u + v * v
+    uu, vv = u * u, v * v
+    r2 = uu + vv
     if order >= 2:
-        terms += [r2, u * u - v * v, 2 * u * v]
+        terms += [r2, uu - vv, 2 * u * v]
     if order >= 3:
-        terms += [r2 * u, r2 * v, u * (u * u - 3 * v * v), v * (3 * u * u - v * v)]
+        terms += [r2 * u, r2 * v, u * (uu - 3 * vv), v * (3 * uu - vv)]
     return torch.stack(terms) if terms else u.new_zeros((0, *u.shape))
 
 
