@@ -313,6 +313,39 @@ def test_own_patch_weight_adds_each_members_own_likelihood_to_the_loss(small_dat
         PinnConfig(own_patch_weight=-1.0)
 
 
+def test_the_own_patches_likelihood_without_ramps_ignores_a_ramp_and_keeps_the_rest(small_dataset_cfg, tmp_path):
+    """model.own_patch_ramps=removed: the own term gives the same loss and gradient whatever linear
+    ramp the phase carries (only the merged term decides it), and leaves a ramp-free phase alone."""
+    train = load_or_simulate(small_dataset_cfg, 1e4, 0, tmp_path / "cache").train
+    model = build_model(PinnConfig(base_filters=[8, 16, 32], own_patch_weight=1.0, own_patch_ramps="removed"), 2, train)
+    n = train.N
+    rng = torch.Generator().manual_seed(0)
+    phase = 0.3 * torch.randn(2, 4, n, n, generator=rng)
+    flat = model.without_ramps(phase)
+    c = torch.arange(n, dtype=torch.float32) - n // 2  # a ramp about the patch's centre, which keeps the mean
+    ramped = phase + 0.05 * c - 0.03 * c[:, None]
+    torch.testing.assert_close(model.without_ramps(ramped), flat, atol=1e-5, rtol=0)
+    torch.testing.assert_close(model.without_ramps(flat), flat, atol=1e-5, rtol=0)  # nothing left to remove
+    assert float((flat - phase).abs().max()) > 1e-3  # noise has a fitted ramp of its own
+
+    batch = GroupedPatterns(train.diff3d, group_positions(train.xcoords, train.ycoords, 2, 7)).__getitems__([0, 1])
+    amp = torch.full((2, 4, n, n), 0.8)
+
+    def own_nll(ph):
+        pred = model.predicted_counts(model.patches_from(amp, model.without_ramps(ph)))
+        return poisson_nll(pred, batch["diff"].square())
+
+    a, b = phase.clone().requires_grad_(), ramped.clone().requires_grad_()
+    la, lb = own_nll(a), own_nll(b)
+    la.backward()
+    lb.backward()
+    torch.testing.assert_close(la, lb)
+    torch.testing.assert_close(a.grad, b.grad, atol=1e-6, rtol=1e-4)
+    kept = build_model(PinnConfig(base_filters=[8, 16, 32], own_patch_weight=1.0), 2, train)
+    with torch.no_grad():
+        assert float(kept.training_loss(batch)["own_nll"]) != float(model.training_loss(batch)["own_nll"])
+
+
 def test_supervised_baseline_learns_and_refuses_data_without_y(small_dataset_cfg, tmp_path):
     train = load_or_simulate(small_dataset_cfg, 1e4, 0, tmp_path / "cache").train
     L.seed_everything(0, verbose=False)

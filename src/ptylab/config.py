@@ -67,6 +67,13 @@ class MergeWeight(StrEnum):
     probe = "probe"  # by the probe's intensity |P|^2 over its support, as the stitch does
 
 
+class OwnPatchRamps(StrEnum):
+    """What the own-patch likelihood (model.own_patch_weight) sees of each patch's linear phase ramp."""
+
+    kept = "kept"  # the patch as predicted
+    removed = "removed"  # the patch less its ramp, which the group's merged likelihood alone decides
+
+
 class ViewName(StrEnum):
     dense = "dense"
     sparse = "sparse"
@@ -252,6 +259,14 @@ class PinnConfig(ModelConfig):
     # spacing) is nearly invisible to the merged likelihood: the scan-step grid in gs2's phase. Off
     # by default while it is measured (docs/quality.md, "Each member's own patch in the loss").
     own_patch_weight: float = 0.0
+    # A phase ramp across one patch barely moves its own pattern when the probe is a defocused disc
+    # (a ramp shifts the pattern, much as moving the patch does); the group's merge pins it, as the
+    # members disagree by the ramp times their spacing where they overlap. With the own term the
+    # network put such ramps into its patches (3 of 6 runs at 1e4 with the probe's merge);
+    # ``removed`` takes each patch's ramp (a |P|^2-weighted plane fit) out of what the own term
+    # sees, so only the merge decides it: no ramps on 9 of 9 runs (docs/quality.md, "Where the
+    # pair's phase ramps come from"). ``kept`` is the behaviour measured before it existed.
+    own_patch_ramps: OwnPatchRamps = OwnPatchRamps.kept
     # How the overlap merge averages a group's patches where they overlap: uniformly over each
     # patch's support, or by the probe's intensity there, so that where a member's probe is weak
     # (its pattern says little about the object) its patch counts for little (docs/quality.md,

@@ -46,6 +46,7 @@ def build_model(model_cfg: ModelConfig, gridsize: int, train: PtychoData) -> Pty
             probe_trainable=model_cfg.probe_trainable, probe_mask=model_cfg.probe_mask,
             intensity_scale_trainable=model_cfg.intensity_scale_trainable, nll_weight=model_cfg.nll_weight,
             mae_weight=model_cfg.mae_weight, phase_tv=model_cfg.phase_tv, own_patch_weight=model_cfg.own_patch_weight,
+            own_patch_ramps=str(model_cfg.own_patch_ramps),
             merge_weight=str(model_cfg.merge_weight), per_pattern=model_cfg.per_pattern,
             probe=torch.from_numpy(np.asarray(train.probe)),
         )

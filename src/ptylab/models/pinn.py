@@ -50,6 +50,7 @@ class PINN(PtychoModule):
         phase_tv: float = 0.0,  # and without the phase's total-variation term
         own_patch_weight: float = 0.0,  # and without the own patches' likelihood
         merge_weight: str = "support",  # and merged uniformly over the support
+        own_patch_ramps: str = "kept",  # and with the own patches' ramps seen by their likelihood
     ):
         super().__init__(N, gridsize**2, list(base_filters), width, object_support, amp_activation,
                          input_scale, lr, schedule, warmup_steps, min_lr, lr_factor, lr_patience, init, decoder,
@@ -79,6 +80,20 @@ class PINN(PtychoModule):
         intensity = self.probe.detach().abs().square() * self.support
         return intensity / intensity.max().clamp_min(torch.finfo(intensity.dtype).tiny)
 
+    def without_ramps(self, phase: torch.Tensor) -> torch.Tensor:
+        """phase (B, C, N, N) less each patch's linear ramp: the slopes of a plane fitted by least
+        squares weighted by the probe's intensity on the support, where the pattern sees the phase.
+        A loss of the result is the same for any ramp added to ``phase``: it neither makes nor
+        removes one."""
+        n = phase.shape[-1]
+        w = (self.probe.detach().abs().square() * self.support).float()
+        c = torch.arange(n, device=phase.device, dtype=torch.float32) - n // 2
+        basis = torch.stack((torch.ones_like(w), c.expand(n, n), c[:, None].expand(n, n)))
+        gram = torch.einsum("ixy,jxy,xy->ij", basis, basis, w)
+        moments = torch.einsum("ixy,bcxy,xy->bci", basis, phase.float(), w)
+        coef = torch.linalg.solve(gram, moments.unsqueeze(-1)).squeeze(-1)
+        return phase.float() - torch.einsum("bci,ixy->bcxy", coef[..., 1:], basis[1:])
+
     def predicted_counts(self, obj: torch.Tensor) -> torch.Tensor:
         return torch.exp(2 * self.log_intensity_scale) * far_field(self.probe * obj).abs().square()
 
@@ -94,7 +109,10 @@ class PINN(PtychoModule):
         if self.hparams["own_patch_weight"] > 0 and patches.shape[1] > 1:
             # Each member's pattern from its own patch as well: what the merge averages away
             # (model.own_patch_weight) is then measured too.
-            own = poisson_nll(self.predicted_counts(patches), counts)
+            own_patches = patches
+            if self.hparams["own_patch_ramps"] == "removed":
+                own_patches = self.patches_from(amp, self.without_ramps(phase))
+            own = poisson_nll(self.predicted_counts(own_patches), counts)
             out["own_nll"] = own
             loss = loss + self.hparams["own_patch_weight"] * own
         if self.hparams["phase_tv"] > 0:
