@@ -11,6 +11,7 @@ import math
 import torch
 from torch import nn
 
+from ..phase_offsets import shape_basis
 from ..physics import far_field, poisson_nll
 from .base import PtychoModule
 from .overlap import merge_overlaps
@@ -77,8 +78,13 @@ class PINN(PtychoModule):
         it (peak 1; a choice of average, so no gradient reaches a trainable probe through it)."""
         if self.hparams["merge_weight"] == "support":
             return self.support
-        intensity = self.probe.detach().abs().square() * self.support
+        intensity = self.illumination()
         return intensity / intensity.max().clamp_min(torch.finfo(intensity.dtype).tiny)
+
+    def illumination(self) -> torch.Tensor:
+        """(N, N) the probe's intensity on the support: where a pattern sees its patch (no gradient
+        reaches a trainable probe through the weights made of it)."""
+        return self.probe.detach().abs().square() * self.support
 
     def without_ramps(self, phase: torch.Tensor) -> torch.Tensor:
         """phase (B, C, N, N) less each patch's linear ramp: the slopes of a plane fitted by least
@@ -86,9 +92,9 @@ class PINN(PtychoModule):
         A loss of the result is the same for any ramp added to ``phase``: it neither makes nor
         removes one."""
         n = phase.shape[-1]
-        w = (self.probe.detach().abs().square() * self.support).float()
+        w = self.illumination().float()
         c = torch.arange(n, device=phase.device, dtype=torch.float32) - n // 2
-        basis = torch.stack((torch.ones_like(w), c.expand(n, n), c[:, None].expand(n, n)))
+        basis = torch.cat((torch.ones_like(w)[None], shape_basis(c.expand(n, n), c[:, None].expand(n, n), 1)))
         gram = torch.einsum("ixy,jxy,xy->ij", basis, basis, w)
         moments = torch.einsum("ixy,bcxy,xy->bci", basis, phase.float(), w)
         coef = torch.linalg.solve(gram, moments.unsqueeze(-1)).squeeze(-1)
