@@ -15,6 +15,7 @@ from ptylab.models import build_model
 from ptylab.phase_offsets import (
     AUTO_LR,
     AUTO_LR_MAX,
+    AUTO_ORDER_4_COUNTS,
     AUTO_ORDER_COUNTS,
     Evidence,
     OffsetFit,
@@ -242,6 +243,16 @@ def test_third_order_terms_remove_a_shared_trefoil_that_second_order_leaves(scan
     assert third < 0.7 * second  # measured 0.032 vs 0.052 rad
 
 
+def test_fourth_order_terms_remove_a_shared_tetrafoil_that_third_order_leaves(scan):
+    """A tetrafoil (4uv(u^2 - v^2), orthogonal to every term up to order 3 over the patch) shared
+    by every patch: order 4 (`eval.offset_fit_order`'s choice from 1.7e4 counts) takes it out,
+    order 3 cannot."""
+    obj, _, _, patches = scan
+    predicted = _with_shared_error(patches, lambda u, v: 2.0 * 4 * u * v * (u * u - v * v))
+    third, fourth = (_phase_error(_fitted(scan, predicted, order, steps=100), obj) for order in (3, 4))
+    assert fourth < 0.5 * third  # measured 0.032 vs 0.084 rad
+
+
 def test_jobs_evaluate_on_the_device_they_train_on():
     """trainer=gpu (and DDP on GPUs) evaluates on CUDA, where the offset fit is 7x faster than on
     16 CPU cores (docs/performance.md); trainer=cpu, the default, keeps evaluation on the CPU."""
@@ -291,8 +302,8 @@ def test_ramp_terms_take_a_scan_wide_phase_ramp_out_of_the_offsets_faster(scan):
 
 def test_offset_fit_rate_and_order_follow_the_counts_unless_set(tmp_path):
     """An unset rate comes from the data's counts per pattern (slow where noise dominates, faster
-    with more counts, capped), and an unset order too (third-order terms only where the counts pin
-    them); a set rate or order, or one a bundle recorded, is kept."""
+    with more counts, capped), and an unset order too (third- and fourth-order terms only where the
+    counts pin them); a set rate or order, or one a bundle recorded, is kept."""
     for counts in (300.0, 1e3, 4e3, 9e3, 1e5):
         diff = np.lib.format.open_memmap(tmp_path / f"d{counts}.npy", "w+", np.float32, (40, 8, 8))
         diff[:] = np.sqrt(counts / 64)  # amplitudes whose squares sum to ``counts`` per pattern
@@ -304,7 +315,8 @@ def test_offset_fit_rate_and_order_follow_the_counts_unless_set(tmp_path):
     assert rates[1] < rates[2] < rates[3] < rates[4]
     assert OffsetFit.from_inference(OffsetFit().inference()).lr is None  # a bundle keeps "from the data"
     assert OffsetFit.from_inference(OffsetFit(lr=0.02).inference()).lr == 0.02
-    assert [OffsetFit().for_counts(c).order for c in (1e3, AUTO_ORDER_COUNTS, 1e4)] == [2, 3, 3]
+    assert [OffsetFit().for_counts(c).order
+            for c in (1e3, AUTO_ORDER_COUNTS, 1e4, AUTO_ORDER_4_COUNTS, 1e5)] == [2, 3, 3, 4, 4]
     assert OffsetFit(order=1).for_counts(1e4).order == 1
     assert OffsetFit.from_inference(OffsetFit().inference()).order is None
     assert OffsetFit.from_inference(OffsetFit(order=2).inference()).order == 2

@@ -301,7 +301,7 @@ class PathsConfig:
 
 
 # Polynomial orders of the offset fit's per-patch shape terms (ptylab.phase_offsets.shape_basis).
-OFFSET_FIT_ORDERS = (0, 1, 2, 3)
+OFFSET_FIT_ORDERS = (0, 1, 2, 3, 4)
 
 
 @dataclass
@@ -319,7 +319,8 @@ class EvalConfig:
     offset_fit_lr: float | None = None
     offset_fit_gains: bool = True  # with one amplitude gain per patch (at a fifth of the lr)
     # Per-patch polynomial: 0 offset only, 1 + ramps, 2 + curvature and astigmatism, 3 + coma and
-    # trefoil. None: from the data's counts per pattern (3 from 5e3, else 2; phase_offsets.auto_order)
+    # trefoil, 4 + spherical, secondary astigmatism and tetrafoil. None: from the data's counts per
+    # pattern (4 from 1.7e4, 3 from 5e3, else 2; phase_offsets.auto_order)
     offset_fit_order: int | None = None
     offset_fit_ramp: bool = True  # offsets also move together along a ramp across the scan (faster, same result space)
     # Also score the fit on flat patches (no network), the reference a network must beat; it costs

@@ -12,17 +12,18 @@ the stitched object, starting from the synchronised ones, and with them one ampl
 patch (a pattern's total counts fix its patch's brightness; the network's brightness errors showed
 as a grid at the patch spacing).
 
-With ``order`` 1 to 3 each patch's phase and log-amplitude also get a low-order polynomial in the
-patch's own coordinates (ramps; curvature and astigmatism; coma and trefoil). The network's
-errors are partly the same in every patch, relative to the probe (a phase bowl where the probe is
-defocused): averaged over a raster they print a grid at the scan step (3 px on the embedded data),
-which no single offset per patch removes. A ramp shifts a patch's diffraction and a curvature
-reshapes it, so the patterns determine these terms as they do the offsets. Still nothing is added
-at the patches' resolution: five smooth terms per patch (nine at order 3), never a pixel. But
-patches overlap every few pixels, so the sum of their smooth terms can vary on the scale of the
-scan step: the fit is a small iterative solve in its own right (on the default job it reaches phase
-correlation 0.91 from flat patches at order 2). Evaluation therefore scores it on flat patches
-beside every network (``evaluation.fit_alone_scores``).
+With ``order`` 1 to 4 each patch's phase and log-amplitude also get a low-order polynomial in the
+patch's own coordinates (ramps; curvature and astigmatism; coma and trefoil; spherical, secondary
+astigmatism and tetrafoil). The network's errors are partly the same in every patch, relative to
+the probe (a phase bowl where the probe is defocused): averaged over a raster they print a grid at
+the scan step (3 px on the embedded data), which no single offset per patch removes. A ramp shifts
+a patch's diffraction and a curvature reshapes it, so the patterns determine these terms as they do
+the offsets. Still nothing is added at the patches' resolution: five smooth terms per patch (nine
+at order 3, fourteen at order 4), never a pixel. But patches overlap every few pixels, so the sum
+of their smooth terms can vary on the scale of the scan step: the fit is a small iterative solve in
+its own right (on the default job it reaches phase correlation 0.91 from flat patches at order 2).
+Evaluation therefore scores it on flat patches beside every network
+(``evaluation.fit_alone_scores``).
 
 With ``ramp`` the offsets also move together: two more parameters add a phase ramp across the tile,
 evaluated at each patch's position, to every offset. It adds nothing the offsets could not express;
@@ -86,6 +87,12 @@ AUTO_LR_MAX = 0.06
 # -0.01 to -0.02). Measured at 0.9e3, 2.6e3, 3.4e3 and 8.6e3 counts: the threshold lies between
 # the last two, at their geometric middle (docs/quality.md).
 AUTO_ORDER_COUNTS = 5e3
+# And 4 (spherical, two secondary astigmatisms and two tetrafoils as well) from AUTO_ORDER_4_COUNTS.
+# Five more terms sharpen both parts where the counts pin them (at 2.6e4 and 8.6e4 counts every
+# embedded score up, amplitude SSIM +0.02, every FRC50 finer), and cost the user-style phase below
+# that (at 1e4, 8.6e3 and 1.1e4 counts, SSIM -0.02). The threshold is the geometric middle of
+# 1.1e4 and 2.6e4 (docs/quality.md).
+AUTO_ORDER_4_COUNTS = 1.7e4
 
 
 @dataclass(frozen=True)
@@ -97,7 +104,8 @@ class OffsetFit:
     lr: float | None = None  # None: from the data's counts (``for_counts``)
     gains: bool = True  # also fit one amplitude gain per patch
     # polynomial order per patch: 0 offset (and gain), 1 + ramps, 2 + curvature, astigmatism,
-    # 3 + coma, trefoil; None: from the data's counts (``for_counts``)
+    # 3 + coma, trefoil, 4 + spherical, secondary astigmatism, tetrafoil; None: from the data's
+    # counts (``for_counts``)
     order: int | None = None
     ramp: bool = True  # also move all offsets together along a phase ramp across the tile
 
@@ -129,14 +137,17 @@ def auto_lr(counts: float) -> float:
 
 
 def auto_order(counts: float) -> int:
-    """The shape terms' order for data with ``counts`` per pattern (see AUTO_ORDER_COUNTS)."""
-    return 3 if counts >= AUTO_ORDER_COUNTS else 2
+    """The shape terms' order for data with ``counts`` per pattern (see AUTO_ORDER_COUNTS and
+    AUTO_ORDER_4_COUNTS)."""
+    return 4 if counts >= AUTO_ORDER_4_COUNTS else 3 if counts >= AUTO_ORDER_COUNTS else 2
 
 
 def shape_basis(u: torch.Tensor, v: torch.Tensor, order: int) -> torch.Tensor:
     """(K, ...) polynomial terms of patch coordinates (u, v) (+-1 at the crop's edge), without the
     constant: order 1 the ramps u, v; order 2 also curvature u^2 + v^2 and astigmatism u^2 - v^2, 2uv;
-    order 3 also coma (u^2 + v^2) u, (u^2 + v^2) v and trefoil u^3 - 3uv^2, 3u^2 v - v^3."""
+    order 3 also coma (u^2 + v^2) u, (u^2 + v^2) v and trefoil u^3 - 3uv^2, 3u^2 v - v^3; order 4
+    also spherical (u^2 + v^2)^2, secondary astigmatism (u^2 + v^2)(u^2 - v^2), (u^2 + v^2) 2uv and
+    tetrafoil u^4 - 6u^2 v^2 + v^4, 4uv(u^2 - v^2)."""
     terms = [u, v] if order >= 1 else []
     uu, vv = u * u, v * v
     r2 = uu + vv
@@ -144,6 +155,9 @@ def shape_basis(u: torch.Tensor, v: torch.Tensor, order: int) -> torch.Tensor:
         terms += [r2, uu - vv, 2 * u * v]
     if order >= 3:
         terms += [r2 * u, r2 * v, u * (uu - 3 * vv), v * (3 * uu - vv)]
+    if order >= 4:
+        terms += [r2 * r2, r2 * (uu - vv), r2 * 2 * u * v, uu * uu - 6 * uu * vv + vv * vv,
+                  4 * u * v * (uu - vv)]
     return torch.stack(terms) if terms else u.new_zeros((0, *u.shape))
 
 
