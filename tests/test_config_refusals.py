@@ -50,7 +50,7 @@ def test_wrong_choice_fails_at_composition_with_the_valid_ones(override, valid):
     (["gridsize=1", "model.oversample=2"], "model.oversample=2"),
     (["dataset.N=30"], "dataset.N=30"),
     (["model.val_fraction=1.0"], "model.val_fraction=1.0"),
-    (["eval.offset_fit_order=4"], "eval.offset_fit_order=4"),
+    (["eval.offset_fit_order=5"], "eval.offset_fit_order=5"),
     (["eval.average_symmetries=mirror"], "eval.average_symmetries='mirror'"),
     (["refine.average_symmetries=2"], "refine.average_symmetries='2'"),
 ])
