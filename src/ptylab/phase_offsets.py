@@ -89,9 +89,10 @@ AUTO_LR_MAX = 0.06
 AUTO_ORDER_COUNTS = 5e3
 # And 4 (spherical, two secondary astigmatisms and two tetrafoils as well) from AUTO_ORDER_4_COUNTS.
 # Five more terms sharpen both parts where the counts pin them (at 2.6e4 and 8.6e4 counts every
-# embedded score up, amplitude SSIM +0.02, every FRC50 finer), and cost the user-style phase below
-# that (at 1e4, 8.6e3 and 1.1e4 counts, SSIM -0.02). The threshold is the geometric middle of
-# 1.1e4 and 2.6e4 (docs/quality.md).
+# embedded score up, amplitude SSIM +0.02, every FRC50 finer), and below that they cost more than
+# they give (at dose 1e4, 8.6e3 and 1.1e4 counts: the user-style phase SSIM -0.02, the embedded
+# training half's amplitude SSIM -0.007). The threshold is the geometric middle of 1.1e4 and 2.6e4
+# (docs/quality.md).
 AUTO_ORDER_4_COUNTS = 1.7e4
 
 
