@@ -8,10 +8,13 @@ import pytest
 from hydra.errors import ConfigCompositionException
 
 from ptylab.cli import preflight
-from ptylab.config import PinnConfig, SupervisedConfig, validate
+from ptylab.config import OFFSET_FIT_ORDERS, PinnConfig, SupervisedConfig, validate
 from ptylab.errors import ConfigError, PtylabError
 
 from .conftest import ROOT, compose_config, run_script
+
+# One past the highest order the offset fit has, so that adding an order does not break the case.
+NO_SUCH_ORDER = max(OFFSET_FIT_ORDERS) + 1
 
 
 @pytest.mark.parametrize("overrides, schema", [
@@ -50,7 +53,7 @@ def test_wrong_choice_fails_at_composition_with_the_valid_ones(override, valid):
     (["gridsize=1", "model.oversample=2"], "model.oversample=2"),
     (["dataset.N=30"], "dataset.N=30"),
     (["model.val_fraction=1.0"], "model.val_fraction=1.0"),
-    (["eval.offset_fit_order=5"], "eval.offset_fit_order=5"),
+    ([f"eval.offset_fit_order={NO_SUCH_ORDER}"], f"eval.offset_fit_order={NO_SUCH_ORDER}"),
     (["eval.average_symmetries=mirror"], "eval.average_symmetries='mirror'"),
     (["refine.average_symmetries=2"], "refine.average_symmetries='2'"),
 ])

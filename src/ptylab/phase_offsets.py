@@ -283,9 +283,11 @@ def _polar(magnitude: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:
 def _add_terms(start: torch.Tensor, coef: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
     """``start`` (M, 1) plus the shape terms ``coef`` (K, M) times ``basis`` (K, M, S), per pixel (M, S).
 
-    A multiply-add per term: with K of five or fewer, about half the time of the same sum as an
-    einsum (a batched matrix product of M 1 x K by K x S), forward and backward; the einsum made
-    the offset-fit step 11% longer (docs/performance.md)."""
+    A multiply-add per term: at order 2 (K of five) on the AMD EPYC type, about half the time of
+    the same sum as an einsum (a batched matrix product of M 1 x K by K x S), forward and backward;
+    the einsum made the offset-fit step 11% longer there (docs/performance.md). Not measured again
+    for orders 3 and 4 (K of nine and fourteen): on the Intel Xeon type with AMX a micro-benchmark
+    favoured the einsum there (docs/performance.md, "The offset fit's step")."""
     out = start
     for k in range(len(basis)):
         out = out + coef[k][:, None] * basis[k]
