@@ -17,6 +17,9 @@ from ptylab.phase_offsets import (
     AUTO_LR_MAX,
     AUTO_ORDER_4_COUNTS,
     AUTO_ORDER_COUNTS,
+    AUTO_STEPS,
+    AUTO_STEPS_HIGH,
+    AUTO_STEPS_HIGH_COUNTS,
     Evidence,
     OffsetFit,
     _polar,
@@ -300,10 +303,11 @@ def test_ramp_terms_take_a_scan_wide_phase_ramp_out_of_the_offsets_faster(scan):
     assert not ramp_free.ramp  # bundles from before the ramp terms reconstruct as they did
 
 
-def test_offset_fit_rate_and_order_follow_the_counts_unless_set(tmp_path):
+def test_offset_fit_length_rate_and_order_follow_the_counts_unless_set(tmp_path):
     """An unset rate comes from the data's counts per pattern (slow where noise dominates, faster
-    with more counts, capped), and an unset order too (third- and fourth-order terms only where the
-    counts pin them); a set rate or order, or one a bundle recorded, is kept."""
+    with more counts, capped), and an unset order and length too (third- and fourth-order terms,
+    and a longer fit, only where the counts pin them); a set value, or one a bundle recorded, is
+    kept, and a bundle from before the length was chosen keeps its recorded steps."""
     for counts in (300.0, 1e3, 4e3, 9e3, 1e5):
         diff = np.lib.format.open_memmap(tmp_path / f"d{counts}.npy", "w+", np.float32, (40, 8, 8))
         diff[:] = np.sqrt(counts / 64)  # amplitudes whose squares sum to ``counts`` per pattern
@@ -320,6 +324,12 @@ def test_offset_fit_rate_and_order_follow_the_counts_unless_set(tmp_path):
     assert OffsetFit(order=1).for_counts(1e4).order == 1
     assert OffsetFit.from_inference(OffsetFit().inference()).order is None
     assert OffsetFit.from_inference(OffsetFit(order=2).inference()).order == 2
+    lengths = [OffsetFit().for_counts(c).steps for c in (1e3, 1e4, AUTO_STEPS_HIGH_COUNTS, 1e5)]
+    assert lengths == [AUTO_STEPS, AUTO_STEPS, AUTO_STEPS_HIGH, AUTO_STEPS_HIGH]
+    assert AUTO_STEPS < AUTO_STEPS_HIGH
+    assert OffsetFit(steps=0).for_counts(1e5).steps == 0  # off stays off
+    assert OffsetFit.from_inference(OffsetFit().inference()).steps is None
+    assert OffsetFit.from_inference({"offset_fit_steps": 100}).for_counts(1e5).steps == 100
 
 
 def test_the_network_alone_reference_scores_what_an_evaluation_without_the_fit_scores(small_dataset_cfg, tmp_path):

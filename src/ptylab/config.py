@@ -314,7 +314,8 @@ class EvalConfig:
     # Then fit them, a gain per patch and low-order shape terms, to the test patterns (Poisson
     # likelihood of the stitched object; 0 steps: off). A few smooth terms per patch, so no detail
     # is added: see ptylab.phase_offsets and docs/quality.md.
-    offset_fit_steps: int = 100
+    # None: from the data's counts per pattern (100, and 400 from 1.7e4; phase_offsets.auto_steps)
+    offset_fit_steps: int | None = None
     # None: from the data's counts per pattern (0.02 at 1e3, 0.06 from 9e3; phase_offsets.auto_lr)
     offset_fit_lr: float | None = None
     offset_fit_gains: bool = True  # with one amplitude gain per patch (at a fifth of the lr)
@@ -347,7 +348,8 @@ class EvalConfig:
         _check(self.upsample_factor >= 1, "eval.upsample_factor", self.upsample_factor, ">= 1")
         _check(self.max_shift_px > 0, "eval.max_shift_px", self.max_shift_px, "> 0")
         _check(self.batch_size >= 1, "eval.batch_size", self.batch_size, ">= 1")
-        _check(self.offset_fit_steps >= 0, "eval.offset_fit_steps", self.offset_fit_steps, ">= 0")
+        _check(self.offset_fit_steps is None or self.offset_fit_steps >= 0, "eval.offset_fit_steps",
+               self.offset_fit_steps, ">= 0, or null (from the data's counts)")
         _check(self.offset_fit_lr is None or self.offset_fit_lr > 0, "eval.offset_fit_lr", self.offset_fit_lr,
                "> 0, or null (from the data's counts)")
         _check(self.offset_fit_order is None or self.offset_fit_order in OFFSET_FIT_ORDERS, "eval.offset_fit_order",

@@ -507,8 +507,8 @@ def _stitch_groups(crops: np.ndarray, groups: Groups, data: PtychoData, crop: in
     flat = groups.indices.ravel()
     illumination = np.abs(data.probe) ** 2
     evidence = (Evidence(data.diff3d, flat, data.xcoords, data.ycoords, data.probe,
-                         offset_fit.for_counts(data.mean_counts))
-                if offset_fit is not None and offset_fit.steps > 0 else None)
+                         offset_fit.for_counts(data.mean_counts))  # steps None: a length from the counts
+                if offset_fit is not None and offset_fit.steps != 0 else None)
     return stitch(crops, data.xcoords[flat], data.ycoords[flat], data.obj.shape, crop, sync_phase,
                   illumination / illumination.max(), illuminated_bbox(data), tile_patches, evidence, device,
                   also_unfitted)
