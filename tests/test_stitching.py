@@ -328,6 +328,7 @@ def test_offset_fit_length_rate_and_order_follow_the_counts_unless_set(tmp_path)
     assert lengths == [AUTO_STEPS, AUTO_STEPS, AUTO_STEPS_HIGH, AUTO_STEPS_HIGH]
     assert AUTO_STEPS < AUTO_STEPS_HIGH
     assert OffsetFit(steps=0).for_counts(1e5).steps == 0  # off stays off
+    assert OffsetFit().active and not OffsetFit(steps=0).active  # only 0 steps turn the fit off
     assert OffsetFit.from_inference(OffsetFit().inference()).steps is None
     assert OffsetFit.from_inference({"offset_fit_steps": 100}).for_counts(1e5).steps == 100
 

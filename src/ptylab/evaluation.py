@@ -262,7 +262,7 @@ def evaluate_reconstruction(model: PtychoModule, test: PtychoData, gridsize: int
     fit = offset_fit(cfg).for_counts(test.mean_counts)  # the lr it used, for metrics.json
     log.info("%s: evaluating %d test positions (predicted, stitched%s)", title, test.n_positions,
              f", their offsets fitted to the data: {fit.steps} steps at lr {fit.lr:.3g}, shape terms of order "
-             f"{fit.order} ({test.mean_counts:.0f} counts per pattern)" if fit.steps > 0 else "")
+             f"{fit.order} ({test.mean_counts:.0f} counts per pattern)" if fit.active else "")
     stitched = reconstruct(model, test, gridsize, neighbours, cfg.stitch_crop, cfg.batch_size,
                            sync_phase=cfg.sync_phase, tile_patches=cfg.tile_patches, scratch_dir=run_dir,
                            offset_fit=fit, average_symmetries=cfg.average_symmetries, device=device,
@@ -279,7 +279,7 @@ def evaluate_reconstruction(model: PtychoModule, test: PtychoData, gridsize: int
             scores[part][NETWORK_ALONE] = alone.scores[part]
         network_alone_s = round(time.perf_counter() - t1, 3)
     fit_alone_s = None
-    if fit.steps > 0 and cfg.fit_alone:
+    if fit.active and cfg.fit_alone:
         if fit_alone is None:
             log.info("%s: the fit-alone reference (the same offset fit on flat patches)", title)
             t1 = time.perf_counter()

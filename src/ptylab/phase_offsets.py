@@ -134,6 +134,11 @@ class OffsetFit:
                    bool(info.get("offset_fit_gains", False)), None if order is None else int(order),
                    bool(info.get("offset_fit_ramp", False)))
 
+    @property
+    def active(self) -> bool:
+        """Whether it fits at all: only 0 steps turn it off (a length from the counts is never 0)."""
+        return self.steps != 0
+
     def for_counts(self, mean_counts: float) -> OffsetFit:
         """These settings with numeric steps, lr and order: the ones set, or ``auto_steps``,
         ``auto_lr`` and ``auto_order`` of the data's mean total counts per pattern."""
@@ -236,7 +241,7 @@ def fit_offsets(canvas_of: Callable[[torch.Tensor], torch.Tensor], start: torch.
         scale = float(obs.sum()) / max(float(sum(unit_counts(canvas0, win).sum() for win in windows)), 1e-30)
 
     fit = evidence.fit
-    assert fit.lr is not None and fit.order is not None  # Evidence resolves them
+    assert fit.steps is not None and fit.lr is not None and fit.order is not None  # Evidence resolves them
     basis = shape_basis(coords[0].to(FIT_REAL), coords[1].to(FIT_REAL), fit.order)  # (K, M, S)
     theta = torch.angle(start).detach().to(FIT_REAL).requires_grad_(True)
     log_gain = torch.zeros_like(theta, requires_grad=fit.gains)

@@ -321,7 +321,7 @@ def _stitch_tile(crops: np.ndarray, x: np.ndarray, y: np.ndarray, shape: tuple[i
     placement = place(np.asarray(crops), xs, ys, (r1 - r0, c1 - c0), crop, illumination)
     phasors = phase_sync(placement) if sync_phase and len(x) > 1 else None
     unfitted = None
-    if phasors is not None and evidence is not None and evidence.fit.steps > 0:
+    if phasors is not None and evidence is not None and evidence.fit.active:
         if keep_unfitted:  # without a fit the values are the unfitted ones already
             unfitted = placement.value_sum(phasors).reshape(r1 - r0, c1 - c0).numpy()
         # The fit, an evaluation's largest cost, runs on ``device``; synchronisation (double
@@ -507,8 +507,8 @@ def _stitch_groups(crops: np.ndarray, groups: Groups, data: PtychoData, crop: in
     flat = groups.indices.ravel()
     illumination = np.abs(data.probe) ** 2
     evidence = (Evidence(data.diff3d, flat, data.xcoords, data.ycoords, data.probe,
-                         offset_fit.for_counts(data.mean_counts))  # steps None: a length from the counts
-                if offset_fit is not None and offset_fit.steps != 0 else None)
+                         offset_fit.for_counts(data.mean_counts))
+                if offset_fit is not None and offset_fit.active else None)
     return stitch(crops, data.xcoords[flat], data.ycoords[flat], data.obj.shape, crop, sync_phase,
                   illumination / illumination.max(), illuminated_bbox(data), tile_patches, evidence, device,
                   also_unfitted)
