@@ -107,8 +107,8 @@ AUTO_STEPS_HIGH_COUNTS = AUTO_ORDER_4_COUNTS
 
 @dataclass(frozen=True)
 class OffsetFit:
-    """How offsets (and gains) are fitted; ``steps`` 0 means not at all. The one place these
-    settings and their bundle keys are defined."""
+    """How offsets (and gains) are fitted; ``steps`` 0 means not at all (``active``). The one
+    place these settings and their bundle keys are defined."""
 
     steps: int | None = None  # None: from the data's counts (``for_counts``)
     lr: float | None = None  # None: from the data's counts (``for_counts``)
