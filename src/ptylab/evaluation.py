@@ -259,7 +259,7 @@ def evaluate_reconstruction(model: PtychoModule, test: PtychoData, gridsize: int
     fit included) and ``network_alone_s`` the network-alone scoring, when computed here. The
     network's predictions and the offset fit run on ``device`` (``stitching.reconstruct``)."""
     t0 = time.perf_counter()
-    fit = offset_fit(cfg).for_counts(test.mean_counts)  # the lr it used, for metrics.json
+    fit = offset_fit(cfg).for_counts(test.mean_counts)  # the steps, lr and order it used, for metrics.json
     log.info("%s: evaluating %d test positions (predicted, stitched%s)", title, test.n_positions,
              f", their offsets fitted to the data: {fit.steps} steps at lr {fit.lr:.3g}, shape terms of order "
              f"{fit.order} ({test.mean_counts:.0f} counts per pattern)" if fit.active else "")

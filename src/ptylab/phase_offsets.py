@@ -129,9 +129,8 @@ class OffsetFit:
         """The settings a bundle recorded; bundles written before the fit (or before its shape or
         ramp terms) existed lack the keys and reconstruct as they did (no fit; offsets only; no
         ramp). A recorded steps, lr or order of null means "from the data", as in the run."""
-        steps, lr, order = info.get("offset_fit_steps", 0), info.get("offset_fit_lr"), info.get("offset_fit_order", 0)
-        return cls(None if steps is None else int(steps), None if lr is None else float(lr),
-                   bool(info.get("offset_fit_gains", False)), None if order is None else int(order),
+        return cls(_optional(int, info.get("offset_fit_steps", 0)), _optional(float, info.get("offset_fit_lr")),
+                   bool(info.get("offset_fit_gains", False)), _optional(int, info.get("offset_fit_order", 0)),
                    bool(info.get("offset_fit_ramp", False)))
 
     @property
@@ -145,6 +144,11 @@ class OffsetFit:
         return replace(self, steps=auto_steps(mean_counts) if self.steps is None else self.steps,
                        lr=auto_lr(mean_counts) if self.lr is None else self.lr,
                        order=auto_order(mean_counts) if self.order is None else self.order)
+
+
+def _optional(cast: Callable[[Any], Any], value: Any) -> Any:
+    """``value`` as ``cast`` makes it, or None ("from the data") as a bundle recorded it."""
+    return None if value is None else cast(value)
 
 
 def auto_steps(counts: float) -> int:
