@@ -25,6 +25,8 @@ from ptylab.phase_offsets import (
     _polar,
     auto_lr,
     fit_offsets,
+    shape_basis,
+    shifted_terms,
 )
 from ptylab.physics import extract_patches, far_field, make_object, make_probe, poisson_sample, raster_scan
 from ptylab.rng import stage_rng
@@ -236,6 +238,27 @@ def test_shape_terms_fitted_to_the_data_remove_an_error_every_patch_shares(scan)
     assert shaped < 0.8 * offsets_only  # measured 0.038 vs 0.058 rad
 
 
+def test_shape_terms_as_a_product_are_the_terms_at_each_placed_pixel(scan):
+    """The fit evaluates every patch's shape terms as fixed mixtures of one shared grid's
+    (``shifted_terms``): they must equal ``shape_basis`` at the pixels ``place`` actually put each
+    patch on, sub-pixel shift included, at every order (edge patches too: their pixels off the
+    canvas carry no weight)."""
+    obj, x, y, patches = scan
+    placement = stitching.place(patches, x, y, obj.shape, 16)
+    grid = stitching.patch_grid(x, y, 16)
+    width = obj.shape[1]
+    inside = placement.weights > 0
+    u = ((placement.index % width).double() - torch.from_numpy(x)[:, None]) / 8
+    v = ((placement.index // width).double() - torch.from_numpy(y)[:, None]) / 8
+    np.testing.assert_allclose((grid.u - grid.du[:, None])[inside], u[inside], atol=1e-12)
+    np.testing.assert_allclose((grid.v - grid.dv[:, None])[inside], v[inside], atol=1e-12)
+    for order in (1, 2, 3, 4):
+        mix, q = shifted_terms(grid, order)
+        direct = shape_basis(u, v, order)
+        assert mix.shape == (len(direct), len(x), len(direct) + 1)
+        np.testing.assert_allclose((mix @ q)[:, inside], direct[:, inside].float(), atol=2e-5)
+
+
 def test_third_order_terms_remove_a_shared_trefoil_that_second_order_leaves(scan):
     """A trefoil (u^3 - 3uv^2, orthogonal to every term up to order 2 over the patch) shared by
     every patch: order 3 (coma and trefoil; `eval.offset_fit_order`'s choice from 5e3 counts)
@@ -295,7 +318,7 @@ def test_ramp_terms_take_a_scan_wide_phase_ramp_out_of_the_offsets_faster(scan):
     def residual_tilt(ramp: bool) -> float:
         evidence = Evidence(diff, np.arange(len(x)), x, y, probe, OffsetFit(20, LR, gains=False, order=0, ramp=ramp))
         factors = fit_offsets(lambda ph: (placement.value_sum(ph) * inv_weight).reshape(obj.shape), start, evidence,
-                              np.arange(len(x)), (0, 0), placement.patch_coords(x, y, obj.shape[1], 16), (x, y))
+                              np.arange(len(x)), (0, 0), stitching.patch_grid(x, y, 16), (x, y))
         return abs(float(np.polyfit(across, np.unwrap(np.angle(factors.numpy())), 1)[0]))
 
     assert residual_tilt(True) < 0.5 * residual_tilt(False)  # measured 0.11 vs 0.29 rad after 20 steps

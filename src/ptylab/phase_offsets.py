@@ -186,6 +186,46 @@ def shape_basis(u: torch.Tensor, v: torch.Tensor, order: int) -> torch.Tensor:
     return torch.stack(terms) if terms else u.new_zeros((0, *u.shape))
 
 
+@dataclass(frozen=True)
+class PatchGrid:
+    """Where each placed pixel lies in its patch, in half crops (+-1 at the crop's edge): a patch
+    placed at sub-pixel position x covers whole canvas pixels from floor(x) on, so its pixel j sits
+    at ``u[j] - du[m]``: one grid ``u``, ``v`` (S,) shared by every patch, shifted by each patch's
+    fractional position ``du``, ``dv`` (M,) (``stitching.patch_grid``)."""
+
+    u: torch.Tensor
+    v: torch.Tensor
+    du: torch.Tensor
+    dv: torch.Tensor
+
+    def to(self, device: str | torch.device) -> PatchGrid:
+        return PatchGrid(*(t.to(device) for t in (self.u, self.v, self.du, self.dv)))
+
+
+def shifted_terms(grid: PatchGrid, order: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``shape_basis`` at every patch's pixels as a product: (mix (K, M, L), q (L, S)) with
+    ``shape_basis(u - du, v - dv)[k, m] == mix[k, m] @ q``, q the constant and the K terms on the
+    shared grid (L = K + 1).
+
+    The terms span every polynomial of degree 1 to ``order``, and a polynomial shifted is one of
+    the same degree plus a constant, so each patch's shifted terms are fixed mixtures of the
+    unshifted ones. The fit's parameters and so its steps stay those of the per-pixel basis; only
+    the arithmetic changes: per step one (M, L) by (L, S) product in place of K multiply-adds over
+    (M, S) forward and K more backward, and no (K, M, S) basis in memory (docs/performance.md, "The
+    shape terms as a product"). The mixtures are solved once, in double precision, on the
+    (order + 1)^2 points of a tensor grid, on which degree ``order`` polynomials are determined.
+    """
+    nodes = torch.linspace(-1.0, 1.0, order + 1, dtype=torch.float64)
+    pu, pv = (t.ravel() for t in torch.meshgrid(nodes, nodes, indexing="xy"))
+    q_nodes = torch.cat((torch.ones_like(pu)[None], shape_basis(pu, pv, order)))  # (L, P)
+    du, dv = (d.to(torch.float64).cpu()[:, None] for d in (grid.du, grid.dv))
+    shifted = shape_basis(pu - du, pv - dv, order)  # (K, M, P)
+    mix = shifted @ torch.linalg.pinv(q_nodes)  # (K, M, L): q_nodes has full row rank L
+    u, v = grid.u.to(FIT_REAL), grid.v.to(FIT_REAL)
+    q = torch.cat((torch.ones_like(u)[None], shape_basis(u, v, order)))
+    return mix.to(grid.u.device, FIT_REAL), q
+
+
 @dataclass
 class Evidence:
     """The measured patterns behind a set of patches, and how to fit offsets to them.
@@ -210,15 +250,15 @@ class Evidence:
 
 
 def fit_offsets(canvas_of: Callable[[torch.Tensor], torch.Tensor], start: torch.Tensor, evidence: Evidence,
-                patterns: np.ndarray, origin: tuple[int, int],
-                coords: tuple[torch.Tensor, torch.Tensor], centres: tuple[np.ndarray, np.ndarray]) -> torch.Tensor:
+                patterns: np.ndarray, origin: tuple[int, int], grid: PatchGrid,
+                centres: tuple[np.ndarray, np.ndarray]) -> torch.Tensor:
     """Per-patch complex factors (unit modulus unless ``evidence.fit.gains``) that minimise the
     Poisson NLL of ``patterns`` given the stitched canvas: (M,) at order 0, else (M, S), one per
     placed pixel.
 
     ``canvas_of(factors)`` is the (H, W) complex stitched object for given factors (it must be
-    differentiable); ``start`` (M,) the synchronised phasors; ``coords`` (u, v), each (M, S), the
-    placed pixels' patch coordinates (``shape_basis``); ``centres`` (x, y), each (M,), the patches'
+    differentiable); ``start`` (M,) the synchronised phasors; ``grid`` the placed pixels' patch
+    coordinates (``shape_basis``, ``shifted_terms``); ``centres`` (x, y), each (M,), the patches'
     positions on the canvas (for the ``ramp`` terms); ``patterns`` the indices of
     the patterns that lie on this canvas, whose positions are shifted by ``origin`` (row, col) of
     the canvas. The intensity scale between model and counts is fitted once at the start (the
@@ -246,11 +286,11 @@ def fit_offsets(canvas_of: Callable[[torch.Tensor], torch.Tensor], start: torch.
 
     fit = evidence.fit
     assert fit.steps is not None and fit.lr is not None and fit.order is not None  # Evidence resolves them
-    basis = shape_basis(coords[0].to(FIT_REAL), coords[1].to(FIT_REAL), fit.order)  # (K, M, S)
+    mix, q = shifted_terms(grid, fit.order)  # the terms at each patch's pixels: mix[:, m] @ q
     theta = torch.angle(start).detach().to(FIT_REAL).requires_grad_(True)
     log_gain = torch.zeros_like(theta, requires_grad=fit.gains)
-    phase_shape = torch.zeros(len(basis), len(theta), dtype=theta.dtype, device=dev, requires_grad=True)
-    gain_shape = torch.zeros(len(basis), len(theta), dtype=theta.dtype, device=dev, requires_grad=fit.gains)
+    phase_shape = torch.zeros(len(mix), len(theta), dtype=theta.dtype, device=dev, requires_grad=True)
+    gain_shape = torch.zeros(len(mix), len(theta), dtype=theta.dtype, device=dev, requires_grad=fit.gains)
     groups: list[dict[str, object]] = [{"params": [theta]}]
     if fit.order > 0:
         groups.append({"params": [phase_shape], "lr": fit.lr * SHAPE_LR_FACTOR})
@@ -269,10 +309,10 @@ def fit_offsets(canvas_of: Callable[[torch.Tensor], torch.Tensor], start: torch.
         offset = theta + ramp @ ramp_basis
         if fit.order == 0:
             return _polar(torch.exp(log_gain), offset)
-        phase = _add_terms(offset[:, None], phase_shape, basis)
+        phase = offset[:, None] + _terms(phase_shape, mix, q)
         log_amp = log_gain[:, None]
         if fit.gains:  # without gains the amplitude terms stay zero: no need to expand them per pixel
-            log_amp = _add_terms(log_amp, gain_shape, basis)
+            log_amp = log_amp + _terms(gain_shape, mix, q)
         return _polar(torch.exp(log_amp), phase)
 
     first = last = torch.tensor(float("nan"))
@@ -304,18 +344,9 @@ def _polar(magnitude: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:
     return torch.complex(magnitude * torch.cos(phase), magnitude * torch.sin(phase))
 
 
-def _add_terms(start: torch.Tensor, coef: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
-    """``start`` (M, 1) plus the shape terms ``coef`` (K, M) times ``basis`` (K, M, S), per pixel (M, S).
-
-    A multiply-add per term: at order 2 (K of five) on the AMD EPYC type, about half the time of
-    the same sum as an einsum (a batched matrix product of M 1 x K by K x S), forward and backward;
-    the einsum made the offset-fit step 11% longer there (docs/performance.md). Not measured again
-    for orders 3 and 4 (K of nine and fourteen): on the Intel Xeon type with AMX a micro-benchmark
-    favoured the einsum there (docs/performance.md, "The offset fit's step")."""
-    out = start
-    for k in range(len(basis)):
-        out = out + coef[k][:, None] * basis[k]
-    return out
+def _terms(coef: torch.Tensor, mix: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """The shape terms ``coef`` (K, M) at every patch's pixels (M, S), from ``shifted_terms``."""
+    return torch.einsum("km,kml->ml", coef, mix) @ q
 
 
 def _unit_range(c: torch.Tensor) -> torch.Tensor:

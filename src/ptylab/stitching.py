@@ -19,7 +19,7 @@ from .bundle import Bundle, ModelWeights
 from .data import PtychoData
 from .grouping import Groups, group_positions
 from .models import MODEL_CLASSES, PtychoModule
-from .phase_offsets import FIT_COMPLEX, FIT_REAL, Evidence, OffsetFit, fit_offsets
+from .phase_offsets import FIT_COMPLEX, FIT_REAL, Evidence, OffsetFit, PatchGrid, fit_offsets
 from .physics import effective_probe_radius, sample_windows
 from .progress import Progress
 from .symmetries import averaged_transforms, inverse, symmetry_average, transform_images, transform_offsets
@@ -162,20 +162,23 @@ class Placement:
         return torch.zeros(self.size, dtype=vals.dtype, device=vals.device).index_add_(0, self.index.ravel(),
                                                                                     vals.ravel())
 
-    def patch_coords(self, x: np.ndarray, y: np.ndarray, width: int, crop: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each placed pixel's (u, v) offset from its patch's position (x, y) on a canvas ``width``
-        wide, in half crops (+-1 at the crop's edge)."""
-        half = crop / 2
-        u = ((self.index % width).double() - torch.from_numpy(np.asarray(x, np.float64))[:, None]) / half
-        v = ((self.index // width).double() - torch.from_numpy(np.asarray(y, np.float64))[:, None]) / half
-        return u, v
-
     def inverse_weight(self) -> torch.Tensor:
         """1 / accumulated weight per canvas pixel, zero where the weight is negligible: the
         weighted average is ``value_sum(phasors) * inverse_weight()``."""
         weight = self.weight_sum()
         return torch.where(weight > MIN_WEIGHT_SHARE * weight.max(), 1.0 / weight.clamp_min(1e-12),
                            torch.zeros_like(weight))
+
+
+def patch_grid(x: np.ndarray, y: np.ndarray, crop: int) -> PatchGrid:
+    """Each placed pixel's offset from its patch's position (x, y), in half crops (+-1 at the crop's
+    edge), for the layout ``place`` gives: (crop + 1)^2 whole pixels per patch, row by row, from
+    floor(x) - crop // 2 and floor(y) - crop // 2."""
+    half = crop / 2
+    steps = (torch.arange(crop + 1, dtype=torch.float64) - crop // 2) / half
+    v, u = (t.ravel() for t in torch.meshgrid(steps, steps, indexing="ij"))
+    du, dv = (torch.from_numpy(np.asarray(c, np.float64) % 1.0) / half for c in (x, y))
+    return PatchGrid(u, v, du, dv)
 
 
 def place(patches: np.ndarray, x: np.ndarray, y: np.ndarray, shape: tuple[int, int], crop: int,
@@ -329,10 +332,9 @@ def _stitch_tile(crops: np.ndarray, x: np.ndarray, y: np.ndarray, shape: tuple[i
         inv_weight = placement.inverse_weight().to(device, FIT_REAL)  # the same at every step: computed once
         # The canvas in the fit's precision, on its device.
         fitted = replace(placement, values=placement.values.to(device, FIT_COMPLEX), index=placement.index.to(device))
-        u, v = placement.patch_coords(xs, ys, c1 - c0, crop)
         phasors = fit_offsets(lambda ph: (fitted.value_sum(ph) * inv_weight).reshape(r1 - r0, c1 - c0),
                               phasors.to(device), evidence, np.unique(evidence.pattern[patch_index]), (r0, c0),
-                              (u.to(device), v.to(device)), (xs, ys)).cpu()
+                              patch_grid(xs, ys, crop).to(device), (xs, ys)).cpu()
     return _Tile((r0, r1, c0, c1), placement.value_sum(phasors).reshape(r1 - r0, c1 - c0).numpy(),
                  placement.weight_sum().reshape(r1 - r0, c1 - c0).numpy(), unfitted)
 
