@@ -98,10 +98,12 @@ AUTO_ORDER_4_COUNTS = 1.7e4
 # counts per pattern. 100 steps stop the fit early by design at 1e3 and 1e4 counts (longer fits
 # put noise into the amplitude there); where the counts pin the fourteen terms of order 4, the
 # training halves chose 400 over 200 over 100 on every score (3.4e4 and 1.1e5 counts, both test
-# objects), and whole jobs agreed (embedded 1e5 amplitude SSIM 0.70 -> 0.77, every FRC50 finer),
-# for about 45 s more per 100 steps and evaluation of the embedded scan (docs/quality.md).
+# objects), and 800 over 400 (every score at 1.1e5; at 3.4e4 all but the embedded amplitude
+# SSIM, -0.003); whole jobs agreed (embedded 1e5 amplitude SSIM 0.70 at 100 steps, 0.77 at 400,
+# 0.80 at 800, every FRC50 finer), for about 25 s more per 100 steps and evaluation of the
+# embedded scan (docs/quality.md).
 AUTO_STEPS = 100
-AUTO_STEPS_HIGH = 400
+AUTO_STEPS_HIGH = 800
 AUTO_STEPS_HIGH_COUNTS = AUTO_ORDER_4_COUNTS
 
 
