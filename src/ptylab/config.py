@@ -314,7 +314,7 @@ class EvalConfig:
     # Then fit them, a gain per patch and low-order shape terms, to the test patterns (Poisson
     # likelihood of the stitched object; 0 steps: off). A few smooth terms per patch, so no detail
     # is added: see ptylab.phase_offsets and docs/quality.md.
-    # None: from the data's counts per pattern (100, and 400 from 1.7e4; phase_offsets.auto_steps)
+    # None: from the data's counts per pattern (100, and 800 from 1.7e4; phase_offsets.auto_steps)
     offset_fit_steps: int | None = None
     # None: from the data's counts per pattern (0.02 at 1e3, 0.06 from 9e3; phase_offsets.auto_lr)
     offset_fit_lr: float | None = None

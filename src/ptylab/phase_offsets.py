@@ -188,6 +188,11 @@ def shape_basis(u: torch.Tensor, v: torch.Tensor, order: int) -> torch.Tensor:
     return torch.stack(terms) if terms else u.new_zeros((0, *u.shape))
 
 
+def polynomials(u: torch.Tensor, v: torch.Tensor, order: int) -> torch.Tensor:
+    """(K + 1, ...) the constant, then ``shape_basis``: every polynomial of degree up to ``order``."""
+    return torch.cat((torch.ones_like(u)[None], shape_basis(u, v, order)))
+
+
 @dataclass(frozen=True)
 class PatchGrid:
     """Where each placed pixel lies in its patch, in half crops (+-1 at the crop's edge): a patch
@@ -219,13 +224,11 @@ def shifted_terms(grid: PatchGrid, order: int) -> tuple[torch.Tensor, torch.Tens
     """
     nodes = torch.linspace(-1.0, 1.0, order + 1, dtype=torch.float64)
     pu, pv = (t.ravel() for t in torch.meshgrid(nodes, nodes, indexing="xy"))
-    q_nodes = torch.cat((torch.ones_like(pu)[None], shape_basis(pu, pv, order)))  # (L, P)
+    q_nodes = polynomials(pu, pv, order)  # (L, P)
     du, dv = (d.to(torch.float64).cpu()[:, None] for d in (grid.du, grid.dv))
     shifted = shape_basis(pu - du, pv - dv, order)  # (K, M, P)
     mix = shifted @ torch.linalg.pinv(q_nodes)  # (K, M, L): q_nodes has full row rank L
-    u, v = grid.u.to(FIT_REAL), grid.v.to(FIT_REAL)
-    q = torch.cat((torch.ones_like(u)[None], shape_basis(u, v, order)))
-    return mix.to(grid.u.device, FIT_REAL), q
+    return mix.to(grid.u.device, FIT_REAL), polynomials(grid.u.to(FIT_REAL), grid.v.to(FIT_REAL), order)
 
 
 @dataclass

@@ -11,7 +11,7 @@ import math
 import torch
 from torch import nn
 
-from ..phase_offsets import shape_basis
+from ..phase_offsets import polynomials
 from ..physics import far_field, poisson_nll
 from .base import PtychoModule
 from .overlap import merge_overlaps
@@ -94,7 +94,7 @@ class PINN(PtychoModule):
         n = phase.shape[-1]
         w = self.illumination().float()
         c = torch.arange(n, device=phase.device, dtype=torch.float32) - n // 2
-        basis = torch.cat((torch.ones_like(w)[None], shape_basis(c.expand(n, n), c[:, None].expand(n, n), 1)))
+        basis = polynomials(c.expand(n, n), c[:, None].expand(n, n), 1)
         gram = torch.einsum("ixy,jxy,xy->ij", basis, basis, w)
         moments = torch.einsum("ixy,bcxy,xy->bci", basis, phase.float(), w)
         coef = torch.linalg.solve(gram, moments.unsqueeze(-1)).squeeze(-1)
