@@ -54,6 +54,7 @@ def test_wrong_choice_fails_at_composition_with_the_valid_ones(override, valid):
     (["dataset.N=30"], "dataset.N=30"),
     (["model.val_fraction=1.0"], "model.val_fraction=1.0"),
     ([f"eval.offset_fit_order={NO_SUCH_ORDER}"], f"eval.offset_fit_order={NO_SUCH_ORDER}"),
+    (["eval.offset_fit_average=1.0"], "eval.offset_fit_average=1.0"),
     (["eval.average_symmetries=mirror"], "eval.average_symmetries='mirror'"),
     (["refine.average_symmetries=2"], "refine.average_symmetries='2'"),
 ])

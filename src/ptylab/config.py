@@ -314,16 +314,21 @@ class EvalConfig:
     # Then fit them, a gain per patch and low-order shape terms, to the test patterns (Poisson
     # likelihood of the stitched object; 0 steps: off). A few smooth terms per patch, so no detail
     # is added: see ptylab.phase_offsets and docs/quality.md.
-    # None: from the data's counts per pattern (100, and 800 from 1.7e4; phase_offsets.auto_steps)
+    # None: from the data's counts per pattern (100, 200 from 5e3, 800 from 1.7e4;
+    # phase_offsets.AUTO_REGIMES)
     offset_fit_steps: int | None = None
     # None: from the data's counts per pattern (0.02 at 1e3, 0.06 from 9e3; phase_offsets.auto_lr)
     offset_fit_lr: float | None = None
     offset_fit_gains: bool = True  # with one amplitude gain per patch (at a fifth of the lr)
     # Per-patch polynomial: 0 offset only, 1 + ramps, 2 + curvature and astigmatism, 3 + coma and
     # trefoil, 4 + spherical, secondary astigmatism and tetrafoil. None: from the data's counts per
-    # pattern (4 from 1.7e4, 3 from 5e3, else 2; phase_offsets.auto_order)
+    # pattern (4 from 1.7e4, 3 from 5e3, else 2; phase_offsets.AUTO_REGIMES)
     offset_fit_order: int | None = None
     offset_fit_ramp: bool = True  # offsets also move together along a ramp across the scan (faster, same result space)
+    # The share of the fit's last steps whose parameters are averaged into its result, in [0, 1)
+    # (0: the last step's). None: from the data's counts per pattern (0.5 from 5e3 to 1.7e4, else
+    # 0; phase_offsets.AUTO_REGIMES): at 1e4 it lets 200 steps sharpen without the last step's wander.
+    offset_fit_average: float | None = None
     # Also score the fit on flat patches (no network), the reference a network must beat; it costs
     # about one more stitching and fit (off for scans so large that this matters).
     fit_alone: bool = True
@@ -354,6 +359,8 @@ class EvalConfig:
                "> 0, or null (from the data's counts)")
         _check(self.offset_fit_order is None or self.offset_fit_order in OFFSET_FIT_ORDERS, "eval.offset_fit_order",
                self.offset_fit_order, f"one of {OFFSET_FIT_ORDERS}, or null (from the data's counts)")
+        _check(self.offset_fit_average is None or 0 <= self.offset_fit_average < 1, "eval.offset_fit_average",
+               self.offset_fit_average, "in [0, 1), or null (from the data's counts)")
         if self.stitch_crop is not None:
             _check(self.stitch_crop >= 1, "eval.stitch_crop", self.stitch_crop, ">= 1 or null")
 

@@ -242,7 +242,7 @@ def offset_fit(cfg: EvalConfig) -> OffsetFit:
     """The offset fit these settings ask for: none (0 steps) without phase synchronisation, which
     it starts from. Evaluations, metrics and bundles all read it from here."""
     return OffsetFit(cfg.offset_fit_steps if cfg.sync_phase else 0, cfg.offset_fit_lr, cfg.offset_fit_gains,
-                     cfg.offset_fit_order, cfg.offset_fit_ramp)
+                     cfg.offset_fit_order, cfg.offset_fit_ramp, cfg.offset_fit_average)
 
 
 def evaluate_reconstruction(model: PtychoModule, test: PtychoData, gridsize: int, neighbours: int,
@@ -259,9 +259,10 @@ def evaluate_reconstruction(model: PtychoModule, test: PtychoData, gridsize: int
     fit included) and ``network_alone_s`` the network-alone scoring, when computed here. The
     network's predictions and the offset fit run on ``device`` (``stitching.reconstruct``)."""
     t0 = time.perf_counter()
-    fit = offset_fit(cfg).for_counts(test.mean_counts)  # the steps, lr and order it used, for metrics.json
+    fit = offset_fit(cfg).for_counts(test.mean_counts)  # the settings it used, for metrics.json
     log.info("%s: evaluating %d test positions (predicted, stitched%s)", title, test.n_positions,
-             f", their offsets fitted to the data: {fit.steps} steps at lr {fit.lr:.3g}, shape terms of order "
+             f", their offsets fitted to the data: {fit.steps} steps at lr {fit.lr:.3g}"
+             f"{f', the last {fit.average:.0%} averaged' if fit.average else ''}, shape terms of order "
              f"{fit.order} ({test.mean_counts:.0f} counts per pattern)" if fit.active else "")
     stitched = reconstruct(model, test, gridsize, neighbours, cfg.stitch_crop, cfg.batch_size,
                            sync_phase=cfg.sync_phase, tile_patches=cfg.tile_patches, scratch_dir=run_dir,
@@ -292,6 +293,7 @@ def evaluate_reconstruction(model: PtychoModule, test: PtychoData, gridsize: int
              "test_positions": test.n_positions, "stitch_crop": cfg.stitch_crop or test.N // 2,
              "sync_phase": cfg.sync_phase, "offset_fit_steps": fit.steps, "offset_fit_lr": fit.lr,
              "offset_fit_gains": fit.gains, "offset_fit_order": fit.order, "offset_fit_ramp": fit.ramp,
+             "offset_fit_average": fit.average,
              "average_symmetries": cfg.average_symmetries, "device": device}
     metrics = write_evaluation(run_dir, scores, title, extra, alone)
     head, unscored = metrics["headline"], unscored_parts(metrics["headline"])

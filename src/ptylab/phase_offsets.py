@@ -38,7 +38,9 @@ faster. Its result is not more exact than that: 100 Adam steps from the synchron
 sensitive to the last digits of their start. A global phase of 1e-6 rad added to every offset,
 which changes no pattern, moved the default job's phase SSIM from 0.662 to 0.644 and 0.671
 (docs/quality.md). A rate decaying to zero settles that, but on a worse result: converged, the
-fit has fitted noise, so the constant rate's 100 steps are kept as an early stop.
+fit has fitted noise, so the constant rate is kept and the length chosen as an early stop. From
+5e3 counts per pattern the result is the parameters averaged over the fit's last half (``average``):
+at 1e4 that beat the last step of 100, 150 and 200 steps alike.
 """
 
 from __future__ import annotations
@@ -80,31 +82,50 @@ SHAPE_LR_FACTOR = 10.0
 AUTO_LR = 0.02
 AUTO_LR_COUNTS = 1e3
 AUTO_LR_MAX = 0.06
-# The shape terms' order when none is set: 3 (coma and trefoil as well) from AUTO_ORDER_COUNTS
-# counts per pattern, else 2. Four more terms per patch sharpen what the fit makes of the
-# network's patches where the counts pin them (at 1e4 every FRC50 finer, embedded phase SSIM
-# +0.05), and fit noise where they do not (at 1e3 amplitude SSIM -0.03; at 2.6e3 and 3.4e3 still
-# -0.01 to -0.02). Measured at 0.9e3, 2.6e3, 3.4e3 and 8.6e3 counts: the threshold lies between
-# the last two, at their geometric middle (docs/quality.md).
-AUTO_ORDER_COUNTS = 5e3
-# And 4 (spherical, two secondary astigmatisms and two tetrafoils as well) from AUTO_ORDER_4_COUNTS.
-# Five more terms sharpen both parts where the counts pin them (at 2.6e4 and 8.6e4 counts every
-# embedded score up, amplitude SSIM +0.02, every FRC50 finer), and below that they cost more than
-# they give (at dose 1e4, 8.6e3 and 1.1e4 counts: the user-style phase SSIM -0.02, the embedded
-# training half's amplitude SSIM -0.007). The threshold is the geometric middle of 1.1e4 and 2.6e4
-# (docs/quality.md).
-AUTO_ORDER_4_COUNTS = 1.7e4
-# The fit's length when none is set: AUTO_STEPS, and AUTO_STEPS_HIGH from AUTO_STEPS_HIGH_COUNTS
-# counts per pattern. 100 steps stop the fit early by design at 1e3 and 1e4 counts (longer fits
-# put noise into the amplitude there); where the counts pin the fourteen terms of order 4, the
-# training halves chose 400 over 200 over 100 on every score (3.4e4 and 1.1e5 counts, both test
-# objects), and 800 over 400 (every score at 1.1e5; at 3.4e4 all but the embedded amplitude
-# SSIM, -0.003); whole jobs agreed (embedded 1e5 amplitude SSIM 0.70 at 100 steps, 0.77 at 400,
-# 0.80 at 800, every FRC50 finer), for about 25 s more per 100 steps and evaluation of the
-# embedded scan (docs/quality.md).
-AUTO_STEPS = 100
-AUTO_STEPS_HIGH = 800
-AUTO_STEPS_HIGH_COUNTS = AUTO_ORDER_4_COUNTS
+
+
+@dataclass(frozen=True)
+class FitRegime:
+    """The fit's shape-term order, length and averaged share for data with ``counts`` or more
+    counts per pattern (``AUTO_REGIMES``)."""
+
+    counts: float
+    order: int
+    steps: int
+    average: float
+
+
+# The fit's order, length and averaged share when none is set, from the data's mean counts per
+# pattern: the last row whose counts the data reach.
+# - Order 3 (coma and trefoil as well) from 5e3: four more terms per patch sharpen what the fit
+#   makes of the network's patches where the counts pin them (at 1e4 every FRC50 finer, embedded
+#   phase SSIM +0.05), and fit noise where they do not (at 1e3 amplitude SSIM -0.03; at 2.6e3 and
+#   3.4e3 still -0.01 to -0.02). Measured at 0.9e3, 2.6e3, 3.4e3 and 8.6e3 counts: the threshold
+#   lies between the last two, at their geometric middle.
+# - Order 4 (spherical, two secondary astigmatisms and two tetrafoils as well) from 1.7e4: five
+#   more terms sharpen both parts where the counts pin them (at 2.6e4 and 8.6e4 counts every
+#   embedded score up, amplitude SSIM +0.02, every FRC50 finer), and below that they cost more than
+#   they give (at dose 1e4, 8.6e3 and 1.1e4 counts: the user-style phase SSIM -0.02, the embedded
+#   training half's amplitude SSIM -0.007); the geometric middle of 1.1e4 and 2.6e4.
+# - The length: 100 steps stop the fit early by design at 1e3 counts (longer fits put noise into
+#   the amplitude). From 5e3, 200 steps whose result is the parameters averaged over the last half
+#   (``average``): at dose 1e4 200 steps alone traded the user-style phase SSIM (-0.005 to -0.010)
+#   and the embedded amplitude SSIM (-0.013) for every FRC50; averaged, the training halves gained
+#   every score on 100 steps but two, each within 0.002 (embedded amplitude SSIM 0.744 -> 0.743, a
+#   user-style phase SSIM 0.514 -> 0.512), FRC50 0.1-0.4 px finer, and beat 150 steps on every
+#   SSIM. At 1e3 averaging traded amplitude SSIM for FRC50 at either length; between 1e3 and 8.6e3
+#   counts the order's threshold serves, unmeasured for the averaging. From 1.7e4, where the
+#   counts pin the fourteen terms of order 4, the training halves chose 800 steps over 400, 200
+#   and 100 on every score (3.4e4 and 1.1e5 counts, both test objects, but the embedded amplitude
+#   SSIM at 3.4e4, -0.003) and whole jobs agreed (embedded 1e5 amplitude SSIM 0.70 at 100 steps,
+#   0.77 at 400, 0.80 at 800); about 25 s per 100 steps and evaluation of the embedded scan.
+#   Averaging their last half cost the embedded 1e5 amplitude SSIM 0.008 and every FRC50.
+# docs/quality.md has every measurement.
+AUTO_REGIMES = (
+    FitRegime(0.0, order=2, steps=100, average=0.0),
+    FitRegime(5e3, order=3, steps=200, average=0.5),
+    FitRegime(1.7e4, order=4, steps=800, average=0.0),
+)
 
 
 @dataclass(frozen=True)
@@ -120,20 +141,27 @@ class OffsetFit:
     # counts (``for_counts``)
     order: int | None = None
     ramp: bool = True  # also move all offsets together along a phase ramp across the tile
+    # the share of the last steps whose parameters are averaged into the result (0: the last
+    # step's); None: from the data's counts (``for_counts``)
+    average: float | None = None
 
     def inference(self) -> dict[str, Any]:
         """The bundle's inference keys for these settings."""
         return {"offset_fit_steps": self.steps, "offset_fit_lr": self.lr, "offset_fit_gains": self.gains,
-                "offset_fit_order": self.order, "offset_fit_ramp": self.ramp}
+                "offset_fit_order": self.order, "offset_fit_ramp": self.ramp, "offset_fit_average": self.average}
 
     @classmethod
     def from_inference(cls, info: dict[str, Any]) -> OffsetFit:
         """The settings a bundle recorded; bundles written before the fit (or before its shape or
-        ramp terms) existed lack the keys and reconstruct as they did (no fit; offsets only; no
-        ramp). A recorded steps, lr or order of null means "from the data", as in the run."""
-        return cls(_optional(int, info.get("offset_fit_steps", 0)), _optional(float, info.get("offset_fit_lr")),
-                   bool(info.get("offset_fit_gains", False)), _optional(int, info.get("offset_fit_order", 0)),
-                   bool(info.get("offset_fit_ramp", False)))
+        ramp terms, or the averaging) existed lack the keys and reconstruct as they did (no fit;
+        offsets only; no ramp; the last step). A recorded steps, lr, order or average of null means
+        "from the data", as in the run, and a bundle that left the length to the data before the
+        averaging existed leaves that to it too: the length and its averaged share were chosen
+        together (docs/decisions.md)."""
+        steps = _optional(int, info.get("offset_fit_steps", 0))
+        return cls(steps, _optional(float, info.get("offset_fit_lr")), bool(info.get("offset_fit_gains", False)),
+                   _optional(int, info.get("offset_fit_order", 0)), bool(info.get("offset_fit_ramp", False)),
+                   _optional(float, info.get("offset_fit_average", None if steps is None else 0.0)))
 
     @property
     def active(self) -> bool:
@@ -141,11 +169,13 @@ class OffsetFit:
         return self.steps != 0
 
     def for_counts(self, mean_counts: float) -> OffsetFit:
-        """These settings with numeric steps, lr and order: the ones set, or ``auto_steps``,
-        ``auto_lr`` and ``auto_order`` of the data's mean total counts per pattern."""
-        return replace(self, steps=auto_steps(mean_counts) if self.steps is None else self.steps,
+        """These settings with numeric steps, lr, order and average: the ones set, or ``auto_lr``
+        and ``auto_regime``'s of the data's mean total counts per pattern."""
+        regime = auto_regime(mean_counts)
+        return replace(self, steps=regime.steps if self.steps is None else self.steps,
                        lr=auto_lr(mean_counts) if self.lr is None else self.lr,
-                       order=auto_order(mean_counts) if self.order is None else self.order)
+                       order=regime.order if self.order is None else self.order,
+                       average=regime.average if self.average is None else self.average)
 
 
 def _optional(cast: Callable[[Any], Any], value: Any) -> Any:
@@ -153,20 +183,15 @@ def _optional(cast: Callable[[Any], Any], value: Any) -> Any:
     return None if value is None else cast(value)
 
 
-def auto_steps(counts: float) -> int:
-    """The offset fit's length for data with ``counts`` per pattern (see AUTO_STEPS)."""
-    return AUTO_STEPS_HIGH if counts >= AUTO_STEPS_HIGH_COUNTS else AUTO_STEPS
+def auto_regime(counts: float) -> FitRegime:
+    """The offset fit's order, length and averaged share for data with ``counts`` per pattern
+    (see AUTO_REGIMES)."""
+    return next((r for r in reversed(AUTO_REGIMES) if counts >= r.counts), AUTO_REGIMES[0])
 
 
 def auto_lr(counts: float) -> float:
     """The offset fit's learning rate for data with ``counts`` per pattern (see AUTO_LR)."""
     return AUTO_LR * min(max(math.sqrt(max(counts, 0.0) / AUTO_LR_COUNTS), 1.0), AUTO_LR_MAX / AUTO_LR)
-
-
-def auto_order(counts: float) -> int:
-    """The shape terms' order for data with ``counts`` per pattern (see AUTO_ORDER_COUNTS and
-    AUTO_ORDER_4_COUNTS)."""
-    return 4 if counts >= AUTO_ORDER_4_COUNTS else 3 if counts >= AUTO_ORDER_COUNTS else 2
 
 
 def shape_basis(u: torch.Tensor, v: torch.Tensor, order: int) -> torch.Tensor:
@@ -249,8 +274,8 @@ class Evidence:
     fit: OffsetFit
 
     def __post_init__(self) -> None:
-        if self.fit.steps is None or self.fit.lr is None or self.fit.order is None:
-            raise ValueError("the offset fit's length, rate or order is unresolved: "
+        if self.fit.steps is None or self.fit.lr is None or self.fit.order is None or self.fit.average is None:
+            raise ValueError("the offset fit's length, rate, order or average is unresolved: "
                              "pass OffsetFit.for_counts(data.mean_counts)")
 
 
@@ -290,7 +315,8 @@ def fit_offsets(canvas_of: Callable[[torch.Tensor], torch.Tensor], start: torch.
         scale = float(obs.sum()) / max(float(sum(unit_counts(canvas0, win).sum() for win in windows)), 1e-30)
 
     fit = evidence.fit
-    assert fit.steps is not None and fit.lr is not None and fit.order is not None  # Evidence resolves them
+    # Evidence resolves them
+    assert fit.steps is not None and fit.lr is not None and fit.order is not None and fit.average is not None
     mix, q = shifted_terms(grid, fit.order)  # the terms at each patch's pixels: mix[:, m] @ q
     theta = torch.angle(start).detach().to(FIT_REAL).requires_grad_(True)
     log_gain = torch.zeros_like(theta, requires_grad=fit.gains)
@@ -309,6 +335,12 @@ def fit_offsets(canvas_of: Callable[[torch.Tensor], torch.Tensor], start: torch.
     if fit.ramp:
         groups.append({"params": [ramp]})
     opt = torch.optim.Adam(groups, lr=fit.lr)
+    # The result: the parameters averaged over the last ``averaged`` steps (Polyak-Ruppert). At a
+    # constant rate Adam moves every parameter by about the rate per step whatever its gradient, so
+    # the last iterate carries a wander of that size; the average does not (docs/quality.md).
+    params = [theta, log_gain, phase_shape, gain_shape, ramp]
+    averaged = round(fit.average * fit.steps)
+    sums = [torch.zeros_like(p) for p in params]
 
     def factors() -> torch.Tensor:
         offset = theta + ramp @ ramp_basis
@@ -335,8 +367,16 @@ def fit_offsets(canvas_of: Callable[[torch.Tensor], torch.Tensor], start: torch.
             total += nll.detach()
         canvas.backward(leaf.grad)
         opt.step()
+        if step >= fit.steps - averaged:
+            with torch.no_grad():
+                for acc, p in zip(sums, params, strict=True):
+                    acc += p
         first = total if step == 0 else first
         last = total
+    if averaged:
+        with torch.no_grad():
+            for acc, p in zip(sums, params, strict=True):
+                p.copy_(acc / averaged)
     log.debug("phase offsets fitted to %d patterns: NLL %.6g -> %.6g in %d steps", len(patterns), float(first),
               float(last), fit.steps)
     return factors().detach()
