@@ -200,3 +200,20 @@ def test_skipped_view_is_recorded_and_exits_zero(tmp_path):
     assert manifest["status"] == "skipped" and manifest["skipped_count"] == 1
     assert manifest["skip_summary_path"] == "skip_summary.json" and (run / "skip_summary.json").is_file()
     assert "SKIPPED" in res.stdout and "fewer than the 100000" in res.stdout
+
+
+def test_reconstruct_overrides_the_bundles_fit_averaging(trained):
+    """``offset_fit_average`` given to the reconstruction replaces the bundle's, as its steps and
+    order do: 0 stitches what a bundle that recorded 0 stitches, a half average something else."""
+    root, _ = trained
+    (run,) = _run_dirs(root)
+    bundle = load_bundle(run / "wts.h5.zip")
+    test = read_dataset(next((root / "cache").glob("*/test.npz")))
+    recorded_zero = replace(bundle, inference={**bundle.inference, "offset_fit_average": 0.0})
+    last = reconstruct_from_bundle(recorded_zero, test, offset_fit_steps=6).obj
+
+    def averaged(share: float) -> np.ndarray:
+        return reconstruct_from_bundle(bundle, test, offset_fit_steps=6, offset_fit_average=share).obj
+
+    np.testing.assert_array_equal(averaged(0.0), last)
+    assert not np.array_equal(averaged(0.5), last)

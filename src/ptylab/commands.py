@@ -114,7 +114,7 @@ def _reconstruct_task(cfg: DictConfig) -> None:
         bundle = load_bundle(rc.bundle)
         data = read_dataset(rc.data)
         stitched = reconstruct_from_bundle(bundle, data, rc.batch_size, rc.device, rc.tile_patches,
-                                           rc.offset_fit_steps, rc.offset_fit_order)
+                                           rc.offset_fit_steps, rc.offset_fit_order, rc.offset_fit_average)
         out = write_reconstruction(Path(rc.output_dir), stitched, f"{Path(rc.data).name} from {bundle.sha256[:12]}")
         print(f"wrote {out} (object {stitched.obj.shape}, bundle sha256 {bundle.sha256})")
 

@@ -485,12 +485,15 @@ class ReconstructConfig:
     tile_patches: int = 4096  # as eval.tile_patches
     offset_fit_steps: int | None = None  # as eval.offset_fit_steps; None: the bundle's setting
     offset_fit_order: int | None = None  # as eval.offset_fit_order; None: the bundle's setting
+    offset_fit_average: float | None = None  # as eval.offset_fit_average; None: the bundle's setting
 
     def __post_init__(self) -> None:
         _check(self.batch_size >= 1, "batch_size", self.batch_size, ">= 1")
         _check(self.tile_patches >= 16, "tile_patches", self.tile_patches, ">= 16")
         if self.offset_fit_steps is not None:
             _check(self.offset_fit_steps >= 0, "offset_fit_steps", self.offset_fit_steps, ">= 0 or null")
+        if self.offset_fit_average is not None:
+            _check(0 <= self.offset_fit_average < 1, "offset_fit_average", self.offset_fit_average, "in [0, 1) or null")
         if self.offset_fit_order is not None:
             _check(self.offset_fit_order in OFFSET_FIT_ORDERS, "offset_fit_order", self.offset_fit_order,
                    f"one of {OFFSET_FIT_ORDERS} or null")

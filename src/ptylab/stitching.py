@@ -518,18 +518,18 @@ def _stitch_groups(crops: np.ndarray, groups: Groups, data: PtychoData, crop: in
 
 def reconstruct_from_bundle(bundle: Bundle, data: PtychoData, batch_size: int = 64,
                             device: str | torch.device = "cpu", tile_patches: int = DEFAULT_TILE_PATCHES,
-                            offset_fit_steps: int | None = None, offset_fit_order: int | None = None) -> Stitched:
-    """Reconstruct ``data`` as the bundle's run did; ``offset_fit_steps`` and ``offset_fit_order``
-    override its settings."""
+                            offset_fit_steps: int | None = None, offset_fit_order: int | None = None,
+                            offset_fit_average: float | None = None) -> Stitched:
+    """Reconstruct ``data`` as the bundle's run did; ``offset_fit_steps``, ``offset_fit_order`` and
+    ``offset_fit_average`` override its settings where given."""
     info = bundle.inference
     if info["N"] != data.N:
         raise ValueError(f"{bundle.path}: model expects {info['N']}x{info['N']} patterns, data has {data.N}")
     model = model_from_weights(bundle.models[info["model"]])
-    offset_fit = OffsetFit.from_inference(info)
-    if offset_fit_steps is not None:
-        offset_fit = replace(offset_fit, steps=offset_fit_steps)
-    if offset_fit_order is not None:
-        offset_fit = replace(offset_fit, order=offset_fit_order)
+    recorded = OffsetFit.from_inference(info)
+    offset_fit = replace(recorded, steps=recorded.steps if offset_fit_steps is None else offset_fit_steps,
+                         order=recorded.order if offset_fit_order is None else offset_fit_order,
+                         average=recorded.average if offset_fit_average is None else offset_fit_average)
     return reconstruct(model, data, info["gridsize"], info["neighbours"], info.get("stitch_crop"), batch_size,
                        device, info.get("sync_phase", True), tile_patches, offset_fit=offset_fit,
                        # a bundle from before 2026-12-03 records a bool
