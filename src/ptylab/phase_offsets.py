@@ -337,7 +337,8 @@ def fit_offsets(canvas_of: Callable[[torch.Tensor], torch.Tensor], start: torch.
     opt = torch.optim.Adam(groups, lr=fit.lr)
     # The result: the parameters averaged over the last ``averaged`` steps (Polyak-Ruppert). At a
     # constant rate Adam moves every parameter by about the rate per step whatever its gradient, so
-    # the last iterate carries a wander of that size; the average does not (docs/quality.md).
+    # a long fit's last step drifts about and away from where the data settle it; the average over
+    # the last half holds what the better stop gives (docs/quality.md, tests/test_stitching.py).
     params = [theta, log_gain, phase_shape, gain_shape, ramp]
     averaged = round(fit.average * fit.steps)
     sums = [torch.zeros_like(p) for p in params]
