@@ -351,12 +351,14 @@ def test_offset_fit_length_rate_and_order_follow_the_counts_unless_set(tmp_path)
     assert rates[1] < rates[2] < rates[3] < rates[4]
     assert OffsetFit.from_inference(OffsetFit().inference()).lr is None  # a bundle keeps "from the data"
     assert OffsetFit.from_inference(OffsetFit(lr=0.02).inference()).lr == 0.02
-    low, mid, high = AUTO_REGIMES
-    assert low.counts <= 1e3 < mid.counts < 1e4 < high.counts < 1e5  # the study's doses in order
-    for counts, regime in ((0.0, low), (1e3, low), (mid.counts, mid), (1e4, mid), (high.counts, high), (1e5, high)):
+    low, third, mid, high = AUTO_REGIMES
+    assert low.counts <= 1e3 < third.counts < mid.counts < 1e4 < high.counts < 1e5  # the study's doses in order
+    for counts, regime in ((0.0, low), (1e3, low), (third.counts, third), (mid.counts, mid), (1e4, mid),
+                           (high.counts, high), (1e5, high)):
         fit = OffsetFit().for_counts(counts)
         assert (fit.order, fit.steps, fit.average) == (regime.order, regime.steps, regime.average)
-    assert [r.order for r in AUTO_REGIMES] == [2, 3, 4] and low.steps < mid.steps < high.steps
+    assert [r.order for r in AUTO_REGIMES] == [2, 3, 3, 4] and low.steps == third.steps < mid.steps < high.steps
+    assert [r.average > 0 for r in AUTO_REGIMES] == [False, False, True, False]
     assert OffsetFit(order=1).for_counts(1e4).order == 1
     assert OffsetFit(average=0.0).for_counts(1e4).average == 0.0
     assert OffsetFit.from_inference(OffsetFit().inference()).order is None

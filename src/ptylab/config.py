@@ -314,7 +314,7 @@ class EvalConfig:
     # Then fit them, a gain per patch and low-order shape terms, to the test patterns (Poisson
     # likelihood of the stitched object; 0 steps: off). A few smooth terms per patch, so no detail
     # is added: see ptylab.phase_offsets and docs/quality.md.
-    # None: from the data's counts per pattern (100, 200 from 5e3, 800 from 1.7e4;
+    # None: from the data's counts per pattern (100, 200 from 6.7e3, 800 from 1.7e4;
     # phase_offsets.AUTO_REGIMES)
     offset_fit_steps: int | None = None
     # None: from the data's counts per pattern (0.02 at 1e3, 0.06 from 9e3; phase_offsets.auto_lr)
@@ -326,7 +326,7 @@ class EvalConfig:
     offset_fit_order: int | None = None
     offset_fit_ramp: bool = True  # offsets also move together along a ramp across the scan (faster, same result space)
     # The share of the fit's last steps whose parameters are averaged into its result, in [0, 1)
-    # (0: the last step's). None: from the data's counts per pattern (0.5 from 5e3 to 1.7e4, else
+    # (0: the last step's). None: from the data's counts per pattern (0.5 from 6.7e3 to 1.7e4, else
     # 0; phase_offsets.AUTO_REGIMES): at 1e4 it lets 200 steps sharpen without the last step's wander.
     offset_fit_average: float | None = None
     # Also score the fit on flat patches (no network), the reference a network must beat; it costs

@@ -39,7 +39,7 @@ sensitive to the last digits of their start. A global phase of 1e-6 rad added to
 which changes no pattern, moved the default job's phase SSIM from 0.662 to 0.644 and 0.671
 (docs/quality.md). A rate decaying to zero settles that, but on a worse result: converged, the
 fit has fitted noise, so the constant rate is kept and the length chosen as an early stop. From
-5e3 counts per pattern the result is the parameters averaged over the fit's last half (``average``):
+6.7e3 counts per pattern the result is the parameters averaged over the fit's last half (``average``):
 at 1e4 that beat the last step of 100, 150 and 200 steps alike.
 """
 
@@ -108,13 +108,14 @@ class FitRegime:
 #   they give (at dose 1e4, 8.6e3 and 1.1e4 counts: the user-style phase SSIM -0.02, the embedded
 #   training half's amplitude SSIM -0.007); the geometric middle of 1.1e4 and 2.6e4.
 # - The length: 100 steps stop the fit early by design at 1e3 counts (longer fits put noise into
-#   the amplitude). From 5e3, 200 steps whose result is the parameters averaged over the last half
+#   the amplitude). From 6.7e3, 200 steps whose result is the parameters averaged over the last half
 #   (``average``): at dose 1e4 200 steps alone traded the user-style phase SSIM (-0.005 to -0.010)
 #   and the embedded amplitude SSIM (-0.013) for every FRC50; averaged, the training halves gained
 #   every score on 100 steps but two, each within 0.002 (embedded amplitude SSIM 0.744 -> 0.743, a
 #   user-style phase SSIM 0.514 -> 0.512), FRC50 0.1-0.4 px finer, and beat 150 steps on every
-#   SSIM. At 1e3 averaging traded amplitude SSIM for FRC50 at either length; between 1e3 and 8.6e3
-#   counts the order's threshold serves, unmeasured for the averaging. From 1.7e4, where the
+#   SSIM. At 1e3 averaging traded amplitude SSIM for FRC50 at either length, and at 5.2e3 (the
+#   embedded object at dose 6e3) it still cost the amplitude SSIM 0.008 for finer FRC50s and phase,
+#   at 8.6e3 0.001: the threshold is the geometric middle of 5.2e3 and 8.6e3. From 1.7e4, where the
 #   counts pin the fourteen terms of order 4, the training halves chose 800 steps over 400, 200
 #   and 100 on every score (3.4e4 and 1.1e5 counts, both test objects, but the embedded amplitude
 #   SSIM at 3.4e4, -0.003) and whole jobs agreed (embedded 1e5 amplitude SSIM 0.70 at 100 steps,
@@ -123,7 +124,8 @@ class FitRegime:
 # docs/quality.md has every measurement.
 AUTO_REGIMES = (
     FitRegime(0.0, order=2, steps=100, average=0.0),
-    FitRegime(5e3, order=3, steps=200, average=0.5),
+    FitRegime(5e3, order=3, steps=100, average=0.0),
+    FitRegime(6.7e3, order=3, steps=200, average=0.5),
     FitRegime(1.7e4, order=4, steps=800, average=0.0),
 )
 
