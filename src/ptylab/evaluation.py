@@ -291,9 +291,7 @@ def evaluate_reconstruction(model: PtychoModule, test: PtychoData, gridsize: int
     extra = {"inference_s": round(infer_s, 3), "evaluate_s": round(evaluate_s, 3), "fit_alone_s": fit_alone_s,
              "network_alone_s": network_alone_s,
              "test_positions": test.n_positions, "stitch_crop": cfg.stitch_crop or test.N // 2,
-             "sync_phase": cfg.sync_phase, "offset_fit_steps": fit.steps, "offset_fit_lr": fit.lr,
-             "offset_fit_gains": fit.gains, "offset_fit_order": fit.order, "offset_fit_ramp": fit.ramp,
-             "offset_fit_average": fit.average,
+             "sync_phase": cfg.sync_phase, **fit.inference(),  # the fit's settings as resolved for this data
              "average_symmetries": cfg.average_symmetries, "device": device}
     metrics = write_evaluation(run_dir, scores, title, extra, alone)
     head, unscored = metrics["headline"], unscored_parts(metrics["headline"])
