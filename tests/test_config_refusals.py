@@ -8,7 +8,7 @@ import pytest
 from hydra.errors import ConfigCompositionException
 
 from ptylab.cli import preflight
-from ptylab.config import OFFSET_FIT_ORDERS, PinnConfig, SupervisedConfig, validate
+from ptylab.config import OFFSET_FIT_ORDERS, PinnConfig, ReconstructConfig, SupervisedConfig, validate
 from ptylab.errors import ConfigError, PtylabError
 
 from .conftest import ROOT, compose_config, run_script
@@ -61,6 +61,18 @@ def test_wrong_choice_fails_at_composition_with_the_valid_ones(override, valid):
 def test_out_of_range_values_are_refused_with_key_and_value(overrides, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         validate(compose_config(overrides))
+
+
+@pytest.mark.parametrize("override, key", [
+    ({"offset_fit_order": NO_SUCH_ORDER}, f"offset_fit_order={NO_SUCH_ORDER}"),
+    ({"offset_fit_average": 1.0}, "offset_fit_average=1.0"),
+    ({"offset_fit_steps": -1}, "offset_fit_steps=-1"),
+])
+def test_the_reconstruct_commands_fit_overrides_are_checked_as_evaluations_are(override, key):
+    """The reconstruct command's overrides of a bundle's fit get the evaluation's ranges, and say
+    what leaving them out means there."""
+    with pytest.raises(ConfigError, match=rf"^{key}: must be .*or null \(the bundle's setting\)"):
+        ReconstructConfig(bundle="wts.h5.zip", data="test.npz", output_dir="out", **override)
 
 
 def test_defaults_live_in_the_schema_once():

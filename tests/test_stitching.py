@@ -18,6 +18,7 @@ from ptylab.phase_offsets import (
     AUTO_REGIMES,
     Evidence,
     OffsetFit,
+    ResolvedFit,
     _polar,
     auto_lr,
     fit_offsets,
@@ -195,9 +196,10 @@ def test_offsets_fitted_to_the_data_undo_the_drift_of_overlap_synchronisation(sc
     synced = stitch(predicted, x, y, obj.shape, 16, sync_phase=True)
     phases = stitch(predicted, x, y, obj.shape, 16, sync_phase=True,
                     evidence=Evidence(diff, np.arange(len(x)), x, y, probe,
-                                      OffsetFit(60, LR, gains=False, order=0, average=0.0)))
+                                      ResolvedFit(60, LR, gains=False, order=0, ramp=True, average=0.0)))
     fitted = stitch(predicted, x, y, obj.shape, 16, sync_phase=True,
-                    evidence=Evidence(diff, np.arange(len(x)), x, y, probe, OffsetFit(60, LR, order=0, average=0.0)))
+                    evidence=Evidence(diff, np.arange(len(x)), x, y, probe,
+                                      ResolvedFit(60, LR, gains=True, order=0, ramp=True, average=0.0)))
     assert phase_error(phases) < 0.8 * phase_error(synced)
     assert phase_error(fitted) < 0.8 * phase_error(synced)
     assert amplitude_error(fitted) < 0.9 * amplitude_error(phases)
@@ -220,7 +222,8 @@ def _with_shared_error(patches: np.ndarray, shared) -> np.ndarray:
 def _fitted(scan, predicted: np.ndarray, order: int, steps: int = 60, average: float = 0.0, lr: float = LR):
     obj, x, y, patches = scan
     probe, diff = _measured(patches)
-    evidence = Evidence(diff, np.arange(len(x)), x, y, probe, OffsetFit(steps, lr, order=order, average=average))
+    fit = ResolvedFit(steps, lr, gains=True, order=order, ramp=True, average=average)
+    evidence = Evidence(diff, np.arange(len(x)), x, y, probe, fit)
     return stitch(predicted, x, y, obj.shape, 16, sync_phase=True, evidence=evidence)
 
 
@@ -303,7 +306,8 @@ def test_the_offset_fit_on_cuda_reaches_what_it_reaches_on_the_cpu(scan):
     obj, x, y, patches = scan
     probe, diff = _measured(patches)
     predicted = _with_shared_error(patches, lambda u, v: 0.4 * (u**2 + v**2))
-    evidence = Evidence(diff, np.arange(len(x)), x, y, probe, OffsetFit(60, LR, order=2, average=0.0))
+    fit = ResolvedFit(60, LR, gains=True, order=2, ramp=True, average=0.0)
+    evidence = Evidence(diff, np.arange(len(x)), x, y, probe, fit)
     on = {d: stitch(predicted, x, y, obj.shape, 16, sync_phase=True, evidence=evidence, device=d)
           for d in ("cpu", "cuda")}
     np.testing.assert_array_equal(on["cuda"].weight, on["cpu"].weight)
@@ -324,7 +328,7 @@ def test_ramp_terms_take_a_scan_wide_phase_ramp_out_of_the_offsets_faster(scan):
     start = torch.polar(torch.ones(len(x), dtype=torch.float64), torch.from_numpy(1.0 * across))
 
     def residual_tilt(ramp: bool) -> float:
-        fit = OffsetFit(20, LR, gains=False, order=0, ramp=ramp, average=0.0)
+        fit = ResolvedFit(20, LR, gains=False, order=0, ramp=ramp, average=0.0)
         evidence = Evidence(diff, np.arange(len(x)), x, y, probe, fit)
         factors = fit_offsets(lambda ph: (placement.value_sum(ph) * inv_weight).reshape(obj.shape), start, evidence,
                               np.arange(len(x)), (0, 0), stitching.patch_grid(x, y, 16), (x, y))
@@ -373,6 +377,12 @@ def test_offset_fit_length_rate_and_order_follow_the_counts_unless_set(tmp_path)
     assert OffsetFit.from_inference({**old, "offset_fit_steps": 100}).for_counts(1e4).average == 0.0
     assert OffsetFit.from_inference(old).for_counts(1e4).average == mid.average
     assert OffsetFit.from_inference({"offset_fit_steps": 100}).for_counts(1e5).steps == 100
+    resolved = OffsetFit(gains=False, ramp=False).for_counts(1e4)
+    assert not resolved.gains and not resolved.ramp  # the flags pass through
+    assert resolved.inference().keys() == OffsetFit().inference().keys()  # metrics.json keys are a bundle's
+    # A command's overrides replace the recorded settings they set, and only those.
+    assert OffsetFit(100, order=2, average=0.0).overridden(steps=None, order=3, average=None) == OffsetFit(
+        100, order=3, average=0.0)
 
 
 def test_the_network_alone_reference_scores_what_an_evaluation_without_the_fit_scores(small_dataset_cfg, tmp_path):

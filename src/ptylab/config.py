@@ -304,6 +304,15 @@ class PathsConfig:
 OFFSET_FIT_ORDERS = (0, 1, 2, 3, 4)
 
 
+def _check_offset_fit(prefix: str, null: str, steps: int | None, order: int | None, average: float | None) -> None:
+    """The offset fit's length, order and averaged share, each optional (``null`` says what None
+    means), as evaluation and the reconstruct command take them."""
+    _check(steps is None or steps >= 0, f"{prefix}offset_fit_steps", steps, f">= 0, or null ({null})")
+    _check(order is None or order in OFFSET_FIT_ORDERS, f"{prefix}offset_fit_order", order,
+           f"one of {OFFSET_FIT_ORDERS}, or null ({null})")
+    _check(average is None or 0 <= average < 1, f"{prefix}offset_fit_average", average, f"in [0, 1), or null ({null})")
+
+
 @dataclass
 class EvalConfig:
     """Reconstruction of the test split and its scoring."""
@@ -353,14 +362,10 @@ class EvalConfig:
         _check(self.upsample_factor >= 1, "eval.upsample_factor", self.upsample_factor, ">= 1")
         _check(self.max_shift_px > 0, "eval.max_shift_px", self.max_shift_px, "> 0")
         _check(self.batch_size >= 1, "eval.batch_size", self.batch_size, ">= 1")
-        _check(self.offset_fit_steps is None or self.offset_fit_steps >= 0, "eval.offset_fit_steps",
-               self.offset_fit_steps, ">= 0, or null (from the data's counts)")
+        _check_offset_fit("eval.", "from the data's counts", self.offset_fit_steps, self.offset_fit_order,
+                          self.offset_fit_average)
         _check(self.offset_fit_lr is None or self.offset_fit_lr > 0, "eval.offset_fit_lr", self.offset_fit_lr,
                "> 0, or null (from the data's counts)")
-        _check(self.offset_fit_order is None or self.offset_fit_order in OFFSET_FIT_ORDERS, "eval.offset_fit_order",
-               self.offset_fit_order, f"one of {OFFSET_FIT_ORDERS}, or null (from the data's counts)")
-        _check(self.offset_fit_average is None or 0 <= self.offset_fit_average < 1, "eval.offset_fit_average",
-               self.offset_fit_average, "in [0, 1), or null (from the data's counts)")
         if self.stitch_crop is not None:
             _check(self.stitch_crop >= 1, "eval.stitch_crop", self.stitch_crop, ">= 1 or null")
 
@@ -490,13 +495,8 @@ class ReconstructConfig:
     def __post_init__(self) -> None:
         _check(self.batch_size >= 1, "batch_size", self.batch_size, ">= 1")
         _check(self.tile_patches >= 16, "tile_patches", self.tile_patches, ">= 16")
-        if self.offset_fit_steps is not None:
-            _check(self.offset_fit_steps >= 0, "offset_fit_steps", self.offset_fit_steps, ">= 0 or null")
-        if self.offset_fit_average is not None:
-            _check(0 <= self.offset_fit_average < 1, "offset_fit_average", self.offset_fit_average, "in [0, 1) or null")
-        if self.offset_fit_order is not None:
-            _check(self.offset_fit_order in OFFSET_FIT_ORDERS, "offset_fit_order", self.offset_fit_order,
-                   f"one of {OFFSET_FIT_ORDERS} or null")
+        _check_offset_fit("", "the bundle's setting", self.offset_fit_steps, self.offset_fit_order,
+                          self.offset_fit_average)
 
 
 MODEL_SCHEMAS: dict[str, type] = {"pinn": PinnConfig, "supervised": SupervisedConfig}

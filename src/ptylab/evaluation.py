@@ -177,7 +177,7 @@ def fit_alone_flags(scores: dict[str, Any]) -> list[str]:
 
 def fit_alone_scores(test: PtychoData, gridsize: int, neighbours: int, cfg: EvalConfig,
                      fit: OffsetFit, device: str = "cpu") -> dict[str, dict[str, float]]:
-    """SSIM, PSNR, correlation and FRC50 of the offset fit ``fit`` (the network's, rate resolved)
+    """SSIM, PSNR, correlation and FRC50 of the offset fit ``fit`` (the network's settings)
     applied to flat patches (no network).
 
     The fit (offsets, gains and shape terms per patch, ``phase_offsets``) is itself a small
@@ -259,14 +259,15 @@ def evaluate_reconstruction(model: PtychoModule, test: PtychoData, gridsize: int
     fit included) and ``network_alone_s`` the network-alone scoring, when computed here. The
     network's predictions and the offset fit run on ``device`` (``stitching.reconstruct``)."""
     t0 = time.perf_counter()
-    fit = offset_fit(cfg).for_counts(test.mean_counts)  # the settings it used, for metrics.json
+    settings = offset_fit(cfg)
+    fit = settings.for_counts(test.mean_counts)  # as reconstruct resolves it: for the log and metrics.json
     log.info("%s: evaluating %d test positions (predicted, stitched%s)", title, test.n_positions,
              f", their offsets fitted to the data: {fit.steps} steps at lr {fit.lr:.3g}"
              f"{f', the last {fit.average:.0%} averaged' if fit.average else ''}, shape terms of order "
              f"{fit.order} ({test.mean_counts:.0f} counts per pattern)" if fit.active else "")
     stitched = reconstruct(model, test, gridsize, neighbours, cfg.stitch_crop, cfg.batch_size,
                            sync_phase=cfg.sync_phase, tile_patches=cfg.tile_patches, scratch_dir=run_dir,
-                           offset_fit=fit, average_symmetries=cfg.average_symmetries, device=device,
+                           offset_fit=settings, average_symmetries=cfg.average_symmetries, device=device,
                            also_unfitted=cfg.network_alone)
     infer_s = time.perf_counter() - t0
     write_object(run_dir / OBJECT_FILE, stitched)
@@ -284,7 +285,7 @@ def evaluate_reconstruction(model: PtychoModule, test: PtychoData, gridsize: int
         if fit_alone is None:
             log.info("%s: the fit-alone reference (the same offset fit on flat patches)", title)
             t1 = time.perf_counter()
-            fit_alone = fit_alone_scores(test, gridsize, neighbours, cfg, fit, device)  # the same fit, counts read once
+            fit_alone = fit_alone_scores(test, gridsize, neighbours, cfg, settings, device)  # the same fit
             fit_alone_s = round(time.perf_counter() - t1, 3)
         for part in ("amplitude", "phase"):
             scores[part][FIT_ALONE] = fit_alone[part]

@@ -48,7 +48,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import numpy as np
@@ -132,25 +132,24 @@ AUTO_REGIMES = (
 
 @dataclass(frozen=True)
 class OffsetFit:
-    """How offsets (and gains) are fitted; ``steps`` 0 means not at all (``active``). The one
-    place these settings and their bundle keys are defined."""
+    """How offsets (and gains) are fitted, as a config or a bundle states it: ``steps``, ``lr``,
+    ``order`` and ``average`` may be None ("from the data's counts"); ``for_counts`` resolves them
+    into the ``ResolvedFit`` that ``fit_offsets`` runs. The one place these settings and their
+    bundle keys are defined."""
 
-    steps: int | None = None  # None: from the data's counts (``for_counts``)
-    lr: float | None = None  # None: from the data's counts (``for_counts``)
+    steps: int | None = None  # 0: no fit (``active``)
+    lr: float | None = None
     gains: bool = True  # also fit one amplitude gain per patch
     # polynomial order per patch: 0 offset (and gain), 1 + ramps, 2 + curvature, astigmatism,
-    # 3 + coma, trefoil, 4 + spherical, secondary astigmatism, tetrafoil; None: from the data's
-    # counts (``for_counts``)
+    # 3 + coma, trefoil, 4 + spherical, secondary astigmatism, tetrafoil
     order: int | None = None
     ramp: bool = True  # also move all offsets together along a phase ramp across the tile
-    # the share of the last steps whose parameters are averaged into the result (0: the last
-    # step's); None: from the data's counts (``for_counts``)
+    # the share of the last steps whose parameters are averaged into the result (0: the last step's)
     average: float | None = None
 
     def inference(self) -> dict[str, Any]:
         """The bundle's inference keys for these settings."""
-        return {"offset_fit_steps": self.steps, "offset_fit_lr": self.lr, "offset_fit_gains": self.gains,
-                "offset_fit_order": self.order, "offset_fit_ramp": self.ramp, "offset_fit_average": self.average}
+        return _inference(self)
 
     @classmethod
     def from_inference(cls, info: dict[str, Any]) -> OffsetFit:
@@ -170,14 +169,46 @@ class OffsetFit:
         """Whether it fits at all: only 0 steps turn it off (a length from the counts is never 0)."""
         return self.steps != 0
 
-    def for_counts(self, mean_counts: float) -> OffsetFit:
-        """These settings with numeric steps, lr, order and average: the ones set, or ``auto_lr``
-        and ``auto_regime``'s of the data's mean total counts per pattern."""
+    def overridden(self, **settings: Any) -> OffsetFit:
+        """These settings with each of ``settings`` that is not None in its place (a command's
+        overrides of a bundle's recorded fit)."""
+        return replace(self, **{name: value for name, value in settings.items() if value is not None})
+
+    def for_counts(self, mean_counts: float) -> ResolvedFit:
+        """The fit these settings give on data with ``mean_counts`` total counts per pattern: the
+        settings that are set, ``auto_lr`` and ``auto_regime``'s for the rest."""
         regime = auto_regime(mean_counts)
-        return replace(self, steps=regime.steps if self.steps is None else self.steps,
-                       lr=auto_lr(mean_counts) if self.lr is None else self.lr,
-                       order=regime.order if self.order is None else self.order,
-                       average=regime.average if self.average is None else self.average)
+        auto = ResolvedFit(regime.steps, auto_lr(mean_counts), self.gains, regime.order, self.ramp, regime.average)
+        return replace(auto, **{name: value for name, value in _settings(self) if value is not None})
+
+
+@dataclass(frozen=True)
+class ResolvedFit:
+    """An offset fit with every setting a number (``OffsetFit.for_counts``): what ``fit_offsets``
+    runs and an evaluation records."""
+
+    steps: int
+    lr: float
+    gains: bool
+    order: int
+    ramp: bool
+    average: float
+
+    def inference(self) -> dict[str, Any]:
+        """The bundle's inference keys, as resolved for the data (``metrics.json`` records them)."""
+        return _inference(self)
+
+    @property
+    def active(self) -> bool:
+        return self.steps != 0
+
+
+def _settings(fit: OffsetFit | ResolvedFit) -> list[tuple[str, Any]]:
+    return [(f.name, getattr(fit, f.name)) for f in fields(fit)]
+
+
+def _inference(fit: OffsetFit | ResolvedFit) -> dict[str, Any]:
+    return {f"offset_fit_{name}": value for name, value in _settings(fit)}
 
 
 def _optional(cast: Callable[[Any], Any], value: Any) -> Any:
@@ -264,8 +295,8 @@ class Evidence:
 
     ``diff`` (P, N, N) are measured amplitudes (square roots of counts), indexable by an integer
     array (a memory map works); ``pattern`` (M,) says which pattern each patch was predicted from;
-    ``x``, ``y`` (P,) are the patterns' positions on the object canvas. ``fit`` carries a numeric
-    rate, one for every tile of the scan (``OffsetFit.for_counts`` of the split's ``mean_counts``).
+    ``x``, ``y`` (P,) are the patterns' positions on the object canvas. ``fit`` is resolved once
+    for the whole split (``OffsetFit.for_counts`` of its ``mean_counts``), the same on every tile.
     """
 
     diff: np.ndarray
@@ -273,12 +304,7 @@ class Evidence:
     x: np.ndarray
     y: np.ndarray
     probe: np.ndarray
-    fit: OffsetFit
-
-    def __post_init__(self) -> None:
-        if self.fit.steps is None or self.fit.lr is None or self.fit.order is None or self.fit.average is None:
-            raise ValueError("the offset fit's length, rate, order or average is unresolved: "
-                             "pass OffsetFit.for_counts(data.mean_counts)")
+    fit: ResolvedFit
 
 
 def fit_offsets(canvas_of: Callable[[torch.Tensor], torch.Tensor], start: torch.Tensor, evidence: Evidence,
@@ -317,8 +343,6 @@ def fit_offsets(canvas_of: Callable[[torch.Tensor], torch.Tensor], start: torch.
         scale = float(obs.sum()) / max(float(sum(unit_counts(canvas0, win).sum() for win in windows)), 1e-30)
 
     fit = evidence.fit
-    # Evidence resolves them
-    assert fit.steps is not None and fit.lr is not None and fit.order is not None and fit.average is not None
     mix, q = shifted_terms(grid, fit.order)  # the terms at each patch's pixels: mix[:, m] @ q
     theta = torch.angle(start).detach().to(FIT_REAL).requires_grad_(True)
     log_gain = torch.zeros_like(theta, requires_grad=fit.gains)

@@ -526,10 +526,8 @@ def reconstruct_from_bundle(bundle: Bundle, data: PtychoData, batch_size: int = 
     if info["N"] != data.N:
         raise ValueError(f"{bundle.path}: model expects {info['N']}x{info['N']} patterns, data has {data.N}")
     model = model_from_weights(bundle.models[info["model"]])
-    recorded = OffsetFit.from_inference(info)
-    offset_fit = replace(recorded, steps=recorded.steps if offset_fit_steps is None else offset_fit_steps,
-                         order=recorded.order if offset_fit_order is None else offset_fit_order,
-                         average=recorded.average if offset_fit_average is None else offset_fit_average)
+    offset_fit = OffsetFit.from_inference(info).overridden(steps=offset_fit_steps, order=offset_fit_order,
+                                                          average=offset_fit_average)
     return reconstruct(model, data, info["gridsize"], info["neighbours"], info.get("stitch_crop"), batch_size,
                        device, info.get("sync_phase", True), tile_patches, offset_fit=offset_fit,
                        # a bundle from before 2026-12-03 records a bool
