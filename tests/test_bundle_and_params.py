@@ -45,7 +45,10 @@ def test_bundle_round_trip_gives_identical_predictions(tmp_path):
 @pytest.mark.parametrize("kwargs, drop", [
     ({"separate_decoders": True, "decoder_width": 0.5}, ()),
     ({"separate_decoders": True, "decoder_width": 0.5, "group_norm": "phase_decoder"}, ()),
-    ({}, ("decoder_width", "group_norm")),  # a bundle written before the keys existed: as it was
+    ({"separate_decoders": True, "bilinear_upsampling": "phase_decoder"}, ()),
+    ({"bilinear_upsampling": "all"}, ()),
+    # a bundle written before the keys existed: as it was
+    ({}, ("decoder_width", "group_norm", "bilinear_upsampling")),
 ])
 def test_decoder_variants_and_older_bundles_reload_identically(tmp_path, kwargs, drop):
     model = _model(2, **kwargs)

@@ -32,6 +32,7 @@ def test_key_of_another_kind_fails_at_composition(overrides, schema):
     ("model.amp_activation=relu", "sigmoid, swish"),
     ("model.schedule=linear", "cosine, constant, plateau"),
     ("model.group_norm=batch", "none, phase_decoder, all"),
+    ("model.bilinear_upsampling=bicubic", "none, phase_decoder, all"),
     ("view.name=medium", "dense, sparse, full, custom"),
     ("logger=wandb", "csv, tensorboard"),
 ])
@@ -49,6 +50,9 @@ def test_wrong_choice_fails_at_composition_with_the_valid_ones(override, valid):
     (["model.lr=0"], "model.lr=0.0"),
     (["model.phase_tv=-0.1"], "model.phase_tv=-0.1"),
     (["model.separate_decoders=false", "model.group_norm=phase_decoder"], "model.group_norm='phase_decoder'"),
+    (["model.separate_decoders=false", "model.group_norm=none", "model.bilinear_upsampling=phase_decoder"],
+     "model.bilinear_upsampling='phase_decoder'"),
+    (["model.decoder=transposed", "model.bilinear_upsampling=all"], "model.bilinear_upsampling='all'"),
     (["model=supervised", "gridsize=2"], "gridsize=2"),
     (["gridsize=1", "model.oversample=2"], "model.oversample=2"),
     (["dataset.N=30"], "dataset.N=30"),

@@ -60,6 +60,14 @@ class GroupNorm(StrEnum):
     all = "all"
 
 
+class BilinearUpsampling(StrEnum):
+    """Which decoders upsample bilinearly instead of by nearest neighbour (ptylab.models.network)."""
+
+    none = "none"
+    phase_decoder = "phase_decoder"
+    all = "all"
+
+
 class MergeWeight(StrEnum):
     """How the PINN's overlap merge weights each group member's patch (ptylab.models.overlap)."""
 
@@ -175,6 +183,8 @@ class ModelConfig:
     separate_decoders: bool = False
     decoder_width: float = 1.0  # the decoders' filters as a fraction of the encoder's
     group_norm: GroupNorm = GroupNorm.none
+    # Which decoders upsample bilinearly (``model.decoder=upsample`` only): none, the phase decoder, or both.
+    bilinear_upsampling: BilinearUpsampling = BilinearUpsampling.none
     lr: float = 1e-3
     schedule: Schedule = Schedule.cosine
     warmup_steps: int = 100
@@ -205,6 +215,12 @@ class ModelConfig:
         _check(0 < self.decoder_width <= 4, "model.decoder_width", self.decoder_width, "in (0, 4]")
         _check(self.group_norm != GroupNorm.phase_decoder or self.separate_decoders, "model.group_norm",
                str(self.group_norm), "none or all with a shared decoder (phase_decoder needs separate_decoders=true)")
+        _check(self.bilinear_upsampling != BilinearUpsampling.phase_decoder or self.separate_decoders,
+               "model.bilinear_upsampling", str(self.bilinear_upsampling),
+               "none or all with a shared decoder (phase_decoder needs separate_decoders=true)")
+        _check(self.bilinear_upsampling == BilinearUpsampling.none or self.decoder == DecoderLayout.upsample,
+               "model.bilinear_upsampling", str(self.bilinear_upsampling),
+               "none with model.decoder=transposed (it chooses how the upsample layout upsamples)")
         _check(self.lr > 0, "model.lr", self.lr, "> 0")
         _check(0 < self.min_lr <= self.lr, "model.min_lr", self.min_lr, f"in (0, lr={self.lr}]")
         _check(self.warmup_steps >= 0, "model.warmup_steps", self.warmup_steps, ">= 0")
@@ -235,6 +251,14 @@ class PinnConfig(ModelConfig):
     # more per training step. Everywhere (``all``): more phase, less amplitude, 35% more per step
     # (docs/quality.md). Bundles written before load without it.
     group_norm: GroupNorm = GroupNorm.phase_decoder
+    # The phase decoder upsamples bilinearly (2026-12-06): with nearest-neighbour upsampling the
+    # phase carried a fine grid at the scan step, which gs2's merge averaged in. Bilinear, the
+    # single pass's phase SSIM rose on every seed (1e4: +0.05 embedded, +0.06 user-style; 1e3:
+    # +0.035) for 0.004-0.024 of amplitude SSIM, and gs2 beat gs1 on every score at 1e4 and 1e3.
+    # Both decoders: finer embedded phase, less user-style phase, and at 1e3 a coarser amplitude.
+    # The supervised baseline keeps nearest (level there). Bundles written before load with
+    # nearest (docs/quality.md, "Bilinear upsampling in the phase decoder").
+    bilinear_upsampling: BilinearUpsampling = BilinearUpsampling.phase_decoder
     oversample: int = 0  # extra random groups per anchor (gridsize > 1 and K >= C only)
     # One network per pattern (shared weights) instead of the group's patterns as input channels;
     # batch_size then counts patterns and an epoch is one pass over the patterns (training.batch_plan).
@@ -292,6 +316,9 @@ class SupervisedConfig(ModelConfig):
     # As the PINN's: at 1e4 (seed 1) every score but the FRC50s rose with it (docs/quality.md), and
     # the baseline keeps the network the PINN is compared with.
     group_norm: GroupNorm = GroupNorm.phase_decoder
+    # Not the PINN's bilinear phase decoder: with it the baseline was level at 1e4 (seed 1; amplitude
+    # SSIM -0.006, phase +0.003, phase FRC50 0.37 px coarser), so it keeps its own better setting,
+    # nearest (ModelConfig's; docs/quality.md).
 
 
 @dataclass

@@ -68,6 +68,7 @@ class PtychoModule(L.LightningModule):
         per_pattern: bool = False,
         decoder_width: float = 1.0,
         group_norm: str = "none",
+        bilinear_upsampling: str = "none",
     ):
         super().__init__()
         if amp_activation not in AMP_ACTIVATIONS:
@@ -82,7 +83,8 @@ class PtychoModule(L.LightningModule):
         io = 1 if per_pattern else channels
         net = EncoderDecoder(io, io, filters, separate_decoders,
                              out_size_factor=2 if object_support == "center" else 1, layout=decoder,
-                             decoder_width=decoder_width, group_norm=group_norm)
+                             decoder_width=decoder_width, group_norm=group_norm,
+                             bilinear_upsampling=bilinear_upsampling)
         initialise(net, init)
         # channels-last convolutions run 10-25% faster on these CPUs (docs/performance.md).
         self.net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]

@@ -36,7 +36,7 @@ def build_model(model_cfg: ModelConfig, gridsize: int, train: PtychoData) -> Pty
         "warmup_steps": model_cfg.warmup_steps, "min_lr": model_cfg.min_lr, "lr_factor": model_cfg.lr_factor,
         "lr_patience": model_cfg.lr_patience, "init": str(model_cfg.init), "decoder": str(model_cfg.decoder),
         "separate_decoders": model_cfg.separate_decoders, "decoder_width": model_cfg.decoder_width,
-        "group_norm": str(model_cfg.group_norm),
+        "group_norm": str(model_cfg.group_norm), "bilinear_upsampling": str(model_cfg.bilinear_upsampling),
     }
     if isinstance(model_cfg, PinnConfig):
         scale = train.metadata.get("intensity_scale")

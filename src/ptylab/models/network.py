@@ -6,9 +6,9 @@ space): every output pixel depends on the whole pattern. The encoder therefore p
 same-resolution skip connections, which would join unrelated pixels of the two domains. The
 decoder stops at the predicted support: N/2 x N/2 for the default central support, N for full.
 
-Two decoder layouts (measured in docs/quality.md): ``upsample`` (nearest-neighbour upsampling, two
-convolutions per level except one at the finest, about half the cost) and ``transposed`` (the first
-design: a transposed convolution and two convolutions per level).
+Two decoder layouts (measured in docs/quality.md): ``upsample`` (nearest-neighbour or bilinear
+upsampling, two convolutions per level except one at the finest, about half the cost) and
+``transposed`` (the first design: a transposed convolution and two convolutions per level).
 """
 
 from __future__ import annotations
@@ -18,11 +18,12 @@ import itertools
 import torch
 from torch import nn
 
-from ..config import GroupNorm
+from ..config import BilinearUpsampling, GroupNorm
 
 # Where group normalisation goes: nowhere, the phase decoder's blocks only, or every block (the
 # config's choices; a bundle's hyperparameters carry them as plain strings).
 GROUP_NORMS = tuple(str(g) for g in GroupNorm)
+BILINEAR_UPSAMPLINGS = tuple(str(b) for b in BilinearUpsampling)
 NORM_GROUPS = 8
 
 
@@ -52,7 +53,7 @@ class Decoder(nn.Module):
     """Bottleneck (N/8, ``in_channels``) -> output size, doubling ``levels`` times through ``filters`` reversed."""
 
     def __init__(self, in_channels: int, filters: list[int], out_channels: int, levels: int, layout: str,
-                 norm: bool = False):
+                 norm: bool = False, bilinear: bool = False):
         super().__init__()
         widths = [in_channels, *filters[::-1]][: levels + 1]
         while len(widths) < levels + 1:
@@ -62,7 +63,8 @@ class Decoder(nn.Module):
             self.ups = nn.ModuleList(nn.ConvTranspose2d(a, a, 2, stride=2) for a in widths[:-1])
             self.blocks = nn.ModuleList(_block(a, b, norm=norm) for a, b in pairs)
         elif layout == "upsample":
-            self.ups = nn.ModuleList(nn.Upsample(scale_factor=2, mode="nearest") for _ in pairs)
+            mode = "bilinear" if bilinear else "nearest"
+            self.ups = nn.ModuleList(nn.Upsample(scale_factor=2, mode=mode) for _ in pairs)
             self.blocks = nn.ModuleList(_block(a, b, 1 if i == len(pairs) - 1 else 2, norm)
                                         for i, (a, b) in enumerate(pairs))
         else:
@@ -90,12 +92,16 @@ class EncoderDecoder(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, filters: list[int], separate_decoders: bool,
                  out_size_factor: int = 2, layout: str = "upsample", decoder_width: float = 1.0,
-                 group_norm: str = "none"):
+                 group_norm: str = "none", bilinear_upsampling: str = "none"):
         super().__init__()
-        if group_norm not in GROUP_NORMS:
-            raise ValueError(f"model.group_norm must be one of {GROUP_NORMS}, got '{group_norm}'")
-        if group_norm == "phase_decoder" and not separate_decoders:
-            raise ValueError("model.group_norm=phase_decoder needs model.separate_decoders=true")
+        for key, value, choices in (("group_norm", group_norm, GROUP_NORMS),
+                                    ("bilinear_upsampling", bilinear_upsampling, BILINEAR_UPSAMPLINGS)):
+            if value not in choices:
+                raise ValueError(f"model.{key} must be one of {choices}, got '{value}'")
+            if value == "phase_decoder" and not separate_decoders:
+                raise ValueError(f"model.{key}=phase_decoder needs model.separate_decoders=true")
+        if bilinear_upsampling != "none" and layout != "upsample":
+            raise ValueError(f"model.bilinear_upsampling={bilinear_upsampling} needs model.decoder=upsample")
         everywhere = group_norm == "all"
         self.down = nn.ModuleList()
         cin = in_channels
@@ -108,10 +114,13 @@ class EncoderDecoder(nn.Module):
         self.separate = separate_decoders
         dec = [max(1, round(f * decoder_width)) for f in filters]
         if separate_decoders:
-            self.amp_decoder = Decoder(filters[-1], dec, out_channels, levels, layout, everywhere)
-            self.phase_decoder = Decoder(filters[-1], dec, out_channels, levels, layout, group_norm != "none")
+            self.amp_decoder = Decoder(filters[-1], dec, out_channels, levels, layout, everywhere,
+                                       bilinear_upsampling == "all")
+            self.phase_decoder = Decoder(filters[-1], dec, out_channels, levels, layout, group_norm != "none",
+                                         bilinear_upsampling != "none")
         else:
-            self.decoder = Decoder(filters[-1], dec, 2 * out_channels, levels, layout, everywhere)
+            self.decoder = Decoder(filters[-1], dec, 2 * out_channels, levels, layout, everywhere,
+                                   bilinear_upsampling == "all")
         self.out_channels = out_channels
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -52,10 +52,11 @@ class PINN(PtychoModule):
         own_patch_weight: float = 0.0,  # and without the own patches' likelihood
         merge_weight: str = "support",  # and merged uniformly over the support
         own_patch_ramps: str = "kept",  # and with the own patches' ramps seen by their likelihood
+        bilinear_upsampling: str = "none",  # and upsampled by nearest neighbour
     ):
         super().__init__(N, gridsize**2, list(base_filters), width, object_support, amp_activation,
                          input_scale, lr, schedule, warmup_steps, min_lr, lr_factor, lr_patience, init, decoder,
-                         separate_decoders, per_pattern, decoder_width, group_norm)
+                         separate_decoders, per_pattern, decoder_width, group_norm, bilinear_upsampling)
         self.save_hyperparameters(ignore=["probe"])
         start = torch.zeros(2, N, N) if probe is None else torch.stack((probe.real, probe.imag)).float()
         self.probe_ri = nn.Parameter(start, requires_grad=probe_trainable)

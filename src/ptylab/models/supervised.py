@@ -28,10 +28,12 @@ class Supervised(PtychoModule):
         separate_decoders: bool = True,
         decoder_width: float = 1.0,
         group_norm: str = "none",
+        bilinear_upsampling: str = "none",
     ):
         super().__init__(N, gridsize**2, list(base_filters), width, object_support, amp_activation,
                          input_scale, lr, schedule, warmup_steps, min_lr, lr_factor, lr_patience, init, decoder,
-                         separate_decoders, decoder_width=decoder_width, group_norm=group_norm)
+                         separate_decoders, decoder_width=decoder_width, group_norm=group_norm,
+                         bilinear_upsampling=bilinear_upsampling)
         self.save_hyperparameters()
 
     def training_loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
