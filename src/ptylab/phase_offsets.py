@@ -365,9 +365,10 @@ def fit_offsets(canvas_of: Callable[[torch.Tensor], torch.Tensor], start: torch.
     # constant rate Adam moves every parameter by about the rate per step whatever its gradient, so
     # a long fit's last step drifts about and away from where the data settle it; the average over
     # the last half holds what the better stop gives (docs/quality.md, tests/test_stitching.py).
-    params = [theta, log_gain, phase_shape, gain_shape, ramp]
+    # Only the fitted parameters: the others stay zero, their own average.
+    params = [p for p in (theta, log_gain, phase_shape, gain_shape, ramp) if p.requires_grad]
     averaged = round(fit.average * fit.steps)
-    sums = [torch.zeros_like(p) for p in params]
+    sums = [torch.zeros_like(p) for p in params] if averaged else []
 
     def factors() -> torch.Tensor:
         offset = theta + ramp @ ramp_basis
