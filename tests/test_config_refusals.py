@@ -61,10 +61,23 @@ def test_wrong_choice_fails_at_composition_with_the_valid_ones(override, valid):
     (["eval.offset_fit_average=1.0"], "eval.offset_fit_average=1.0"),
     (["eval.average_symmetries=mirror"], "eval.average_symmetries='mirror'"),
     (["refine.average_symmetries=2"], "refine.average_symmetries='2'"),
+    (["trainer=gpu", "trainer.deterministic=true"], "trainer.deterministic=True"),
 ])
 def test_out_of_range_values_are_refused_with_key_and_value(overrides, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         validate(compose_config(overrides))
+
+
+@pytest.mark.parametrize("overrides, deterministic", [
+    (["trainer=gpu"], False),
+    (["trainer=gpu", "trainer.deterministic=warn"], "warn"),
+    (["trainer=gpu", "trainer.deterministic=true", "model.bilinear_upsampling=none"], True),
+    (["trainer=cpu"], True),
+])
+def test_determinism_is_refused_only_where_cuda_has_no_deterministic_bilinear_backward(overrides, deterministic):
+    """The refusal above is narrow: a GPU run may warn instead, or upsample by nearest neighbour,
+    and the CPU (whose bilinear backward is deterministic) keeps its default."""
+    assert validate(compose_config(overrides)).trainer["deterministic"] == deterministic
 
 
 @pytest.mark.parametrize("override, key", [

@@ -464,6 +464,14 @@ class TrainConfig:
                    "0 at gridsize 1 (a single pattern has no alternative neighbours)")
             _check(self.model.neighbours >= self.gridsize**2, "model.neighbours", self.model.neighbours,
                    f">= gridsize^2 = {self.gridsize**2} for oversampling")
+        # PyTorch has no deterministic CUDA backward for bilinear interpolation: with
+        # deterministic=True such a job would stop at its first training step, after its data were made.
+        on_gpu = str(self.trainer.get("accelerator", "")).lower() in ("gpu", "cuda")
+        _check(not (on_gpu and self.trainer.get("deterministic") is True
+                    and self.model.bilinear_upsampling != BilinearUpsampling.none),
+               "trainer.deterministic", self.trainer.get("deterministic"),
+               f"false or 'warn' on a GPU with model.bilinear_upsampling={self.model.bilinear_upsampling} (PyTorch "
+               "has no deterministic CUDA backward for bilinear upsampling), or set model.bilinear_upsampling=none")
 
 
 @dataclass
