@@ -9,12 +9,13 @@ import torch
 
 from ptylab.batches import EpochShuffle, GroupedPatterns, make_loader
 from ptylab.bundle import BundleError, load_bundle, save_model_bundle, write_bundle
-from ptylab.config import PinnConfig, RefineConfig, SupervisedConfig
+from ptylab.config import MergeWeight, PinnConfig, RefineConfig, SupervisedConfig
 from ptylab.datasets import load_or_simulate
 from ptylab.errors import ConfigError, PtylabError
 from ptylab.grouping import group_positions
 from ptylab.models import PINN, Supervised, build_model, start_from_bundle
 from ptylab.models.base import support_mask
+from ptylab.models.factory import PROBE_MERGE_COUNTS, merge_weight_for_counts
 from ptylab.models.overlap import merge_overlaps
 from ptylab.models.pinn import total_variation
 from ptylab.physics import extract_patches, poisson_nll
@@ -71,6 +72,26 @@ def test_the_pinns_merge_weights_are_its_support_or_the_probes_intensity_on_it()
     intensity = probe.abs().square() * weighted.support
     torch.testing.assert_close(weighted.merge_weights(), intensity / intensity.max())
     assert float(weighted.merge_weights().max()) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(("dose", "rule"), [(1e3, "support"), (1e4, "probe"), (1e5, "support")])
+def test_the_merge_weight_comes_from_the_training_counts_unless_set(small_dataset_cfg, tmp_path, dose, rule):
+    """model.merge_weight=null (the default) picks the probe's weight in the counts where it was
+    measured to help (dose 1e4 here); a set choice wins at any counts, and the bundle's
+    hyperparameters record what ran."""
+    train = load_or_simulate(small_dataset_cfg, dose, 0, tmp_path / "cache").train
+    low, high = PROBE_MERGE_COUNTS
+    assert (low <= train.mean_counts < high) == (rule == "probe")
+    assert build_model(PinnConfig(base_filters=[8, 16, 32]), 2, train).hparams["merge_weight"] == rule
+    other = MergeWeight.support if rule == "probe" else MergeWeight.probe
+    chosen = build_model(PinnConfig(base_filters=[8, 16, 32], merge_weight=other), 2, train)
+    assert chosen.hparams["merge_weight"] == str(other)
+
+
+def test_the_probe_merge_counts_include_the_low_bound_only():
+    low, high = PROBE_MERGE_COUNTS
+    assert [str(merge_weight_for_counts(None, c)) for c in (low * 0.999, low, high * 0.999, high)] == \
+        ["support", "probe", "probe", "support"]
 
 
 def _nll_on(model, batch):

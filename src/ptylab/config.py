@@ -294,8 +294,11 @@ class PinnConfig(ModelConfig):
     # How the overlap merge averages a group's patches where they overlap: uniformly over each
     # patch's support, or by the probe's intensity there, so that where a member's probe is weak
     # (its pattern says little about the object) its patch counts for little (docs/quality.md,
-    # "The overlap merge weighted by the probe's intensity").
-    merge_weight: MergeWeight = MergeWeight.support
+    # "The overlap merge weighted by the probe's intensity"). null (the default): from the training
+    # patterns' mean counts (ptylab.models.factory.merge_weight_for_counts): the probe's weight from
+    # 2.7e3 to 2.7e4 counts per pattern (dose 1e4 here), where it was measured to help; elsewhere the
+    # support's, whose uniform average of the members' noise low counts need.
+    merge_weight: MergeWeight | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
