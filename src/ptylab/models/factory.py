@@ -36,10 +36,10 @@ def derived_intensity_scale(train: PtychoData, reference_amplitude: float = 1.0)
 # the user-style refined arm on every score but the phase's FRC50 (phase SSIM 0.451 -> 0.509, three
 # seeds) and sharpened the embedded FRC50s for 0.005-0.012 of amplitude SSIM; at 1e3 (1.1e3) it
 # coarsened the amplitude's FRC50 past LSQML's on both seeds (the uniform merge averages the members'
-# noise, which low counts need); at 1e5 (1.1e5, one seed) the single pass was level and the refined
-# arm lost every score. The bounds lie between those, near their geometric middles (3.5e3, 3.5e4);
-# dose 3e4 (3.4e4) keeps the support, unmeasured (docs/quality.md, "The gs2 options and gs1 on top of
-# the bilinear phase decoder").
+# noise, which low counts need); at 1e5 (1.1e5, two seeds) the single pass was level and the refined
+# arm lost (every score on one seed, all but the amplitude's FRC50 on the other). The bounds lie
+# between those, near their geometric middles (3.5e3, 3.5e4); dose 3e4 (3.4e4) keeps the support,
+# unmeasured (docs/quality.md, "The gs2 options and gs1 on top of the bilinear phase decoder").
 PROBE_MERGE_COUNTS = (2.7e3, 2.7e4)
 
 
