@@ -1,6 +1,8 @@
 """Model-level identities: the overlap constraint, and real tiny trainings whose loss falls."""
 
+import inspect
 import warnings
+from dataclasses import fields
 
 import lightning as L
 import numpy as np
@@ -16,6 +18,7 @@ from ptylab.grouping import group_positions
 from ptylab.models import PINN, Supervised, build_model, start_from_bundle
 from ptylab.models.base import support_mask
 from ptylab.models.factory import PROBE_MERGE_COUNTS, merge_weight_for_counts
+from ptylab.models.network import NetworkSpec
 from ptylab.models.overlap import merge_overlaps
 from ptylab.models.pinn import total_variation
 from ptylab.physics import extract_patches, poisson_nll
@@ -399,6 +402,22 @@ def test_checkpoint_loads_outside_hydra(tmp_path):
     again = PINN.load_from_checkpoint(tmp_path / "m.ckpt", weights_only=True)
     assert again.hparams["gridsize"] == 2 and float(again.input_scale) == pytest.approx(0.3)
     torch.testing.assert_close(again.probe, model.probe)
+
+
+def test_the_network_is_built_from_hyperparameters_the_models_save():
+    """Every architecture name ``NetworkSpec`` reads is a parameter of the models (a renamed one would
+    fall back to its default without a word), and a model's saved hyperparameters give its network."""
+    names = {f.name for f in fields(NetworkSpec)}
+    assert names <= set(inspect.signature(PINN).parameters)
+    assert names - {"per_pattern"} <= set(inspect.signature(Supervised).parameters)
+    model = PINN(N=16, base_filters=(4, 8, 8), width=2, separate_decoders=True, decoder_width=0.5,
+                 group_norm="phase_decoder", bilinear_upsampling="phase_decoder", per_pattern=True)
+    spec = NetworkSpec.from_hparams(model.hparams)
+    assert spec == NetworkSpec(base_filters=(4, 8, 8), width=2, separate_decoders=True, decoder_width=0.5,
+                               group_norm="phase_decoder", bilinear_upsampling="phase_decoder", per_pattern=True)
+    assert model.net.down[0][0].in_channels == 1 and model.net.down[0][0].out_channels == 8  # per pattern, width 2
+    assert model.net.phase_decoder.head.out_channels == 1
+    assert NetworkSpec.from_hparams(Supervised().hparams).per_pattern is False
 
 
 def test_per_pattern_batches_count_patterns_and_epochs_pass_over_the_patterns():

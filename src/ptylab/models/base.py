@@ -10,7 +10,7 @@ import lightning as L
 import torch
 from torch import nn
 
-from .network import EncoderDecoder, initialise
+from .network import EncoderDecoder, NetworkSpec, initialise
 
 SCHEDULES = ("cosine", "constant", "plateau")
 AMP_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"sigmoid": torch.sigmoid,
@@ -41,56 +41,35 @@ class PtychoModule(L.LightningModule):
     """Base of both models. Subclasses define ``training_loss``; the object prediction is shared.
 
     Hyperparameters are plain values saved in checkpoints, so ``Model.load_from_checkpoint(path)``
-    works in a notebook without Hydra.
+    works in a notebook without Hydra; the network is built from them alone (``build_network``).
     """
 
     support: torch.Tensor
     input_scale: torch.Tensor
 
-    def __init__(
-        self,
-        N: int,
-        channels: int,
-        base_filters: list[int],
-        width: int,
-        object_support: str,
-        amp_activation: str,
-        input_scale: float,
-        lr: float,
-        schedule: str,
-        warmup_steps: int,
-        min_lr: float,
-        lr_factor: float,
-        lr_patience: int,
-        init: str,
-        decoder: str,
-        separate_decoders: bool,
-        per_pattern: bool = False,
-        decoder_width: float = 1.0,
-        group_norm: str = "none",
-        bilinear_upsampling: str = "none",
-    ):
-        super().__init__()
-        if amp_activation not in AMP_ACTIVATIONS:
-            raise ValueError(f"model.amp_activation must be one of {sorted(AMP_ACTIVATIONS)}, got '{amp_activation}'")
-        if schedule not in SCHEDULES:
-            raise ValueError(f"model.schedule must be one of {SCHEDULES}, got '{schedule}'")
-        filters = [int(f * width) for f in base_filters]
+    def build_network(self, channels: int) -> None:
+        """The network, its support and its input scale, from the hyperparameters alone (each model's
+        ``__init__`` calls it after ``save_hyperparameters``), so a checkpoint or a bundle rebuilds
+        exactly this module. ``channels``: the patterns of a group."""
+        hp = self.hparams
+        if hp["amp_activation"] not in AMP_ACTIVATIONS:
+            raise ValueError(f"model.amp_activation must be one of {sorted(AMP_ACTIVATIONS)}, "
+                             f"got '{hp['amp_activation']}'")
+        if hp["schedule"] not in SCHEDULES:
+            raise ValueError(f"model.schedule must be one of {SCHEDULES}, got '{hp['schedule']}'")
+        spec = NetworkSpec.from_hparams(hp)
         # per_pattern: one network applied to each pattern of a group alone (shared weights); the
         # group is coupled only through the loss (overlap constraint). Otherwise the group's
         # patterns are the input channels of one network (upstream's layout).
-        self.per_pattern = per_pattern
-        io = 1 if per_pattern else channels
-        net = EncoderDecoder(io, io, filters, separate_decoders,
-                             out_size_factor=2 if object_support == "center" else 1, layout=decoder,
-                             decoder_width=decoder_width, group_norm=group_norm,
-                             bilinear_upsampling=bilinear_upsampling)
-        initialise(net, init)
+        self.per_pattern = spec.per_pattern
+        net = EncoderDecoder(1 if spec.per_pattern else channels, spec)
+        initialise(net, spec.init)
         # channels-last convolutions run 10-25% faster on these CPUs (docs/performance.md).
         self.net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-        self.register_buffer("support", support_mask(N, object_support))
-        self.pad = (N - N // 2) // 2 if object_support == "center" else 0
-        self.register_buffer("input_scale", torch.tensor(float(input_scale)))
+        n = int(hp["N"])
+        self.register_buffer("support", support_mask(n, spec.object_support))
+        self.pad = (n - n // 2) // 2 if spec.object_support == "center" else 0
+        self.register_buffer("input_scale", torch.tensor(float(hp["input_scale"])))
 
     def predict_amp_phase(self, diff: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Amplitudes (B, C, N, N) -> (amplitude, phase) of the object patches, before the support."""

@@ -14,6 +14,9 @@ upsampling, two convolutions per level except one at the finest, about half the 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 from torch import nn
@@ -25,6 +28,37 @@ from ..config import BilinearUpsampling, GroupNorm
 GROUP_NORMS = tuple(str(g) for g in GroupNorm)
 BILINEAR_UPSAMPLINGS = tuple(str(b) for b in BilinearUpsampling)
 NORM_GROUPS = 8
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """The network's architecture, under the names a model's hyperparameters (and so its checkpoints
+    and bundles) give it. The one list of those names: a model rebuilds its network from its
+    hyperparameters through ``from_hparams``, so a new architecture choice is added here, in the
+    config and in the models' signatures, and nowhere between."""
+
+    base_filters: tuple[int, ...] = (32, 64, 128)
+    width: int = 1
+    object_support: str = "center"  # "center": the N/2 x N/2 central prediction; "full": N x N
+    decoder: str = "upsample"
+    separate_decoders: bool = False
+    decoder_width: float = 1.0
+    group_norm: str = "none"
+    bilinear_upsampling: str = "none"
+    per_pattern: bool = False
+    init: str = "glorot"
+
+    @classmethod
+    def from_hparams(cls, hparams: Mapping[str, Any]) -> NetworkSpec:
+        """The architecture a model's hyperparameters name; a key a model does not take (the
+        supervised baseline's ``per_pattern``) keeps its default here."""
+        values = {f.name: hparams.get(f.name, f.default) for f in fields(cls)}
+        return cls(**{**values, "base_filters": tuple(int(b) for b in values["base_filters"])})
+
+    @property
+    def filters(self) -> list[int]:
+        """The encoder's widths, level by level."""
+        return [int(f * self.width) for f in self.base_filters]
 
 
 class _GroupNorm32(nn.GroupNorm):
@@ -82,46 +116,44 @@ class Decoder(nn.Module):
 
 
 class EncoderDecoder(nn.Module):
-    """Encoder over ``len(filters)`` pooled levels plus a bottleneck; one shared decoder with two
-    heads or separate amplitude and phase decoders.
+    """Encoder over ``len(spec.filters)`` pooled levels plus a bottleneck; one shared decoder with two
+    heads or separate amplitude and phase decoders, ``channels`` patterns in and patches out.
 
-    ``out_size_factor`` is the output size as a fraction of the input: 2 -> N/2, 1 -> N.
-    ``decoder_width`` scales the decoders' filters (not the bottleneck they start from): separate
-    decoders at half width cost less than one shared decoder at full width.
+    The output is N/2 for the central support and N for the full one. ``decoder_width`` scales the
+    decoders' filters (not the bottleneck they start from): separate decoders at half width cost
+    less than one shared decoder at full width.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, filters: list[int], separate_decoders: bool,
-                 out_size_factor: int = 2, layout: str = "upsample", decoder_width: float = 1.0,
-                 group_norm: str = "none", bilinear_upsampling: str = "none"):
+    def __init__(self, channels: int, spec: NetworkSpec):
         super().__init__()
-        for key, value, choices in (("group_norm", group_norm, GROUP_NORMS),
-                                    ("bilinear_upsampling", bilinear_upsampling, BILINEAR_UPSAMPLINGS)):
+        for key, value, choices in (("group_norm", spec.group_norm, GROUP_NORMS),
+                                    ("bilinear_upsampling", spec.bilinear_upsampling, BILINEAR_UPSAMPLINGS)):
             if value not in choices:
                 raise ValueError(f"model.{key} must be one of {choices}, got '{value}'")
-            if value == "phase_decoder" and not separate_decoders:
+            if value == "phase_decoder" and not spec.separate_decoders:
                 raise ValueError(f"model.{key}=phase_decoder needs model.separate_decoders=true")
-        if bilinear_upsampling != "none" and layout != "upsample":
-            raise ValueError(f"model.bilinear_upsampling={bilinear_upsampling} needs model.decoder=upsample")
-        everywhere = group_norm == "all"
+        if spec.bilinear_upsampling != "none" and spec.decoder != "upsample":
+            raise ValueError(f"model.bilinear_upsampling={spec.bilinear_upsampling} needs model.decoder=upsample")
+        filters, layout = spec.filters, spec.decoder
+        everywhere = spec.group_norm == "all"
         self.down = nn.ModuleList()
-        cin = in_channels
+        cin = channels
         for f in filters:
             self.down.append(_block(cin, f, norm=everywhere))
             cin = f
         self.pool = nn.MaxPool2d(2)
         self.bottleneck = _block(filters[-1], filters[-1], norm=everywhere)
-        levels = len(filters) - (out_size_factor.bit_length() - 1)
-        self.separate = separate_decoders
-        dec = [max(1, round(f * decoder_width)) for f in filters]
-        if separate_decoders:
-            self.amp_decoder = Decoder(filters[-1], dec, out_channels, levels, layout, everywhere,
-                                       bilinear_upsampling == "all")
-            self.phase_decoder = Decoder(filters[-1], dec, out_channels, levels, layout, group_norm != "none",
-                                         bilinear_upsampling != "none")
+        levels = len(filters) - (1 if spec.object_support == "center" else 0)
+        self.separate = spec.separate_decoders
+        dec = [max(1, round(f * spec.decoder_width)) for f in filters]
+        bilinear_amp = spec.bilinear_upsampling == "all"
+        if self.separate:
+            self.amp_decoder = Decoder(filters[-1], dec, channels, levels, layout, everywhere, bilinear_amp)
+            self.phase_decoder = Decoder(filters[-1], dec, channels, levels, layout, spec.group_norm != "none",
+                                         spec.bilinear_upsampling != "none")
         else:
-            self.decoder = Decoder(filters[-1], dec, 2 * out_channels, levels, layout, everywhere,
-                                   bilinear_upsampling == "all")
-        self.out_channels = out_channels
+            self.decoder = Decoder(filters[-1], dec, 2 * channels, levels, layout, everywhere, bilinear_amp)
+        self.out_channels = channels
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         for block in self.down:

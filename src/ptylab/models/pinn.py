@@ -54,10 +54,9 @@ class PINN(PtychoModule):
         own_patch_ramps: str = "kept",  # and with the own patches' ramps seen by their likelihood
         bilinear_upsampling: str = "none",  # and upsampled by nearest neighbour
     ):
-        super().__init__(N, gridsize**2, list(base_filters), width, object_support, amp_activation,
-                         input_scale, lr, schedule, warmup_steps, min_lr, lr_factor, lr_patience, init, decoder,
-                         separate_decoders, per_pattern, decoder_width, group_norm, bilinear_upsampling)
+        super().__init__()
         self.save_hyperparameters(ignore=["probe"])
+        self.build_network(gridsize**2)
         start = torch.zeros(2, N, N) if probe is None else torch.stack((probe.real, probe.imag)).float()
         self.probe_ri = nn.Parameter(start, requires_grad=probe_trainable)
         self.log_intensity_scale = nn.Parameter(torch.tensor(math.log(intensity_scale)),

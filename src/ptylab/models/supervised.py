@@ -30,11 +30,9 @@ class Supervised(PtychoModule):
         group_norm: str = "none",
         bilinear_upsampling: str = "none",
     ):
-        super().__init__(N, gridsize**2, list(base_filters), width, object_support, amp_activation,
-                         input_scale, lr, schedule, warmup_steps, min_lr, lr_factor, lr_patience, init, decoder,
-                         separate_decoders, decoder_width=decoder_width, group_norm=group_norm,
-                         bilinear_upsampling=bilinear_upsampling)
+        super().__init__()
         self.save_hyperparameters()
+        self.build_network(gridsize**2)
 
     def training_loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         amp, phase = self.predict_amp_phase(batch["diff"])
