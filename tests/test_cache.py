@@ -1,7 +1,12 @@
+import logging
+from dataclasses import replace
+
 import numpy as np
 
 from ptylab.config import EmbeddedDatasetConfig as DatasetConfig
-from ptylab.datasets import cache_key, load_or_simulate
+from ptylab.config import FileDatasetConfig
+from ptylab.data import write_dataset
+from ptylab.datasets import cache_key, load_dataset, load_or_simulate
 
 
 def test_cache_hit_returns_identical_data(small_dataset_cfg, tmp_path):
@@ -34,3 +39,26 @@ def test_key_covers_every_input_that_changes_the_bytes(small_dataset_cfg):
     assert cache_key(other, 1e3, 1) != base
     brighter = DatasetConfig(**{**small_dataset_cfg.__dict__, "amplitude_max": 2.0})
     assert cache_key(brighter, 1e3, 1) != base
+
+
+def test_file_data_say_that_dose_only_labels_the_run(small_dataset_cfg, tmp_path, caplog):
+    """A file's counts are its own: a run labelled with another dose than its metadata record is
+    warned about, naming the file and both doses; files without one are told what they hold."""
+    sim = load_or_simulate(small_dataset_cfg, 1e3, 1, tmp_path / "cache")
+    write_dataset(tmp_path / "train.npz", sim.train)
+    write_dataset(tmp_path / "test.npz", sim.test)
+    files = FileDatasetConfig(train_file=str(tmp_path / "train.npz"), test_file=str(tmp_path / "test.npz"))
+    with caplog.at_level(logging.INFO, logger="ptylab.datasets"):
+        load_dataset(files, 1e3, 1, tmp_path)
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+        load_dataset(files, 1e4, 1, tmp_path)
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "train.npz" in warning and "dose 1000 (nphotons)" in warning and "labelled dose=10000" in warning
+    write_dataset(tmp_path / "user.npz", replace(sim.train, metadata={}))
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="ptylab.datasets"):
+        load_dataset(FileDatasetConfig(train_file=str(tmp_path / "user.npz"), test_file=str(tmp_path / "test.npz")),
+                     1e4, 1, tmp_path)
+    (info,) = [r.getMessage() for r in caplog.records]
+    assert "dose=10000 labels this run" in info and "no dose in its metadata" in info
+    assert f"{sim.train.mean_counts:.0f} counts per pattern" in info

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -113,5 +114,21 @@ def load_job_data(dataset_cfg: DatasetConfig, view_cfg: ViewConfig, dose: float,
 def load_dataset(cfg: DatasetConfig, dose: float, seed: int, cache_dir: str | Path) -> DatasetSource:
     """Dispatch on the dataset's kind: the embedded simulation (cached) or the user's files."""
     if isinstance(cfg, FileDatasetConfig):
-        return load_files(cfg.train_file, cfg.test_file)
+        source = load_files(cfg.train_file, cfg.test_file)
+        note_file_dose(cfg.train_file, source.train, dose)
+        return source
     return load_or_simulate(cfg, dose, seed, cache_dir)
+
+
+def note_file_dose(path: str, train: PtychoData, dose: float) -> None:
+    """File data keep the counts they hold: the ``dose`` setting only labels the run (its directory,
+    manifest and table rows). Say so, with the counts the files hold, and warn when their metadata
+    record another dose (``nphotons``), so a mislabelled run is not mistaken for that dose."""
+    recorded = train.metadata.get("nphotons")
+    if isinstance(recorded, int | float) and not math.isclose(float(recorded), dose, rel_tol=1e-6):
+        log.warning("%s: its metadata record dose %g (nphotons) and this run is labelled dose=%g: the dose "
+                    "setting does not change file data, it only labels the run; set dose=%g to label it as "
+                    "recorded", path, recorded, dose, recorded)
+        return
+    log.info("file data: dose=%g labels this run and does not change the data (%s: %.0f counts per pattern%s)",
+             dose, path, train.mean_counts, "" if recorded is not None else "; no dose in its metadata")
