@@ -12,6 +12,7 @@ import ptylab.config  # noqa: F401
 from ptylab.commands import reproduce as reproduce_command
 from ptylab.data import write_dataset
 from ptylab.datasets import load_or_simulate
+from ptylab.figures import series_style
 
 from .conftest import CONF, PLUMBING, ROOT, SMALL_OVERRIDES, TINY_TRAIN, run_script
 
@@ -203,3 +204,23 @@ def test_optuna_search_minimises_the_validation_objective(tmp_path):
     assert len(trials) == 2 and all(t["status"] == "succeeded" for t in trials)
     best = min(t["best_val_loss"] for t in trials)  # the objective is the validation loss, not a test score
     assert f"best_value: {best}"[:18] in results
+
+
+def test_study_plots_give_related_methods_one_colour_and_no_two_series_one_style():
+    """A network, its refined arm and the LSQML runs started from either share a colour and differ
+    in marker or dashes; LSQML from a flat start is black. Twelve series, no two drawn alike (the
+    default colour cycle repeats after ten)."""
+    names = ["LSQML dense", *(f"{prefix}{net}{arm} dense" for net in ("PINN gs1", "PINN gs2", "supervised")
+                              for arm in ("", " refined") for prefix in ("", "LSQML from "))]
+    names.append("PINN gs2 sparse")
+    colours: dict = {}
+    styles = {name: series_style(name, colours) for name in sorted(names)}
+    drawn = {(tuple(s["color"]) if not isinstance(s["color"], str) else s["color"], s["marker"], s["linestyle"])
+             for s in styles.values()}
+    assert len(drawn) == len(names)
+    assert styles["LSQML dense"]["color"] == "black"
+    gs2 = styles["PINN gs2 dense"]
+    for related in ("PINN gs2 refined dense", "LSQML from PINN gs2 dense", "LSQML from PINN gs2 refined dense"):
+        assert styles[related]["color"] == gs2["color"]
+    assert styles["LSQML from PINN gs2 refined dense"] == {**gs2, "marker": "^", "linestyle": "--"}
+    assert styles["PINN gs2 sparse"]["color"] != gs2["color"] != styles["PINN gs1 dense"]["color"]

@@ -106,18 +106,36 @@ def frc_curves(path: str | Path, curves: dict[str, tuple[np.ndarray, np.ndarray]
     _save(fig, path)
 
 
+def series_style(name: str, colours: dict[str, Any]) -> dict[str, Any]:
+    """Line style of a study's series, so related methods read as related: one colour per network
+    (its refined arm and the LSQML runs started from it share it), triangles for refined arms,
+    dashes for LSQML started from a network, black for LSQML from a flat start. ``colours`` maps
+    each network's base name to its colour and grows as new ones appear."""
+    lsqml_from = name.startswith("LSQML from ")
+    if name.startswith("LSQML") and not lsqml_from:
+        return {"color": "black", "marker": "s", "linestyle": "-"}
+    source = name.removeprefix("LSQML from ")
+    refined = " refined" in source
+    base = source.replace(" refined", "")
+    if base not in colours:
+        colours[base] = plt.get_cmap("tab10")(len(colours) % 10)
+    return {"color": colours[base], "marker": "^" if refined else "o", "linestyle": "--" if lsqml_from else "-"}
+
+
 def metric_vs_dose(path: str | Path, series: dict[str, tuple[list[float], list[float]]], metric: str) -> None:
     """One line per series; several values at one dose (runs of several seeds) are drawn as their
     mean with a bar of one standard deviation, so a study over seeds shows its spread."""
     fig, ax = plt.subplots(figsize=(5.5, 4))
     several = False
+    colours: dict[str, Any] = {}
     for name, (doses, values) in sorted(series.items()):
         d, v = np.asarray(doses, float), np.asarray(values, float)
         at = np.unique(d)
         several |= len(at) < len(d)
         mean = np.array([v[d == x].mean() for x in at])
         std = np.array([v[d == x].std() for x in at])
-        ax.errorbar(at, mean, yerr=std if std.any() else None, marker="o", capsize=3, label=name)
+        ax.errorbar(at, mean, yerr=std if std.any() else None, capsize=3, label=name,
+                    **series_style(name, colours))
     ax.set_xscale("log")
     ax.set_xlabel("dose (photons per pattern)")
     ax.set_ylabel(metric)
