@@ -38,8 +38,8 @@ def derived_intensity_scale(train: PtychoData, reference_amplitude: float = 1.0)
 # coarsened the amplitude's FRC50 past LSQML's on both seeds (the uniform merge averages the members'
 # noise, which low counts need); at 1e5 (1.1e5, two seeds) the single pass was level and the refined
 # arm lost (every score on one seed, all but the amplitude's FRC50 on the other). The bounds lie
-# between those, near their geometric middles (3.5e3, 3.5e4). At 3e4 (3.4e4, twenty-ninth session, one
-# seed per data) neither weight won on both data: the probe's lost the embedded object's scores and
+# between those, near their geometric middles (3.5e3, 3.5e4). At 3e4 (3.4e4, twenty-ninth session, two
+# seeds per data) neither weight won on both data: the probe's lost the embedded object's scores and
 # traded the user-style phase's correlation for its SSIM, so the support stays there (docs/quality.md,
 # "The gs2 options and gs1 on top of the bilinear phase decoder", "The overlap merge at 3e4").
 PROBE_MERGE_COUNTS = (2.7e3, 2.7e4)
