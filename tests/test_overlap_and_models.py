@@ -424,6 +424,9 @@ def test_per_pattern_batches_count_patterns_and_epochs_pass_over_the_patterns():
     assert batch_plan(PINN(N=16, gridsize=2, per_pattern=True), 16, 2) == (4, 0.25)
     assert batch_plan(PINN(N=16, gridsize=1, per_pattern=True), 16, 1) == (16, 1.0)
     assert batch_plan(PINN(N=16, gridsize=2, per_pattern=False), 16, 2) == (16, 1.0)
+    # whole groups, as many as come nearest the patterns asked for (not fewer: 16 at gs3 is 18, not 9)
+    assert batch_plan(PINN(N=16, gridsize=3, per_pattern=True), 16, 3) == (2, 1 / 9)
+    assert batch_plan(PINN(N=16, gridsize=3, per_pattern=True), 4, 3) == (1, 1 / 9)
     sampler = EpochShuffle(100, seed=3, fraction=0.25)
     first = list(sampler)
     assert len(first) == len(sampler) == 25 and len(set(first)) == 25

@@ -241,12 +241,14 @@ def batch_plan(model: PtychoModule, batch_size: int, gridsize: int) -> tuple[int
     A per-pattern network does its work per pattern, so ``batch_size`` then counts patterns (C per
     group) and an epoch is one pass over the patterns, a fresh 1/C of the groups (each pattern is a
     member of about C groups): steps, patterns per step and time per step match a gridsize-1 job
-    with the same settings, and the group's members still meet in the loss. The model, not the
-    config, decides: a network fine-tuned from a bundle keeps the layout it was trained with.
+    with the same settings, and the group's members still meet in the loss. Whole groups only: the
+    number nearest ``batch_size`` patterns (16 gives gridsize 3 two groups, 18 patterns; rounding
+    down gave it one, 9). The model, not the config, decides: a network fine-tuned from a bundle
+    keeps the layout it was trained with.
     """
     channels = gridsize**2
     if model.per_pattern and channels > 1:
-        return max(1, batch_size // channels), 1.0 / channels
+        return max(1, round(batch_size / channels)), 1.0 / channels
     return batch_size, 1.0
 
 
