@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ptylab import stitching
-from ptylab.config import validate
+from ptylab.config import trainer_device, validate
 from ptylab.data import mean_total_counts
 from ptylab.evaluation import NETWORK_ALONE, evaluate_reconstruction
 from ptylab.models import build_model
@@ -30,7 +30,6 @@ from ptylab.rng import stage_rng
 from ptylab.simulate import simulate
 from ptylab.stages.train import trainer_kwargs
 from ptylab.stitching import spatial_tiles, stitch
-from ptylab.training import evaluation_device
 
 from .conftest import SMALL_OVERRIDES, compose_config
 
@@ -293,14 +292,14 @@ def test_fourth_order_terms_remove_a_shared_tetrafoil_that_third_order_leaves(sc
 def test_jobs_evaluate_on_the_device_they_train_on():
     """trainer=gpu (and DDP on GPUs) evaluates on CUDA, where the offset fit is 7x faster than on
     16 CPU cores (docs/performance.md); trainer=cpu, the default, keeps evaluation on the CPU."""
-    devices = {t: evaluation_device(trainer_kwargs(compose_config([f"trainer={t}"]))) for t in ("cpu", "gpu", "ddp")}
+    devices = {t: trainer_device(trainer_kwargs(compose_config([f"trainer={t}"]))) for t in ("cpu", "gpu", "ddp")}
     assert devices == {"cpu": "cpu", "gpu": "cuda", "ddp": "cuda"}
-    assert evaluation_device(trainer_kwargs(compose_config(["trainer=ddp", "trainer.accelerator=cpu"]))) == "cpu"
+    assert trainer_device(trainer_kwargs(compose_config(["trainer=ddp", "trainer.accelerator=cpu"]))) == "cpu"
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run on the device machine)")
 def test_the_offset_fit_on_cuda_reaches_what_it_reaches_on_the_cpu(scan):
-    """A job trained on a GPU evaluates there (``training.evaluation_device``): the default fit
+    """A job trained on a GPU evaluates there (``config.trainer_device``): the default fit
     (gains, shape terms of order 2, the ramp) on CUDA must stitch what it stitches on the CPU, up
     to float32 rounding through 60 Adam steps."""
     obj, x, y, patches = scan

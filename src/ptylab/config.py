@@ -8,6 +8,7 @@ these objects (or plain values), never the legacy parameter dict.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -469,7 +470,7 @@ class TrainConfig:
                    f">= gridsize^2 = {self.gridsize**2} for oversampling")
         # PyTorch has no deterministic CUDA backward for bilinear interpolation: with
         # deterministic=True such a job would stop at its first training step, after its data were made.
-        on_gpu = str(self.trainer.get("accelerator", "")).lower() in ("gpu", "cuda")
+        on_gpu = trainer_device(self.trainer) == "cuda"
         _check(not (on_gpu and self.trainer.get("deterministic") is True
                     and self.model.bilinear_upsampling != BilinearUpsampling.none),
                "trainer.deterministic", self.trainer.get("deterministic"),
@@ -585,6 +586,19 @@ def validate(cfg: Any) -> Any:
         raise ConfigError(f"{key}: a value is required{hint}") from None
     except ValidationError as exc:
         raise ConfigError(str(exc).splitlines()[0]) from None
+
+
+def trainer_device(trainer: Mapping[str, Any]) -> str:
+    """Where a job with these Trainer settings trains, and so evaluates: "cuda" for a GPU accelerator
+    (or ``auto`` where CUDA is available), else "cpu". One decision for the config's checks and the
+    job's evaluation: on the CPU the offset fit is most of an evaluation, and left there after GPU
+    training it made three quarters of the default job's time (docs/performance.md)."""
+    accelerator = str(trainer.get("accelerator", "cpu"))
+    if accelerator == "auto":
+        import torch  # only here: the config itself needs no torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return "cuda" if accelerator in ("gpu", "cuda") else "cpu"
 
 
 def format_dose(dose: float) -> str:

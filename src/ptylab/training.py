@@ -90,15 +90,6 @@ def whole_epoch_budget(trainer_kwargs: dict[str, Any], batches_per_epoch: int) -
     return {**trainer_kwargs, "max_steps": -1, "max_epochs": epochs}
 
 
-def evaluation_device(trainer_kwargs: dict[str, Any]) -> str:
-    """Where a job's evaluation (prediction and the offset fit) runs: on the GPU when training
-    does. On CPU the offset fit is most of an evaluation; left there after GPU training it made
-    three quarters of the default job's time (docs/performance.md)."""
-    accelerator = str(trainer_kwargs.get("accelerator", "cpu"))
-    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
-    return "cuda" if on_gpu else "cpu"
-
-
 def build_trainer(trainer_kwargs: dict[str, Any], run_dir: Path, early_stop_patience: int, batches_per_epoch: int,
                   logger: str = "csv", monitor: str = "val_loss",
                   what: str = "training") -> tuple[L.Trainer, ModelCheckpoint]:

@@ -25,7 +25,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from ..bundle import BUNDLE_NAME, bundle_config_yaml, save_model_bundle
-from ..config import PinnConfig, TrainConfig, validate
+from ..config import PinnConfig, TrainConfig, trainer_device, validate
 from ..data import PtychoData
 from ..datasets import load_job_data
 from ..errors import PtylabError
@@ -37,7 +37,7 @@ from ..manifest import SKIP_SUMMARY_NAME, JobContext, JobRecord, Status, finishe
 from ..models import PtychoModule
 from ..refine import REFINE_DIR, refine
 from ..runlock import run_dir_lock
-from ..training import evaluation_device, fit
+from ..training import fit
 from ..views import ViewSelection
 
 log = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ def evaluate(cfg: DictConfig, tc: TrainConfig, run_dir: Path, model: PtychoModul
     if not tc.eval.enabled:
         return None
     metrics = evaluate_reconstruction(model, test, tc.gridsize, tc.model.neighbours, tc.eval, run_dir, record.label,
-                                      device=evaluation_device(trainer_kwargs(cfg)))
+                                      device=trainer_device(trainer_kwargs(cfg)))
     record.metrics_path = "metrics.json"
     record.headline_metrics = metrics["headline"]
     record.flat_image_flags = metrics["flat_image_flags"]
@@ -106,7 +106,7 @@ def evaluate_refined(cfg: DictConfig, tc: TrainConfig, run_dir: Path, model: Pty
     out = run_dir / REFINE_DIR
     eval_cfg = replace(tc.eval, average_symmetries=tc.refine.average_symmetries)
     metrics = evaluate_reconstruction(tuned, test, tc.gridsize, tc.model.neighbours, eval_cfg, out,
-                                      f"{record.label} refined", fit_alone, evaluation_device(kwargs))
+                                      f"{record.label} refined", fit_alone, trainer_device(kwargs))
     record.refined = {"metrics_path": f"{REFINE_DIR}/metrics.json", "steps": outcome.steps,
                       "refine_s": outcome.train_s, "loss_history": outcome.loss_history,
                       "headline_metrics": metrics["headline"], "flat_image_flags": metrics["flat_image_flags"],
