@@ -259,14 +259,20 @@ def test_shape_terms_as_a_product_are_the_terms_at_each_placed_pixel(scan):
 
 
 def test_averaging_the_fits_last_steps_keeps_what_its_last_step_wanders_from(scan):
-    """Run long past where it has found the shared bowl and the ramps, the fit's last step drifts
-    away again on noisy patterns (the phase error 0.030 rad at 400 steps, 0.032 at 800): at a
-    constant rate Adam moves every parameter by about the rate per step whatever its gradient.
-    The parameters averaged over the last half of the 800 steps stitch what the best stop gives."""
+    """Run long past where it has found the shared bowl and the ramps, the fit's last step wanders
+    on noisy patterns: at a constant rate Adam moves every parameter by about the rate per step
+    whatever its gradient, so where it stops decides the error, and by how much depends on the
+    machine's rounding (at 600 and 800 steps: 0.0301 and 0.0299 rad on an AMD EPYC with one
+    thread, 0.0330 and 0.0299 with two; 0.0321 at 800 on an Intel Xeon). The parameters averaged
+    over the last half stitch nearly the same object wherever the fit stops (0.0293 and 0.0292 on
+    each), better than the last step at either stop. Two stops, not one margin at one stop: the
+    first version asked 5 % at 800 steps, which held on the Xeon and not on the EPYC."""
     obj, _, _, patches = scan
     predicted = _with_shared_error(patches, lambda u, v: 0.4 * (u**2 + v**2))
-    last, averaged = (_phase_error(_fitted(scan, predicted, 2, 800, average, lr=0.05), obj) for average in (0.0, 0.5))
-    assert averaged < 0.95 * last, (last, averaged)  # measured 0.0292 vs 0.0321 rad
+    last, averaged = (np.array([_phase_error(_fitted(scan, predicted, 2, steps, average, lr=0.05), obj)
+                                for steps in (600, 800)]) for average in (0.0, 0.5))
+    assert averaged.max() < last.min(), (last, averaged)
+    assert np.ptp(averaged) < np.ptp(last), (last, averaged)
 
 
 def test_third_order_terms_remove_a_shared_trefoil_that_second_order_leaves(scan):
