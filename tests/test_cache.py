@@ -6,7 +6,7 @@ import numpy as np
 from ptylab.config import EmbeddedDatasetConfig as DatasetConfig
 from ptylab.config import FileDatasetConfig
 from ptylab.data import write_dataset
-from ptylab.datasets import cache_key, load_dataset, load_or_simulate
+from ptylab.datasets import cache_key, load_dataset, load_or_simulate, note_file_dose
 
 
 def test_cache_hit_returns_identical_data(small_dataset_cfg, tmp_path):
@@ -49,16 +49,19 @@ def test_file_data_say_that_dose_only_labels_the_run(small_dataset_cfg, tmp_path
     write_dataset(tmp_path / "test.npz", sim.test)
     files = FileDatasetConfig(train_file=str(tmp_path / "train.npz"), test_file=str(tmp_path / "test.npz"))
     with caplog.at_level(logging.INFO, logger="ptylab.datasets"):
-        load_dataset(files, 1e3, 1, tmp_path)
+        note_file_dose(small_dataset_cfg, sim, 1e4)  # the simulation's dose is its own: nothing to say
+        assert not caplog.records
+        source = load_dataset(files, 1e3, 1, tmp_path)
+        note_file_dose(files, source, 1e3)
         assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
-        load_dataset(files, 1e4, 1, tmp_path)
+        note_file_dose(files, source, 1e4)
     (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert "train.npz" in warning and "dose 1000 (nphotons)" in warning and "labelled dose=10000" in warning
     write_dataset(tmp_path / "user.npz", replace(sim.train, metadata={}))
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="ptylab.datasets"):
-        load_dataset(FileDatasetConfig(train_file=str(tmp_path / "user.npz"), test_file=str(tmp_path / "test.npz")),
-                     1e4, 1, tmp_path)
+        user = FileDatasetConfig(train_file=str(tmp_path / "user.npz"), test_file=str(tmp_path / "test.npz"))
+        note_file_dose(user, load_dataset(user, 1e4, 1, tmp_path), 1e4)
     (info,) = [r.getMessage() for r in caplog.records]
     assert "dose=10000 labels this run" in info and "no dose in its metadata" in info
     assert f"{sim.train.mean_counts:.0f} counts per pattern" in info

@@ -114,16 +114,20 @@ def load_job_data(dataset_cfg: DatasetConfig, view_cfg: ViewConfig, dose: float,
 def load_dataset(cfg: DatasetConfig, dose: float, seed: int, cache_dir: str | Path) -> DatasetSource:
     """Dispatch on the dataset's kind: the embedded simulation (cached) or the user's files."""
     if isinstance(cfg, FileDatasetConfig):
-        source = load_files(cfg.train_file, cfg.test_file)
-        note_file_dose(cfg.train_file, source.train, dose)
-        return source
+        return load_files(cfg.train_file, cfg.test_file)
     return load_or_simulate(cfg, dose, seed, cache_dir)
 
 
-def note_file_dose(path: str, train: PtychoData, dose: float) -> None:
+def note_file_dose(cfg: DatasetConfig, source: DatasetSource, dose: float) -> None:
     """File data keep the counts they hold: the ``dose`` setting only labels the run (its directory,
     manifest and table rows). Say so, with the counts the files hold, and warn when their metadata
-    record another dose (``nphotons``), so a mislabelled run is not mistaken for that dose."""
+    record another dose (``nphotons``), so a mislabelled run is not mistaken for that dose.
+
+    The training job calls it once, on rank zero; the embedded simulation needs no note (its dose
+    is the simulated one)."""
+    if not isinstance(cfg, FileDatasetConfig):
+        return
+    path, train = cfg.train_file, source.train
     recorded = train.metadata.get("nphotons")
     if isinstance(recorded, int | float) and not math.isclose(float(recorded), dose, rel_tol=1e-6):
         log.warning("%s: its metadata record dose %g (nphotons) and this run is labelled dose=%g: the dose "

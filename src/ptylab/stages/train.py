@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from ..bundle import BUNDLE_NAME, bundle_config_yaml, save_model_bundle
 from ..config import PinnConfig, TrainConfig, trainer_device, validate
 from ..data import PtychoData
-from ..datasets import load_job_data
+from ..datasets import load_job_data, note_file_dose
 from ..errors import PtylabError
 from ..evaluation import FIT_ALONE, NOT_SCORED, evaluate_reconstruction, offset_fit, unscored_parts
 from ..figures import loss_curve
@@ -48,15 +48,17 @@ def context_of(cfg: DictConfig | TrainConfig) -> JobContext:
 
 
 def trainer_kwargs(cfg: DictConfig) -> dict[str, Any]:
+    """The Trainer settings of a composed config not validated yet (reproduce's snapshot); a job
+    reads its validated ``TrainConfig.trainer``."""
     kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
     assert isinstance(kwargs, dict)
     return {str(k): v for k, v in kwargs.items()}
 
 
-def train(cfg: DictConfig, tc: TrainConfig, run_dir: Path, data: PtychoData,
+def train(tc: TrainConfig, run_dir: Path, data: PtychoData,
           record: JobRecord | None = None) -> PtychoModule:
     """Train the configured model on ``data``; record the outcome and draw the loss curve."""
-    model, outcome = fit(tc.model, tc.gridsize, tc.seed, data, trainer_kwargs(cfg), run_dir, str(tc.logger),
+    model, outcome = fit(tc.model, tc.gridsize, tc.seed, data, dict(tc.trainer), run_dir, str(tc.logger),
                          tc.ckpt_path)
     if record is not None:
         record.add_training(outcome)
@@ -81,14 +83,14 @@ def save_bundle(cfg: DictConfig, tc: TrainConfig, run_dir: Path, model: PtychoMo
                              location_free(params), bundle_config_yaml(cfg))
 
 
-def evaluate(cfg: DictConfig, tc: TrainConfig, run_dir: Path, model: PtychoModule, test: PtychoData,
+def evaluate(tc: TrainConfig, run_dir: Path, model: PtychoModule, test: PtychoData,
              record: JobRecord) -> dict[str, Any] | None:
     """Reconstruct the test split and score it (skipped when ``eval.enabled`` is false); the
     offset fit's own scores on flat patches, for the refined arm to reuse."""
     if not tc.eval.enabled:
         return None
     metrics = evaluate_reconstruction(model, test, tc.gridsize, tc.model.neighbours, tc.eval, run_dir, record.label,
-                                      device=trainer_device(trainer_kwargs(cfg)))
+                                      device=trainer_device(tc.trainer))
     record.metrics_path = "metrics.json"
     record.headline_metrics = metrics["headline"]
     record.flat_image_flags = metrics["flat_image_flags"]
@@ -96,12 +98,12 @@ def evaluate(cfg: DictConfig, tc: TrainConfig, run_dir: Path, model: PtychoModul
     return {part: metrics[part][FIT_ALONE] for part in ("amplitude", "phase") if FIT_ALONE in metrics[part]} or None
 
 
-def evaluate_refined(cfg: DictConfig, tc: TrainConfig, run_dir: Path, model: PtychoModule, test: PtychoData,
+def evaluate_refined(tc: TrainConfig, run_dir: Path, model: PtychoModule, test: PtychoData,
                      record: JobRecord, fit_alone: dict[str, Any] | None) -> None:
     """The refined arm (PINN only): fine-tune on the test diffraction, score it under its own name."""
     if not (tc.refine.enabled and tc.eval.enabled and isinstance(tc.model, PinnConfig)):
         return
-    kwargs = trainer_kwargs(cfg)
+    kwargs = dict(tc.trainer)
     tuned, outcome = refine(model, tc.model, tc.refine, tc.gridsize, tc.seed, test, kwargs, run_dir)
     out = run_dir / REFINE_DIR
     eval_cfg = replace(tc.eval, average_symmetries=tc.refine.average_symmetries)
@@ -194,6 +196,7 @@ def _run_locked(cfg: DictConfig, run_dir: Path) -> JobRecord:
             with bridged(cfg, str(run_dir)) as params:
                 atomic_write_json(run_dir / "params.json", dict(params))
                 source, sel = load_job_data(tc.dataset, tc.view, tc.dose, tc.seed, tc.paths.cache_dir)
+                note_file_dose(tc.dataset, source, tc.dose)
                 record.dataset = source.identity
                 record.view = {**sel.stats, "skip_reason": sel.skip_reason}
                 if sel.skipped:
@@ -202,11 +205,11 @@ def _run_locked(cfg: DictConfig, run_dir: Path) -> JobRecord:
                     log.warning("%s skipped: %s", ctx.label(), error)
                 else:
                     train_data, test_data = sel.apply(source.train, source.test)
-                    model = train(cfg, tc, run_dir, train_data, record)
+                    model = train(tc, run_dir, train_data, record)
                     record.bundle_sha256 = save_bundle(cfg, tc, run_dir, model, dict(params))
                     record.bundle_path = BUNDLE_NAME
-                    fit_alone = evaluate(cfg, tc, run_dir, model, test_data, record)
-                    evaluate_refined(cfg, tc, run_dir, model, test_data, record, fit_alone)
+                    fit_alone = evaluate(tc, run_dir, model, test_data, record)
+                    evaluate_refined(tc, run_dir, model, test_data, record, fit_alone)
                     status = Status.succeeded
     except (JobInterrupted, SIGTERMException) as exc:
         status, error = Status.interrupted, f"interrupted: {exc or 'SIGTERM'}; re-run the same command to resume"
@@ -236,7 +239,7 @@ def _train_only(cfg: DictConfig, run_dir: Path) -> None:
     with bridged(cfg, str(run_dir)):
         source, sel = load_job_data(tc.dataset, tc.view, tc.dose, tc.seed, tc.paths.cache_dir)
         if not sel.skipped:
-            train(cfg, tc, run_dir, sel.apply(source.train, source.test)[0])
+            train(tc, run_dir, sel.apply(source.train, source.test)[0])
 
 
 def _warning(flags: list[str] | None, reference: str) -> str:
