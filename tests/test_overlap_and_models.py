@@ -24,7 +24,15 @@ from ptylab.models.pinn import total_variation
 from ptylab.physics import extract_patches, poisson_nll
 from ptylab.refine import refine
 from ptylab.symmetries import probe_symmetries
-from ptylab.training import LIGHTNING_NOISE, batch_plan, fit, logging_interval, whole_epoch_budget
+from ptylab.training import (
+    LIGHTNING_NOISE,
+    StepProgress,
+    batch_plan,
+    build_trainer,
+    fit,
+    logging_interval,
+    whole_epoch_budget,
+)
 
 
 def test_merge_is_identity_for_patches_cut_from_one_object():
@@ -212,6 +220,22 @@ def test_the_logging_interval_is_capped_at_the_steps_an_epoch_runs():
     assert logging_interval({"log_every_n_steps": 10, "limit_train_batches": 4}, 30) == 4
     assert logging_interval({"log_every_n_steps": 10, "limit_train_batches": 0.1}, 30) == 3
     assert logging_interval({"log_every_n_steps": 10, "limit_train_batches": 0.01}, 30) == 1
+
+
+@pytest.mark.parametrize("terminal", [False, True])
+def test_training_progress_goes_to_the_log_where_no_terminal_shows_a_bar(tmp_path, monkeypatch, terminal):
+    """A bar written to a file (a sweep's job, a cluster's log, ``make run > log``) draws nothing
+    until training ends: there the steps go to the log; on a terminal the bar shows them, and
+    ``enable_progress_bar=false`` logs them anywhere."""
+    monkeypatch.setattr("sys.stdout.isatty", lambda: terminal)
+
+    def shown(**kwargs) -> tuple[bool, bool]:
+        trainer, _ = build_trainer({"accelerator": "cpu", **kwargs}, tmp_path, 0, 4)
+        logged = any(isinstance(c, StepProgress) for c in trainer.callbacks)
+        return trainer.progress_bar_callback is not None, logged
+
+    assert shown() == (terminal, not terminal)
+    assert shown(enable_progress_bar=False) == (False, True)
 
 
 @pytest.mark.parametrize("augment", [False, True])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import sys
 import time
 import warnings
 import zipfile
@@ -99,7 +100,8 @@ def build_trainer(trainer_kwargs: dict[str, Any], run_dir: Path, early_stop_pati
     ``monitor`` picks the best checkpoint and drives early stopping (train_loss when there is no
     validation share). Without a progress bar the steps done go to the log as ``what``.
     """
-    kwargs = {**trainer_kwargs, "log_every_n_steps": logging_interval(trainer_kwargs, batches_per_epoch)}
+    kwargs = {**trainer_kwargs, "log_every_n_steps": logging_interval(trainer_kwargs, batches_per_epoch),
+              "enable_progress_bar": progress_bar_shown(trainer_kwargs)}
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_no_advert)  # once: addFilter dedups
     checkpoint = ModelCheckpoint(
         dirpath=run_dir / "checkpoints", filename="best-{epoch:03d}", monitor=monitor, mode="min",
@@ -118,6 +120,13 @@ def build_trainer(trainer_kwargs: dict[str, Any], run_dir: Path, early_stop_pati
     kwargs.setdefault("default_root_dir", str(run_dir))
     trainer = L.Trainer(callbacks=callbacks, logger=loggers, **kwargs)
     return trainer, checkpoint
+
+
+def progress_bar_shown(trainer_kwargs: dict[str, Any]) -> bool:
+    """Lightning's bar where it is asked for and stdout is a terminal. Written to a file (a sweep's
+    job, a cluster's log, CI, ``make run > log``) the bar draws nothing until training ends, so
+    there the steps go to the log instead (``StepProgress``), as they do when the bar is off."""
+    return bool(trainer_kwargs.get("enable_progress_bar", True)) and sys.stdout.isatty()
 
 
 class StepProgress(L.Callback):
