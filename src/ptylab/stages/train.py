@@ -58,7 +58,7 @@ def trainer_kwargs(cfg: DictConfig) -> dict[str, Any]:
 def train(tc: TrainConfig, run_dir: Path, data: PtychoData,
           record: JobRecord | None = None) -> PtychoModule:
     """Train the configured model on ``data``; record the outcome and draw the loss curve."""
-    model, outcome = fit(tc.model, tc.gridsize, tc.seed, data, dict(tc.trainer), run_dir, str(tc.logger),
+    model, outcome = fit(tc.model, tc.gridsize, tc.seed, data, tc.trainer, run_dir, str(tc.logger),
                          tc.ckpt_path)
     if record is not None:
         record.add_training(outcome)
@@ -103,12 +103,11 @@ def evaluate_refined(tc: TrainConfig, run_dir: Path, model: PtychoModule, test: 
     """The refined arm (PINN only): fine-tune on the test diffraction, score it under its own name."""
     if not (tc.refine.enabled and tc.eval.enabled and isinstance(tc.model, PinnConfig)):
         return
-    kwargs = dict(tc.trainer)
-    tuned, outcome = refine(model, tc.model, tc.refine, tc.gridsize, tc.seed, test, kwargs, run_dir)
+    tuned, outcome = refine(model, tc.model, tc.refine, tc.gridsize, tc.seed, test, tc.trainer, run_dir)
     out = run_dir / REFINE_DIR
     eval_cfg = replace(tc.eval, average_symmetries=tc.refine.average_symmetries)
     metrics = evaluate_reconstruction(tuned, test, tc.gridsize, tc.model.neighbours, eval_cfg, out,
-                                      f"{record.label} refined", fit_alone, trainer_device(kwargs))
+                                      f"{record.label} refined", fit_alone, trainer_device(tc.trainer))
     record.refined = {"metrics_path": f"{REFINE_DIR}/metrics.json", "steps": outcome.steps,
                       "refine_s": outcome.train_s, "loss_history": outcome.loss_history,
                       "headline_metrics": metrics["headline"], "flat_image_flags": metrics["flat_image_flags"],
