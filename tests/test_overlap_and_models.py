@@ -451,6 +451,8 @@ def test_per_pattern_batches_count_patterns_and_epochs_pass_over_the_patterns():
     # whole groups, as many as come nearest the patterns asked for (not fewer: 16 at gs3 is 18, not 9)
     assert batch_plan(PINN(N=16, gridsize=3, per_pattern=True), 16, 3) == (2, 1 / 9)
     assert batch_plan(PINN(N=16, gridsize=3, per_pattern=True), 4, 3) == (1, 1 / 9)
+    # halves round up, every time (round() took 2.5 to 2 and 1.5 to 2)
+    assert [batch_plan(PINN(N=16, gridsize=2, per_pattern=True), b, 2)[0] for b in (2, 6, 10, 14)] == [1, 2, 3, 4]
     sampler = EpochShuffle(100, seed=3, fraction=0.25)
     first = list(sampler)
     assert len(first) == len(sampler) == 25 and len(set(first)) == 25

@@ -243,12 +243,13 @@ def batch_plan(model: PtychoModule, batch_size: int, gridsize: int) -> tuple[int
     member of about C groups): steps, patterns per step and time per step match a gridsize-1 job
     with the same settings, and the group's members still meet in the loss. Whole groups only: the
     number nearest ``batch_size`` patterns (16 gives gridsize 3 two groups, 18 patterns; rounding
-    down gave it one, 9). The model, not the config, decides: a network fine-tuned from a bundle
-    keeps the layout it was trained with.
+    down gave it one, 9), halves rounded up (10 gives gridsize 2 three groups, as 6 gives it two;
+    Python's ``round`` rounded 2.5 to the even 2). The model, not the config, decides: a network
+    fine-tuned from a bundle keeps the layout it was trained with.
     """
     channels = gridsize**2
     if model.per_pattern and channels > 1:
-        return max(1, round(batch_size / channels)), 1.0 / channels
+        return max(1, (2 * batch_size + channels) // (2 * channels)), 1.0 / channels
     return batch_size, 1.0
 
 
