@@ -10,7 +10,7 @@ import torch
 from ptylab import stitching
 from ptylab.config import trainer_device, validate
 from ptylab.data import mean_total_counts
-from ptylab.evaluation import NETWORK_ALONE, evaluate_reconstruction
+from ptylab.evaluation import NETWORK_ALONE, PATCH_CORR, evaluate_reconstruction
 from ptylab.models import build_model
 from ptylab.phase_offsets import (
     AUTO_LR,
@@ -392,7 +392,8 @@ def test_offset_fit_length_rate_and_order_follow_the_counts_unless_set(tmp_path)
 
 def test_the_network_alone_reference_scores_what_an_evaluation_without_the_fit_scores(small_dataset_cfg, tmp_path):
     """The network-alone reference is the same predictions stitched without the offset fit: it must
-    score exactly what a whole evaluation with the fit turned off scores, and the fit must move it."""
+    score exactly what a whole evaluation with the fit turned off scores, and the fit must move it.
+    The patch scores never see the fit."""
     train, test, _ = simulate(small_dataset_cfg, 1e4, 0)
     cfg = validate(compose_config([*SMALL_OVERRIDES, "model.base_filters=[8,16,32]"]))
     model = build_model(cfg.model, 2, train)  # untrained, but a real network: its predictions are what they are
@@ -411,6 +412,10 @@ def test_the_network_alone_reference_scores_what_an_evaluation_without_the_fit_s
         assert alone["frc50_px"] == pytest.approx(plain["frc_0_5"]["period_px"], rel=1e-9)
         assert fitted[part]["psnr"] != pytest.approx(alone["psnr"], abs=1e-3)
         assert fitted["headline"][f"{part}_network_alone_ssim"] == alone["ssim"]
+        # The network's patches against the truth's: the same with the fit or without, as the fit
+        # moves the stitched scores (what no per-patch offset, gain or plane can make).
+        patch = fitted["headline"][f"{part}_{PATCH_CORR}"]
+        assert -1 <= patch <= 1 and patch == unfitted["headline"][f"{part}_{PATCH_CORR}"]
 
 
 def test_empty_pixels_of_the_evaluated_area_take_their_nearest_stitched_value(scan):

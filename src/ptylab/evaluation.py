@@ -25,6 +25,7 @@ from .figures import complex_panels, frc_curves
 from .fileio import atomic_write_json, atomic_write_with
 from .metrics import PSNR_CAP_DB, beats, frc_curve, frc_resolution, reference_scores, score_image
 from .models import PtychoModule
+from .patch_scores import patch_agreement
 from .phase_offsets import OffsetFit
 from .stitching import OBJECT_FILE, Stitched, reconstruct, reconstruct_flat, write_object
 
@@ -40,8 +41,13 @@ FIT_ALONE = "fit_alone"
 # flagged: the fit is tuned as an early stop and may trade a little of one score for others.
 NETWORK_ALONE = "network_alone"
 UNFITTED_LABEL = "network alone (no offset fit)"
+# Key, beside them, of the network's crops scored against the truth's crops at the same positions,
+# each relative to its own level (``patch_scores``): what the network predicts inside a patch, which
+# no per-patch offset, gain or plane of the fit can supply. A flat network scores 0 there, whatever
+# its stitched scores (the user-style phase: the fit alone reaches correlation 0.75).
+PATCH_CORR = "patch_corr"
 # metrics.json keys that are wall-clock times: the only ones a faithful re-run may change.
-TIMING_KEYS = ("inference_s", "evaluate_s", "fit_alone_s", "network_alone_s")
+TIMING_KEYS = ("inference_s", "evaluate_s", "fit_alone_s", "network_alone_s", "patch_scores_s")
 
 
 # The rim every registered image loses at least (``register``): what a sub-pixel shift trims.
@@ -144,7 +150,14 @@ def headline(scores: dict[str, Any]) -> dict[str, float | None]:
             out[f"{part}_fit_alone_ssim"] = s[FIT_ALONE]["ssim"]
         if NETWORK_ALONE in s:
             out[f"{part}_network_alone_ssim"] = s[NETWORK_ALONE]["ssim"]
+        if PATCH_CORR in s:
+            out[f"{part}_{PATCH_CORR}"] = s[PATCH_CORR]
     return out
+
+
+def _patch_note(head: dict[str, Any], part: str) -> str:
+    value = head.get(f"{part}_{PATCH_CORR}")
+    return "" if value is None else f" (its patches against the truth's: corr {value:.3f})"
 
 
 def unscored_parts(head: dict[str, Any]) -> list[str]:
@@ -256,11 +269,20 @@ def evaluate_reconstruction(model: PtychoModule, test: PtychoData, gridsize: int
     stitched without the fit (``network_alone``, from the same predictions; its image and FRC
     curves join the figures). ``evaluate_s`` times this method's reconstruction and scoring;
     ``fit_alone_s`` the fit-alone reference (its stitching and
-    fit included) and ``network_alone_s`` the network-alone scoring, when computed here. The
+    fit included) and ``network_alone_s`` the network-alone scoring, when computed here;
+    ``patch_scores_s`` the network's crops scored against the truth's (``PATCH_CORR``, every
+    evaluation: no other score separates what the network predicts from what the fit adds). The
     network's predictions and the offset fit run on ``device`` (``stitching.reconstruct``)."""
     t0 = time.perf_counter()
     settings = offset_fit(cfg)
     fit = settings.for_counts(test.mean_counts)  # as reconstruct resolves it: for the log and metrics.json
+    patches: dict[str, Any] = {}
+
+    def score_patches(crops: np.ndarray, members: np.ndarray) -> None:
+        t1 = time.perf_counter()
+        patches.update(patch_agreement(crops, test.xcoords[members], test.ycoords[members], test.obj, test.probe))
+        patches["patch_scores_s"] = round(time.perf_counter() - t1, 3)
+
     log.info("%s: evaluating %d test positions (predicted, stitched%s)", title, test.n_positions,
              f", their offsets fitted to the data: {fit.steps} steps at lr {fit.lr:.3g}"
              f"{f', the last {fit.average:.0%} averaged' if fit.average else ''}, shape terms of order "
@@ -268,11 +290,13 @@ def evaluate_reconstruction(model: PtychoModule, test: PtychoData, gridsize: int
     stitched = reconstruct(model, test, gridsize, neighbours, cfg.stitch_crop, cfg.batch_size,
                            sync_phase=cfg.sync_phase, tile_patches=cfg.tile_patches, scratch_dir=run_dir,
                            offset_fit=settings, average_symmetries=cfg.average_symmetries, device=device,
-                           also_unfitted=cfg.network_alone)
-    infer_s = time.perf_counter() - t0
+                           also_unfitted=cfg.network_alone, inspect_crops=score_patches)
+    infer_s = time.perf_counter() - t0 - patches["patch_scores_s"]  # the method's own time, as before
     write_object(run_dir / OBJECT_FILE, stitched)
     scores = score_reconstruction(stitched, test.obj, cfg)
-    evaluate_s = time.perf_counter() - t0
+    for part in ("amplitude", "phase"):
+        scores[part][PATCH_CORR] = patches[part]
+    evaluate_s = time.perf_counter() - t0 - patches["patch_scores_s"]
     network_alone_s, alone = None, None
     if stitched.unfitted is not None:
         t1 = time.perf_counter()
@@ -290,7 +314,7 @@ def evaluate_reconstruction(model: PtychoModule, test: PtychoData, gridsize: int
         for part in ("amplitude", "phase"):
             scores[part][FIT_ALONE] = fit_alone[part]
     extra = {"inference_s": round(infer_s, 3), "evaluate_s": round(evaluate_s, 3), "fit_alone_s": fit_alone_s,
-             "network_alone_s": network_alone_s,
+             "network_alone_s": network_alone_s, "patch_scores_s": patches["patch_scores_s"],
              "test_positions": test.n_positions, "stitch_crop": cfg.stitch_crop or test.N // 2,
              "sync_phase": cfg.sync_phase, **fit.inference(),  # the fit's settings as resolved for this data
              "average_symmetries": cfg.average_symmetries, "device": device}
@@ -298,7 +322,8 @@ def evaluate_reconstruction(model: PtychoModule, test: PtychoData, gridsize: int
     head, unscored = metrics["headline"], unscored_parts(metrics["headline"])
     log.info("%s %s", title, ", ".join(
         f"{part} {NOT_SCORED}" if part in unscored else
-        f"{part} SSIM {head[f'{part}_ssim']:.3f} corr {head[f'{part}_corr']:.3f}" for part in ("amplitude", "phase")))
+        f"{part} SSIM {head[f'{part}_ssim']:.3f} corr {head[f'{part}_corr']:.3f}{_patch_note(head, part)}"
+        for part in ("amplitude", "phase")))
     for flag in metrics["flat_image_flags"] + metrics["fit_alone_flags"]:
         log.warning("%s: %s", title, flag)
     return metrics

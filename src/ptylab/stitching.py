@@ -459,7 +459,8 @@ def reconstruct(model: PtychoModule, data: PtychoData, gridsize: int, neighbours
                 batch_size: int = 64, device: str | torch.device = "cpu", sync_phase: bool = True,
                 tile_patches: int = DEFAULT_TILE_PATCHES, scratch_dir: Path | None = None,
                 offset_fit: OffsetFit | None = None, average_symmetries: str = "none",
-                also_unfitted: bool = False) -> Stitched:
+                also_unfitted: bool = False,
+                inspect_crops: Callable[[np.ndarray, np.ndarray], None] | None = None) -> Stitched:
     """Group the dataset's positions as in training (one group per anchor), predict, stitch.
 
     With ``average_symmetries`` ("point" or "all", ``symmetries.averaged_transforms``) each
@@ -470,7 +471,9 @@ def reconstruct(model: PtychoModule, data: PtychoData, gridsize: int, neighbours
     and shape terms) are then fitted to the dataset's own patterns (``phase_offsets``): the same
     patterns the network saw, nothing else. With ``also_unfitted`` the result's ``unfitted`` is the
     same predictions synchronised but not fitted (``stitch``): what the network alone gives, for
-    ``evaluation``'s network-alone reference.
+    ``evaluation``'s network-alone reference. ``inspect_crops``, if given, is called with the
+    predicted crops (G * C, crop, crop) and each crop's pattern index before they are stitched,
+    while they exist (``evaluation`` scores them against the truth's, ``patch_scores``).
 
     Streams: patterns are read batch by batch, predicted crops wait in an unlinked scratch file in
     ``scratch_dir`` (default: the system's temporary directory; the job passes its run directory,
@@ -485,6 +488,8 @@ def reconstruct(model: PtychoModule, data: PtychoData, gridsize: int, neighbours
                      average_symmetries,
                      "" if len(transforms) > 1 else ": none but the identity, the predictions as they are")
         crops = predict_crops(model, data.diff3d, groups, crop, batch_size, device, scratch, transforms)
+        if inspect_crops is not None:
+            inspect_crops(crops, groups.indices.ravel())
         return _stitch_groups(crops, groups, data, crop, sync_phase, tile_patches, offset_fit, device, also_unfitted)
 
 

@@ -24,7 +24,7 @@ METRICS = ["amplitude_ssim", "phase_ssim", "amplitude_corr", "phase_corr", "ampl
            "amplitude_frc50_px", "phase_frc50_px"]
 COLUMNS = ["dose", "view", "method", "model", "gridsize", "seed", "status", *METRICS, "below_flat", "below_fit_alone",
            "amplitude_flat_ssim", "phase_flat_ssim", "amplitude_fit_alone_ssim", "phase_fit_alone_ssim",
-           "amplitude_network_alone_ssim", "phase_network_alone_ssim",
+           "amplitude_network_alone_ssim", "phase_network_alone_ssim", "amplitude_patch_corr", "phase_patch_corr",
            "amplitude_ms_ssim", "phase_ms_ssim", "amplitude_mae", "phase_mae", "epochs", "steps",
            "duration_s", "bundle_sha256", "run_dir", "reason", "variant"]
 
