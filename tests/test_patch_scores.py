@@ -1,5 +1,6 @@
 """The network's patches against the truth's: each crop's structure relative to its own level, so
-that no per-patch offset, gain or plane (what the offset fit supplies) changes the score."""
+that a crop's own phase offset and gain do not count (the offset fit's terms never enter: the
+crops are scored before it, test_stitching holds it to that)."""
 
 import numpy as np
 import pytest

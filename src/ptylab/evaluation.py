@@ -42,9 +42,9 @@ FIT_ALONE = "fit_alone"
 NETWORK_ALONE = "network_alone"
 UNFITTED_LABEL = "network alone (no offset fit)"
 # Key, beside them, of the network's crops scored against the truth's crops at the same positions,
-# each relative to its own level (``patch_scores``): what the network predicts inside a patch, which
-# no per-patch offset, gain or plane of the fit can supply. A flat network scores 0 there, whatever
-# its stitched scores (the user-style phase: the fit alone reaches correlation 0.75).
+# each relative to its own level (``patch_scores``): what the network predicts inside a patch, taken
+# before the offset fit, so none of the fit's per-patch terms enter it. A flat network scores 0
+# there, whatever its stitched scores (the user-style phase: the fit alone reaches correlation 0.75).
 PATCH_CORR = "patch_corr"
 # metrics.json keys that are wall-clock times: the only ones a faithful re-run may change.
 TIMING_KEYS = ("inference_s", "evaluate_s", "fit_alone_s", "network_alone_s", "patch_scores_s")

@@ -2,16 +2,16 @@
 
 Every PINN score of a stitched reconstruction is the network's predictions and the offset fit's
 per-patch offsets, gains and low-order shape terms together (``phase_offsets``); on the user-style
-files the fit alone reaches phase correlation 0.75 from flat patches. What the network itself
-predicts inside each patch, relative to that patch's own level, is what no per-patch offset, gain
-or plane can supply: this module scores it. Each predicted crop (as the stitching receives it) is
-compared with the truth's crop at the same position, both relative to their own level: the
-amplitude as its contrast about the crop's mean, so a gain does not count; the phase referenced
-to the crop's mean phasor, since a patch's absolute phase is arbitrary. Weighted by the probe's
-intensity on the crop (where the pattern saw the object), the products are pooled over all crops
-into one Pearson correlation per part: 1 when every crop carries the truth's structure, 0 for flat
-crops (docs/quality.md, "What one pattern carries, and what the network predicts inside each
-patch", where this was a diagnostic first).
+files the fit alone reaches phase correlation 0.75 from flat patches. This module scores what
+the network itself predicts inside each patch: its crops as the stitching receives them, before
+the fit, so none of the fit's terms enter the score. Each predicted crop is compared with the
+truth's crop at the same position, both relative to their own level: the amplitude as its
+contrast about the crop's mean, so a gain does not count; the phase referenced to the crop's mean
+phasor, since a patch's absolute phase is arbitrary. Weighted by the probe's intensity on the
+crop (where the pattern saw the object), the products are pooled over all crops into one Pearson
+correlation per part: 1 when every crop carries the truth's structure, 0 for flat crops
+(docs/quality.md, "What one pattern carries, and what the network predicts inside each patch",
+where this was a diagnostic first).
 """
 
 from __future__ import annotations
