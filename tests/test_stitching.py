@@ -10,7 +10,7 @@ import torch
 from ptylab import stitching
 from ptylab.config import trainer_device, validate
 from ptylab.data import mean_total_counts
-from ptylab.evaluation import NETWORK_ALONE, PATCH_CORR, evaluate_reconstruction
+from ptylab.evaluation import NETWORK_ALONE, PATCH_CORR, PATCH_CORR_WARN, evaluate_reconstruction
 from ptylab.models import build_model
 from ptylab.phase_offsets import (
     AUTO_LR,
@@ -390,10 +390,11 @@ def test_offset_fit_length_rate_and_order_follow_the_counts_unless_set(tmp_path)
         100, order=3, average=0.0)
 
 
-def test_the_network_alone_reference_scores_what_an_evaluation_without_the_fit_scores(small_dataset_cfg, tmp_path):
+def test_the_network_alone_reference_scores_what_an_evaluation_without_the_fit_scores(small_dataset_cfg, tmp_path,
+                                                                                      caplog):
     """The network-alone reference is the same predictions stitched without the offset fit: it must
     score exactly what a whole evaluation with the fit turned off scores, and the fit must move it.
-    The patch scores never see the fit."""
+    The patch scores never see the fit, and an untrained network's are called out in the log."""
     train, test, _ = simulate(small_dataset_cfg, 1e4, 0)
     cfg = validate(compose_config([*SMALL_OVERRIDES, "model.base_filters=[8,16,32]"]))
     model = build_model(cfg.model, 2, train)  # untrained, but a real network: its predictions are what they are
@@ -413,9 +414,15 @@ def test_the_network_alone_reference_scores_what_an_evaluation_without_the_fit_s
         assert fitted[part]["psnr"] != pytest.approx(alone["psnr"], abs=1e-3)
         assert fitted["headline"][f"{part}_network_alone_ssim"] == alone["ssim"]
         # The network's patches against the truth's: the same with the fit or without, as the fit
-        # moves the stitched scores (what no per-patch offset, gain or plane can make).
+        # moves the stitched scores (it is taken before the fit).
         patch = fitted["headline"][f"{part}_{PATCH_CORR}"]
         assert -1 <= patch <= 1 and patch == unfitted["headline"][f"{part}_{PATCH_CORR}"]
+        # untrained: its patches carry none of the truth's structure (measured -0.024 and 0.006),
+        # and every evaluation of it says so in its log
+        assert abs(patch) < PATCH_CORR_WARN
+        said = [r.getMessage() for r in caplog.records
+                if r.levelname == "WARNING" and f"network's {part} patches" in r.getMessage()]
+        assert len(said) == 2 and all(title in m for title, m in zip(("fitted", "unfitted"), said, strict=True))
 
 
 def test_empty_pixels_of_the_evaluated_area_take_their_nearest_stitched_value(scan):

@@ -46,6 +46,11 @@ UNFITTED_LABEL = "network alone (no offset fit)"
 # before the offset fit, so none of the fit's per-patch terms enter it. A flat network scores 0
 # there, whatever its stitched scores (the user-style phase: the fit alone reaches correlation 0.75).
 PATCH_CORR = "patch_corr"
+# Below this the log warns that the network's patches carry next to none of the truth's structure
+# in a part (not a flag: no reference is beaten or not; docs/decisions.md). An untrained network
+# scores about 0; the user-style files' phase 0.06 (single) and 0.006 (refined), the embedded
+# object's 0.73 and the coins' amplitude 0.87.
+PATCH_CORR_WARN = 0.1
 # metrics.json keys that are wall-clock times: the only ones a faithful re-run may change.
 TIMING_KEYS = ("inference_s", "evaluate_s", "fit_alone_s", "network_alone_s", "patch_scores_s")
 
@@ -326,4 +331,10 @@ def evaluate_reconstruction(model: PtychoModule, test: PtychoData, gridsize: int
         for part in ("amplitude", "phase")))
     for flag in metrics["flat_image_flags"] + metrics["fit_alone_flags"]:
         log.warning("%s: %s", title, flag)
+    for part in ("amplitude", "phase"):
+        value = head.get(f"{part}_{PATCH_CORR}")
+        if value is not None and value < PATCH_CORR_WARN:
+            log.warning("%s: the network's %s patches carry next to none of the truth's structure (corr %.3f "
+                        "against the truth's patches): its %s scores come from the offset fit and the other part",
+                        title, part, value, part)
     return metrics
