@@ -43,6 +43,8 @@ def test_compare_lists_every_run_with_numbers_or_reasons(tmp_path):
     by_source = {r["source"]: r for r in rows}
     assert by_source[str(good_run)]["status"] == "succeeded"
     assert float(by_source[str(good_run)]["phase_ssim"]) <= 1.0
+    # the network's own patches scored (evaluation.PATCH_CORR); LSQML has none, its cells blank
+    assert all(-1 <= float(by_source[str(good_run)][f"{p}_patch_corr"]) <= 1 for p in ("amplitude", "phase"))
     assert by_source[str(failed_run)]["status"] == "failed" and "absent.npz" in by_source[str(failed_run)]["reason"]
     assert by_source[str(missing)]["status"] == "missing" and "no training_manifest.json" in by_source[str(missing)][
         "reason"]
@@ -59,7 +61,7 @@ def test_compare_lists_every_run_with_numbers_or_reasons(tmp_path):
     started = [r for r in rows if r["method"].startswith("LSQML from ")]
     assert [(r["method"], r["seed"]) for r in started] == [(f"LSQML from {m}", s) for s in "12" for m in networks]
     for row in started:
-        assert row["status"] == lsqml[0]["status"]
+        assert row["status"] == lsqml[0]["status"] and row["phase_patch_corr"] == ""
         assert row["iterations"] == ("3" if row["status"] == "succeeded" else "")
     # The study report averages rows of one variant over seeds: a network's is its overrides but the
     # seed, an LSQML row's from a start that run's, a flat start's the test data but the seed.

@@ -148,6 +148,8 @@ def test_study_report_has_one_row_per_job_plots_and_html(sweep, tmp_path):
     page = (rep / "study.html").read_text()
     assert page.count("<tr>") == 1 + 2 * 4 and "data:image/png;base64," in page
     assert "below_flat" in (rep / "study.md").read_text() and "below_fit_alone" in (rep / "study.md").read_text()
+    table = list(csv.DictReader(rows))  # every network row, single pass and refined, has its patch scores
+    assert all(-1 <= float(r[f"{p}_patch_corr"]) <= 1 for r in table for p in ("amplitude", "phase"))
     assert "dense" in (rep / "study.md").read_text() and "sparse" in (rep / "study.md").read_text()
 
 
