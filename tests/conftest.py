@@ -8,11 +8,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from ptylab.config import EmbeddedDatasetConfig as DatasetConfig
+from ptylab.physics import extract_patches, make_object, raster_scan
+from ptylab.rng import stage_rng
 from ptylab.training import LIGHTNING_NOISE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,6 +45,15 @@ def pytest_configure(config: pytest.Config) -> None:
     directly. The test that ``fit`` keeps them from jobs records every warning."""
     for text in LIGHTNING_NOISE:
         config.addinivalue_line("filterwarnings", f"ignore:{re.escape(text)}")
+
+
+@pytest.fixture(scope="module")
+def scan() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A 96 px complex object, a raster of sub-pixel positions on it and the 32 px patches there."""
+    obj = make_object(96, "camera", "astronaut", 0.3, 2.0)
+    x, y = raster_scan(obj.shape, 32, 5.0, 0.4, stage_rng(0, "scan"))  # sub-pixel positions
+    patches = extract_patches(torch.from_numpy(obj), torch.from_numpy(x), torch.from_numpy(y), 32).numpy()
+    return obj, x, y, patches
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ptylab.patch_scores import patch_agreement
-from ptylab.physics import extract_patches, make_object, make_probe, raster_scan
+from ptylab.physics import extract_patches, make_probe
 from ptylab.rng import stage_rng
 from ptylab.stitching import central
 
@@ -15,42 +15,42 @@ N, CROP = 32, 16
 
 
 @pytest.fixture(scope="module")
-def scan():
-    obj = make_object(96, "camera", "astronaut", 0.3, 2.0)
-    x, y = raster_scan(obj.shape, N, 5.0, 0.4, stage_rng(0, "scan"))  # sub-pixel positions
-    truth = central(extract_patches(torch.from_numpy(obj), torch.from_numpy(x), torch.from_numpy(y), N).numpy(), CROP)
-    return obj, x, y, truth, make_probe(N, N / 2, 1.0, 1.0)
+def crops(scan):
+    """The shared scan's truth cut to the stitching's central crop, and a probe for the weights."""
+    obj, x, y, patches = scan
+    return obj, x, y, central(patches, CROP), make_probe(N, N / 2, 1.0, 1.0)
 
 
-def test_the_truths_own_crops_agree_fully_whatever_each_crops_level(scan):
+def test_the_truths_own_crops_agree_fully_whatever_each_crops_level(crops):
     """The truth's crops score 1 in both parts, and still 1 after each crop gets its own gain and
     phase offset: the score reads each crop's structure, never the level the offset fit could set."""
-    obj, x, y, truth, probe = scan
+    obj, x, y, truth, probe = crops
     rng = stage_rng(1, "levels")
     levels = rng.uniform(0.5, 2.0, len(x)) * np.exp(1j * rng.uniform(-np.pi, np.pi, len(x)))
-    for crops in (truth, truth * levels[:, None, None].astype(np.complex64)):
-        scores = patch_agreement(crops, x, y, obj, probe)
+    for predicted in (truth, truth * levels[:, None, None].astype(np.complex64)):
+        scores = patch_agreement(predicted, np.arange(len(x)), x, y, obj, probe)
         assert scores["amplitude"] == pytest.approx(1.0, abs=1e-6)
         assert scores["phase"] == pytest.approx(1.0, abs=1e-6)
 
 
-def test_flat_and_misplaced_crops_do_not_agree(scan):
+def test_flat_and_misplaced_crops_do_not_agree(crops):
     """Flat crops (a network that learnt nothing) score 0; the truth's structure placed at the
     wrong positions scores far below 1: the score asks for the right structure in the right patch."""
-    obj, x, y, truth, probe = scan
-    flat = patch_agreement(np.ones_like(truth), x, y, obj, probe)
+    obj, x, y, truth, probe = crops
+    own = np.arange(len(x))  # crop i at position i
+    flat = patch_agreement(np.ones_like(truth), own, x, y, obj, probe)
     assert flat == {"amplitude": 0.0, "phase": 0.0}
-    misplaced = patch_agreement(np.roll(truth, 7, axis=0), x, y, obj, probe)  # each crop another position's
+    misplaced = patch_agreement(np.roll(truth, 7, axis=0), own, x, y, obj, probe)  # each crop another position's
     assert misplaced["amplitude"] < 0.5 and misplaced["phase"] < 0.5
 
 
-def test_a_truth_without_phase_structure_leaves_the_phase_unscored(scan):
+def test_a_truth_without_phase_structure_leaves_the_phase_unscored(crops):
     """An amplitude-only object's phase has nothing to agree with: None, not a number, while its
     amplitude is scored as before."""
-    obj, x, y, _, probe = scan
+    obj, x, y, _, probe = crops
     amplitude_only = np.abs(obj).astype(np.complex64)
-    crops = central(extract_patches(torch.from_numpy(amplitude_only), torch.from_numpy(x), torch.from_numpy(y),
+    truth = central(extract_patches(torch.from_numpy(amplitude_only), torch.from_numpy(x), torch.from_numpy(y),
                                     N).numpy(), CROP)
-    scores = patch_agreement(crops, x, y, amplitude_only, probe)
+    scores = patch_agreement(truth, np.arange(len(x)), x, y, amplitude_only, probe)
     assert scores["phase"] is None
     assert scores["amplitude"] == pytest.approx(1.0, abs=1e-6)

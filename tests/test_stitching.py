@@ -34,14 +34,6 @@ from ptylab.stitching import spatial_tiles, stitch
 from .conftest import SMALL_OVERRIDES, compose_config
 
 
-@pytest.fixture(scope="module")
-def scan():
-    obj = make_object(96, "camera", "astronaut", 0.3, 2.0)
-    x, y = raster_scan(obj.shape, 32, 5.0, 0.4, stage_rng(0, "scan"))  # sub-pixel positions
-    patches = extract_patches(torch.from_numpy(obj), torch.from_numpy(x), torch.from_numpy(y), 32).numpy()
-    return obj, x, y, patches
-
-
 def _inner(result, obj, margin=18):
     sl = (slice(margin, -margin), slice(margin, -margin))
     return result.obj[sl], obj[sl]

@@ -281,12 +281,14 @@ def evaluate_reconstruction(model: PtychoModule, test: PtychoData, gridsize: int
     t0 = time.perf_counter()
     settings = offset_fit(cfg)
     fit = settings.for_counts(test.mean_counts)  # as reconstruct resolves it: for the log and metrics.json
-    patches: dict[str, Any] = {}
+    patches: dict[str, float | None] = {}
+    patch_scores_s = 0.0
 
     def score_patches(crops: np.ndarray, members: np.ndarray) -> None:
+        nonlocal patch_scores_s
         t1 = time.perf_counter()
-        patches.update(patch_agreement(crops, test.xcoords[members], test.ycoords[members], test.obj, test.probe))
-        patches["patch_scores_s"] = round(time.perf_counter() - t1, 3)
+        patches.update(patch_agreement(crops, members, test.xcoords, test.ycoords, test.obj, test.probe))
+        patch_scores_s = time.perf_counter() - t1
 
     log.info("%s: evaluating %d test positions (predicted, stitched%s)", title, test.n_positions,
              f", their offsets fitted to the data: {fit.steps} steps at lr {fit.lr:.3g}"
@@ -296,12 +298,12 @@ def evaluate_reconstruction(model: PtychoModule, test: PtychoData, gridsize: int
                            sync_phase=cfg.sync_phase, tile_patches=cfg.tile_patches, scratch_dir=run_dir,
                            offset_fit=settings, average_symmetries=cfg.average_symmetries, device=device,
                            also_unfitted=cfg.network_alone, inspect_crops=score_patches)
-    infer_s = time.perf_counter() - t0 - patches["patch_scores_s"]  # the method's own time, as before
+    infer_s = time.perf_counter() - t0 - patch_scores_s  # the method's own time, as before
     write_object(run_dir / OBJECT_FILE, stitched)
     scores = score_reconstruction(stitched, test.obj, cfg)
     for part in ("amplitude", "phase"):
         scores[part][PATCH_CORR] = patches[part]
-    evaluate_s = time.perf_counter() - t0 - patches["patch_scores_s"]
+    evaluate_s = time.perf_counter() - t0 - patch_scores_s
     network_alone_s, alone = None, None
     if stitched.unfitted is not None:
         t1 = time.perf_counter()
@@ -319,7 +321,7 @@ def evaluate_reconstruction(model: PtychoModule, test: PtychoData, gridsize: int
         for part in ("amplitude", "phase"):
             scores[part][FIT_ALONE] = fit_alone[part]
     extra = {"inference_s": round(infer_s, 3), "evaluate_s": round(evaluate_s, 3), "fit_alone_s": fit_alone_s,
-             "network_alone_s": network_alone_s, "patch_scores_s": patches["patch_scores_s"],
+             "network_alone_s": network_alone_s, "patch_scores_s": round(patch_scores_s, 3),
              "test_positions": test.n_positions, "stitch_crop": cfg.stitch_crop or test.N // 2,
              "sync_phase": cfg.sync_phase, **fit.inference(),  # the fit's settings as resolved for this data
              "average_symmetries": cfg.average_symmetries, "device": device}

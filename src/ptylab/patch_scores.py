@@ -42,14 +42,17 @@ def _relative(crops: np.ndarray, weight: np.ndarray) -> tuple[np.ndarray, np.nda
     return amp, phase
 
 
-def patch_agreement(crops: np.ndarray, x: np.ndarray, y: np.ndarray, truth: np.ndarray,
+def patch_agreement(crops: np.ndarray, members: np.ndarray, x: np.ndarray, y: np.ndarray, truth: np.ndarray,
                     probe: np.ndarray) -> dict[str, float | None]:
     """Pooled, illumination-weighted correlation of each predicted crop's structure with the truth's.
 
-    ``crops`` (M, c, c) complex: the central crops of predicted patches centred at (``x``, ``y``) on
-    the (H, W) complex ``truth``; ``probe`` (N, N) gives the weight, its intensity on the crop.
-    Returns ``{"amplitude": r, "phase": r}``; None for a part whose truth has no structure inside
-    any crop (a constant phase), where a correlation would measure nothing.
+    ``crops`` (M, c, c) complex: the central crops of predicted patches, crop i at the position
+    (``x``, ``y``)[``members[i]``] of the (H, W) complex ``truth``; ``probe`` (N, N) gives the
+    weight, its intensity on the crop. A pattern is a member of several groups (about C at gridsize
+    C > 1, its crop the group's merge each time), so the truth at each position is cut once per
+    chunk of crops, not once per crop. Returns ``{"amplitude": r, "phase": r}``; None for a part
+    whose truth has no structure inside any crop (a constant phase), where a correlation would
+    measure nothing.
     """
     m, c = crops.shape[0], crops.shape[-1]
     n = probe.shape[-1]
@@ -59,10 +62,12 @@ def patch_agreement(crops: np.ndarray, x: np.ndarray, y: np.ndarray, truth: np.n
     obj = torch.from_numpy(np.ascontiguousarray(truth, np.complex64))
     for lo in range(0, m, CHUNK):
         hi = min(m, lo + CHUNK)
-        cut = extract_patches(obj, torch.from_numpy(np.asarray(x[lo:hi], np.float32)),
-                              torch.from_numpy(np.asarray(y[lo:hi], np.float32)), n).numpy()
+        distinct, inverse = np.unique(members[lo:hi], return_inverse=True)
+        cut = extract_patches(obj, torch.from_numpy(np.asarray(x[distinct], np.float32)),
+                              torch.from_numpy(np.asarray(y[distinct], np.float32)), n).numpy()
         pred, true = _relative(np.asarray(crops[lo:hi]), weight), _relative(central(cut, c), weight)
         for part, p, t in zip(("amplitude", "phase"), pred, true, strict=True):
+            t = t[inverse]
             sums[part] += [(weight * p * t).sum(), (weight * p * p).sum(), (weight * t * t).sum()]
     out: dict[str, float | None] = {}
     for part, (pt, pp, tt) in sums.items():
