@@ -28,7 +28,6 @@ from ptylab.phase_offsets import (
 from ptylab.physics import extract_patches, far_field, make_object, make_probe, poisson_sample, raster_scan
 from ptylab.rng import stage_rng
 from ptylab.simulate import simulate
-from ptylab.stages.train import trainer_kwargs
 from ptylab.stitching import spatial_tiles, stitch
 
 from .conftest import SMALL_OVERRIDES, compose_config
@@ -289,10 +288,11 @@ def test_fourth_order_terms_remove_a_shared_tetrafoil_that_third_order_leaves(sc
 
 def test_jobs_evaluate_on_the_device_they_train_on():
     """trainer=gpu (and DDP on GPUs) evaluates on CUDA, where the offset fit is 7x faster than on
-    16 CPU cores (docs/performance.md); trainer=cpu, the default, keeps evaluation on the CPU."""
-    devices = {t: trainer_device(trainer_kwargs(compose_config([f"trainer={t}"]))) for t in ("cpu", "gpu", "ddp")}
+    16 CPU cores (docs/performance.md); trainer=cpu, the default, keeps evaluation on the CPU. Read
+    from the validated config, as a job reads it."""
+    devices = {t: trainer_device(validate(compose_config([f"trainer={t}"])).trainer) for t in ("cpu", "gpu", "ddp")}
     assert devices == {"cpu": "cpu", "gpu": "cuda", "ddp": "cuda"}
-    assert trainer_device(trainer_kwargs(compose_config(["trainer=ddp", "trainer.accelerator=cpu"]))) == "cpu"
+    assert trainer_device(validate(compose_config(["trainer=ddp", "trainer.accelerator=cpu"])).trainer) == "cpu"
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run on the device machine)")

@@ -24,7 +24,7 @@ from ..config import load_run_config, trainer_device
 from ..errors import PtylabError
 from ..evaluation import TIMING_KEYS
 from ..manifest import read_manifest
-from .train import run_job, trainer_kwargs
+from .train import run_job
 
 # Values that name where a run lives; they may differ between the original and the re-run.
 LOCATION_PARAMS = ("output_prefix",)
@@ -93,7 +93,7 @@ def reproduce(run_dir: str | Path, out_dir: str | Path | None = None) -> Reprodu
     setup_globals()  # Hydra's resolvers (${now:...}) for the unresolved snapshot
     cfg = load_run_config(run_dir / ".hydra" / "config.yaml")
     cfg.ckpt_path = None
-    if trainer_device(trainer_kwargs(cfg)) != "cpu":
+    if trainer_device(cfg.trainer) != "cpu":  # the snapshot as composed: the job validates it
         log.warning("%s trained on a GPU: GPU training is not byte-reproducible (two seeded runs on one H200 wrote "
                     "different bundles; docs/performance.md), so expect another digest and nearby scores. "
                     "The same-digest guarantee is trainer=cpu's.", run_dir)
