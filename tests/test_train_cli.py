@@ -53,7 +53,7 @@ def test_run_directory_has_everything_the_design_lists(trained):
     assert re.search(r"_dose1e3_dense_gs2_pinn$", run.name)
     for name in (".hydra/config.yaml", "checkpoints/last.ckpt", "wts.h5.zip", "wts.h5.zip.sha256", "params.json",
                  "training_manifest.json", "metrics.json", "reconstruction.npz", "reconstruction.png", "frc.png",
-                 "object.npz", "refine/object.npz", "logs/metrics.csv"):
+                 "patches.png", "object.npz", "refine/object.npz", "refine/patches.png", "logs/metrics.csv"):
         assert (run / name).exists(), name
     manifest = json.loads((run / "training_manifest.json").read_text())
     job = manifest["jobs"][0]

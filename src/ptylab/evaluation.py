@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +21,12 @@ from skimage.registration import phase_cross_correlation
 
 from .config import EvalConfig
 from .data import PtychoData
-from .figures import complex_panels, frc_curves
+from .figures import complex_panels, frc_curves, patch_map
 from .fileio import atomic_write_json, atomic_write_with
-from .metrics import PSNR_CAP_DB, beats, frc_curve, frc_resolution, reference_scores, score_image
+from .metrics import PARTS, PSNR_CAP_DB, beats, frc_curve, frc_resolution, reference_scores, score_image
 from .models import PtychoModule
-from .patch_scores import patch_agreement
-from .phase_offsets import OffsetFit
+from .patch_scores import patch_agreement, structure, truth_crops
+from .phase_offsets import OffsetFit, ResolvedFit
 from .stitching import OBJECT_FILE, Stitched, reconstruct, reconstruct_flat, write_object
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,8 @@ FIT_ALONE = "fit_alone"
 # flagged: the fit is tuned as an early stop and may trade a little of one score for others.
 NETWORK_ALONE = "network_alone"
 UNFITTED_LABEL = "network alone (no offset fit)"
+# Every evaluation's figure of where the network's patches carry the truth's structure.
+PATCH_FIGURE = "patches.png"
 # Key, beside them, of the network's crops scored against the truth's crops at the same positions,
 # each relative to its own level (``patch_scores``): what the network predicts inside a patch, taken
 # before the offset fit, so none of the fit's per-patch terms enter it. A flat network scores 0
@@ -140,7 +142,7 @@ def headline(scores: dict[str, Any]) -> dict[str, float | None]:
     """The scores a summary line and a table show; None for a part whose truth is constant (the
     phase of an amplitude-only object), where they would measure nothing (``metrics.score_image``)."""
     out: dict[str, float | None] = {}
-    for part in ("amplitude", "phase"):
+    for part in PARTS:
         s = scores[part]
         if s.get("constant_truth"):
             out.update({f"{part}_{key}": None for key in ("ssim", "corr", "psnr", "frc50_px")})
@@ -167,12 +169,12 @@ def _patch_note(head: dict[str, Any], part: str) -> str:
 
 def unscored_parts(head: dict[str, Any]) -> list[str]:
     """The parts ``headline`` left unscored (None): their truth is constant."""
-    return [part for part in ("amplitude", "phase") if f"{part}_ssim" in head and head[f"{part}_ssim"] is None]
+    return [part for part in PARTS if f"{part}_ssim" in head and head[f"{part}_ssim"] is None]
 
 
 def _flags(scores: dict[str, Any], reference: str, what: str) -> list[str]:
     flags = []
-    for part in ("amplitude", "phase"):
+    for part in PARTS:
         s = scores[part]
         if reference not in s or s.get("constant_truth"):  # a flat image matches a constant truth exactly
             continue
@@ -247,10 +249,10 @@ def write_evaluation(run_dir: Path, scores: dict[str, Any], title: str, extra: d
     atomic_write_with(run_dir / "reconstruction.npz", _npz)
     panels = {"ground truth": (gt, None), "reconstruction": (aligned, gt)}
     curves = {part: (np.asarray(scores[part]["frc_curve"]["frequency"]), np.asarray(scores[part]["frc_curve"]["frc"]))
-              for part in ("amplitude", "phase")}
+              for part in PARTS}
     if unfitted is not None:
         panels[UNFITTED_LABEL] = (unfitted.image, unfitted.truth)
-        curves.update({f"{part}, {UNFITTED_LABEL}": unfitted.curves[part] for part in ("amplitude", "phase")})
+        curves.update({f"{part}, {UNFITTED_LABEL}": unfitted.curves[part] for part in PARTS})
     complex_panels(run_dir / "reconstruction.png", panels, title)
     frc_curves(run_dir / "frc.png", curves, f"FRC against ground truth {title}")
     return metrics
@@ -263,80 +265,124 @@ def offset_fit(cfg: EvalConfig) -> OffsetFit:
                      cfg.offset_fit_order, cfg.offset_fit_ramp, cfg.offset_fit_average)
 
 
-def evaluate_reconstruction(model: PtychoModule, test: PtychoData, gridsize: int, neighbours: int,
-                            cfg: EvalConfig, run_dir: Path, title: str,
-                            fit_alone: dict[str, dict[str, float]] | None = None,
-                            device: str = "cpu") -> dict[str, Any]:
-    """Reconstruct, score and write ``metrics.json`` with its figures, and the stitched object as
-    reconstructed (``object.npz``, ``stitching.write_object``). With the offset fit on, the
-    fit's own scores on flat patches go beside each part's (``fit_alone``; computed here unless
-    given, as the refined arm is given the single pass's), and the network's own, its predictions
-    stitched without the fit (``network_alone``, from the same predictions; its image and FRC
-    curves join the figures). ``evaluate_s`` times this method's reconstruction and scoring;
-    ``fit_alone_s`` the fit-alone reference (its stitching and
-    fit included) and ``network_alone_s`` the network-alone scoring, when computed here;
-    ``patch_scores_s`` the network's crops scored against the truth's (``PATCH_CORR``, every
-    evaluation: no other score separates what the network predicts from what the fit adds). The
-    network's predictions and the offset fit run on ``device`` (``stitching.reconstruct``)."""
-    t0 = time.perf_counter()
-    settings = offset_fit(cfg)
-    fit = settings.for_counts(test.mean_counts)  # as reconstruct resolves it: for the log and metrics.json
-    patches: dict[str, float | None] = {}
-    patch_scores_s = 0.0
+@dataclass
+class _PatchScorer:
+    """The ``inspect_crops`` callback of ``reconstruct``: scores the network's crops against the
+    truth's as the stitching receives them (``patch_agreement``), and keeps what the patch figure
+    needs (each position's correlation and, per part, one crop and the truth's at the position of
+    median correlation); its own time apart, so that the method's time stays the method's."""
 
-    def score_patches(crops: np.ndarray, members: np.ndarray) -> None:
-        nonlocal patch_scores_s
-        t1 = time.perf_counter()
-        patches.update(patch_agreement(crops, members, test.xcoords, test.ycoords, test.obj, test.probe))
-        patch_scores_s = time.perf_counter() - t1
+    test: PtychoData
+    scores: dict[str, float | None] = field(default_factory=dict)
+    per_position: dict[str, np.ndarray] = field(default_factory=dict)
+    example: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    seconds: float = 0.0
 
-    log.info("%s: evaluating %d test positions (predicted, stitched%s)", title, test.n_positions,
-             f", their offsets fitted to the data: {fit.steps} steps at lr {fit.lr:.3g}"
-             f"{f', the last {fit.average:.0%} averaged' if fit.average else ''}, shape terms of order "
-             f"{fit.order} ({test.mean_counts:.0f} counts per pattern)" if fit.active else "")
-    stitched = reconstruct(model, test, gridsize, neighbours, cfg.stitch_crop, cfg.batch_size,
-                           sync_phase=cfg.sync_phase, tile_patches=cfg.tile_patches, scratch_dir=run_dir,
-                           offset_fit=settings, average_symmetries=cfg.average_symmetries, device=device,
-                           also_unfitted=cfg.network_alone, inspect_crops=score_patches)
-    infer_s = time.perf_counter() - t0 - patch_scores_s  # the method's own time, as before
-    write_object(run_dir / OBJECT_FILE, stitched)
-    scores = score_reconstruction(stitched, test.obj, cfg)
-    for part in ("amplitude", "phase"):
-        scores[part][PATCH_CORR] = patches[part]
-    evaluate_s = time.perf_counter() - t0 - patch_scores_s
-    network_alone_s, alone = None, None
-    if stitched.unfitted is not None:
-        t1 = time.perf_counter()
-        alone = reference_of(stitched.unfitted, test.obj, cfg)
-        for part in ("amplitude", "phase"):
-            scores[part][NETWORK_ALONE] = alone.scores[part]
-        network_alone_s = round(time.perf_counter() - t1, 3)
-    fit_alone_s = None
-    if fit.active and cfg.fit_alone:
-        if fit_alone is None:
-            log.info("%s: the fit-alone reference (the same offset fit on flat patches)", title)
-            t1 = time.perf_counter()
-            fit_alone = fit_alone_scores(test, gridsize, neighbours, cfg, settings, device)  # the same fit
-            fit_alone_s = round(time.perf_counter() - t1, 3)
-        for part in ("amplitude", "phase"):
-            scores[part][FIT_ALONE] = fit_alone[part]
-    extra = {"inference_s": round(infer_s, 3), "evaluate_s": round(evaluate_s, 3), "fit_alone_s": fit_alone_s,
-             "network_alone_s": network_alone_s, "patch_scores_s": round(patch_scores_s, 3),
-             "test_positions": test.n_positions, "stitch_crop": cfg.stitch_crop or test.N // 2,
-             "sync_phase": cfg.sync_phase, **fit.inference(),  # the fit's settings as resolved for this data
-             "average_symmetries": cfg.average_symmetries, "device": device}
-    metrics = write_evaluation(run_dir, scores, title, extra, alone)
+    def __call__(self, crops: np.ndarray, members: np.ndarray) -> None:
+        t0 = time.perf_counter()
+        test = self.test
+        agreement = patch_agreement(crops, members, test.xcoords, test.ycoords, test.obj, test.probe)
+        self.scores = agreement.pooled
+        self.per_position = agreement.per_position(members, test.n_positions)
+        for k, (part, corr) in enumerate(self.per_position.items()):
+            if not np.isfinite(corr).any():
+                continue
+            position = int(np.nanargmin(np.abs(corr - np.nanmedian(corr))))
+            crop = np.asarray(crops[int(np.flatnonzero(members == position)[0])])[None]
+            truth, _ = truth_crops(np.array([position]), test.xcoords, test.ycoords, test.obj, test.N, crop.shape[-1])
+            self.example[part] = (structure(truth, test.probe)[k][0], structure(crop, test.probe)[k][0])
+        self.seconds += time.perf_counter() - t0
+
+    def draw(self, path: Path, title: str) -> None:
+        """The patch figure (``figures.patch_map``) of the parts that have an example."""
+        t0 = time.perf_counter()
+        parts = [part for part in PARTS if part in self.example]
+        if parts:
+            patch_map(path, self.test.obj, self.test.xcoords, self.test.ycoords,
+                      {part: self.per_position[part] for part in parts}, self.scores, self.example, title)
+        self.seconds += time.perf_counter() - t0
+
+
+def _log_start(title: str, test: PtychoData, fit: ResolvedFit) -> None:
+    fitted = (f", their offsets fitted to the data: {fit.steps} steps at lr {fit.lr:.3g}"
+              f"{f', the last {fit.average:.0%} averaged' if fit.average else ''}, shape terms of order "
+              f"{fit.order} ({test.mean_counts:.0f} counts per pattern)") if fit.active else ""
+    log.info("%s: evaluating %d test positions (predicted, stitched%s)", title, test.n_positions, fitted)
+
+
+def _log_outcome(title: str, metrics: dict[str, Any]) -> None:
+    """The summary line, then a warning per flag and per part whose patches carry next to nothing."""
     head, unscored = metrics["headline"], unscored_parts(metrics["headline"])
     log.info("%s %s", title, ", ".join(
         f"{part} {NOT_SCORED}" if part in unscored else
         f"{part} SSIM {head[f'{part}_ssim']:.3f} corr {head[f'{part}_corr']:.3f}{_patch_note(head, part)}"
-        for part in ("amplitude", "phase")))
+        for part in PARTS))
     for flag in metrics["flat_image_flags"] + metrics["fit_alone_flags"]:
         log.warning("%s: %s", title, flag)
-    for part in ("amplitude", "phase"):
+    for part in PARTS:
         value = head.get(f"{part}_{PATCH_CORR}")
         if value is not None and value < PATCH_CORR_WARN:
             log.warning("%s: the network's %s patches carry next to none of the truth's structure (corr %.3f "
                         "against the truth's patches): its %s scores come from the offset fit and the other part",
                         title, part, value, part)
+
+
+def evaluate_reconstruction(model: PtychoModule, test: PtychoData, gridsize: int, neighbours: int,
+                            cfg: EvalConfig, run_dir: Path, title: str,
+                            fit_alone: dict[str, dict[str, float]] | None = None,
+                            device: str = "cpu") -> dict[str, Any]:
+    """Reconstruct, score and write ``metrics.json`` with its figures, and the stitched object as
+    reconstructed (``object.npz``, ``stitching.write_object``).
+
+    Beside each part's scores go three references: the network's crops against the truth's
+    (``PATCH_CORR``, every evaluation: no other score separates what the network predicts from
+    what the fit adds); with the offset fit on, the network's predictions stitched without it
+    (``NETWORK_ALONE``, from the same predictions; its image and FRC curves join the figures) and
+    the fit's own scores on flat patches (``FIT_ALONE``; computed here unless given, as the refined
+    arm is given the single pass's). ``inference_s`` and ``evaluate_s`` time this method's
+    reconstruction, and its scoring too; each reference computed here has its own time
+    (``patch_scores_s``, ``network_alone_s``, ``fit_alone_s``), kept out of the method's. The
+    network's predictions and the offset fit run on ``device`` (``stitching.reconstruct``)."""
+    t0 = time.perf_counter()
+    settings = offset_fit(cfg)
+    fit = settings.for_counts(test.mean_counts)  # as reconstruct resolves it: for the log and metrics.json
+    _log_start(title, test, fit)
+    patches = _PatchScorer(test)
+    stitched = reconstruct(model, test, gridsize, neighbours, cfg.stitch_crop, cfg.batch_size,
+                           sync_phase=cfg.sync_phase, tile_patches=cfg.tile_patches, scratch_dir=run_dir,
+                           offset_fit=settings, average_symmetries=cfg.average_symmetries, device=device,
+                           also_unfitted=cfg.network_alone, inspect_crops=patches)
+    infer_s = time.perf_counter() - t0 - patches.seconds
+    write_object(run_dir / OBJECT_FILE, stitched)
+    scores = score_reconstruction(stitched, test.obj, cfg)
+    evaluate_s = time.perf_counter() - t0 - patches.seconds
+
+    alone, network_alone_s = None, None
+    if stitched.unfitted is not None:
+        t1 = time.perf_counter()
+        alone = reference_of(stitched.unfitted, test.obj, cfg)
+        network_alone_s = round(time.perf_counter() - t1, 3)
+    fit_alone_s = None
+    if not (fit.active and cfg.fit_alone):
+        fit_alone = None
+    elif fit_alone is None:
+        log.info("%s: the fit-alone reference (the same offset fit on flat patches)", title)
+        t1 = time.perf_counter()
+        fit_alone = fit_alone_scores(test, gridsize, neighbours, cfg, settings, device)  # the same fit
+        fit_alone_s = round(time.perf_counter() - t1, 3)
+    for part in PARTS:
+        scores[part][PATCH_CORR] = patches.scores[part]
+        if alone is not None:
+            scores[part][NETWORK_ALONE] = alone.scores[part]
+        if fit_alone is not None:
+            scores[part][FIT_ALONE] = fit_alone[part]
+
+    patches.draw(run_dir / PATCH_FIGURE, f"The network's patches against the truth's: {title}")
+    extra = {"inference_s": round(infer_s, 3), "evaluate_s": round(evaluate_s, 3), "fit_alone_s": fit_alone_s,
+             "network_alone_s": network_alone_s, "patch_scores_s": round(patches.seconds, 3),
+             "test_positions": test.n_positions, "stitch_crop": cfg.stitch_crop or test.N // 2,
+             "sync_phase": cfg.sync_phase, **fit.inference(),  # the fit's settings as resolved for this data
+             "average_symmetries": cfg.average_symmetries, "device": device}
+    metrics = write_evaluation(run_dir, scores, title, extra, alone)
+    _log_outcome(title, metrics)
     return metrics

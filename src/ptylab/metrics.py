@@ -25,6 +25,9 @@ SSIM_KERNEL = 11
 # computed in row strips of about this many bytes of that buffer (exactly the same mean).
 SSIM_STRIP_BYTES = 32 * 2**20
 
+# The two parts of a complex object, scored apart, in this order everywhere.
+PARTS = ("amplitude", "phase")
+
 
 def _t(img: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.asarray(img, dtype=np.float64))[None, None]

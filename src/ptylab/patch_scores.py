@@ -16,9 +16,12 @@ where this was a diagnostic first).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
+from .metrics import PARTS
 from .physics import extract_patches
 from .stitching import central
 
@@ -42,39 +45,83 @@ def _relative(crops: np.ndarray, weight: np.ndarray) -> tuple[np.ndarray, np.nda
     return amp, phase
 
 
+@dataclass(frozen=True)
+class PatchAgreement:
+    """``pooled``: one correlation per part over every crop (None where the truth has no structure
+    inside any crop, 0 where the prediction has none); ``per_crop``: each crop's own correlation
+    per part (NaN where the crop or the truth's is flat), for maps of where the network learnt."""
+
+    pooled: dict[str, float | None]
+    per_crop: dict[str, np.ndarray]
+
+    def per_position(self, members: np.ndarray, n_positions: int) -> dict[str, np.ndarray]:
+        """Each position's mean over the crops at it (``members``: crop -> position; at gridsize C
+        a pattern's crop is its group's merge, about C of them); NaN where it has none scored."""
+        out = {}
+        for part, r in self.per_crop.items():
+            ok = np.isfinite(r)
+            total = np.bincount(members[ok], r[ok], minlength=n_positions)
+            count = np.bincount(members[ok], minlength=n_positions)
+            out[part] = np.where(count > 0, total / np.maximum(count, 1), np.nan)
+        return out
+
+
+def truth_crops(members: np.ndarray, x: np.ndarray, y: np.ndarray, truth: np.ndarray, n: int,
+                c: int) -> tuple[np.ndarray, np.ndarray]:
+    """The truth's central c x c crops of its n x n windows at the distinct positions ``members``
+    names, each cut once, and for each member the index of its crop among them."""
+    distinct, inverse = np.unique(members, return_inverse=True)
+    obj = torch.from_numpy(np.ascontiguousarray(truth, np.complex64))
+    cut = extract_patches(obj, torch.from_numpy(np.asarray(x[distinct], np.float32)),
+                          torch.from_numpy(np.asarray(y[distinct], np.float32)), n).numpy()
+    return central(cut, c), inverse
+
+
+def crop_weight(probe: np.ndarray, c: int) -> np.ndarray:
+    """The probe's intensity on the c x c crop, summing to 1: where the pattern saw the object."""
+    weight = central(np.abs(probe) ** 2, c).astype(np.float64)
+    return weight / weight.sum()
+
+
+def structure(crops: np.ndarray, probe: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """What the score compares, per crop: the amplitude's contrast and the phase about the crop's
+    mean phasor, each less its weighted mean (for figures of a crop beside the truth's)."""
+    return _relative(crops, crop_weight(probe, crops.shape[-1]))
+
+
 def patch_agreement(crops: np.ndarray, members: np.ndarray, x: np.ndarray, y: np.ndarray, truth: np.ndarray,
-                    probe: np.ndarray) -> dict[str, float | None]:
+                    probe: np.ndarray) -> PatchAgreement:
     """Pooled, illumination-weighted correlation of each predicted crop's structure with the truth's.
 
     ``crops`` (M, c, c) complex: the central crops of predicted patches, crop i at the position
     (``x``, ``y``)[``members[i]``] of the (H, W) complex ``truth``; ``probe`` (N, N) gives the
     weight, its intensity on the crop. A pattern is a member of several groups (about C at gridsize
     C > 1, its crop the group's merge each time), so the truth at each position is cut once per
-    chunk of crops, not once per crop. Returns ``{"amplitude": r, "phase": r}``; None for a part
-    whose truth has no structure inside any crop (a constant phase), where a correlation would
-    measure nothing.
+    chunk of crops, not once per crop. The pooled score per part is None for a part whose truth
+    has no structure inside any crop (a constant phase), where a correlation would measure nothing.
     """
     m, c = crops.shape[0], crops.shape[-1]
-    n = probe.shape[-1]
-    weight = central(np.abs(probe) ** 2, c).astype(np.float64)
-    weight /= weight.sum()
-    sums = {part: np.zeros(3) for part in ("amplitude", "phase")}  # sum w*p*t, w*p^2, w*t^2
-    obj = torch.from_numpy(np.ascontiguousarray(truth, np.complex64))
+    weight = crop_weight(probe, c)
+    sums = {part: np.zeros((m, 3)) for part in PARTS}  # per crop: sum w*p*t, w*p^2, w*t^2
     for lo in range(0, m, CHUNK):
         hi = min(m, lo + CHUNK)
-        distinct, inverse = np.unique(members[lo:hi], return_inverse=True)
-        cut = extract_patches(obj, torch.from_numpy(np.asarray(x[distinct], np.float32)),
-                              torch.from_numpy(np.asarray(y[distinct], np.float32)), n).numpy()
-        pred, true = _relative(np.asarray(crops[lo:hi]), weight), _relative(central(cut, c), weight)
-        for part, p, t in zip(("amplitude", "phase"), pred, true, strict=True):
+        cut, inverse = truth_crops(members[lo:hi], x, y, truth, probe.shape[-1], c)
+        true = _relative(cut, weight)
+        pred = _relative(np.asarray(crops[lo:hi]), weight)
+        for part, p, t in zip(PARTS, pred, true, strict=True):
             t = t[inverse]
-            sums[part] += [(weight * p * t).sum(), (weight * p * p).sum(), (weight * t * t).sum()]
-    out: dict[str, float | None] = {}
-    for part, (pt, pp, tt) in sums.items():
+            sums[part][lo:hi] = np.stack([(weight * p * t).sum((-2, -1)), (weight * p * p).sum((-2, -1)),
+                                          (weight * t * t).sum((-2, -1))], axis=1)
+    pooled: dict[str, float | None] = {}
+    per_crop = {}
+    for part, per in sums.items():
+        pt, pp, tt = per.sum(0)
         # Flat inside every crop, to rounding: the truth has no structure to agree with (None), the
         # prediction none to offer (0).
         if tt <= FLAT * m:
-            out[part] = None
+            pooled[part] = None
         else:
-            out[part] = float(pt / np.sqrt(pp * tt)) if pp > FLAT * m else 0.0
-    return out
+            pooled[part] = float(pt / np.sqrt(pp * tt)) if pp > FLAT * m else 0.0
+        scored = (per[:, 1] > FLAT) & (per[:, 2] > FLAT)
+        per_crop[part] = np.where(scored, per[:, 0] / np.sqrt(np.maximum(per[:, 1] * per[:, 2], FLAT**2)), np.nan)
+    return PatchAgreement(pooled, per_crop)

@@ -22,7 +22,7 @@ from typing import Any
 
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from ..bundle import BUNDLE_NAME, bundle_config_yaml, save_model_bundle
 from ..config import PinnConfig, TrainConfig, trainer_device, validate
@@ -34,6 +34,7 @@ from ..figures import loss_curve
 from ..fileio import atomic_write_json, atomic_write_text
 from ..legacy_params import bridged, location_free
 from ..manifest import SKIP_SUMMARY_NAME, JobContext, JobRecord, Status, finished_status, read_record, write_manifest
+from ..metrics import PARTS
 from ..models import PtychoModule
 from ..refine import REFINE_DIR, refine
 from ..runlock import run_dir_lock
@@ -45,14 +46,6 @@ log = logging.getLogger(__name__)
 
 def context_of(cfg: DictConfig | TrainConfig) -> JobContext:
     return JobContext(float(cfg.dose), str(cfg.view.name), int(cfg.gridsize), str(cfg.model.name), int(cfg.seed))
-
-
-def trainer_kwargs(cfg: DictConfig) -> dict[str, Any]:
-    """The Trainer settings of a composed config not validated yet (reproduce's snapshot); a job
-    reads its validated ``TrainConfig.trainer``."""
-    kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
-    assert isinstance(kwargs, dict)
-    return {str(k): v for k, v in kwargs.items()}
 
 
 def train(tc: TrainConfig, run_dir: Path, data: PtychoData,
@@ -95,7 +88,7 @@ def evaluate(tc: TrainConfig, run_dir: Path, model: PtychoModule, test: PtychoDa
     record.headline_metrics = metrics["headline"]
     record.flat_image_flags = metrics["flat_image_flags"]
     record.fit_alone_flags = metrics["fit_alone_flags"]
-    return {part: metrics[part][FIT_ALONE] for part in ("amplitude", "phase") if FIT_ALONE in metrics[part]} or None
+    return {part: metrics[part][FIT_ALONE] for part in PARTS if FIT_ALONE in metrics[part]} or None
 
 
 def evaluate_refined(tc: TrainConfig, run_dir: Path, model: PtychoModule, test: PtychoData,
