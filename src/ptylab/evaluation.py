@@ -275,7 +275,7 @@ class _PatchScorer:
     test: PtychoData
     scores: dict[str, float | None] = field(default_factory=dict)
     per_position: dict[str, np.ndarray] = field(default_factory=dict)
-    example: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    example: dict[str, tuple[np.ndarray, np.ndarray, float]] = field(default_factory=dict)
     seconds: float = 0.0
 
     def __call__(self, crops: np.ndarray, members: np.ndarray) -> None:
@@ -290,7 +290,8 @@ class _PatchScorer:
             position = int(np.nanargmin(np.abs(corr - np.nanmedian(corr))))
             crop = np.asarray(crops[int(np.flatnonzero(members == position)[0])])[None]
             truth, _ = truth_crops(np.array([position]), test.xcoords, test.ycoords, test.obj, test.N, crop.shape[-1])
-            self.example[part] = (structure(truth, test.probe)[k][0], structure(crop, test.probe)[k][0])
+            self.example[part] = (structure(truth, test.probe)[k][0], structure(crop, test.probe)[k][0],
+                                  float(corr[position]))
         self.seconds += time.perf_counter() - t0
 
     def draw(self, path: Path, title: str) -> None:

@@ -159,12 +159,12 @@ def loss_curve(path: str | Path, epochs: list[int], series: dict[str, list[float
 
 def patch_map(path: str | Path, truth: np.ndarray, x: np.ndarray, y: np.ndarray,
               per_position: dict[str, np.ndarray], pooled: dict[str, float | None],
-              example: dict[str, tuple[np.ndarray, np.ndarray]], title: str) -> None:
+              example: dict[str, tuple[np.ndarray, np.ndarray, float]], title: str) -> None:
     """Where the network learnt: per part, each test position coloured by its crops' correlation
     with the truth's (``patch_scores``) over the truth, and one crop beside the truth's at the
     position of median correlation, both as the score compares them (structure about the crop's
-    own level). A network that learnt nothing of a part shows a map of noise about 0 and a flat
-    crop, however its stitched scores look."""
+    own level, blank where the probe is dim). A network that learnt nothing of a part shows a map
+    of noise about 0 and a crop unlike the truth's, however its stitched scores look."""
     fig, axes = plt.subplots(len(per_position), 3, figsize=(13, 4.2 * len(per_position)), squeeze=False,
                              layout="constrained")
     for row, (part, corr) in enumerate(per_position.items()):
@@ -175,11 +175,12 @@ def patch_map(path: str | Path, truth: np.ndarray, x: np.ndarray, y: np.ndarray,
         ax.set_title(f"{part}: each position's crops against the truth's\n(pooled corr "
                      f"{'not scored' if value is None else f'{value:.3f}'})", fontsize=9)
         fig.colorbar(dots, ax=ax, fraction=0.046, label="correlation")
-        true_crop, predicted_crop = example[part]
-        limit = float(np.max(np.abs(true_crop))) or 1.0
-        for ax, image, name in ((axes[row, 1], true_crop, "truth"), (axes[row, 2], predicted_crop, "network")):
+        true_crop, predicted_crop, median = example[part]
+        limit = float(np.nanmax(np.abs(true_crop))) or 1.0
+        for ax, image, name in ((axes[row, 1], true_crop, "the truth's crop"),
+                                (axes[row, 2], predicted_crop, f"the network's (corr {median:.2f})")):
             im = ax.imshow(image, cmap="coolwarm", vmin=-limit, vmax=limit)
-            ax.set_title(f"{name}'s crop at the median position: {part} about its level", fontsize=9)
+            ax.set_title(f"{name} at the position of median corr:\n{part} about its level", fontsize=9)
             ax.axis("off")
             fig.colorbar(im, ax=ax, fraction=0.046)
     fig.suptitle(title)

@@ -30,6 +30,8 @@ CHUNK = 1024
 # Mean weighted square of a crop's relative structure below which it counts as flat: rounding's
 # scale (float32 crops), far below any structure (the user-style phase's is about 4e-3 rad^2).
 FLAT = 1e-10
+# Share of the probe's peak intensity below which a figure leaves a crop's pixel blank.
+DIM = 0.1
 
 
 def _relative(crops: np.ndarray, weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -84,9 +86,14 @@ def crop_weight(probe: np.ndarray, c: int) -> np.ndarray:
 
 
 def structure(crops: np.ndarray, probe: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """What the score compares, per crop: the amplitude's contrast and the phase about the crop's
-    mean phasor, each less its weighted mean (for figures of a crop beside the truth's)."""
-    return _relative(crops, crop_weight(probe, crops.shape[-1]))
+    """What the score compares, per crop, for figures: the amplitude's contrast and the phase about
+    the crop's mean phasor, each less its weighted mean; NaN where the probe's intensity is below
+    ``DIM`` of its peak on the crop, which the score all but ignores (a network's crop is often
+    wild there, and would set the eye on what does not count)."""
+    weight = crop_weight(probe, crops.shape[-1])
+    dim = weight < DIM * weight.max()
+    amp, phase = _relative(crops, weight)
+    return np.where(dim, np.nan, amp), np.where(dim, np.nan, phase)
 
 
 def patch_agreement(crops: np.ndarray, members: np.ndarray, x: np.ndarray, y: np.ndarray, truth: np.ndarray,
