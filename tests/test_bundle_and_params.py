@@ -9,7 +9,7 @@ from ptylab import legacy_params
 from ptylab.bundle import BundleError, ModelWeights, bundle_config_yaml, load_bundle, write_bundle
 from ptylab.legacy_params import LegacyParamsError, bridge, bridged, params
 from ptylab.models import PINN
-from ptylab.stitching import model_from_weights
+from ptylab.prediction import model_from_weights
 
 from .conftest import compose_config
 

@@ -8,8 +8,8 @@ import torch
 
 from ptylab.patch_scores import patch_agreement
 from ptylab.physics import extract_patches, make_probe
+from ptylab.placement import central
 from ptylab.rng import stage_rng
-from ptylab.stitching import central
 
 N, CROP = 32, 16
 

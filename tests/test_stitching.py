@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from ptylab import stitching
+from ptylab import phase_sync, placement
 from ptylab.config import trainer_device, validate
 from ptylab.data import mean_total_counts
 from ptylab.evaluation import NETWORK_ALONE, PATCH_CORR, PATCH_CORR_WARN, evaluate_reconstruction
@@ -67,10 +67,10 @@ def test_explicit_and_matrix_free_synchronisation_agree(scan, monkeypatch):
     """Sparse scans solve the synchronisation with an explicit matrix, densely covered tiles
     matrix-free: the same answer."""
     obj, x, y, patches = scan
-    assert stitching._coverage(stitching.place(patches, x, y, obj.shape, 16)) <= stitching.EXPLICIT_SYNC_MAX_COVER
+    assert phase_sync.coverage(placement.place(patches, x, y, obj.shape, 16)) <= phase_sync.EXPLICIT_SYNC_MAX_COVER
     offsets = np.exp(1j * stage_rng(3, "offsets").uniform(-np.pi, np.pi, len(x))).astype(np.complex64)
     explicit = stitch(patches * offsets[:, None, None], x, y, obj.shape, 16, sync_phase=True)
-    monkeypatch.setattr(stitching, "EXPLICIT_SYNC_MAX_COVER", 0.0)
+    monkeypatch.setattr(phase_sync, "EXPLICIT_SYNC_MAX_COVER", 0.0)
     free = stitch(patches * offsets[:, None, None], x, y, obj.shape, 16, sync_phase=True)
     np.testing.assert_allclose(explicit.obj, free.obj, atol=1e-5)
 
@@ -86,17 +86,17 @@ def test_phase_sync_runs_its_power_steps_to_a_fixed_point():
     u = np.linspace(-1, 1, 16)
     bowl = (u[:, None] ** 2 + u[None, :] ** 2)[None] * rng.normal(0, 0.8, (len(x), 1, 1))
     patches = patches * np.exp(1j * (bowl + rng.uniform(-np.pi, np.pi, (len(x), 1, 1)))).astype(np.complex64)
-    placement = stitching.place(patches, x, y, obj.shape, 16)
-    weight = placement.weight_sum()
-    a = stitching._overlap_matrix(placement, torch.where(weight > 1e-6, 1 / weight.clamp_min(1e-6), 0 * weight))
+    placed = placement.place(patches, x, y, obj.shape, 16)
+    weight = placed.weight_sum()
+    a = phase_sync.overlap_matrix(placed, torch.where(weight > 1e-6, 1 / weight.clamp_min(1e-6), 0 * weight))
 
     def last_move(v: torch.Tensor) -> float:
         z = torch.from_numpy(a @ v.numpy())
         return float((z / z.abs() * v.conj()).angle().abs().max())
 
     assert len(x) > 700
-    assert last_move(stitching.phase_sync(placement, max_steps=20)) > 10 * stitching.SYNC_TOL
-    assert last_move(stitching.phase_sync(placement)) < stitching.SYNC_TOL
+    assert last_move(phase_sync.phase_sync(placed, max_steps=20)) > 10 * phase_sync.SYNC_TOL
+    assert last_move(phase_sync.phase_sync(placed)) < phase_sync.SYNC_TOL
 
 
 def test_tiled_stitching_matches_stitching_the_whole_scan(scan):
@@ -234,12 +234,12 @@ def test_shape_terms_as_a_product_are_the_terms_at_each_placed_pixel(scan):
     patch on, sub-pixel shift included, at every order (edge patches too: their pixels off the
     canvas carry no weight)."""
     obj, x, y, patches = scan
-    placement = stitching.place(patches, x, y, obj.shape, 16)
-    grid = stitching.patch_grid(x, y, 16)
+    placed = placement.place(patches, x, y, obj.shape, 16)
+    grid = placement.patch_grid(x, y, 16)
     width = obj.shape[1]
-    inside = placement.weights > 0
-    u = ((placement.index % width).double() - torch.from_numpy(x)[:, None]) / 8
-    v = ((placement.index // width).double() - torch.from_numpy(y)[:, None]) / 8
+    inside = placed.weights > 0
+    u = ((placed.index % width).double() - torch.from_numpy(x)[:, None]) / 8
+    v = ((placed.index // width).double() - torch.from_numpy(y)[:, None]) / 8
     np.testing.assert_allclose((grid.u - grid.du[:, None])[inside], u[inside], atol=1e-12)
     np.testing.assert_allclose((grid.v - grid.dv[:, None])[inside], v[inside], atol=1e-12)
     for order in (1, 2, 3, 4):
@@ -319,16 +319,16 @@ def test_ramp_terms_take_a_scan_wide_phase_ramp_out_of_the_offsets_faster(scan):
     (each moves about the learning rate per step); moving them together along a ramp is faster."""
     obj, x, y, patches = scan
     probe, diff = _measured(patches)
-    placement = stitching.place(patches, x, y, obj.shape, 16)
-    inv_weight = placement.inverse_weight()
+    placed = placement.place(patches, x, y, obj.shape, 16)
+    inv_weight = placed.inverse_weight()
     across = (x - x.mean()) / (x.max() - x.min())
     start = torch.polar(torch.ones(len(x), dtype=torch.float64), torch.from_numpy(1.0 * across))
 
     def residual_tilt(ramp: bool) -> float:
         fit = ResolvedFit(20, LR, gains=False, order=0, ramp=ramp, average=0.0)
         evidence = Evidence(diff, np.arange(len(x)), x, y, probe, fit)
-        factors = fit_offsets(lambda ph: (placement.value_sum(ph) * inv_weight).reshape(obj.shape), start, evidence,
-                              np.arange(len(x)), (0, 0), stitching.patch_grid(x, y, 16), (x, y))
+        factors = fit_offsets(lambda ph: (placed.value_sum(ph) * inv_weight).reshape(obj.shape), start, evidence,
+                              np.arange(len(x)), (0, 0), placement.patch_grid(x, y, 16), (x, y))
         return abs(float(np.polyfit(across, np.unwrap(np.angle(factors.numpy())), 1)[0]))
 
     assert residual_tilt(True) < 0.5 * residual_tilt(False)  # measured 0.11 vs 0.29 rad after 20 steps
@@ -426,7 +426,7 @@ def test_empty_pixels_of_the_evaluated_area_take_their_nearest_stitched_value(sc
     illumination = np.outer(lit, lit)
     area = (0, 60, 0, obj.shape[1])  # reaches the canvas's unscanned top rows and side columns
     out = stitch(patches, x, y, obj.shape, 24, illumination=illumination, bbox=area)
-    empty = out.weight <= stitching.MIN_WEIGHT_SHARE * out.weight.max()
+    empty = out.weight <= placement.MIN_WEIGHT_SHARE * out.weight.max()
     inside = np.zeros_like(empty)
     inside[: area[1], :] = True
     assert (empty & inside).sum() > 100 and (empty & ~inside).sum() > 100

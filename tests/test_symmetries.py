@@ -4,14 +4,15 @@ import numpy as np
 import pytest
 import torch
 
-from ptylab import stitching
+from ptylab import prediction
 from ptylab.batches import EpochShuffle, GroupedPatterns
 from ptylab.config import PinnConfig
 from ptylab.datasets import load_or_simulate
 from ptylab.grouping import Groups, group_positions
 from ptylab.models import build_model
 from ptylab.physics import exit_wave_intensity, extract_patches, make_probe
-from ptylab.stitching import central, predict_crops
+from ptylab.placement import central
+from ptylab.prediction import predict_crops
 from ptylab.symmetries import (
     TRANSFORMS,
     averaged_transforms,
@@ -153,7 +154,7 @@ def test_each_distinct_pattern_predicted_once_gives_every_groups_own_prediction(
     assert model.per_pattern
     groups = group_positions(train.xcoords, train.ycoords, 2, 7)
     groups = Groups(groups.indices[:20], groups.offsets[:20])
-    monkeypatch.setattr(stitching, "SHARED_SPAN_GROUPS", 7)
+    monkeypatch.setattr(prediction, "SHARED_SPAN_GROUPS", 7)
     crop = N // 2
     shared = predict_crops(model, train.diff3d, groups, crop, batch_size=3)
     with torch.no_grad():

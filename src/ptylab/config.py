@@ -376,7 +376,7 @@ class EvalConfig:
     # kept on the way): what the network gives on its own, beside what the fit gives on its own.
     network_alone: bool = True
     # Predict each group also mirrored and turned under the probe's symmetries, and average
-    # (stitching.predict_crops): none, the point reflection alone, or all the probe has (true and
+    # (prediction.predict_crops): none, the point reflection alone, or all the probe has (true and
     # false in older snapshots read as all and none). None: for the single pass every average
     # raised phase SSIM by 0.01-0.13 and lowered amplitude SSIM at 1e4 by 0.01-0.03, for about 6 s
     # more per symmetry there (docs/quality.md). The refined arm has its own setting.

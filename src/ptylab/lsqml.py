@@ -62,7 +62,7 @@ def data_scale(data: PtychoData) -> float:
 def matched_start(start: Stitched, data: PtychoData, chunk: int = 4096) -> np.ndarray:
     """A stitched object as LSQML's start: scaled so that the counts it models at ``data``'s
     positions total the measured counts, pixels the stitch left empty (zero: no weight, or below
-    ``stitching.MIN_WEIGHT_SHARE`` outside the evaluated area) set to its mean amplitude.
+    ``placement.MIN_WEIGHT_SHARE`` outside the evaluated area) set to its mean amplitude.
 
     A network's amplitudes are in its own units (its intensity scale assumes an object of RMS
     amplitude ``model.reference_amplitude`` where the data state no scale); matching the total

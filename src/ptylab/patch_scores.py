@@ -23,7 +23,7 @@ import torch
 
 from .metrics import PARTS
 from .physics import extract_patches
-from .stitching import central
+from .placement import central
 
 # Crops cut from the truth at a time: bounds the memory of the N x N windows they are cut from.
 CHUNK = 1024

@@ -2,7 +2,7 @@
 
 A diffraction pattern is blind to its patch's absolute phase, so a network that predicts each patch
 from its own pattern leaves one phase offset per patch undetermined. Overlap agreement (spectral
-synchronisation, ``stitching.phase_sync``) fixes them only relative to each neighbour: small
+synchronisation, ``phase_sync.phase_sync``) fixes them only relative to each neighbour: small
 errors in the predicted patches add up along the scan into large-scale phase errors (measured on
 the embedded data: phase correlation 0.62 with synchronised offsets, 0.90 with the true ones).
 The data decide them: offsets change how neighbouring patches interfere where they are averaged,
@@ -256,7 +256,7 @@ class PatchGrid:
     """Where each placed pixel lies in its patch, in half crops (+-1 at the crop's edge): a patch
     placed at sub-pixel position x covers whole canvas pixels from floor(x) on, so its pixel j sits
     at ``u[j] - du[m]``: one grid ``u``, ``v`` (S,) shared by every patch, shifted by each patch's
-    fractional position ``du``, ``dv`` (M,) (``stitching.patch_grid``)."""
+    fractional position ``du``, ``dv`` (M,) (``placement.patch_grid``)."""
 
     u: torch.Tensor
     v: torch.Tensor

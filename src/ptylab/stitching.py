@@ -1,4 +1,6 @@
-"""Reconstruction: predict the object patches of a dataset's groups and stitch them into one object."""
+"""Reconstruction: predict each group's patches (``prediction``), place their central crops on the
+object canvas (``placement``), make their phases agree (``phase_sync``), fit their offsets to
+the measured patterns (``phase_offsets``) and stitch them into one object, tile by tile."""
 
 from __future__ import annotations
 
@@ -8,124 +10,29 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import IO, Any
 
 import numpy as np
 import torch
 from scipy import ndimage
 
 from . import heap
-from .bundle import Bundle, ModelWeights
+from .bundle import Bundle
 from .data import PtychoData
 from .grouping import Groups, group_positions
-from .models import MODEL_CLASSES, PtychoModule
-from .phase_offsets import FIT_COMPLEX, FIT_REAL, Evidence, OffsetFit, PatchGrid, fit_offsets
-from .physics import effective_probe_radius, sample_windows
+from .models import PtychoModule
+from .phase_offsets import FIT_COMPLEX, FIT_REAL, Evidence, OffsetFit, fit_offsets
+from .phase_sync import SYNC_MAX_STEPS, SYNC_TOL, phase_sync, projected_power_steps
+from .physics import effective_probe_radius
+from .placement import MIN_WEIGHT_SHARE, central, patch_grid, place
+from .prediction import model_from_weights, predict_crops
 from .progress import Progress
-from .symmetries import averaged_transforms, inverse, symmetry_average, transform_images, transform_offsets
+from .symmetries import averaged_transforms, symmetry_average
 
 log = logging.getLogger(__name__)
 
 
-def model_from_weights(weights: ModelWeights) -> PtychoModule:
-    cls = MODEL_CLASSES.get(weights.kind)
-    if cls is None:
-        raise ValueError(f"unknown model kind '{weights.kind}' (known: {sorted(MODEL_CLASSES)})")
-    model = cls(**weights.hparams)
-    model.load_state_dict(weights.state_dict, strict=True)
-    return model.eval()
-
-
 # Patches phase-synchronised and placed together; bounds evaluation memory (~350 MB at crop 32).
 DEFAULT_TILE_PATCHES = 4096
-# Phase synchronisation forms its (M, M) overlap matrix (sparse) while a canvas pixel is covered by
-# at most this many patches on average (weighted by coverage); denser tiles stay matrix-free.
-EXPLICIT_SYNC_MAX_COVER = 256.0
-# Groups whose distinct patterns a per-pattern network predicts together (``predict_crops``).
-SHARED_SPAN_GROUPS = 1024
-# Phase synchronisation's power steps stop when no patch's phase moves by more than SYNC_TOL rad,
-# or after SYNC_MAX_STEPS (``phase_sync``).
-SYNC_TOL = 1e-4
-SYNC_MAX_STEPS = 2000
-# Canvas pixels whose accumulated weight is below this share of the largest are left empty.
-MIN_WEIGHT_SHARE = 1e-3
-
-
-def central(a: np.ndarray, crop: int) -> np.ndarray:
-    """The central ``crop`` x ``crop`` region of the last two axes (pixel N//2 stays the centre)."""
-    lo = a.shape[-1] // 2 - crop // 2
-    return a[..., lo : lo + crop, lo : lo + crop]
-
-
-@torch.no_grad()
-def predict_crops(model: PtychoModule, diff: np.ndarray, groups: Groups, crop: int, batch_size: int = 64,
-                  device: str | torch.device = "cpu", scratch: IO[bytes] | None = None,
-                  transforms: tuple[int, ...] = (0,)) -> np.ndarray:
-    """(G * C, crop, crop) complex64: the central crop of every member's predicted object patch.
-
-    Only the crops are kept, because stitching uses nothing else; with a ``scratch`` file they go
-    to a memory map on it, so a scan of any size is predicted span by span without holding its
-    patches in memory (the page cache holds them, and can drop them). A per-pattern network
-    predicts each distinct pattern of a span of ``SHARED_SPAN_GROUPS`` groups once, and each group
-    merges its members' patches from those (``PtychoModule.objects_from``).
-
-    With several ``transforms`` (symmetries of the probe, ``ptylab.symmetries``) each group is
-    also predicted as its mirrored or turned measurement, each prediction is turned back, and the
-    crops are averaged: an average the network's own orientation preferences cancel out of. A
-    patch's absolute phase is arbitrary, so each prediction of a group is first turned to make the
-    sum of its members' crops real, a reference that does not depend on the order of the transforms.
-    One factor per group, not per member: the members keep the relative phases the network gave
-    them, which training's group merge (a complex average) relied on (slightly better at 1e4 than a
-    factor per member, equal at 1e3; docs/quality.md).
-    """
-    model = model.to(device).eval()
-    c = groups.indices.shape[1]
-    shape = (groups.n_groups * c, crop, crop)
-    out = np.memmap(scratch, np.complex64, "w+", shape=shape) if scratch is not None else np.empty(shape, np.complex64)
-    # A per-pattern network's patch does not depend on its group, and with one group per anchor a
-    # pattern is a member of about C groups, most of them close in the anchors' order: each distinct
-    # pattern of a span of groups is predicted once (about a third of the network's work at gridsize 2).
-    shared = model.per_pattern and c > 1
-    span = max(batch_size, SHARED_SPAN_GROUPS) if shared else batch_size
-    progress = Progress(f"predicting groups ({len(transforms)} orientation(s) each)", groups.n_groups * len(transforms))
-    done = 0
-    for first in range(0, groups.n_groups, span):
-        idx = groups.indices[first : first + span]
-        offsets = groups.offsets[first : first + span].astype(np.float32)
-        if shared:
-            distinct, inverse_index = np.unique(idx, return_inverse=True)
-            member = torch.from_numpy(inverse_index.reshape(idx.shape))  # each member's row in ``patterns``
-            patterns = np.asarray(diff[distinct], dtype=np.float32)
-        else:
-            patterns = np.asarray(diff[idx.ravel()], dtype=np.float32).reshape(*idx.shape, *diff.shape[1:])
-        total = np.zeros((*idx.shape, crop, crop), np.complex128)
-        for t in transforms:
-            turned = transform_images(patterns, t)
-            turned_offsets = torch.from_numpy(transform_offsets(offsets, t)).to(device)
-            patches = _predict_patterns(model, turned, batch_size * c, device) if shared else None
-            for b in range(0, len(idx), batch_size):
-                part = slice(b, b + batch_size)
-                pred = (model.objects_from(patches[member[part]], turned_offsets[part])
-                        if patches is not None else
-                        model.predict_object(torch.from_numpy(np.ascontiguousarray(turned[part])).to(device),
-                                             turned_offsets[part]))
-                crops = central(transform_images(pred.cpu().numpy(), inverse(t)), crop)
-                if len(transforms) > 1:  # phase reference: the group's crops summed without their first row
-                    # and column (the part every transform maps onto itself); one factor for the whole group
-                    ref = crops[..., 1:, 1:].sum(axis=(-3, -2, -1), keepdims=True)
-                    crops = crops * np.conj(ref) / np.maximum(np.abs(ref), 1e-30)
-                total[part] += crops
-                done += len(crops)
-                progress.update(done)
-        out[first * c : (first + len(idx)) * c] = (total / len(transforms)).reshape(-1, crop, crop)
-    return out
-
-
-def _predict_patterns(model: PtychoModule, patterns: np.ndarray, batch_size: int,
-                      device: str | torch.device) -> torch.Tensor:
-    """(P, N, N) complex patches of a per-pattern network, predicted ``batch_size`` patterns at a time."""
-    return torch.cat([model.predict_patches(torch.from_numpy(np.ascontiguousarray(patterns[s : s + batch_size, None]))
-                                            .to(device))[:, 0] for s in range(0, len(patterns), batch_size)])
 
 
 @dataclass
@@ -136,157 +43,6 @@ class Stitched:
     # When asked for (``stitch``'s ``also_unfitted``): the same patches synchronised but not fitted
     # to the data, a by-product of the fit's own start (the network-alone reference).
     unfitted: Stitched | None = None
-
-
-@dataclass
-class Placement:
-    """Where each patch's central crop lands on the object canvas, with its bilinear weights.
-
-    ``values`` (M, S) are the crops shifted by their fractional offsets, ``weights`` (M, S) the
-    matching interpolation weights and ``index`` (M, S) the flat canvas pixels (S = (crop+1)^2;
-    entries outside the canvas carry weight zero).
-    """
-
-    values: torch.Tensor
-    weights: torch.Tensor
-    index: torch.Tensor
-    size: int
-
-    def weight_sum(self) -> torch.Tensor:
-        """Accumulated weights per canvas pixel."""
-        return torch.zeros(self.size, dtype=torch.float64).index_add_(0, self.index.ravel(), self.weights.ravel())
-
-    def value_sum(self, phasors: torch.Tensor | None = None) -> torch.Tensor:
-        """Accumulated values per canvas pixel, each patch times its factor (M,) or per-pixel factors (M, S)."""
-        vals = self.values if phasors is None else self.values * (phasors if phasors.ndim == 2 else phasors[:, None])
-        return torch.zeros(self.size, dtype=vals.dtype, device=vals.device).index_add_(0, self.index.ravel(),
-                                                                                    vals.ravel())
-
-    def inverse_weight(self) -> torch.Tensor:
-        """1 / accumulated weight per canvas pixel, zero where the weight is negligible: the
-        weighted average is ``value_sum(phasors) * inverse_weight()``."""
-        weight = self.weight_sum()
-        return torch.where(weight > MIN_WEIGHT_SHARE * weight.max(), 1.0 / weight.clamp_min(1e-12),
-                           torch.zeros_like(weight))
-
-
-def patch_grid(x: np.ndarray, y: np.ndarray, crop: int) -> PatchGrid:
-    """Each placed pixel's offset from its patch's position (x, y), in half crops (+-1 at the crop's
-    edge), for the layout ``place`` gives: (crop + 1)^2 whole pixels per patch, row by row, from
-    floor(x) - crop // 2 and floor(y) - crop // 2."""
-    half = crop / 2
-    steps = (torch.arange(crop + 1, dtype=torch.float64) - crop // 2) / half
-    v, u = (t.ravel() for t in torch.meshgrid(steps, steps, indexing="ij"))
-    du, dv = (torch.from_numpy(np.asarray(c, np.float64) % 1.0) / half for c in (x, y))
-    return PatchGrid(u, v, du, dv)
-
-
-def place(patches: np.ndarray, x: np.ndarray, y: np.ndarray, shape: tuple[int, int], crop: int,
-          illumination: np.ndarray | None = None) -> Placement:
-    h, w = shape
-    c = torch.from_numpy(np.ascontiguousarray(central(patches, crop)))
-    if illumination is None:
-        weight_map = torch.ones(crop, crop)
-    else:
-        weight_map = torch.from_numpy(np.ascontiguousarray(central(np.asarray(illumination, np.float32), crop)))
-    span = crop + 1
-    steps = torch.arange(span)
-    xs, ys = torch.from_numpy(np.asarray(x, np.float64)), torch.from_numpy(np.asarray(y, np.float64))
-    col0 = torch.floor(xs).long() - crop // 2
-    row0 = torch.floor(ys).long() - crop // 2
-    fx, fy = (xs - torch.floor(xs)).float(), (ys - torch.floor(ys)).float()
-    src = torch.stack((c.real * weight_map, c.imag * weight_map, weight_map.expand_as(c.real)), dim=1)
-    win = sample_windows(src, span // 2 - fx, span // 2 - fy, span, span).double()  # (M, 3, span, span)
-    rows = row0[:, None, None] + steps[None, :, None]
-    cols = col0[:, None, None] + steps[None, None, :]
-    ok = ((rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)).expand(-1, span, span)
-    flat = rows * w + cols
-    index = torch.where(ok, flat, torch.zeros_like(flat)).reshape(len(xs), -1)
-    weights = (win[:, 2] * ok).reshape(len(xs), -1)
-    values = (torch.complex(win[:, 0], win[:, 1]) * ok).reshape(len(xs), -1)
-    return Placement(values, weights, index, h * w)
-
-
-def phase_sync(placement: Placement, max_steps: int = SYNC_MAX_STEPS, tol: float = SYNC_TOL) -> torch.Tensor:
-    """Per-patch phase factors that make overlapping predictions agree (spectral synchronisation).
-
-    Diffraction is blind to a patch's absolute phase, so independently predicted patches carry
-    arbitrary phase offsets; averaged as they are, large-scale phase is lost. The offsets that
-    best agree on the overlaps maximise v^H A v with A = V^H W^-1 V (V places patches on the
-    canvas, W the accumulated weights); its leading eigenvector, projected to unit modulus and
-    refined by generalised power steps, gives them. Uses the predictions only.
-
-    The power steps run until no phase moves by more than ``tol`` rad (at most ``max_steps``). A
-    step mixes each patch with its neighbours only, so across a scan of some 40 x 40 patches
-    the projected eigenvector relaxes slowly, and 20 steps (the first design) could stop with a
-    phase vortex that the offset fit then kept: the gridsize-1 and supervised single passes of the
-    384 px study failed in phase (correlation 0.55-0.83) and score 0.93-0.97 with the steps run
-    to convergence (docs/quality.md).
-
-    A is formed as a sparse matrix unless the patches cover each pixel too many times
-    (``EXPLICIT_SYNC_MAX_COVER``): forming it costs the sum over pixels of their coverage squared,
-    while each of ARPACK's matrix-free products (a pass over the canvas in Python) costs the
-    placement's size once. Measured (docs/performance.md): on the default job's 2,244 patches
-    (coverage about 100) 1.8 s explicit against 10 s matrix-free; on a 1 px raster at crop 32
-    (coverage 711) 22 s against 10 s. The explicit matrix holds about 4 x coverage entries per
-    patch, so memory stays near what a tile's placement needs.
-    """
-    from scipy.sparse.linalg import LinearOperator, eigsh
-
-    m = placement.values.shape[0]
-    weight = placement.weight_sum()
-    inv_w = torch.where(weight > 1e-6, 1.0 / weight.clamp_min(1e-6), torch.zeros_like(weight))
-    if _coverage(placement) <= EXPLICIT_SYNC_MAX_COVER:
-        a = _overlap_matrix(placement, inv_w)
-        op: Any = a
-
-        def apply(v: torch.Tensor) -> torch.Tensor:
-            return torch.from_numpy(a @ v.numpy())
-    else:
-        conj_vals = placement.values.conj()
-
-        def apply(v: torch.Tensor) -> torch.Tensor:
-            canvas = torch.zeros(placement.size, dtype=torch.complex128).index_add_(
-                0, placement.index.ravel(), (placement.values * v[:, None]).ravel()) * inv_w
-            return (conj_vals * canvas[placement.index]).sum(dim=1)
-
-        op = LinearOperator((m, m), matvec=lambda v: apply(torch.from_numpy(np.asarray(v).ravel())).numpy(),
-                            dtype=np.complex128)
-    _, vec = eigsh(op, k=1, which="LA", v0=np.ones(m, np.complex128), tol=1e-6)
-    return _projected_power_steps(apply, torch.from_numpy(vec[:, 0]), max_steps, tol, f"{m} patches")
-
-
-def _projected_power_steps(apply: Callable[[torch.Tensor], torch.Tensor], v: torch.Tensor, max_steps: int,
-                           tol: float, what: str) -> torch.Tensor:
-    """Unit-modulus factors from the leading eigenvector ``v`` of the overlap matrix that
-    ``apply`` multiplies by: projected onto unit modulus, then generalised power steps (multiply,
-    project) until no phase moves by more than ``tol`` rad, at most ``max_steps`` of them. The
-    global gauge is fixed: the first factor is real (its patch or tile keeps its phase)."""
-    v = v / v.abs().clamp_min(1e-12)
-    steps, moved = 0, math.inf
-    while steps < max_steps and moved >= tol:
-        z = apply(v)
-        z = z / z.abs().clamp_min(1e-12)
-        moved = float((z * v.conj()).angle().abs().max())
-        v, steps = z, steps + 1
-    log.debug("phase synchronisation of %s: %d power steps, last move %.2g rad", what, steps, moved)
-    return v * (v[0].conj() / v[0].abs())
-
-
-def _coverage(placement: Placement) -> float:
-    """Patches per canvas pixel, averaged over the placed pixels: sum(k^2) / sum(k)."""
-    k = torch.bincount(placement.index[placement.weights > 0], minlength=placement.size).double()
-    return float((k * k).sum() / k.sum().clamp_min(1.0))
-
-
-def _overlap_matrix(placement: Placement, inv_w: torch.Tensor) -> Any:
-    """A = V^H W^-1 V as a sparse (M, M) matrix, through V as a sparse (canvas, M) matrix."""
-    from scipy.sparse import csr_matrix, diags
-
-    m, s = placement.values.shape
-    v = csr_matrix((placement.values.ravel().numpy(), (placement.index.ravel().numpy(), np.repeat(np.arange(m), s))),
-                   shape=(placement.size, m))
-    return (v.conj().T @ (diags(inv_w.numpy()) @ v)).tocsr()
 
 
 def spatial_tiles(x: np.ndarray, y: np.ndarray, max_patches: int) -> list[np.ndarray]:
@@ -357,7 +113,7 @@ def _sync_tiles(tiles: list[_Tile], values: list[np.ndarray], weight: np.ndarray
             a[s, t] = np.sum(np.conj(vs) * vt * inv_w[r0:r1, c0:c1])
             a[t, s] = np.conj(a[s, t])
     matrix = torch.from_numpy(a)
-    return _projected_power_steps(lambda u: matrix @ u, torch.from_numpy(np.linalg.eigh(a)[1][:, -1]),
+    return projected_power_steps(lambda u: matrix @ u, torch.from_numpy(np.linalg.eigh(a)[1][:, -1]),
                                   SYNC_MAX_STEPS, SYNC_TOL, f"{len(tiles)} tiles").numpy()
 
 

@@ -1,5 +1,5 @@
 """The probe's mirror and rotation symmetries: extra training samples, and (optionally) an average
-of each prediction over them at evaluation (``stitching.predict_crops``).
+of each prediction over them at evaluation (``prediction.predict_crops``).
 
 Patch pixel i sits at i - N//2 from the scan position and the far field puts zero frequency at
 N//2 (``physics.far_field``), so mirroring a row index as i -> (N - i) mod N mirrors the object

@@ -105,7 +105,7 @@ class PtychoModule(L.LightningModule):
         """Each member's object estimate from its group's predicted patches (B, C, N, N) and
         offsets (B, C, 2): the patches themselves here; a model with an overlap constraint merges
         them. With ``per_pattern`` the patches may come from one prediction per distinct pattern
-        (``stitching.predict_crops``), since a pattern's patch does not depend on its group."""
+        (``prediction.predict_crops``), since a pattern's patch does not depend on its group."""
         return patches
 
     def training_loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
