@@ -52,9 +52,11 @@ def test_a_truth_without_phase_structure_leaves_the_phase_unscored(crops):
     amplitude_only = np.abs(obj).astype(np.complex64)
     truth = central(extract_patches(torch.from_numpy(amplitude_only), torch.from_numpy(x), torch.from_numpy(y),
                                     N).numpy(), CROP)
-    scores = patch_agreement(truth, np.arange(len(x)), x, y, amplitude_only, probe).pooled
-    assert scores["phase"] is None
-    assert scores["amplitude"] == pytest.approx(1.0, abs=1e-6)
+    agreement = patch_agreement(truth, np.arange(len(x)), x, y, amplitude_only, probe)
+    assert agreement.pooled["phase"] is None
+    assert agreement.pooled["amplitude"] == pytest.approx(1.0, abs=1e-6)
+    # nor has any crop a phase correlation of its own (the patch figure then leaves the phase out)
+    assert np.isnan(agreement.per_crop["phase"]).all() and np.isfinite(agreement.per_crop["amplitude"]).all()
 
 
 def test_each_position_is_scored_by_its_own_crops(crops):
