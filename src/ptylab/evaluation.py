@@ -269,8 +269,8 @@ def offset_fit(cfg: EvalConfig) -> OffsetFit:
 class _PatchScorer:
     """The ``inspect_crops`` callback of ``reconstruct``: scores the network's crops against the
     truth's as the stitching receives them (``patch_agreement``), and keeps what the patch figure
-    needs (each position's correlation and, per part, one crop and the truth's at the position of
-    median correlation); its own time apart, so that the method's time stays the method's."""
+    needs (each position's correlation and, per part, the crop of median correlation and the
+    truth's at its position); its own time apart, so that the method's time stays the method's."""
 
     test: PtychoData
     scores: dict[str, float | None] = field(default_factory=dict)
@@ -284,14 +284,15 @@ class _PatchScorer:
         agreement = patch_agreement(crops, members, test.xcoords, test.ycoords, test.obj, test.probe)
         self.scores = agreement.pooled
         self.per_position = agreement.per_position(members, test.n_positions)
-        for k, (part, corr) in enumerate(self.per_position.items()):
+        for part, corr in agreement.per_crop.items():
             if not np.isfinite(corr).any():
                 continue
-            position = int(np.nanargmin(np.abs(corr - np.nanmedian(corr))))
-            crop = np.asarray(crops[int(np.flatnonzero(members == position)[0])])[None]
-            truth, _ = truth_crops(np.array([position]), test.xcoords, test.ycoords, test.obj, test.N, crop.shape[-1])
+            i = int(np.nanargmin(np.abs(corr - np.nanmedian(corr))))  # the crop of median correlation
+            crop = np.asarray(crops[i])[None]
+            truth, _ = truth_crops(members[i : i + 1], test.xcoords, test.ycoords, test.obj, test.N, crop.shape[-1])
+            k = PARTS.index(part)
             self.example[part] = (structure(truth, test.probe)[k][0], structure(crop, test.probe)[k][0],
-                                  float(corr[position]))
+                                  float(corr[i]))
         self.seconds += time.perf_counter() - t0
 
     def draw(self, path: Path, title: str) -> None:

@@ -161,8 +161,8 @@ def patch_map(path: str | Path, truth: np.ndarray, x: np.ndarray, y: np.ndarray,
               per_position: dict[str, np.ndarray], pooled: dict[str, float | None],
               example: dict[str, tuple[np.ndarray, np.ndarray, float]], title: str) -> None:
     """Where the network learnt: per part, each test position coloured by its crops' correlation
-    with the truth's (``patch_scores``) over the truth, and one crop beside the truth's at the
-    position of median correlation, both as the score compares them (structure about the crop's
+    with the truth's (``patch_scores``) over the truth, and the crop of median correlation beside
+    the truth's at its position, both as the score compares them (structure about the crop's
     own level, blank where the probe is dim). A network that learnt nothing of a part shows a map
     of noise about 0 and a crop unlike the truth's, however its stitched scores look."""
     # Spaced by hand: a constrained layout would double the figure's cost, drawn in every evaluation.
@@ -181,7 +181,7 @@ def patch_map(path: str | Path, truth: np.ndarray, x: np.ndarray, y: np.ndarray,
         for ax, image, name in ((axes[row, 1], true_crop, "the truth's crop"),
                                 (axes[row, 2], predicted_crop, f"the network's (corr {median:.2f})")):
             im = ax.imshow(image, cmap="coolwarm", vmin=-limit, vmax=limit)
-            ax.set_title(f"{name} at the position of median corr:\n{part} about its level", fontsize=9)
+            ax.set_title(f"{name}, the crop of median corr:\n{part} about its level", fontsize=9)
             ax.axis("off")
             fig.colorbar(im, ax=ax, fraction=0.046)
     fig.suptitle(title)
