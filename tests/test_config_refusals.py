@@ -5,13 +5,16 @@ out-of-range value. Each must fail before any data are touched, naming the key a
 """
 
 import pytest
+import torch
 from hydra.errors import ConfigCompositionException
 
 from ptylab.cli import preflight
 from ptylab.config import OFFSET_FIT_ORDERS, PinnConfig, ReconstructConfig, SupervisedConfig, validate
 from ptylab.errors import ConfigError, PtylabError
+from ptylab.manifest import Status
+from ptylab.stages.train import run_job
 
-from .conftest import ROOT, compose_config, run_script
+from .conftest import ROOT, SMALL_OVERRIDES, compose_config, run_script
 
 # One past the highest order the offset fit has, so that adding an order does not break the case.
 NO_SUCH_ORDER = max(OFFSET_FIT_ORDERS) + 1
@@ -136,3 +139,20 @@ def test_scripts_answer_bad_input_with_one_error_line(tmp_path, script, args, ne
     lines = res.stderr.strip().splitlines()
     assert lines and lines[-1].startswith("error: ") and needle in lines[-1]
     assert "Traceback" not in res.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device: trainer=gpu runs here")
+def test_a_gpu_trainer_is_refused_before_any_work_where_torch_finds_no_gpu(tmp_path, capsys):
+    """trainer=gpu on a CPU-only machine: the command line refuses it in one line before Hydra
+    starts, and a job started another way (reproduce, a test) fails at once with that message,
+    before its data are made. Lightning's own "No supported gpu backend found!" came after them."""
+    assert validate(compose_config(["trainer=gpu"])).trainer["accelerator"] == "gpu"  # valid, just not here
+    with pytest.raises(SystemExit) as info:
+        preflight("train", ["trainer=gpu"])
+    assert info.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: trainer.accelerator=gpu") and "use trainer=cpu" in line
+    cfg = compose_config(["trainer=gpu", *SMALL_OVERRIDES, f"paths.cache_dir={tmp_path / 'cache'}"])
+    record = run_job(cfg, tmp_path / "run")
+    assert record.status == Status.failed and "finds none on this machine" in record.error
+    assert not (tmp_path / "cache").exists()  # no data were made

@@ -3,7 +3,8 @@
 Hydra entry points (train, simulate, compare, reconstruct) are checked here before Hydra starts:
 the config is composed with the same overrides (every job of a ``-m`` sweep, up to a limit) and
 instantiated as its schema, so a misspelt key, a key of another model or dataset kind, a wrong
-choice or an out-of-range value is refused at once, not after a sweep's jobs have queued.
+choice or an out-of-range value is refused at once, not after a sweep's jobs have queued; so is
+a GPU trainer on a machine where torch finds no CUDA device.
 Entry points without Hydra's machinery (reproduce, study report, benchmark) parse the same
 ``key=value`` syntax into their own typed schema with ``parse_overrides``.
 """
@@ -19,7 +20,7 @@ from typing import Any, NoReturn, TypeVar
 
 from omegaconf import OmegaConf
 
-from .config import validate
+from .config import TrainConfig, require_trainer_device, validate
 from .errors import ConfigError, PtylabError
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
@@ -94,7 +95,9 @@ def preflight(config_name: str, args: Sequence[str] | None = None) -> None:
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         for overrides in _job_overrides(args):
             try:
-                validate(compose(config_name, overrides=overrides))
+                typed = validate(compose(config_name, overrides=overrides))
+                if isinstance(typed, TrainConfig):
+                    require_trainer_device(typed.trainer)
             except ConfigError as exc:
                 fail(f"{exc} [{' '.join(overrides) or 'defaults'}]")
             except (HydraException, OmegaConfBaseException) as exc:

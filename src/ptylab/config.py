@@ -601,6 +601,22 @@ def trainer_device(trainer: Mapping[str, Any]) -> str:
     return "cuda" if accelerator in ("gpu", "cuda") else "cpu"
 
 
+def require_trainer_device(trainer: Mapping[str, Any]) -> None:
+    """Refuse Trainer settings that ask for a CUDA GPU where torch finds none. Lightning's own
+    answer ("No supported gpu backend found!") came after the job's data were made, and in a
+    sweep once per job. Checked where a job is about to run (the command line's preflight, a
+    job's start), not in ``validate``: a config is valid on any machine, and a study may be
+    composed on one machine and run on another."""
+    if trainer_device(trainer) != "cuda":
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ConfigError(f"trainer.accelerator={trainer.get('accelerator')}: asks for a CUDA GPU and torch "
+                          f"{torch.__version__} finds none on this machine (CUDA "
+                          f"{torch.version.cuda or 'not built into this torch'}); use trainer=cpu")
+
+
 def format_dose(dose: float) -> str:
     """Short, readable dose tag for directory names: 1000 -> '1e3', 1500 -> '1.5e3'."""
     if dose <= 0:

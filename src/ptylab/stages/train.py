@@ -25,7 +25,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
 from ..bundle import BUNDLE_NAME, bundle_config_yaml, save_model_bundle
-from ..config import PinnConfig, TrainConfig, trainer_device, validate
+from ..config import PinnConfig, TrainConfig, require_trainer_device, trainer_device, validate
 from ..data import PtychoData
 from ..datasets import load_job_data, note_file_dose
 from ..errors import PtylabError
@@ -182,6 +182,7 @@ def _run_locked(cfg: DictConfig, run_dir: Path) -> JobRecord:
     try:
         with sigterm_interrupts():
             tc: TrainConfig = validate(cfg)  # every range and kind check, before any data are touched
+            require_trainer_device(tc.trainer)
             if resume_from:
                 log.info("%s resuming from %s", ctx.label(), resume_from)
                 tc.ckpt_path = resume_from
