@@ -109,7 +109,8 @@ def patch_agreement(crops: np.ndarray, members: np.ndarray, x: np.ndarray, y: np
     """
     m, c = crops.shape[0], crops.shape[-1]
     weight = crop_weight(probe, c)
-    sums = {part: np.zeros((m, 3)) for part in PARTS}  # per crop: sum w*p*t, w*p^2, w*t^2
+    sums = {part: np.zeros(3) for part in PARTS}  # sum w*p*t, w*p^2, w*t^2
+    per = {part: np.zeros((m, 3)) for part in PARTS}  # the same, crop by crop
     for lo in range(0, m, CHUNK):
         hi = min(m, lo + CHUNK)
         cut, inverse = truth_crops(members[lo:hi], x, y, truth, probe.shape[-1], c)
@@ -117,18 +118,21 @@ def patch_agreement(crops: np.ndarray, members: np.ndarray, x: np.ndarray, y: np
         pred = _relative(np.asarray(crops[lo:hi]), weight)
         for part, p, t in zip(PARTS, pred, true, strict=True):
             t = t[inverse]
-            sums[part][lo:hi] = np.stack([(weight * p * t).sum((-2, -1)), (weight * p * p).sum((-2, -1)),
-                                          (weight * t * t).sum((-2, -1))], axis=1)
+            products = [weight * p * t, weight * p * p, weight * t * t]
+            # Summed over the chunk at once, as before per-crop scores existed: the pooled score
+            # keeps its last digits, so a run re-made with this code reproduces an earlier one's.
+            sums[part] += [q.sum() for q in products]
+            per[part][lo:hi] = np.stack([q.sum((-2, -1)) for q in products], axis=1)
     pooled: dict[str, float | None] = {}
     per_crop = {}
-    for part, per in sums.items():
-        pt, pp, tt = per.sum(0)
+    for part, (pt, pp, tt) in sums.items():
         # Flat inside every crop, to rounding: the truth has no structure to agree with (None), the
         # prediction none to offer (0).
         if tt <= FLAT * m:
             pooled[part] = None
         else:
             pooled[part] = float(pt / np.sqrt(pp * tt)) if pp > FLAT * m else 0.0
-        scored = (per[:, 1] > FLAT) & (per[:, 2] > FLAT)
-        per_crop[part] = np.where(scored, per[:, 0] / np.sqrt(np.maximum(per[:, 1] * per[:, 2], FLAT**2)), np.nan)
+        each = per[part]
+        scored = (each[:, 1] > FLAT) & (each[:, 2] > FLAT)
+        per_crop[part] = np.where(scored, each[:, 0] / np.sqrt(np.maximum(each[:, 1] * each[:, 2], FLAT**2)), np.nan)
     return PatchAgreement(pooled, per_crop)
