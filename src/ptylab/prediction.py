@@ -24,6 +24,8 @@ SHARED_SPAN_GROUPS = 1024
 
 
 def model_from_weights(weights: ModelWeights) -> PtychoModule:
+    """The model a bundle's weights describe (its kind's class, rebuilt from its saved
+    hyperparameters, every tensor loaded strictly), ready to predict."""
     cls = MODEL_CLASSES.get(weights.kind)
     if cls is None:
         raise ValueError(f"unknown model kind '{weights.kind}' (known: {sorted(MODEL_CLASSES)})")
