@@ -145,6 +145,7 @@ def test_study_report_has_one_row_per_job_plots_and_html(sweep, tmp_path):
     # methods named as compare names them, so the two tables read alike
     assert sum(re.search(r",PINN gs\d refined,", r) is not None for r in rows) == 4
     assert (rep / "phase_ssim_vs_dose.png").is_file() and (rep / "amplitude_psnr_vs_dose.png").is_file()
+    assert (rep / "phase_patch_corr_vs_dose.png").is_file()  # the networks' own patches (LSQML has none)
     page = (rep / "study.html").read_text()
     assert page.count("<tr>") == 1 + 2 * 4 and "data:image/png;base64," in page
     assert "below_flat" in (rep / "study.md").read_text() and "below_fit_alone" in (rep / "study.md").read_text()

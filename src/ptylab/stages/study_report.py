@@ -22,9 +22,12 @@ from ..tables import cell, csv_text, markdown_lines
 
 METRICS = ["amplitude_ssim", "phase_ssim", "amplitude_corr", "phase_corr", "amplitude_psnr", "phase_psnr",
            "amplitude_frc50_px", "phase_frc50_px"]
+# Drawn against dose beside METRICS: the network's own patches against the truth's, which no offset
+# fit makes, so what overlap or supervision buys the network itself is seen across the study.
+PATCH_METRICS = ["amplitude_patch_corr", "phase_patch_corr"]
 COLUMNS = ["dose", "view", "method", "model", "gridsize", "seed", "status", *METRICS, "below_flat", "below_fit_alone",
            "amplitude_flat_ssim", "phase_flat_ssim", "amplitude_fit_alone_ssim", "phase_fit_alone_ssim",
-           "amplitude_network_alone_ssim", "phase_network_alone_ssim", "amplitude_patch_corr", "phase_patch_corr",
+           "amplitude_network_alone_ssim", "phase_network_alone_ssim", *PATCH_METRICS,
            "amplitude_ms_ssim", "phase_ms_ssim", "amplitude_mae", "phase_mae", "epochs", "steps",
            "duration_s", "bundle_sha256", "run_dir", "reason", "variant"]
 
@@ -115,7 +118,7 @@ def write_report(sweep_dir: Path, out_dir: Path) -> dict[str, Any]:
                f"{r['reason']}" for r in problems]
     atomic_write_text(out_dir / "study.md", "\n".join(md) + "\n")
     plots = []
-    for metric in METRICS:
+    for metric in [*METRICS, *PATCH_METRICS]:
         series: dict[str, tuple[list[float], list[float]]] = {}
         for r in rows:
             if r["status"] == "succeeded" and isinstance(r[metric], int | float):
