@@ -25,7 +25,7 @@ from .figures import complex_panels, frc_curves, patch_map
 from .fileio import atomic_write_json, atomic_write_with
 from .metrics import PARTS, PSNR_CAP_DB, beats, frc_curve, frc_resolution, reference_scores, score_image
 from .models import PtychoModule
-from .patch_scores import patch_agreement, structure, truth_crops
+from .patch_scores import median_crops, patch_agreement
 from .phase_offsets import OffsetFit, ResolvedFit
 from .stitching import OBJECT_FILE, Stitched, reconstruct, reconstruct_flat, write_object
 
@@ -284,15 +284,7 @@ class _PatchScorer:
         agreement = patch_agreement(crops, members, test.xcoords, test.ycoords, test.obj, test.probe)
         self.scores = agreement.pooled
         self.per_position = agreement.per_position(members, test.n_positions)
-        for part, corr in agreement.per_crop.items():
-            if not np.isfinite(corr).any():
-                continue
-            i = int(np.nanargmin(np.abs(corr - np.nanmedian(corr))))  # the crop of median correlation
-            crop = np.asarray(crops[i])[None]
-            truth, _ = truth_crops(members[i : i + 1], test.xcoords, test.ycoords, test.obj, test.N, crop.shape[-1])
-            k = PARTS.index(part)
-            self.example[part] = (structure(truth, test.probe)[k][0], structure(crop, test.probe)[k][0],
-                                  float(corr[i]))
+        self.example = median_crops(agreement, crops, members, test.xcoords, test.ycoords, test.obj, test.probe)
         self.seconds += time.perf_counter() - t0
 
     def draw(self, path: Path, title: str) -> None:

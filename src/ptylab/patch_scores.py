@@ -68,7 +68,7 @@ class PatchAgreement:
         return out
 
 
-def truth_crops(members: np.ndarray, x: np.ndarray, y: np.ndarray, truth: np.ndarray, n: int,
+def _truth_crops(members: np.ndarray, x: np.ndarray, y: np.ndarray, truth: np.ndarray, n: int,
                 c: int) -> tuple[np.ndarray, np.ndarray]:
     """The truth's central c x c crops of its n x n windows at the distinct positions ``members``
     names, each cut once, and for each member the index of its crop among them."""
@@ -79,18 +79,18 @@ def truth_crops(members: np.ndarray, x: np.ndarray, y: np.ndarray, truth: np.nda
     return central(cut, c), inverse
 
 
-def crop_weight(probe: np.ndarray, c: int) -> np.ndarray:
+def _crop_weight(probe: np.ndarray, c: int) -> np.ndarray:
     """The probe's intensity on the c x c crop, summing to 1: where the pattern saw the object."""
     weight = central(np.abs(probe) ** 2, c).astype(np.float64)
     return weight / weight.sum()
 
 
-def structure(crops: np.ndarray, probe: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _structure(crops: np.ndarray, probe: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """What the score compares, per crop, for figures: the amplitude's contrast and the phase about
     the crop's mean phasor, each less its weighted mean; NaN where the probe's intensity is below
     ``DIM`` of its peak on the crop, which the score all but ignores (a network's crop is often
     wild there, and would set the eye on what does not count)."""
-    weight = crop_weight(probe, crops.shape[-1])
+    weight = _crop_weight(probe, crops.shape[-1])
     dim = weight < DIM * weight.max()
     amp, phase = _relative(crops, weight)
     return np.where(dim, np.nan, amp), np.where(dim, np.nan, phase)
@@ -108,12 +108,12 @@ def patch_agreement(crops: np.ndarray, members: np.ndarray, x: np.ndarray, y: np
     has no structure inside any crop (a constant phase), where a correlation would measure nothing.
     """
     m, c = crops.shape[0], crops.shape[-1]
-    weight = crop_weight(probe, c)
+    weight = _crop_weight(probe, c)
     sums = {part: np.zeros(3) for part in PARTS}  # sum w*p*t, w*p^2, w*t^2
     per = {part: np.zeros((m, 3)) for part in PARTS}  # the same, crop by crop
     for lo in range(0, m, CHUNK):
         hi = min(m, lo + CHUNK)
-        cut, inverse = truth_crops(members[lo:hi], x, y, truth, probe.shape[-1], c)
+        cut, inverse = _truth_crops(members[lo:hi], x, y, truth, probe.shape[-1], c)
         true = _relative(cut, weight)
         pred = _relative(np.asarray(crops[lo:hi]), weight)
         for part, p, t in zip(PARTS, pred, true, strict=True):
@@ -136,3 +136,20 @@ def patch_agreement(crops: np.ndarray, members: np.ndarray, x: np.ndarray, y: np
         scored = (each[:, 1] > FLAT) & (each[:, 2] > FLAT)
         per_crop[part] = np.where(scored, each[:, 0] / np.sqrt(np.maximum(each[:, 1] * each[:, 2], FLAT**2)), np.nan)
     return PatchAgreement(pooled, per_crop)
+
+
+def median_crops(agreement: PatchAgreement, crops: np.ndarray, members: np.ndarray, x: np.ndarray, y: np.ndarray,
+                 truth: np.ndarray, probe: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray, float]]:
+    """The patch figure's examples: per part with any crop scored, the truth's crop and the
+    predicted crop of median correlation (``agreement.per_crop``), both as the score compares them
+    (``_structure``), and that correlation. Taken from the crops as ``patch_agreement`` read them
+    (the stitching keeps them in a scratch file only while it runs)."""
+    picks = {part: int(np.nanargmin(np.abs(r - np.nanmedian(r))))
+             for part, r in agreement.per_crop.items() if np.isfinite(r).any()}
+    if not picks:
+        return {}
+    index = np.array(list(picks.values()))
+    cut, inverse = _truth_crops(members[index], x, y, truth, probe.shape[-1], crops.shape[-1])
+    true, pred = _structure(cut[inverse], probe), _structure(np.asarray(crops[index]), probe)
+    return {part: (true[PARTS.index(part)][j], pred[PARTS.index(part)][j], float(agreement.per_crop[part][i]))
+            for j, (part, i) in enumerate(picks.items())}
