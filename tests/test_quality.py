@@ -6,10 +6,14 @@ so a drop below them is a change in the method, not noise). Correlation with the
 flat-image comparison are the scores a flat or collapsed reconstruction cannot reach.
 """
 
+import json
+
 import numpy as np
 import pytest
 
 from ptylab.data import read_dataset
+from ptylab.data_fit import DATA_FIT_FIGURE
+from ptylab.evaluation import DATA_FIT
 from ptylab.stages.simulate import run_simulate
 from ptylab.stages.train import run_job, summary_line
 
@@ -83,6 +87,17 @@ def test_embedded_job_stays_above_its_quality_floors(tmp_path):
     # (TINY_NET); on the other machine type, seeds 1/2/3: 0.961/0.981/0.979 and 0.966/0.985/0.984
     # (corner pixels filled, 20 epochs: 0.966/0.978/0.981 and 0.972/0.985/0.982)
     _check_floors(refined, {"amplitude_corr": 0.95, "phase_corr": 0.92, "amplitude_patch_corr": 0.35})
+    _check_data_fit(tmp_path / "job")
+
+
+def _check_data_fit(run_dir):
+    """Both arms explain the test patterns better than the fit on flat patches and a flat object
+    do, and the truth explains them to the noise (the score that needs no truth, ptylab.data_fit)."""
+    for metrics in (run_dir / "metrics.json", run_dir / "refine" / "metrics.json"):
+        fit = json.loads(metrics.read_text())[DATA_FIT]
+        assert fit["truth"] == pytest.approx(1.0, abs=0.05), fit
+        assert fit["ratio"] < fit["fit_alone"] < fit["flat"], fit
+        assert (metrics.parent / DATA_FIT_FIGURE).is_file()
 
 
 @pytest.fixture(scope="module")
@@ -123,6 +138,7 @@ def test_user_style_files_reconstruct_structure_not_a_flat_image(user_files, tmp
                                                        "amplitude_patch_corr": 0.6})
     assert not [f for f in record.flat_image_flags if f.startswith("amplitude")]
     assert record.fit_alone_flags == []  # measured: amplitude SSIM 0.844 vs 0.726 for the fit on flat patches
+    _check_data_fit(tmp_path / "job")
 
 
 def test_upstream_parity_preset_reconstructs_its_amplitude_and_does_not_score_a_constant_phase(tmp_path):

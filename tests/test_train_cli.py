@@ -14,6 +14,7 @@ import ptylab.progress
 from ptylab.bundle import load_bundle
 from ptylab.config import cpu_precision
 from ptylab.data import read_dataset
+from ptylab.data_fit import DATA_FIT_FIGURE, DATA_FIT_FILE
 from ptylab.manifest import JobRecord
 from ptylab.stages.train import run_job
 from ptylab.stitching import reconstruct_from_bundle
@@ -128,6 +129,10 @@ def test_reconstruct_from_the_bundle_alone(trained, tmp_path):
     obj = np.load(tmp_path / "rec" / "object.npz")["object"]
     assert obj.dtype == np.complex64 and obj.shape == read_dataset(data).obj.shape
     assert np.count_nonzero(obj) > 0 and (tmp_path / "rec" / "object.png").is_file()
+    # How well it explains the file's patterns, the one score measured data allow (no truth needed).
+    fit = json.loads((tmp_path / "rec" / DATA_FIT_FILE).read_text())
+    assert fit["ratio"] < fit["flat"] and (tmp_path / "rec" / DATA_FIT_FIGURE).is_file()
+    assert f"its patterns' deviance {fit['ratio']:.3f} x the noise floor" in res.stdout
     # A tampered bundle is refused in-process (test_bundle_and_params), and the script answers a bad
     # bundle with one error line and exit code 2 (test_config_refusals).
 

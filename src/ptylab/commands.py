@@ -108,6 +108,7 @@ def _reconstruct_task(cfg: DictConfig) -> None:
 
     from .bundle import load_bundle
     from .data import read_dataset
+    from .data_fit import DATA_FIT_FILE, write_data_fit
     from .stitching import reconstruct_from_bundle, write_reconstruction
 
     def run() -> None:
@@ -115,8 +116,11 @@ def _reconstruct_task(cfg: DictConfig) -> None:
         data = read_dataset(rc.data)
         stitched = reconstruct_from_bundle(bundle, data, rc.batch_size, rc.device, rc.tile_patches,
                                            rc.offset_fit_steps, rc.offset_fit_order, rc.offset_fit_average)
-        out = write_reconstruction(Path(rc.output_dir), stitched, f"{Path(rc.data).name} from {bundle.sha256[:12]}")
-        print(f"wrote {out} (object {stitched.obj.shape}, bundle sha256 {bundle.sha256})")
+        title = f"{Path(rc.data).name} from {bundle.sha256[:12]}"
+        out = write_reconstruction(Path(rc.output_dir), stitched, title)
+        fit = write_data_fit(Path(rc.output_dir), stitched.obj, data, title)
+        print(f"wrote {out} (object {stitched.obj.shape}, bundle sha256 {bundle.sha256}); its patterns' deviance "
+              f"{fit['ratio']:.3f} x the noise floor (a flat object {fit['flat']:.2f}; {DATA_FIT_FILE})")
 
     guarded(run)
 

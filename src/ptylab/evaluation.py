@@ -21,7 +21,8 @@ from skimage.registration import phase_cross_correlation
 
 from .config import EvalConfig
 from .data import PtychoData
-from .figures import complex_panels, frc_curves, patch_map
+from .data_fit import DATA_FIT_FIGURE, data_fit, references
+from .figures import DATA_FIT_REFERENCES, complex_panels, data_fit_map, frc_curves, patch_map
 from .fileio import atomic_write_json, atomic_write_with
 from .metrics import PARTS, PSNR_CAP_DB, beats, frc_curve, frc_resolution, reference_scores, score_image
 from .models import PtychoModule
@@ -53,8 +54,12 @@ PATCH_CORR = "patch_corr"
 # scores about 0; the user-style files' phase 0.06 (single) and 0.006 (refined), the embedded
 # object's 0.73 and the coins' amplitude 0.87.
 PATCH_CORR_WARN = 0.1
+# Key, beside the parts, of how well the reconstruction explains the test patterns (``data_fit``:
+# the Poisson deviance over its noise floor, needing no truth), with the same ratio for the flat
+# object, the truth (the data's own object), the fit alone and the network alone beside it.
+DATA_FIT = "data_fit"
 # metrics.json keys that are wall-clock times: the only ones a faithful re-run may change.
-TIMING_KEYS = ("inference_s", "evaluate_s", "fit_alone_s", "network_alone_s", "patch_scores_s")
+TIMING_KEYS = ("inference_s", "evaluate_s", "fit_alone_s", "network_alone_s", "patch_scores_s", "data_fit_s")
 
 
 # The rim every registered image loses at least (``register``): what a sub-pixel shift trims.
@@ -159,6 +164,8 @@ def headline(scores: dict[str, Any]) -> dict[str, float | None]:
             out[f"{part}_network_alone_ssim"] = s[NETWORK_ALONE]["ssim"]
         if PATCH_CORR in s:
             out[f"{part}_{PATCH_CORR}"] = s[PATCH_CORR]
+    if DATA_FIT in scores:
+        out["data_fit_ratio"] = scores[DATA_FIT]["ratio"]
     return out
 
 
@@ -181,24 +188,38 @@ def _flags(scores: dict[str, Any], reference: str, what: str) -> list[str]:
         for key, better in beats(s, reference).items():
             if not better:
                 flags.append(f"{part} {key} {s[key]:.3f} does not beat {what} ({s[reference][key]:.3f})")
+    fit = scores.get(DATA_FIT, {})
+    if reference in fit and not fit["ratio"] < fit[reference]:  # the patterns' deviance: lower is better
+        flags.append(f"data fit {fit['ratio']:.3f} x the noise floor does not beat {what} ({fit[reference]:.3f})")
     return flags
 
 
 def flat_image_flags(scores: dict[str, Any]) -> list[str]:
-    """Plain-language flags for every score where the reconstruction does not beat a flat image."""
+    """Plain-language flags for every score where the reconstruction does not beat a flat image,
+    the truth's scores and the test patterns' data fit alike."""
     return _flags(scores, "flat", "a flat image")
 
 
 def fit_alone_flags(scores: dict[str, Any]) -> list[str]:
     """Flags for every score where the network's reconstruction does not beat the offset fit on
-    flat patches: there the fit, not the network, made the scores."""
+    flat patches: there the fit, not the network, made the scores. The data fit's flag needs no
+    truth: on measured data it is the one that says the network added nothing the data show."""
     return _flags(scores, FIT_ALONE, "the offset fit on flat patches")
 
 
+@dataclass(frozen=True)
+class FitAlone:
+    """The offset fit's own scores on flat patches, per part, and its data-fit ratio: computed once
+    per job and given to the refined arm's evaluation (the same test patterns and fit)."""
+
+    scores: dict[str, dict[str, float]]
+    data_fit: float
+
+
 def fit_alone_scores(test: PtychoData, gridsize: int, neighbours: int, cfg: EvalConfig,
-                     fit: OffsetFit, device: str = "cpu") -> dict[str, dict[str, float]]:
+                     fit: OffsetFit, device: str = "cpu") -> FitAlone:
     """SSIM, PSNR, correlation and FRC50 of the offset fit ``fit`` (the network's settings)
-    applied to flat patches (no network).
+    applied to flat patches (no network), and how well that object explains the test patterns.
 
     The fit (offsets, gains and shape terms per patch, ``phase_offsets``) is itself a small
     iterative solve on the test patterns: on the default job it reaches phase correlation 0.91
@@ -207,7 +228,7 @@ def fit_alone_scores(test: PtychoData, gridsize: int, neighbours: int, cfg: Eval
     """
     stitched = reconstruct_flat(test, gridsize, neighbours, cfg.stitch_crop, cfg.sync_phase, cfg.tile_patches, fit,
                                 device)
-    return reference_of(stitched, test.obj, cfg).scores
+    return FitAlone(reference_of(stitched, test.obj, cfg).scores, data_fit(stitched.obj, test).ratio)
 
 
 @dataclass
@@ -304,13 +325,18 @@ def _log_start(title: str, test: PtychoData, fit: ResolvedFit) -> None:
     log.info("%s: evaluating %d test positions (predicted, stitched%s)", title, test.n_positions, fitted)
 
 
+def _data_fit_note(fit: dict[str, float]) -> str:
+    beside = ", ".join(f"{name} {fit[key]:.2f}" for key, name in DATA_FIT_REFERENCES.items() if key in fit)
+    return f"; the test patterns' deviance {fit['ratio']:.3f} x its noise floor ({beside})"
+
+
 def _log_outcome(title: str, metrics: dict[str, Any]) -> None:
     """The summary line, then a warning per flag and per part whose patches carry next to nothing."""
     head, unscored = metrics["headline"], unscored_parts(metrics["headline"])
-    log.info("%s %s", title, ", ".join(
+    log.info("%s %s%s", title, ", ".join(
         f"{part} {NOT_SCORED}" if part in unscored else
         f"{part} SSIM {head[f'{part}_ssim']:.3f} corr {head[f'{part}_corr']:.3f}{_patch_note(head, part)}"
-        for part in PARTS))
+        for part in PARTS), _data_fit_note(metrics[DATA_FIT]))
     for flag in metrics["flat_image_flags"] + metrics["fit_alone_flags"]:
         log.warning("%s: %s", title, flag)
     for part in PARTS:
@@ -323,8 +349,7 @@ def _log_outcome(title: str, metrics: dict[str, Any]) -> None:
 
 def evaluate_reconstruction(model: PtychoModule, test: PtychoData, gridsize: int, neighbours: int,
                             cfg: EvalConfig, run_dir: Path, title: str,
-                            fit_alone: dict[str, dict[str, float]] | None = None,
-                            device: str = "cpu") -> dict[str, Any]:
+                            fit_alone: FitAlone | None = None, device: str = "cpu") -> dict[str, Any]:
     """Reconstruct, score and write ``metrics.json`` with its figures, and the stitched object as
     reconstructed (``object.npz``, ``stitching.write_object``).
 
@@ -333,10 +358,12 @@ def evaluate_reconstruction(model: PtychoModule, test: PtychoData, gridsize: int
     what the fit adds); with the offset fit on, the network's predictions stitched without it
     (``NETWORK_ALONE``, from the same predictions; its image and FRC curves join the figures) and
     the fit's own scores on flat patches (``FIT_ALONE``; computed here unless given, as the refined
-    arm is given the single pass's). ``inference_s`` and ``evaluate_s`` time this method's
-    reconstruction, and its scoring too; each reference computed here has its own time
-    (``patch_scores_s``, ``network_alone_s``, ``fit_alone_s``), kept out of the method's. The
-    network's predictions and the offset fit run on ``device`` (``stitching.reconstruct``)."""
+    arm is given the single pass's). Beside the parts, ``DATA_FIT``: how well the reconstruction
+    explains the test patterns, with the same for a flat object, the truth and those references.
+    ``inference_s`` and ``evaluate_s`` time this method's reconstruction, and its scoring too; each
+    reference computed here has its own time (``patch_scores_s``, ``network_alone_s``,
+    ``fit_alone_s``, ``data_fit_s``), kept out of the method's. The network's predictions and the
+    offset fit run on ``device`` (``stitching.reconstruct``)."""
     t0 = time.perf_counter()
     settings = offset_fit(cfg)
     fit = settings.for_counts(test.mean_counts)  # as reconstruct resolves it: for the log and metrics.json
@@ -351,10 +378,15 @@ def evaluate_reconstruction(model: PtychoModule, test: PtychoData, gridsize: int
     scores = score_reconstruction(stitched, test.obj, cfg)
     evaluate_s = time.perf_counter() - t0 - patches.seconds
 
+    t1 = time.perf_counter()
+    fitted = data_fit(stitched.obj, test)
+    scores[DATA_FIT] = {**fitted.summary(), **references(test)}
+    data_fit_s = time.perf_counter() - t1
     alone, network_alone_s = None, None
     if stitched.unfitted is not None:
         t1 = time.perf_counter()
         alone = reference_of(stitched.unfitted, test.obj, cfg)
+        scores[DATA_FIT][NETWORK_ALONE] = data_fit(stitched.unfitted.obj, test).ratio
         network_alone_s = round(time.perf_counter() - t1, 3)
     fit_alone_s = None
     if not (fit.active and cfg.fit_alone):
@@ -364,16 +396,23 @@ def evaluate_reconstruction(model: PtychoModule, test: PtychoData, gridsize: int
         t1 = time.perf_counter()
         fit_alone = fit_alone_scores(test, gridsize, neighbours, cfg, settings, device)  # the same fit
         fit_alone_s = round(time.perf_counter() - t1, 3)
+    if fit_alone is not None:
+        scores[DATA_FIT][FIT_ALONE] = fit_alone.data_fit
     for part in PARTS:
         scores[part][PATCH_CORR] = patches.scores[part]
         if alone is not None:
             scores[part][NETWORK_ALONE] = alone.scores[part]
         if fit_alone is not None:
-            scores[part][FIT_ALONE] = fit_alone[part]
+            scores[part][FIT_ALONE] = fit_alone.scores[part]
 
     patches.draw(run_dir / PATCH_FIGURE, f"The network's patches against the truth's: {title}")
+    t1 = time.perf_counter()
+    data_fit_map(run_dir / DATA_FIT_FIGURE, stitched.obj, test.xcoords, test.ycoords, fitted.per_position,
+                 scores[DATA_FIT], f"How well the reconstruction explains each test pattern: {title}")
+    data_fit_s += time.perf_counter() - t1
     extra = {"inference_s": round(infer_s, 3), "evaluate_s": round(evaluate_s, 3), "fit_alone_s": fit_alone_s,
              "network_alone_s": network_alone_s, "patch_scores_s": round(patches.seconds, 3),
+             "data_fit_s": round(data_fit_s, 3),
              "test_positions": test.n_positions, "stitch_crop": cfg.stitch_crop or test.N // 2,
              "sync_phase": cfg.sync_phase, **fit.inference(),  # the fit's settings as resolved for this data
              "average_symmetries": cfg.average_symmetries, "device": device}

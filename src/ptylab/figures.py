@@ -186,3 +186,38 @@ def patch_map(path: str | Path, truth: np.ndarray, x: np.ndarray, y: np.ndarray,
             fig.colorbar(im, ax=ax, fraction=0.046)
     fig.suptitle(title)
     _save(fig, path)
+
+
+# The data fit's references as the figure names them, in the order drawn.
+DATA_FIT_REFERENCES = {"truth": "the truth", "network_alone": "the network alone", "fit_alone": "the fit alone",
+                       "flat": "a flat object"}
+
+
+def data_fit_map(path: str | Path, image: np.ndarray, x: np.ndarray, y: np.ndarray, per_position: np.ndarray,
+                 fit: dict[str, float], title: str) -> None:
+    """Where the reconstruction explains the data: each test position coloured by its pattern's
+    deviance over the noise floor (``data_fit``), over the reconstruction's amplitude (not the
+    truth: the map needs none), and the ratios' histogram with the references' pooled ratios. Red
+    is structure the pattern shows and the reconstruction lacks; blue, noise it has fitted."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.6), gridspec_kw={"wspace": 0.3})
+    left.imshow(np.abs(image), cmap="gray", alpha=0.5)
+    low, high = float(np.min(per_position)), float(np.max(per_position))
+    norm = matplotlib.colors.TwoSlopeNorm(1.0, min(low, 0.99), max(high, 1.01))
+    dots = left.scatter(x, y, c=per_position, s=5, cmap="RdBu_r", norm=norm)
+    fig.colorbar(dots, ax=left, fraction=0.046, label="deviance / noise floor")
+    pad = 0.05 * max(float(np.ptp(x)), float(np.ptp(y)), 1.0)  # the scan, not the whole canvas
+    left.set_xlim(float(np.min(x)) - pad, float(np.max(x)) + pad)
+    left.set_ylim(float(np.max(y)) + pad, float(np.min(y)) - pad)
+    left.set_title(f"each test pattern (pooled {fit['ratio']:.3f})", fontsize=9)
+    right.hist(per_position, bins=60, color="0.4")
+    for (key, name), colour in zip(DATA_FIT_REFERENCES.items(), ("tab:green", "tab:orange", "tab:purple", "tab:red"),
+                                   strict=True):
+        if key in fit and fit[key] <= 2 * high:  # a flat object's ratio may lie far off the histogram
+            right.axvline(fit[key], color=colour, label=f"{name} {fit[key]:.2f}")
+    right.axvline(fit["ratio"], color="k", linestyle="--", label=f"this reconstruction {fit['ratio']:.3f}")
+    right.set_xlabel("deviance / noise floor (1: explained to the noise)")
+    right.set_ylabel("test patterns")
+    right.legend(fontsize=8, title=", ".join(f"{n} {fit[k]:.2f}" for k, n in DATA_FIT_REFERENCES.items()
+                                             if k in fit and fit[k] > 2 * high) or None, title_fontsize=8)
+    fig.suptitle(title)
+    _save(fig, path)

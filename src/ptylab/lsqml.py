@@ -20,6 +20,7 @@ import torch
 
 from .config import EvalConfig
 from .data import PtychoData
+from .data_fit import data_fit
 from .models.factory import derived_intensity_scale
 from .physics import extract_patches
 from .stitching import Stitched, illuminated_bbox
@@ -130,10 +131,10 @@ def reconstruct_and_score(data: PtychoData, epochs: int, eval_cfg: EvalConfig, n
                           device: str = "cpu", start: Stitched | None = None,
                           start_name: str = "flat") -> tuple[dict[str, Any], dict[str, Any]]:
     """LSQML on ``data`` (from a flat object, or from ``start``: another method's stitched object)
-    scored exactly as the networks are (same region, registration, alignment)."""
-    from .evaluation import score_reconstruction
+    scored exactly as the networks are (same region, registration, alignment), with the same data fit."""
+    from .evaluation import DATA_FIT, score_reconstruction
 
     obj0 = None if start is None else matched_start(start, data)
     obj, info = run_lsqml(data, epochs, noise_model, device, start=obj0, start_name=start_name)
     stitched = Stitched(obj, np.ones(obj.shape, np.float32), illuminated_bbox(data))
-    return score_reconstruction(stitched, data.obj, eval_cfg), info
+    return {**score_reconstruction(stitched, data.obj, eval_cfg), DATA_FIT: data_fit(obj, data).summary()}, info

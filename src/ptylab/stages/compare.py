@@ -33,12 +33,13 @@ from ..tables import csv_text, markdown_lines
 log = logging.getLogger(__name__)
 # Beside each SSIM, what a flat image, the stitching's offset fit on flat patches and the network
 # without that fit score, and the network's patches against the truth's (the last three exist for
-# network methods only; see ptylab.evaluation.fit_alone_scores, NETWORK_ALONE and PATCH_CORR).
+# network methods only; see ptylab.evaluation.fit_alone_scores, NETWORK_ALONE and PATCH_CORR); and
+# how well each method's object explains the test patterns, which needs no truth (ptylab.data_fit).
 COLUMNS = ["method", "dose", "view", "seed", "status", "reason", "amplitude_ssim", "amplitude_flat_ssim",
            "amplitude_fit_alone_ssim", "amplitude_network_alone_ssim", "amplitude_patch_corr", "amplitude_corr",
            "amplitude_psnr", "amplitude_frc50_px", "phase_ssim", "phase_flat_ssim", "phase_fit_alone_ssim",
-           "phase_network_alone_ssim", "phase_patch_corr", "phase_corr", "phase_psnr", "phase_frc50_px", "train_s",
-           "reconstruct_s", "iterations", "source", "variant"]
+           "phase_network_alone_ssim", "phase_patch_corr", "phase_corr", "phase_psnr", "phase_frc50_px",
+           "data_fit_ratio", "train_s", "reconstruct_s", "iterations", "source", "variant"]
 
 
 def run_rows(run_dir: Path) -> list[dict[str, Any]]:

@@ -20,8 +20,9 @@ from ..fileio import atomic_write_text
 from ..manifest import MANIFEST_NAME, method_name, read_manifest
 from ..tables import cell, csv_text, markdown_lines
 
+# The last needs no truth: how well each reconstruction explains the test patterns (ptylab.data_fit).
 METRICS = ["amplitude_ssim", "phase_ssim", "amplitude_corr", "phase_corr", "amplitude_psnr", "phase_psnr",
-           "amplitude_frc50_px", "phase_frc50_px"]
+           "amplitude_frc50_px", "phase_frc50_px", "data_fit_ratio"]
 # Drawn against dose beside METRICS: the network's own patches against the truth's, which no offset
 # fit makes, so what overlap or supervision buys the network itself is seen across the study.
 PATCH_METRICS = ["amplitude_patch_corr", "phase_patch_corr"]
@@ -100,8 +101,11 @@ def write_report(sweep_dir: Path, out_dir: Path) -> dict[str, Any]:
     atomic_write_text(out_dir / "study.csv", csv_text(rows, COLUMNS))
     shown = ["dose", "view", "method", "seed", "status", *METRICS, "below_flat", "below_fit_alone"]
     md = markdown_lines(rows, shown)
-    md += ["", "below_flat: how many of the six scores (SSIM, PSNR, correlation; amplitude and phase) do not beat "
-           "a flat image of the truth's mean on the same region; anything above 0 is flagged, not a success.",
+    md += ["", "data_fit_ratio: the test patterns' Poisson deviance under the reconstruction over its noise floor "
+           "(about 1 for the truth; lower explains the data better, below 1 fits their noise; needs no truth).",
+           "below_flat: how many of the seven scores (SSIM, PSNR, correlation; amplitude and phase; the data fit) do "
+           "not beat a flat image of the truth's mean on the same region (for the data fit, any flat object); "
+           "anything above 0 is flagged, not a success.",
            "below_fit_alone: how many of them do not beat the stitching's offset fit applied to flat patches (no "
            "network): for those, the fit to the test patterns, not the network, made the score."]
     means = seed_means(rows)

@@ -29,7 +29,7 @@ from ..config import PinnConfig, TrainConfig, require_trainer_device, trainer_de
 from ..data import PtychoData
 from ..datasets import load_job_data, note_file_dose
 from ..errors import PtylabError
-from ..evaluation import FIT_ALONE, NOT_SCORED, evaluate_reconstruction, offset_fit, unscored_parts
+from ..evaluation import DATA_FIT, FIT_ALONE, NOT_SCORED, FitAlone, evaluate_reconstruction, offset_fit, unscored_parts
 from ..figures import loss_curve
 from ..fileio import atomic_write_json, atomic_write_text
 from ..legacy_params import bridged, location_free
@@ -77,7 +77,7 @@ def save_bundle(cfg: DictConfig, tc: TrainConfig, run_dir: Path, model: PtychoMo
 
 
 def evaluate(tc: TrainConfig, run_dir: Path, model: PtychoModule, test: PtychoData,
-             record: JobRecord) -> dict[str, Any] | None:
+             record: JobRecord) -> FitAlone | None:
     """Reconstruct the test split and score it (skipped when ``eval.enabled`` is false); the
     offset fit's own scores on flat patches, for the refined arm to reuse."""
     if not tc.eval.enabled:
@@ -88,11 +88,13 @@ def evaluate(tc: TrainConfig, run_dir: Path, model: PtychoModule, test: PtychoDa
     record.headline_metrics = metrics["headline"]
     record.flat_image_flags = metrics["flat_image_flags"]
     record.fit_alone_flags = metrics["fit_alone_flags"]
-    return {part: metrics[part][FIT_ALONE] for part in PARTS if FIT_ALONE in metrics[part]} or None
+    if FIT_ALONE not in metrics[DATA_FIT]:
+        return None
+    return FitAlone({part: metrics[part][FIT_ALONE] for part in PARTS}, metrics[DATA_FIT][FIT_ALONE])
 
 
 def evaluate_refined(tc: TrainConfig, run_dir: Path, model: PtychoModule, test: PtychoData,
-                     record: JobRecord, fit_alone: dict[str, Any] | None) -> None:
+                     record: JobRecord, fit_alone: FitAlone | None) -> None:
     """The refined arm (PINN only): fine-tune on the test diffraction, score it under its own name."""
     if not (tc.refine.enabled and tc.eval.enabled and isinstance(tc.model, PinnConfig)):
         return
