@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.ndimage import gaussian_filter
 
-from ptylab.data_fit import FLOOR_TABLE, data_fit, deviance, expected_deviance
+from ptylab.data_fit import FLOOR_TABLE, data_fit, deviance, expected_deviance, references
 from ptylab.evaluation import DATA_FIT, fit_alone_flags, flat_image_flags
 from ptylab.simulate import simulate
 
@@ -58,6 +58,17 @@ def test_the_data_fit_does_not_depend_on_the_objects_units(simulated):
     once, scaled = data_fit(simulated.obj, simulated), data_fit(simulated.obj * np.float32(5.3), simulated)
     assert scaled.deviance == pytest.approx(once.deviance, rel=1e-5)
     assert scaled.ratio == pytest.approx(once.ratio, rel=1e-5)
+
+
+def test_a_file_without_an_object_has_no_truth_to_explain_its_patterns(simulated):
+    """Measured data may come with zeros for objectGuess: the flat reference stays, the truth's goes."""
+    from dataclasses import replace
+
+    blank = replace(simulated, obj=np.zeros_like(simulated.obj))
+    assert list(references(blank)) == ["flat"]
+    assert references(blank)["flat"] == pytest.approx(references(simulated)["flat"])
+    with pytest.raises(ValueError, match="predicts no counts"):
+        data_fit(blank.obj, blank)
 
 
 def test_a_data_fit_no_better_than_a_reference_is_flagged():

@@ -24,7 +24,6 @@ import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -128,11 +127,15 @@ def data_fit(obj: np.ndarray, data: PtychoData) -> DataFit:
     return DataFit(float(per_pattern.sum()) / pixels, float(per_floor.sum()) / pixels, per_pattern / per_floor)
 
 
-def references(data: PtychoData) -> dict[str, Any]:
+def references(data: PtychoData) -> dict[str, float]:
     """The data fit of the yardsticks every reconstruction of ``data`` is read against: any flat
     object (its scale is fitted, so its level does not matter) and ``data``'s own object (the
-    truth on simulated data, whose ratio is about 1; a guess on measured data)."""
-    return {"flat": _flat_ratio(data), "truth": data_fit(data.obj, data).ratio}
+    truth on simulated data, whose ratio is about 1; a guess on measured data, left out where a
+    file gives zeros)."""
+    out = {"flat": _flat_ratio(data)}
+    if np.any(np.asarray(data.obj) != 0):
+        out["truth"] = data_fit(data.obj, data).ratio
+    return out
 
 
 def _flat_ratio(data: PtychoData) -> float:

@@ -201,7 +201,8 @@ def data_fit_map(path: str | Path, image: np.ndarray, x: np.ndarray, y: np.ndarr
     is structure the pattern shows and the reconstruction lacks; blue, noise it has fitted."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.6), gridspec_kw={"wspace": 0.3})
     left.imshow(np.abs(image), cmap="gray", alpha=0.5)
-    low, high = float(np.min(per_position)), float(np.max(per_position))
+    shown = per_position[np.isfinite(per_position)]  # a pattern the object predicts nothing of has none
+    low, high = (float(shown.min()), float(shown.max())) if shown.size else (1.0, 1.0)
     norm = matplotlib.colors.TwoSlopeNorm(1.0, min(low, 0.99), max(high, 1.01))
     dots = left.scatter(x, y, c=per_position, s=5, cmap="RdBu_r", norm=norm)
     fig.colorbar(dots, ax=left, fraction=0.046, label="deviance / noise floor")
@@ -209,7 +210,7 @@ def data_fit_map(path: str | Path, image: np.ndarray, x: np.ndarray, y: np.ndarr
     left.set_xlim(float(np.min(x)) - pad, float(np.max(x)) + pad)
     left.set_ylim(float(np.max(y)) + pad, float(np.min(y)) - pad)
     left.set_title(f"each test pattern (pooled {fit['ratio']:.3f})", fontsize=9)
-    right.hist(per_position, bins=60, color="0.4")
+    right.hist(shown, bins=60, color="0.4")
     for (key, name), colour in zip(DATA_FIT_REFERENCES.items(), ("tab:green", "tab:orange", "tab:purple", "tab:red"),
                                    strict=True):
         if key in fit and fit[key] <= 2 * high:  # a flat object's ratio may lie far off the histogram
