@@ -124,7 +124,9 @@ def data_fit(obj: np.ndarray, data: PtychoData) -> DataFit:
         per_pattern[chunk[0]] = deviance(counts, mean).sum((-2, -1))
         per_floor[chunk[0]] = expected_deviance(mean).sum((-2, -1))
     pixels = data.n_positions * data.N**2
-    return DataFit(float(per_pattern.sum()) / pixels, float(per_floor.sum()) / pixels, per_pattern / per_floor)
+    with np.errstate(divide="ignore", invalid="ignore"):  # a pattern predicted dark everywhere has no ratio
+        per_position = per_pattern / per_floor
+    return DataFit(float(per_pattern.sum()) / pixels, float(per_floor.sum()) / pixels, per_position)
 
 
 def references(data: PtychoData) -> dict[str, float]:

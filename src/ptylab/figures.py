@@ -198,7 +198,8 @@ def data_fit_map(path: str | Path, image: np.ndarray, x: np.ndarray, y: np.ndarr
     """Where the reconstruction explains the data: each test position coloured by its pattern's
     deviance over the noise floor (``data_fit``), over the reconstruction's amplitude (not the
     truth: the map needs none), and the ratios' histogram with the references' pooled ratios. Red
-    is structure the pattern shows and the reconstruction lacks; blue, noise it has fitted."""
+    is structure the pattern shows and the reconstruction lacks; blue, less misfit than the noise
+    leads one to expect (a pattern's own spread about 1, or noise the reconstruction has fitted)."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.6), gridspec_kw={"wspace": 0.3})
     left.imshow(np.abs(image), cmap="gray", alpha=0.5)
     shown = per_position[np.isfinite(per_position)]  # a pattern the object predicts nothing of has none
