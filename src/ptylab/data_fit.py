@@ -13,9 +13,8 @@ enter: any constant object scores the same.
 
 It says whether a reconstruction accounts for the data, which a flat image cannot fake; it is not
 a score of closeness to the object. The offset fit and the refined arm are fitted to these same
-patterns (in sample), and a prior that suppresses noise, as the refined arm's point average does,
-can explain them a little worse while matching the truth better (docs/quality.md, "A score that
-needs no truth").
+patterns (in sample), and the refined arm explains them a little worse than the single pass while
+matching the truth better (docs/quality.md, "A score that needs no truth").
 """
 
 from __future__ import annotations
