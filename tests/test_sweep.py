@@ -2,6 +2,7 @@
 
 import csv
 import json
+import math
 import re
 import shutil
 
@@ -151,6 +152,9 @@ def test_study_report_has_one_row_per_job_plots_and_html(sweep, tmp_path):
     assert "below_flat" in (rep / "study.md").read_text() and "below_fit_alone" in (rep / "study.md").read_text()
     table = list(csv.DictReader(rows))  # every network row, single pass and refined, has its patch scores
     assert all(-1 <= float(r[f"{p}_patch_corr"]) <= 1 for r in table for p in ("amplitude", "phase"))
+    # ...and how well it explains the test patterns, against dose too (the score that needs no truth)
+    assert all(0 < float(r["data_fit_ratio"]) < math.inf for r in table)
+    assert (rep / "data_fit_ratio_vs_dose.png").is_file()
     assert "dense" in (rep / "study.md").read_text() and "sparse" in (rep / "study.md").read_text()
 
 
