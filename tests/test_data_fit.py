@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from scipy.ndimage import gaussian_filter
 
+from ptylab.config import EmbeddedDatasetConfig
 from ptylab.data_fit import FLOOR_TABLE, data_fit, deviance, expected_deviance, references
 from ptylab.evaluation import DATA_FIT, fit_alone_flags, flat_image_flags
 from ptylab.simulate import simulate
@@ -35,8 +38,6 @@ def test_the_noise_floor_meets_its_asymptotes_at_the_tables_ends():
 
 @pytest.fixture(scope="module")
 def simulated():
-    from ptylab.config import EmbeddedDatasetConfig
-
     _, test, _ = simulate(EmbeddedDatasetConfig(**SMALL_DATASET), 1e4, 3)
     return test
 
@@ -62,8 +63,6 @@ def test_the_data_fit_does_not_depend_on_the_objects_units(simulated):
 
 def test_a_file_without_an_object_has_no_truth_to_explain_its_patterns(simulated):
     """Measured data may come with zeros for objectGuess: the flat reference stays, the truth's goes."""
-    from dataclasses import replace
-
     blank = replace(simulated, obj=np.zeros_like(simulated.obj))
     assert list(references(blank)) == ["flat"]
     assert references(blank)["flat"] == pytest.approx(references(simulated)["flat"])
