@@ -70,6 +70,14 @@ def test_a_file_without_an_object_has_no_truth_to_explain_its_patterns(simulated
         data_fit(blank.obj, blank)
 
 
+def test_an_object_dark_where_photons_were_counted_scores_finite_and_worse(simulated):
+    """Counts where a reconstruction predicts none (a hole in it) cost a large, finite deviance."""
+    holed = simulated.obj.copy()
+    holed[40:56, 40:56] = 0  # the middle of the scan
+    fit = data_fit(holed, simulated)
+    assert np.isfinite(fit.ratio) and fit.ratio > data_fit(simulated.obj, simulated).ratio + 0.5
+
+
 def test_a_data_fit_no_better_than_a_reference_is_flagged():
     scores = {"amplitude": {}, "phase": {}, DATA_FIT: {"ratio": 2.4, "flat": 8.0, "fit_alone": 2.3}}
     assert flat_image_flags(scores) == []

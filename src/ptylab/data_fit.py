@@ -119,7 +119,7 @@ def data_fit(obj: np.ndarray, data: PtychoData) -> DataFit:
     per_pattern, per_floor = np.empty(data.n_positions), np.empty(data.n_positions)
     for chunk in _chunks(data):
         model, counts = predicted(*chunk)
-        mean = scale * model
+        mean = np.maximum(scale * model, np.finfo(np.float64).tiny)  # a count where nothing is predicted: finite
         per_pattern[chunk[0]] = deviance(counts, mean).sum((-2, -1))
         per_floor[chunk[0]] = expected_deviance(mean).sum((-2, -1))
     pixels = data.n_positions * data.N**2

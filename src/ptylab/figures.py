@@ -200,18 +200,25 @@ def data_fit_map(path: str | Path, image: np.ndarray, x: np.ndarray, y: np.ndarr
     truth: the map needs none), and the ratios' histogram with the references' pooled ratios. Red
     is structure the pattern shows and the reconstruction lacks; blue, less misfit than the noise
     leads one to expect (a pattern's own spread about 1, or noise the reconstruction has fitted)."""
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.6), gridspec_kw={"wspace": 0.3})
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.6), gridspec_kw={"wspace": 0.45})
     left.imshow(np.abs(image), cmap="gray", alpha=0.5)
     shown = per_position[np.isfinite(per_position)]  # a pattern the object predicts nothing of has none
-    low, high = (float(shown.min()), float(shown.max())) if shown.size else (1.0, 1.0)
+    # The colours and the histogram end at 1.5 times the 95th percentile (at least 2): a pattern the
+    # reconstruction leaves dark can score 1e5 and would wash the rest out; those beyond are drawn
+    # at the end of the scale.
+    low, high = 1.0, 1.0
+    if shown.size:
+        low = float(shown.min())
+        high = min(float(shown.max()), max(2.0, 1.5 * float(np.percentile(shown, 95))))
     norm = matplotlib.colors.TwoSlopeNorm(1.0, min(low, 0.99), max(high, 1.01))
-    dots = left.scatter(x, y, c=per_position, s=5, cmap="RdBu_r", norm=norm)
-    fig.colorbar(dots, ax=left, fraction=0.046, label="deviance / noise floor")
+    dots = left.scatter(x, y, c=np.minimum(per_position, high), s=5, cmap="RdBu_r", norm=norm)
+    beyond = bool(shown.size) and float(shown.max()) > high
+    fig.colorbar(dots, ax=left, fraction=0.046, label="deviance / noise floor", extend="max" if beyond else "neither")
     pad = 0.05 * max(float(np.ptp(x)), float(np.ptp(y)), 1.0)  # the scan, not the whole canvas
     left.set_xlim(float(np.min(x)) - pad, float(np.max(x)) + pad)
     left.set_ylim(float(np.max(y)) + pad, float(np.min(y)) - pad)
     left.set_title(f"each test pattern (pooled {fit['ratio']:.3f})", fontsize=9)
-    right.hist(shown, bins=60, color="0.4")
+    right.hist(np.minimum(shown, high), bins=60, color="0.4")
     for (key, name), colour in zip(DATA_FIT_REFERENCES.items(), ("tab:green", "tab:orange", "tab:purple", "tab:red"),
                                    strict=True):
         if key in fit and fit[key] <= 2 * high:  # a flat object's ratio may lie far off the histogram
