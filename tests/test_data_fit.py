@@ -9,7 +9,7 @@ import pytest
 from scipy.ndimage import gaussian_filter
 
 from ptylab.config import EmbeddedDatasetConfig
-from ptylab.data_fit import FLOOR_TABLE, data_fit, deviance, expected_deviance, references
+from ptylab.data_fit import FLOOR_TABLE, data_fit, deviance, expected_deviance, reference_ratios
 from ptylab.evaluation import DATA_FIT, fit_alone_flags, flat_image_flags
 from ptylab.simulate import simulate
 
@@ -64,8 +64,8 @@ def test_the_data_fit_does_not_depend_on_the_objects_units(simulated):
 def test_a_file_without_an_object_has_no_truth_to_explain_its_patterns(simulated):
     """Measured data may come with zeros for objectGuess: the flat reference stays, the truth's goes."""
     blank = replace(simulated, obj=np.zeros_like(simulated.obj))
-    assert list(references(blank)) == ["flat"]
-    assert references(blank)["flat"] == pytest.approx(references(simulated)["flat"])
+    assert list(reference_ratios(blank)) == ["flat"]
+    assert reference_ratios(blank)["flat"] == pytest.approx(reference_ratios(simulated)["flat"])
     with pytest.raises(ValueError, match="predicts no counts"):
         data_fit(blank.obj, blank)
 

@@ -97,38 +97,39 @@ def _chunks(data: PtychoData) -> Iterator[tuple[slice, torch.Tensor, torch.Tenso
 def data_fit(obj: np.ndarray, data: PtychoData) -> DataFit:
     """How well ``obj`` (H, W complex, on ``data``'s object canvas) explains ``data``'s patterns.
 
-    Two passes over the patterns, a chunk at a time (the first for the scale): memory stays a
-    chunk's whatever the split's size. The predictions are made on the CPU in single precision,
-    as the offset fit makes them, so one object scores the same whatever device made it."""
+    The scale takes no far field: the unitary FFT keeps each exit wave's energy (Parseval), and
+    the measured total is ``data.mean_counts``, read once per split. The patterns are then
+    predicted and scored a chunk at a time, so memory stays a chunk's whatever the split's size.
+    The predictions are made on the CPU in single precision, as the offset fit makes them, so one
+    object scores the same whatever device made it."""
     canvas = torch.from_numpy(np.asarray(obj, np.complex64))
     probe = torch.from_numpy(np.asarray(data.probe, np.complex64))
 
-    def predicted(sl: slice, x: torch.Tensor, y: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        windows = window_taps(canvas.shape, x, y, data.N, torch.float32)
-        model = uncentred_intensity(probe * windows.cut(canvas)).double().numpy()
-        counts = np.fft.ifftshift(np.square(np.asarray(data.diff3d[sl], np.float64)), axes=(-2, -1))
-        return model, counts
+    def exit_waves(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return probe * window_taps(canvas.shape, x, y, data.N, torch.float32).cut(canvas)
 
-    sums = np.zeros(2)
-    for chunk in _chunks(data):
-        model, counts = predicted(*chunk)
-        sums += model.sum(), counts.sum()
-    if sums[0] <= 0:
+    energy = sum(float(exit_waves(x, y).abs().square().double().sum()) for _, x, y in _chunks(data))
+    if energy <= 0:
         raise ValueError("the object predicts no counts at the test positions (zero under the probe)")
-    scale = sums[1] / sums[0]
+    scale = data.mean_counts * data.n_positions / energy
     per_pattern, per_floor = np.empty(data.n_positions), np.empty(data.n_positions)
-    for chunk in _chunks(data):
-        model, counts = predicted(*chunk)
-        mean = np.maximum(scale * model, np.finfo(np.float64).tiny)  # a count where nothing is predicted: finite
-        per_pattern[chunk[0]] = deviance(counts, mean).sum((-2, -1))
-        per_floor[chunk[0]] = expected_deviance(mean).sum((-2, -1))
+    for sl, x, y in _chunks(data):
+        # A count where nothing is predicted costs a large deviance, not an infinite one.
+        mean = np.maximum(scale * uncentred_intensity(exit_waves(x, y)).double().numpy(), np.finfo(np.float64).tiny)
+        counts = np.fft.ifftshift(np.square(np.asarray(data.diff3d[sl], np.float64)), axes=(-2, -1))
+        per_pattern[sl] = deviance(counts, mean).sum((-2, -1))
+        per_floor[sl] = expected_deviance(mean).sum((-2, -1))
     pixels = data.n_positions * data.N**2
     with np.errstate(divide="ignore", invalid="ignore"):  # a pattern predicted dark everywhere has no ratio
         per_position = per_pattern / per_floor
     return DataFit(float(per_pattern.sum()) / pixels, float(per_floor.sum()) / pixels, per_position)
 
 
-def references(data: PtychoData) -> dict[str, float]:
+# The yardsticks ``reference_ratios`` gives, by the keys it gives them under.
+REFERENCES = ("flat", "truth")
+
+
+def reference_ratios(data: PtychoData) -> dict[str, float]:
     """The data fit of the yardsticks every reconstruction of ``data`` is read against: any flat
     object (its scale is fitted, so its level does not matter) and ``data``'s own object (the
     truth on simulated data, whose ratio is about 1; a guess on measured data, left out where a

@@ -21,7 +21,7 @@ from skimage.registration import phase_cross_correlation
 
 from .config import EvalConfig
 from .data import PtychoData
-from .data_fit import DATA_FIT_FIGURE, data_fit, references
+from .data_fit import DATA_FIT_FIGURE, REFERENCES, data_fit, reference_ratios
 from .figures import DATA_FIT_REFERENCES, complex_panels, data_fit_map, frc_curves, patch_map
 from .fileio import atomic_write_json, atomic_write_with
 from .metrics import PARTS, PSNR_CAP_DB, beats, frc_curve, frc_resolution, reference_scores, score_image
@@ -216,6 +216,24 @@ class FitAlone:
     data_fit: float
 
 
+@dataclass(frozen=True)
+class SplitReferences:
+    """What every evaluation of one test split is read against and no model changes: the data fit
+    of a flat object and of the truth (``data_fit.reference_ratios``) and, where the offset fit
+    runs, that fit on flat patches. A job's first evaluation computes them; its refined arm is
+    given them (``split_references`` of the first's metrics)."""
+
+    data_fit: dict[str, float]
+    fit_alone: FitAlone | None
+
+
+def split_references(metrics: dict[str, Any]) -> SplitReferences:
+    """The references an evaluation's ``metrics`` hold, for the next evaluation of its test split."""
+    fit = metrics[DATA_FIT]
+    alone = FitAlone({part: metrics[part][FIT_ALONE] for part in PARTS}, fit[FIT_ALONE]) if FIT_ALONE in fit else None
+    return SplitReferences({key: fit[key] for key in REFERENCES if key in fit}, alone)
+
+
 def fit_alone_scores(test: PtychoData, gridsize: int, neighbours: int, cfg: EvalConfig,
                      fit: OffsetFit, device: str = "cpu") -> FitAlone:
     """SSIM, PSNR, correlation and FRC50 of the offset fit ``fit`` (the network's settings)
@@ -349,7 +367,7 @@ def _log_outcome(title: str, metrics: dict[str, Any]) -> None:
 
 def evaluate_reconstruction(model: PtychoModule, test: PtychoData, gridsize: int, neighbours: int,
                             cfg: EvalConfig, run_dir: Path, title: str,
-                            fit_alone: FitAlone | None = None, device: str = "cpu") -> dict[str, Any]:
+                            references: SplitReferences | None = None, device: str = "cpu") -> dict[str, Any]:
     """Reconstruct, score and write ``metrics.json`` with its figures, and the stitched object as
     reconstructed (``object.npz``, ``stitching.write_object``).
 
@@ -357,9 +375,11 @@ def evaluate_reconstruction(model: PtychoModule, test: PtychoData, gridsize: int
     (``PATCH_CORR``, every evaluation: no other score separates what the network predicts from
     what the fit adds); with the offset fit on, the network's predictions stitched without it
     (``NETWORK_ALONE``, from the same predictions; its image and FRC curves join the figures) and
-    the fit's own scores on flat patches (``FIT_ALONE``; computed here unless given, as the refined
-    arm is given the single pass's). Beside the parts, ``DATA_FIT``: how well the reconstruction
-    explains the test patterns, with the same for a flat object, the truth and those references.
+    the fit's own scores on flat patches (``FIT_ALONE``). Beside the parts, ``DATA_FIT``: how well
+    the reconstruction explains the test patterns, with the same for a flat object, the truth and
+    those references. The test split's own references (the fit alone, the flat object's and the
+    truth's data fits) are computed here unless given, as the refined arm is given the single
+    pass's (``split_references``).
     ``inference_s`` and ``evaluate_s`` time this method's reconstruction, and its scoring too; each
     reference computed here has its own time (``patch_scores_s``, ``network_alone_s``,
     ``fit_alone_s``, ``data_fit_s``), kept out of the method's. The network's predictions and the
@@ -380,7 +400,8 @@ def evaluate_reconstruction(model: PtychoModule, test: PtychoData, gridsize: int
 
     t1 = time.perf_counter()
     fitted = data_fit(stitched.obj, test)
-    scores[DATA_FIT] = {**fitted.summary(), **references(test)}
+    yardsticks = reference_ratios(test) if references is None else references.data_fit
+    scores[DATA_FIT] = {**fitted.summary(), **yardsticks}
     data_fit_s = time.perf_counter() - t1
     alone, network_alone_s = None, None
     if stitched.unfitted is not None:
@@ -388,6 +409,7 @@ def evaluate_reconstruction(model: PtychoModule, test: PtychoData, gridsize: int
         alone = reference_of(stitched.unfitted, test.obj, cfg)
         scores[DATA_FIT][NETWORK_ALONE] = data_fit(stitched.unfitted.obj, test).ratio
         network_alone_s = round(time.perf_counter() - t1, 3)
+    fit_alone = None if references is None else references.fit_alone
     fit_alone_s = None
     if not (fit.active and cfg.fit_alone):
         fit_alone = None

@@ -29,12 +29,18 @@ from ..config import PinnConfig, TrainConfig, require_trainer_device, trainer_de
 from ..data import PtychoData
 from ..datasets import load_job_data, note_file_dose
 from ..errors import PtylabError
-from ..evaluation import DATA_FIT, FIT_ALONE, NOT_SCORED, FitAlone, evaluate_reconstruction, offset_fit, unscored_parts
+from ..evaluation import (
+    NOT_SCORED,
+    SplitReferences,
+    evaluate_reconstruction,
+    offset_fit,
+    split_references,
+    unscored_parts,
+)
 from ..figures import loss_curve
 from ..fileio import atomic_write_json, atomic_write_text
 from ..legacy_params import bridged, location_free
 from ..manifest import SKIP_SUMMARY_NAME, JobContext, JobRecord, Status, finished_status, read_record, write_manifest
-from ..metrics import PARTS
 from ..models import PtychoModule
 from ..refine import REFINE_DIR, refine
 from ..runlock import run_dir_lock
@@ -77,9 +83,10 @@ def save_bundle(cfg: DictConfig, tc: TrainConfig, run_dir: Path, model: PtychoMo
 
 
 def evaluate(tc: TrainConfig, run_dir: Path, model: PtychoModule, test: PtychoData,
-             record: JobRecord) -> FitAlone | None:
+             record: JobRecord) -> SplitReferences | None:
     """Reconstruct the test split and score it (skipped when ``eval.enabled`` is false); the
-    offset fit's own scores on flat patches, for the refined arm to reuse."""
+    split's references (the offset fit on flat patches, the flat object's and the truth's data
+    fits), for the refined arm to reuse."""
     if not tc.eval.enabled:
         return None
     metrics = evaluate_reconstruction(model, test, tc.gridsize, tc.model.neighbours, tc.eval, run_dir, record.label,
@@ -88,13 +95,11 @@ def evaluate(tc: TrainConfig, run_dir: Path, model: PtychoModule, test: PtychoDa
     record.headline_metrics = metrics["headline"]
     record.flat_image_flags = metrics["flat_image_flags"]
     record.fit_alone_flags = metrics["fit_alone_flags"]
-    if FIT_ALONE not in metrics[DATA_FIT]:
-        return None
-    return FitAlone({part: metrics[part][FIT_ALONE] for part in PARTS}, metrics[DATA_FIT][FIT_ALONE])
+    return split_references(metrics)
 
 
 def evaluate_refined(tc: TrainConfig, run_dir: Path, model: PtychoModule, test: PtychoData,
-                     record: JobRecord, fit_alone: FitAlone | None) -> None:
+                     record: JobRecord, references: SplitReferences | None) -> None:
     """The refined arm (PINN only): fine-tune on the test diffraction, score it under its own name."""
     if not (tc.refine.enabled and tc.eval.enabled and isinstance(tc.model, PinnConfig)):
         return
@@ -102,7 +107,7 @@ def evaluate_refined(tc: TrainConfig, run_dir: Path, model: PtychoModule, test: 
     out = run_dir / REFINE_DIR
     eval_cfg = replace(tc.eval, average_symmetries=tc.refine.average_symmetries)
     metrics = evaluate_reconstruction(tuned, test, tc.gridsize, tc.model.neighbours, eval_cfg, out,
-                                      f"{record.label} refined", fit_alone, trainer_device(tc.trainer))
+                                      f"{record.label} refined", references, trainer_device(tc.trainer))
     record.refined = {"metrics_path": f"{REFINE_DIR}/metrics.json", "steps": outcome.steps,
                       "refine_s": outcome.train_s, "loss_history": outcome.loss_history,
                       "headline_metrics": metrics["headline"], "flat_image_flags": metrics["flat_image_flags"],
@@ -203,8 +208,8 @@ def _run_locked(cfg: DictConfig, run_dir: Path) -> JobRecord:
                     model = train(tc, run_dir, train_data, record)
                     record.bundle_sha256 = save_bundle(cfg, tc, run_dir, model, dict(params))
                     record.bundle_path = BUNDLE_NAME
-                    fit_alone = evaluate(tc, run_dir, model, test_data, record)
-                    evaluate_refined(tc, run_dir, model, test_data, record, fit_alone)
+                    references = evaluate(tc, run_dir, model, test_data, record)
+                    evaluate_refined(tc, run_dir, model, test_data, record, references)
                     status = Status.succeeded
     except (JobInterrupted, SIGTERMException) as exc:
         status, error = Status.interrupted, f"interrupted: {exc or 'SIGTERM'}; re-run the same command to resume"
