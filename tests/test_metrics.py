@@ -125,3 +125,23 @@ def test_a_constant_truth_is_reported_as_not_scored_and_never_flagged(obj):
     scores["amplitude"]["ssim"] = 0.0  # a failed amplitude is still flagged
     assert flat_image_flags(scores) == [f"amplitude ssim 0.000 does not beat a flat image "
                                         f"({scores['amplitude']['flat']['ssim']:.3f})"]
+
+
+def test_stopwatch_counts_each_section_its_own_time_only():
+    from ptylab.timing import Stopwatch
+
+    now = [0.0]
+    watch = Stopwatch(clock=lambda: now[0])
+    with watch("outer"):
+        now[0] += 1.0
+        with watch("inner"):  # nested: its 2 s are the inner section's, not the outer's
+            now[0] += 2.0
+        now[0] += 4.0
+    with watch("inner"):  # a key timed twice sums its sections
+        now[0] += 8.0
+    now[0] += 16.0  # outside every section: nobody's
+    assert watch.seconds("outer") == 5.0
+    assert watch.seconds("inner") == 10.0
+    assert watch.seconds("outer", "inner") == 15.0
+    assert watch.seconds("never") is None
+    assert watch.seconds("outer", "never") == 5.0

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from .models import PtychoModule
 from .patch_scores import median_crops, patch_agreement
 from .phase_offsets import OffsetFit, ResolvedFit
 from .stitching import OBJECT_FILE, Stitched, reconstruct, reconstruct_flat, write_object
+from .timing import Stopwatch
 
 log = logging.getLogger(__name__)
 
@@ -309,31 +309,30 @@ class _PatchScorer:
     """The ``inspect_crops`` callback of ``reconstruct``: scores the network's crops against the
     truth's as the stitching receives them (``patch_agreement``), and keeps what the patch figure
     needs (each position's correlation and, per part, the crop of median correlation and the
-    truth's at its position); its own time apart, so that the method's time stays the method's."""
+    truth's at its position); timed under ``patch_scores_s`` on ``watch``, so that the method's time,
+    inside which it runs, stays the method's."""
 
     test: PtychoData
+    watch: Stopwatch
     scores: dict[str, float | None] = field(default_factory=dict)
     per_position: dict[str, np.ndarray] = field(default_factory=dict)
     example: dict[str, tuple[np.ndarray, np.ndarray, float]] = field(default_factory=dict)
-    seconds: float = 0.0
 
     def __call__(self, crops: np.ndarray, members: np.ndarray) -> None:
-        t0 = time.perf_counter()
-        test = self.test
-        agreement = patch_agreement(crops, members, test.xcoords, test.ycoords, test.obj, test.probe)
-        self.scores = agreement.pooled
-        self.per_position = agreement.per_position(members, test.n_positions)
-        self.example = median_crops(agreement, crops, members, test.xcoords, test.ycoords, test.obj, test.probe)
-        self.seconds += time.perf_counter() - t0
+        with self.watch("patch_scores_s"):
+            test = self.test
+            agreement = patch_agreement(crops, members, test.xcoords, test.ycoords, test.obj, test.probe)
+            self.scores = agreement.pooled
+            self.per_position = agreement.per_position(members, test.n_positions)
+            self.example = median_crops(agreement, crops, members, test.xcoords, test.ycoords, test.obj, test.probe)
 
     def draw(self, path: Path, title: str) -> None:
         """The patch figure (``figures.patch_map``) of the parts that have an example."""
-        t0 = time.perf_counter()
-        parts = [part for part in PARTS if part in self.example]
-        if parts:
-            patch_map(path, self.test.obj, self.test.xcoords, self.test.ycoords,
-                      {part: self.per_position[part] for part in parts}, self.scores, self.example, title)
-        self.seconds += time.perf_counter() - t0
+        with self.watch("patch_scores_s"):
+            parts = [part for part in PARTS if part in self.example]
+            if parts:
+                patch_map(path, self.test.obj, self.test.xcoords, self.test.ycoords,
+                          {part: self.per_position[part] for part in parts}, self.scores, self.example, title)
 
 
 def _log_start(title: str, test: PtychoData, fit: ResolvedFit) -> None:
@@ -380,45 +379,40 @@ def evaluate_reconstruction(model: PtychoModule, test: PtychoData, gridsize: int
     those references. The test split's own references (the fit alone, the flat object's and the
     truth's data fits) are computed here unless given, as the refined arm is given the single
     pass's (``split_references``).
-    ``inference_s`` and ``evaluate_s`` time this method's reconstruction, and its scoring too; each
+    ``inference_s`` times this method's reconstruction and ``evaluate_s`` its scoring too; each
     reference computed here has its own time (``patch_scores_s``, ``network_alone_s``,
-    ``fit_alone_s``, ``data_fit_s``), kept out of the method's. The network's predictions and the
-    offset fit run on ``device`` (``stitching.reconstruct``)."""
-    t0 = time.perf_counter()
-    settings = offset_fit(cfg)
-    fit = settings.for_counts(test.mean_counts)  # as reconstruct resolves it: for the log and metrics.json
-    _log_start(title, test, fit)
-    patches = _PatchScorer(test)
-    stitched = reconstruct(model, test, gridsize, neighbours, cfg.stitch_crop, cfg.batch_size,
-                           sync_phase=cfg.sync_phase, tile_patches=cfg.tile_patches, scratch_dir=run_dir,
-                           offset_fit=settings, average_symmetries=cfg.average_symmetries, device=device,
-                           also_unfitted=cfg.network_alone, inspect_crops=patches)
-    infer_s = time.perf_counter() - t0 - patches.seconds
-    write_object(run_dir / OBJECT_FILE, stitched)
-    scores = score_reconstruction(stitched, test.obj, cfg)
-    evaluate_s = time.perf_counter() - t0 - patches.seconds
+    ``fit_alone_s``, ``data_fit_s``; None where it was not computed), kept out of the method's. The
+    network's predictions and the offset fit run on ``device`` (``stitching.reconstruct``)."""
+    watch = Stopwatch()
+    patches = _PatchScorer(test, watch)
+    with watch("inference_s"):
+        settings = offset_fit(cfg)
+        fit = settings.for_counts(test.mean_counts)  # as reconstruct resolves it: for the log and metrics.json
+        _log_start(title, test, fit)
+        stitched = reconstruct(model, test, gridsize, neighbours, cfg.stitch_crop, cfg.batch_size,
+                               sync_phase=cfg.sync_phase, tile_patches=cfg.tile_patches, scratch_dir=run_dir,
+                               offset_fit=settings, average_symmetries=cfg.average_symmetries, device=device,
+                               also_unfitted=cfg.network_alone, inspect_crops=patches)
+    with watch("scoring"):
+        write_object(run_dir / OBJECT_FILE, stitched)
+        scores = score_reconstruction(stitched, test.obj, cfg)
 
-    t1 = time.perf_counter()
-    fitted = data_fit(stitched.obj, test)
-    yardsticks = reference_ratios(test) if references is None else references.data_fit
-    scores[DATA_FIT] = {**fitted.summary(), **yardsticks}
-    data_fit_s = time.perf_counter() - t1
-    alone, network_alone_s = None, None
+    with watch("data_fit_s"):
+        fitted = data_fit(stitched.obj, test)
+        yardsticks = reference_ratios(test) if references is None else references.data_fit
+        scores[DATA_FIT] = {**fitted.summary(), **yardsticks}
+    alone = None
     if stitched.unfitted is not None:
-        t1 = time.perf_counter()
-        alone = reference_of(stitched.unfitted, test.obj, cfg)
-        scores[DATA_FIT][NETWORK_ALONE] = data_fit(stitched.unfitted.obj, test).ratio
-        network_alone_s = round(time.perf_counter() - t1, 3)
-    fit_alone = None if references is None else references.fit_alone
-    fit_alone_s = None
-    if not (fit.active and cfg.fit_alone):
-        fit_alone = None
-    elif fit_alone is None:
-        log.info("%s: the fit-alone reference (the same offset fit on flat patches)", title)
-        t1 = time.perf_counter()
-        fit_alone = fit_alone_scores(test, gridsize, neighbours, cfg, settings, device)  # the same fit
-        fit_alone_s = round(time.perf_counter() - t1, 3)
-    if fit_alone is not None:
+        with watch("network_alone_s"):
+            alone = reference_of(stitched.unfitted, test.obj, cfg)
+            scores[DATA_FIT][NETWORK_ALONE] = data_fit(stitched.unfitted.obj, test).ratio
+    fit_alone = None
+    if fit.active and cfg.fit_alone:
+        fit_alone = None if references is None else references.fit_alone
+        if fit_alone is None:
+            log.info("%s: the fit-alone reference (the same offset fit on flat patches)", title)
+            with watch("fit_alone_s"):
+                fit_alone = fit_alone_scores(test, gridsize, neighbours, cfg, settings, device)  # the same fit
         scores[DATA_FIT][FIT_ALONE] = fit_alone.data_fit
     for part in PARTS:
         scores[part][PATCH_CORR] = patches.scores[part]
@@ -428,14 +422,11 @@ def evaluate_reconstruction(model: PtychoModule, test: PtychoData, gridsize: int
             scores[part][FIT_ALONE] = fit_alone.scores[part]
 
     patches.draw(run_dir / PATCH_FIGURE, f"The network's patches against the truth's: {title}")
-    t1 = time.perf_counter()
-    data_fit_map(run_dir / DATA_FIT_FIGURE, stitched.obj, test.xcoords, test.ycoords, fitted.per_position,
-                 scores[DATA_FIT], f"How well the reconstruction explains each test pattern: {title}")
-    data_fit_s += time.perf_counter() - t1
-    extra = {"inference_s": round(infer_s, 3), "evaluate_s": round(evaluate_s, 3), "fit_alone_s": fit_alone_s,
-             "network_alone_s": network_alone_s, "patch_scores_s": round(patches.seconds, 3),
-             "data_fit_s": round(data_fit_s, 3),
-             "test_positions": test.n_positions, "stitch_crop": cfg.stitch_crop or test.N // 2,
+    with watch("data_fit_s"):
+        data_fit_map(run_dir / DATA_FIT_FIGURE, stitched.obj, test.xcoords, test.ycoords, fitted.per_position,
+                     scores[DATA_FIT], f"How well the reconstruction explains each test pattern: {title}")
+    times = {key: watch.seconds(key) for key in TIMING_KEYS} | {"evaluate_s": watch.seconds("inference_s", "scoring")}
+    extra = {**times, "test_positions": test.n_positions, "stitch_crop": cfg.stitch_crop or test.N // 2,
              "sync_phase": cfg.sync_phase, **fit.inference(),  # the fit's settings as resolved for this data
              "average_symmetries": cfg.average_symmetries, "device": device}
     metrics = write_evaluation(run_dir, scores, title, extra, alone)
