@@ -67,8 +67,9 @@ def compose_config(overrides: list[str], name: str = "train") -> DictConfig:
         return compose(config_name=name, overrides=list(overrides))
 
 
-def run_script(args: list[str], cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    """Run a project entry point as a user would, in a subprocess."""
-    env = {**os.environ, "HYDRA_FULL_ERROR": "1", "PYTHONWARNINGS": "ignore"}
+def run_script(args: list[str], cwd: Path, timeout: float = 600,
+               env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run a project entry point as a user would, in a subprocess (``env`` added to its environment)."""
+    env = {**os.environ, "HYDRA_FULL_ERROR": "1", "PYTHONWARNINGS": "ignore", **(env or {})}
     return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=timeout)

@@ -285,14 +285,24 @@ def memory_by_positions(counts: tuple[int, ...], work: Path, n: int = 64, extra:
 
 
 def run_benchmark(args: BenchmarkConfig) -> dict[str, Any]:
-    """Every figure of ``benchmark.json``, measured in this process (and its child jobs)."""
+    """Every figure of ``benchmark.json``, measured in this process (and its child jobs), written
+    to ``args.output``. The child jobs, data files and the benchmark's own bundle go in a scratch
+    directory removed at the end, failed or not: it holds about 130 MB per quick run, and every
+    ``make test`` runs one (before 2026-12-06 each run left its directory in the system's temp)."""
+    with tempfile.TemporaryDirectory(prefix="ptylab-bench-") as scratch:
+        out = _measure(args, Path(scratch))
+    atomic_write_text(Path(args.output), json.dumps(out, indent=2, sort_keys=True) + "\n")
+    return out
+
+
+def _measure(args: BenchmarkConfig, work: Path) -> dict[str, Any]:
+    """The figures, with ``work`` for every file the measurements need."""
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     accel = "gpu" if device.startswith("cuda") else "cpu"
     extra = QUICK if args.quick else []
     steps = 4 if args.quick else 40
     cfg = _compose([*DEFAULT_JOB, *extra])
     typed: TrainConfig = validate(cfg)
-    work = Path(tempfile.mkdtemp(prefix="ptylab-bench-"))
     precision = cpu_precision()  # what trainer=cpu runs on this CPU
     out: dict[str, Any] = {"device": device, "quick": args.quick, "torch": torch.__version__,
                            "cpu_precision": precision,
@@ -386,6 +396,4 @@ def run_benchmark(args: BenchmarkConfig) -> dict[str, Any]:
         out["scaling"] = scaling
         # Memory independent of the data's size: 5 training steps on files of 10k, 50k and 200k positions.
         out["rss_mb_by_positions"] = memory_by_positions((10_000, 50_000, 200_000), work)
-
-    atomic_write_text(Path(args.output), json.dumps(out, indent=2, sort_keys=True) + "\n")
     return out
