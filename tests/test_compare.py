@@ -67,8 +67,9 @@ def test_compare_lists_every_run_with_numbers_or_reasons(tmp_path):
     # seed, an LSQML row's from a start that run's, a flat start's the test data but the seed.
     variant = by_source[str(good_run)]["variant"]
     assert "dose=1000" in variant and "gridsize=1" in variant and "seed" not in variant
-    assert {r["variant"] for r in started} == {variant}
+    assert {r["variant"] for r in started} == {f"{variant} lsqml.from_networks_epochs=3"}
     assert lsqml[0]["variant"] == lsqml[1]["variant"] and lsqml[0]["variant"].startswith("test data embedded dense ")
+    assert lsqml[0]["variant"].endswith(" lsqml.epochs=5")  # rows of other epochs are never averaged with these
     for row in rows:  # never an empty row: numbers or a reason
         assert row["phase_ssim"] or row["reason"]
     assert (tmp_path / "cmp" / "comparison.md").read_text().count("\n") == len(rows) + 2
@@ -103,6 +104,23 @@ def test_labels_name_the_seed_when_there_are_several_and_never_repeat():
     several = Labels({1, 2})
     assert [several("PINN gs2", row), several("PINN gs2", {**row, "seed": 2})] == [
         "PINN gs2 dense 1e4 seed 1", "PINN gs2 dense 1e4 seed 2"]
+
+
+def test_lsqml_rows_name_the_noise_model_and_carry_their_epochs():
+    """The Poisson likelihood is another method: its rows are named apart from the Gaussian
+    reference's, and rows of other epochs carry another variant, so a sweep compared twice (two
+    noise models, or two lengths) is never averaged or plotted as one method over seeds."""
+    from ptylab.config import LsqmlConfig
+    from ptylab.stages.compare import lsqml_method, lsqml_variant
+
+    start = ("PINN gs2", None)
+    assert [lsqml_method(None), lsqml_method(start)] == ["LSQML", "LSQML from PINN gs2"]  # the reference's names
+    assert [lsqml_method(None, "poisson"), lsqml_method(start, "poisson")] == [
+        "LSQML (Poisson)", "LSQML (Poisson) from PINN gs2"]
+    short, long = LsqmlConfig(epochs=50, from_networks_epochs=5), LsqmlConfig()
+    assert lsqml_variant("data", short, False) != lsqml_variant("data", long, False)
+    assert lsqml_variant("run", short, True) != lsqml_variant("run", long, True)
+    assert lsqml_variant("", long, False) == "lsqml.epochs=200"
 
 
 def test_the_study_report_takes_every_lsqml_row_compare_wrote(tmp_path):

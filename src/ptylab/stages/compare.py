@@ -112,7 +112,7 @@ def lsqml_row(cfg: TrainConfig, test: PtychoData, lsqml: LsqmlConfig, out_dir: P
     files in ``out_dir`` are named after ``label``, which is unique within one comparison."""
     from ..lsqml import NOT_INSTALLED, ptychi_available, reconstruct_and_score
 
-    method = lsqml_method(start)
+    method = lsqml_method(start, lsqml.noise_model)
     epochs = lsqml.epochs if start is None else lsqml.from_networks_epochs
     row: dict[str, Any] = {c: None for c in COLUMNS}
     row.update(method=method, dose=float(cfg.dose), view=str(cfg.view.name), seed=int(cfg.seed), source="pty-chi")
@@ -140,9 +140,20 @@ def lsqml_row(cfg: TrainConfig, test: PtychoData, lsqml: LsqmlConfig, out_dir: P
     return row, scores
 
 
-def lsqml_method(start: tuple[str, Path] | None) -> str:
-    """An LSQML row's method name: from a flat start, or from the named method's object."""
-    return "LSQML" if start is None else f"LSQML from {start[0]}"
+def lsqml_method(start: tuple[str, Path] | None, noise_model: str = "gaussian") -> str:
+    """An LSQML row's method name: from a flat start, or from the named method's object. The
+    Poisson noise model is another likelihood, so another method ("LSQML (Poisson)"): its rows
+    must never be averaged with, or plotted as, the Gaussian reference's."""
+    solver = "LSQML" if noise_model == "gaussian" else f"LSQML ({noise_model.capitalize()})"
+    return solver if start is None else f"{solver} from {start[0]}"
+
+
+def lsqml_variant(base: str, lsqml: LsqmlConfig, start: bool) -> str:
+    """An LSQML row's variant: its data's (a flat start: ``data_variant``) or its start's run's
+    (``run_variant``), and the epochs it ran, so that the study report averages over seeds only
+    the rows that ran alike (two comparisons with other epochs in one sweep stay apart)."""
+    epochs = f"lsqml.from_networks_epochs={lsqml.from_networks_epochs}" if start else f"lsqml.epochs={lsqml.epochs}"
+    return f"{base} {epochs}".strip()
 
 
 def arm_dir(row: dict[str, Any]) -> Path:
@@ -222,9 +233,10 @@ def compare(run_dirs: list[str], out_dir: Path, lsqml: LsqmlConfig) -> list[dict
             cfg, key = configs[row["source"]], keys[row["source"]]
             if key not in tests:
                 tests[key] = rebuild_test_split(cfg)
-            name = label(lsqml_method(start), row)
+            name = label(lsqml_method(start, lsqml.noise_model), row)
             lrow, scores = lsqml_row(cfg, tests[key], lsqml, out_dir, name, start)
-            lrow["variant"] = data_variant(cfg) if start is None else row["variant"]  # from a start: its run's
+            lrow["variant"] = lsqml_variant(data_variant(cfg) if start is None else row["variant"], lsqml,
+                                            start is not None)
             rows.append(lrow)
             if scores is not None:
                 panels[name] = (scores["aligned"], scores["ground_truth"])
