@@ -219,7 +219,7 @@ def test_study_plots_give_related_methods_one_colour_and_no_two_series_one_style
     default colour cycle repeats after ten)."""
     names = ["LSQML dense", *(f"{prefix}{net}{arm} dense" for net in ("PINN gs1", "PINN gs2", "supervised")
                               for arm in ("", " refined") for prefix in ("", "LSQML from "))]
-    names.append("PINN gs2 sparse")
+    names += ["PINN gs2 sparse", "LSQML (Poisson) dense", "LSQML (Poisson) from PINN gs2 dense"]
     colours: dict = {}
     styles = {name: series_style(name, colours) for name in sorted(names)}
     drawn = {(tuple(s["color"]) if not isinstance(s["color"], str) else s["color"], s["marker"], s["linestyle"])
@@ -231,3 +231,27 @@ def test_study_plots_give_related_methods_one_colour_and_no_two_series_one_style
         assert styles[related]["color"] == gs2["color"]
     assert styles["LSQML from PINN gs2 refined dense"] == {**gs2, "marker": "^", "linestyle": "--"}
     assert styles["PINN gs2 sparse"]["color"] != gs2["color"] != styles["PINN gs1 dense"]["color"]
+    # pty-chi's Poisson model: LSQML all the same, drawn apart from the Gaussian reference
+    assert styles["LSQML (Poisson) dense"]["color"] != "black"
+    assert styles["LSQML (Poisson) from PINN gs2 dense"] == {**gs2, "linestyle": ":"}
+
+
+def test_study_plots_draw_one_line_per_variant_and_never_average_variants_at_a_dose():
+    """A line's points at one dose are drawn as their mean and spread, so they must be seeds of one
+    variant: a method run in two variants (two widths) gets two lines, named by what differs; the
+    dose itself, which every job of a study sets, never splits a line."""
+    from ptylab.stages.study_report import plot_lines
+
+    def row(method, dose, variant, seed=1):
+        return {"method": method, "view": "dense", "dose": dose, "variant": variant, "seed": seed,
+                "status": "succeeded"}
+
+    rows = [row("PINN gs2", d, f"dose={d} view=dense", seed) for d in (1000, 10000) for seed in (1, 2)]
+    rows += [row("LSQML", d, "test data embedded dense 1a2b3c4d lsqml.epochs=200") for d in (1000, 10000)]
+    assert set(plot_lines(rows)) == {"PINN gs2 dense", "LSQML dense"}  # one variant each
+    rows += [row("PINN gs2", d, f"dose={d} view=dense model.width=2") for d in (1000, 10000)]
+    rows += [{**row("PINN gs2", 1000, "dose=1000"), "status": "failed"}]  # not drawn: no line of its own
+    lines = plot_lines(rows)
+    drawn = set(lines[:-1]) - {"LSQML dense"}  # the failed job's line is never drawn
+    assert drawn == {"PINN gs2 dense [view=dense]", "PINN gs2 dense [view=dense model.width=2]"}
+    assert lines[:4] == ["PINN gs2 dense [view=dense]"] * 4

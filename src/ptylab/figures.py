@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -109,17 +110,21 @@ def frc_curves(path: str | Path, curves: dict[str, tuple[np.ndarray, np.ndarray]
 def series_style(name: str, colours: dict[str, Any]) -> dict[str, Any]:
     """Line style of a study's series, so related methods read as related: one colour per network
     (its refined arm and the LSQML runs started from it share it), triangles for refined arms,
-    dashes for LSQML started from a network, black for LSQML from a flat start. ``colours`` maps
-    each network's base name to its colour and grows as new ones appear."""
-    lsqml_from = name.startswith("LSQML from ")
-    if name.startswith("LSQML") and not lsqml_from:
-        return {"color": "black", "marker": "s", "linestyle": "-"}
-    source = name.removeprefix("LSQML from ")
+    dashes for LSQML started from a network (dots with pty-chi's Poisson noise model), black for
+    LSQML from a flat start (grey diamonds and dots with the Poisson model). ``colours`` maps each
+    network's base name to its colour and grows as new ones appear."""
+    solver = re.match(r"LSQML(?: \((\w+)\))?(?: from |(?= )|$)", name)
+    poisson = bool(solver and solver.group(1))
+    if solver and not solver.group(0).endswith(" from "):
+        return ({"color": "dimgray", "marker": "D", "linestyle": ":"} if poisson
+                else {"color": "black", "marker": "s", "linestyle": "-"})
+    source = name[solver.end():] if solver else name
     refined = " refined" in source
     base = source.replace(" refined", "")
     if base not in colours:
         colours[base] = plt.get_cmap("tab10")(len(colours) % 10)
-    return {"color": colours[base], "marker": "^" if refined else "o", "linestyle": "--" if lsqml_from else "-"}
+    dashes = (":" if poisson else "--") if solver else "-"
+    return {"color": colours[base], "marker": "^" if refined else "o", "linestyle": dashes}
 
 
 def metric_vs_dose(path: str | Path, series: dict[str, tuple[list[float], list[float]]], metric: str) -> None:

@@ -99,9 +99,11 @@ def split_key(cfg: TrainConfig) -> str:
 
 
 def data_variant(cfg: TrainConfig) -> str:
-    """A flat-start LSQML row's variant: its test data but the seed (dataset, view and their
-    settings, dose), so that the study report averages such rows over seeds and never over datasets."""
-    digest = hashlib.sha256(json.dumps(_data_settings(cfg), sort_keys=True, default=str).encode()).hexdigest()
+    """A flat-start LSQML row's variant: its test data but the seed and the dose (dataset, view and
+    their settings), so that the study report averages such rows over seeds and never over
+    datasets, and draws one line across doses per dataset (the report keeps doses apart itself)."""
+    settings = {k: v for k, v in _data_settings(cfg).items() if k != "dose"}
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
     return f"test data {cfg.dataset.name} {cfg.view.name} {digest[:8]}"
 
 

@@ -122,11 +122,12 @@ def write_report(sweep_dir: Path, out_dir: Path) -> dict[str, Any]:
                f"{r['reason']}" for r in problems]
     atomic_write_text(out_dir / "study.md", "\n".join(md) + "\n")
     plots = []
+    lines = plot_lines(rows)
     for metric in [*METRICS, *PATCH_METRICS]:
         series: dict[str, tuple[list[float], list[float]]] = {}
-        for r in rows:
+        for i, r in enumerate(rows):
             if r["status"] == "succeeded" and isinstance(r[metric], int | float):
-                key = f"{r['method']} {r['view']}"
+                key = lines[i]
                 series.setdefault(key, ([], []))
                 series[key][0].append(float(r["dose"]))
                 series[key][1].append(float(r[metric]))
@@ -137,6 +138,28 @@ def write_report(sweep_dir: Path, out_dir: Path) -> dict[str, Any]:
     _write_html(out_dir / "study.html", sweep_dir, rows, shown, problems, plots, means_shown)
     return {"rows": len(rows), "failed_or_skipped": len(problems), "plots": [p.name for p in plots],
             "seed_means": len(means)}
+
+
+def across_doses(variant: str) -> str:
+    """A variant without its dose: what one line of a plot against dose holds fixed."""
+    return " ".join(t for t in variant.split() if t.split("=", 1)[0].lstrip("+~") != "dose")
+
+
+def plot_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """Each row's line in the plots against dose: its method and view and, where the study holds
+    that method and view in several variants (say, two widths), its variant but the dose, so that
+    a line's points at one dose are only seeds of one variant, drawn as their mean and spread."""
+    variants: dict[str, set[str]] = {}
+    for r in rows:
+        if r["status"] == "succeeded":
+            variants.setdefault(f"{r['method']} {r['view']}", set()).add(across_doses(r.get("variant") or ""))
+    lines = []
+    for r in rows:
+        line = f"{r['method']} {r['view']}"
+        if len(variants.get(line, ())) > 1:
+            line += f" [{across_doses(r.get('variant') or '') or 'defaults'}]"
+        lines.append(line)
+    return lines
 
 
 MEAN_COLUMNS = ["dose", "view", "method", "runs", *(f"{m}_{s}" for m in METRICS for s in ("mean", "std")),
