@@ -158,6 +158,26 @@ def test_study_report_has_one_row_per_job_plots_and_html(sweep, tmp_path):
     assert "dense" in (rep / "study.md").read_text() and "sparse" in (rep / "study.md").read_text()
 
 
+def test_study_report_shows_the_comparisons_written_inside_the_sweep(sweep, tmp_path):
+    """compare.py's figures (every method's reconstruction side by side, their FRC curves), written
+    anywhere inside the sweep, join the report's page under their paths; none, no section."""
+    from ptylab.stages.study_report import write_report
+
+    sweep_dir, _ = sweep
+    study = tmp_path / "study"
+    shutil.copytree(sweep_dir, study)
+    write_report(study, tmp_path / "before")
+    assert "side by side" not in (tmp_path / "before" / "study.html").read_text()
+    (study / "cmp").mkdir()
+    figure = next(study.glob("*/reconstruction.png"))  # a real PNG standing in for compare's
+    shutil.copy(figure, study / "cmp" / "comparison.png")
+    write_report(study, tmp_path / "after")
+    page = (tmp_path / "after" / "study.html").read_text()
+    assert "Reconstructions side by side" in page and 'alt="cmp/comparison.png"' in page
+    assert page.count("data:image/png;base64,") == (tmp_path / "before" / "study.html").read_text().count(
+        "data:image/png;base64,") + 1
+
+
 def test_study_report_over_seeds_gives_each_methods_mean_and_spread(sweep, tmp_path):
     from ptylab.stages.study_report import job_rows, seed_means, write_report
 

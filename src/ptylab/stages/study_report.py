@@ -135,7 +135,9 @@ def write_report(sweep_dir: Path, out_dir: Path) -> dict[str, Any]:
             path = out_dir / f"{metric}_vs_dose.png"
             metric_vs_dose(path, series, metric)
             plots.append(path)
-    _write_html(out_dir / "study.html", sweep_dir, rows, shown, problems, plots, means_shown)
+    # compare.py's reconstructions side by side and their FRC curves, wherever it wrote them in the sweep
+    compared = sorted(p for name in ("comparison.png", "comparison_frc.png") for p in sweep_dir.glob(f"**/{name}"))
+    _write_html(out_dir / "study.html", sweep_dir, rows, shown, problems, plots, means_shown, compared)
     return {"rows": len(rows), "failed_or_skipped": len(problems), "plots": [p.name for p in plots],
             "seed_means": len(means)}
 
@@ -206,24 +208,30 @@ def _table_html(rows: list[dict[str, Any]], columns: list[str]) -> str:
 
 
 def _write_html(path: Path, sweep_dir: Path, rows: list[dict[str, Any]], shown: list[str],
-                problems: list[dict[str, Any]], plots: list[Path], means: list[dict[str, Any]]) -> None:
+                problems: list[dict[str, Any]], plots: list[Path], means: list[dict[str, Any]],
+                compared: list[Path]) -> None:
     e = html.escape
     over_seeds = f"<h2>Over seeds (mean ± standard deviation)</h2>{_table_html(means, MEAN_SHOWN)}" if means else ""
     issues = "".join(f"<li>dose {e(cell(r['dose'], 'dose'))} {e(str(r['view']))} "
                      f"{e(r['method'])}: <b>{e(r['status'])}</b> &mdash; "
                      f"{e(str(r['reason']))}</li>" for r in problems)
     figs = "".join(f'<figure><img alt="{e(p.stem)}" src="data:image/png;base64,{_png_b64(p)}"></figure>' for p in plots)
+    side_by_side = "".join(f'<figure><img class="wide" alt="{e(str(p.relative_to(sweep_dir)))}" '
+                           f'src="data:image/png;base64,{_png_b64(p)}"><figcaption>{e(str(p.relative_to(sweep_dir)))}'
+                           '</figcaption></figure>' for p in compared)
+    compare_section = f"<h2>Reconstructions side by side (compare.py)</h2>{side_by_side}" if compared else ""
     doses = ", ".join(sorted({format_dose(float(r["dose"])) for r in rows if r["dose"]}))
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>ptylab study: {e(sweep_dir.name)}</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}figure{{display:inline-block;margin:0.5em}}
-img{{max-width:480px}}</style></head><body>
+img{{max-width:480px}}img.wide{{max-width:100%}}</style></head><body>
 <h1>Study report</h1><p>Sweep <code>{e(str(sweep_dir))}</code>: {len(rows)} rows, doses {e(doses)}.</p>
 {_table_html(rows, shown)}
 {over_seeds}
 <h2>Jobs that did not succeed</h2><ul>{issues or "<li>none</li>"}</ul>
 <h2>Metrics against dose</h2>{figs}
+{compare_section}
 </body></html>
 """
     atomic_write_text(path, page)
