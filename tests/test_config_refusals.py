@@ -131,9 +131,12 @@ def test_train_script_refuses_bad_input_before_any_work(tmp_path):
     ("scripts/simulate.py", ["dose=-1", "output_dir=OUT"], "dose=-1.0"),
     ("scripts/reconstruct.py", ["bundle=missing.zip", "data=missing.npz", "output_dir=OUT"], "missing.zip"),
     ("scripts/reproduce.py", ["run_dir=does/not/exist"], "does/not/exist"),
+    ("scripts/compare.py", ["output_dir=OUT"], "runs=[]: must be a list of run directories"),
+    ("scripts/compare.py", ["sweep=TMP", "output_dir=OUT"], "no job directory in it"),  # an empty directory
+    ("scripts/compare.py", ["sweep=does/not/exist", "output_dir=OUT"], "sweep=does/not/exist: not a directory"),
 ])
 def test_scripts_answer_bad_input_with_one_error_line(tmp_path, script, args, needle):
-    args = [a.replace("OUT", str(tmp_path / "out")) for a in args]
+    args = [a.replace("OUT", str(tmp_path / "out")).replace("TMP", str(tmp_path)) for a in args]
     res = run_script([script, *args], cwd=ROOT)
     assert res.returncode == 2, (res.stdout[-1000:], res.stderr[-2000:])
     lines = res.stderr.strip().splitlines()

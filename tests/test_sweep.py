@@ -5,6 +5,7 @@ import json
 import math
 import re
 import shutil
+from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -158,9 +159,11 @@ def test_study_report_has_one_row_per_job_plots_and_html(sweep, tmp_path):
     assert "dense" in (rep / "study.md").read_text() and "sparse" in (rep / "study.md").read_text()
 
 
-def test_study_report_shows_the_comparisons_written_inside_the_sweep(sweep, tmp_path):
-    """compare.py's figures (every method's reconstruction side by side, their FRC curves), written
-    anywhere inside the sweep, join the report's page under their paths; none, no section."""
+def test_compare_takes_a_whole_sweep_and_the_study_report_shows_its_figures(sweep, tmp_path):
+    """``compare.py sweep=DIR`` compares every job of a sweep, as the study report reads it; with
+    its output inside the sweep, the report's page shows its figures (every method's
+    reconstruction side by side, their FRC curves) under their paths, and without it has no such
+    section."""
     from ptylab.stages.study_report import write_report
 
     sweep_dir, _ = sweep
@@ -168,14 +171,16 @@ def test_study_report_shows_the_comparisons_written_inside_the_sweep(sweep, tmp_
     shutil.copytree(sweep_dir, study)
     write_report(study, tmp_path / "before")
     assert "side by side" not in (tmp_path / "before" / "study.html").read_text()
-    (study / "cmp").mkdir()
-    figure = next(study.glob("*/reconstruction.png"))  # a real PNG standing in for compare's
-    shutil.copy(figure, study / "cmp" / "comparison.png")
+    res = run_script(["scripts/compare.py", f"sweep={study}", f"output_dir={study / 'compare'}", "lsqml.enabled=false"],
+                     cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = list(csv.DictReader((study / "compare" / "comparison.csv").read_text().splitlines()))
+    jobs = {p.parent for p in study.glob("*/training_manifest.json")}
+    assert {Path(r["source"]) for r in rows} == jobs and len(rows) == 2 * 4  # each job's single pass and refined arm
     write_report(study, tmp_path / "after")
     page = (tmp_path / "after" / "study.html").read_text()
-    assert "Reconstructions side by side" in page and 'alt="cmp/comparison.png"' in page
-    assert page.count("data:image/png;base64,") == (tmp_path / "before" / "study.html").read_text().count(
-        "data:image/png;base64,") + 1
+    assert "Reconstructions side by side" in page
+    assert 'alt="compare/comparison.png"' in page and 'alt="compare/comparison_frc.png"' in page
 
 
 def test_study_report_over_seeds_gives_each_methods_mean_and_spread(sweep, tmp_path):

@@ -5,7 +5,7 @@
     ptylab-train dose=1000 view=dense gridsize=2        (= python train.py ...)
     ptylab-simulate dose=1000 view=dense output_dir=DIR
     ptylab-reconstruct bundle=RUN/wts.h5.zip data=FILE.npz output_dir=DIR
-    ptylab-compare runs=[RUN_A,RUN_B] output_dir=DIR
+    ptylab-compare runs=[RUN_A,RUN_B] output_dir=DIR   (or sweep=SWEEP_DIR: all its jobs)
     ptylab-reproduce RUN_DIR [output_dir=DIR]
     ptylab-study-report SWEEP_DIR [output_dir=DIR]
     ptylab-benchmark [quick=true] [bundle=RUN/wts.h5.zip]
@@ -131,9 +131,12 @@ def reconstruct() -> None:
 
 def _compare_task(cfg: DictConfig) -> None:
     from .stages.compare import compare as run_compare
+    from .stages.compare import sweep_jobs
 
     cc: CompareConfig = validate(cfg)
-    rows = guarded(lambda: run_compare(cc.runs, Path(cc.output_dir), cc.lsqml))
+    sweep = None if cc.sweep is None else require_path("sweep", cc.sweep, directory=True)
+    runs = [*cc.runs, *(str(job) for job in guarded(lambda: sweep_jobs(sweep)))] if sweep else cc.runs
+    rows = guarded(lambda: run_compare(runs, Path(cc.output_dir), cc.lsqml))
     print((Path(cc.output_dir) / "comparison.md").read_text(), end="")
     print(f"wrote {cc.output_dir}/comparison.csv, comparison.md, comparison.png ({len(rows)} rows)")
 

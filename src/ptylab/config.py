@@ -515,8 +515,14 @@ class LsqmlConfig:
 @dataclass
 class CompareConfig:
     runs: list[str] = field(default_factory=list)
+    # a sweep directory: every job directory in it is compared (after ``runs``), as study_report reads it
+    sweep: str | None = None
     output_dir: str = MISSING
     lsqml: LsqmlConfig = field(default_factory=LsqmlConfig)
+
+    def __post_init__(self) -> None:
+        _check(bool(self.runs) or self.sweep is not None, "runs", self.runs,
+               "a list of run directories (runs=[RUN_A,RUN_B]), or give a sweep directory (sweep=DIR)")
 
 
 @dataclass

@@ -22,10 +22,11 @@ import numpy as np
 from ..config import LsqmlConfig, TrainConfig, format_dose, load_run_config, run_variant, validate
 from ..data import PtychoData
 from ..datasets import load_job_data
+from ..errors import PtylabError
 from ..evaluation import headline
 from ..figures import complex_panels, frc_curves
 from ..fileio import atomic_write_json, atomic_write_text
-from ..manifest import method_name, read_manifest
+from ..manifest import MANIFEST_NAME, method_name, read_manifest
 from ..refine import REFINE_DIR
 from ..stitching import OBJECT_FILE, read_object
 from ..tables import csv_text, markdown_lines
@@ -40,6 +41,16 @@ COLUMNS = ["method", "dose", "view", "seed", "status", "reason", "amplitude_ssim
            "amplitude_psnr", "amplitude_frc50_px", "phase_ssim", "phase_flat_ssim", "phase_fit_alone_ssim",
            "phase_network_alone_ssim", "phase_patch_corr", "phase_corr", "phase_psnr", "phase_frc50_px",
            "data_fit_ratio", "train_s", "reconstruct_s", "iterations", "source", "variant"]
+
+
+def sweep_jobs(sweep_dir: Path) -> list[Path]:
+    """Every job directory of a sweep (one holding a training manifest, whatever its status), in
+    name order: the directories study_report reads. A sweep with none is refused: a wrong path, or
+    a sweep that has not started a job."""
+    jobs = sorted(path.parent for path in sweep_dir.glob(f"*/{MANIFEST_NAME}"))
+    if not jobs:
+        raise PtylabError(f"sweep={sweep_dir}: no job directory in it (none holds a {MANIFEST_NAME})")
+    return jobs
 
 
 def run_rows(run_dir: Path) -> list[dict[str, Any]]:
