@@ -134,6 +134,7 @@ def test_train_script_refuses_bad_input_before_any_work(tmp_path):
     ("scripts/compare.py", ["output_dir=OUT"], "runs=[]: must be a list of run directories"),
     ("scripts/compare.py", ["sweep=TMP", "output_dir=OUT"], "no job directory in it"),  # an empty directory
     ("scripts/compare.py", ["sweep=does/not/exist", "output_dir=OUT"], "sweep=does/not/exist: not a directory"),
+    ("scripts/study_report.py", ["TMP", "output_dir=OUT"], "no training_manifest.json"),  # an empty directory
 ])
 def test_scripts_answer_bad_input_with_one_error_line(tmp_path, script, args, needle):
     args = [a.replace("OUT", str(tmp_path / "out")).replace("TMP", str(tmp_path)) for a in args]
@@ -142,6 +143,9 @@ def test_scripts_answer_bad_input_with_one_error_line(tmp_path, script, args, ne
     lines = res.stderr.strip().splitlines()
     assert lines and lines[-1].startswith("error: ") and needle in lines[-1]
     assert "Traceback" not in res.stderr
+    # refused before any result was written (Hydra's commands keep their config snapshot and log)
+    out = tmp_path / "out"
+    assert not [p for p in out.rglob("*") if p.is_file() and ".hydra" not in p.parts and p.suffix != ".log"]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device: trainer=gpu runs here")

@@ -15,6 +15,7 @@ from statistics import mean, pstdev
 from typing import Any
 
 from ..config import format_dose, run_variant
+from ..errors import PtylabError
 from ..figures import metric_vs_dose
 from ..fileio import atomic_write_text
 from ..manifest import MANIFEST_NAME, method_name, read_manifest
@@ -95,9 +96,13 @@ def _png_b64(path: Path) -> str:
 
 
 def write_report(sweep_dir: Path, out_dir: Path) -> dict[str, Any]:
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """The report's files in ``out_dir``; a directory with no job and no comparison in it is
+    refused before anything is written (an empty report would look like a study that ran nothing)."""
     rows = sorted(job_rows(sweep_dir) + lsqml_rows(sweep_dir),
                   key=lambda r: (r["dose"] or 0, r["view"] or "", r["method"], r["seed"] or 0))
+    if not rows:
+        raise PtylabError(f"sweep_dir={sweep_dir}: no {MANIFEST_NAME} (and no comparison.json) found under it")
+    out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / "study.csv", csv_text(rows, COLUMNS))
     shown = ["dose", "view", "method", "seed", "status", *METRICS, "below_flat", "below_fit_alone"]
     md = markdown_lines(rows, shown)
