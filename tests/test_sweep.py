@@ -18,7 +18,7 @@ from ptylab.figures import series_style
 
 from .conftest import CONF, PLUMBING, ROOT, SMALL_OVERRIDES, TINY_TRAIN, run_script
 
-SWEEP_TINY = [*SMALL_OVERRIDES, *TINY_TRAIN, "trainer.max_epochs=1", "eval.enabled=true"]
+SWEEP_TINY = [*SMALL_OVERRIDES, *TINY_TRAIN, "trainer.max_epochs=1"]
 
 
 def _sweep(sweep_dir, *overrides):
@@ -236,6 +236,9 @@ def test_optuna_search_minimises_the_validation_objective(tmp_path):
     assert len(trials) == 2 and all(t["status"] == "succeeded" for t in trials)
     best = min(t["best_val_loss"] for t in trials)  # the objective is the validation loss, not a test score
     assert f"best_value: {best}"[:18] in results
+    # a trial never scores the test half: no evaluation, no refined arm (the preset turns both off)
+    assert not list(sweep_dir.glob("*/metrics.json")) and not list(sweep_dir.glob("*/refine"))
+    assert all(t["refined"] is None for t in trials)
 
 
 def test_study_plots_give_related_methods_one_colour_and_no_two_series_one_style():
