@@ -53,6 +53,10 @@ def test_compare_lists_every_run_with_numbers_or_reasons(tmp_path):
     if lsqml[0]["status"] == "succeeded":  # files named by seed, neither replacing the other
         assert {p.name for p in (tmp_path / "cmp").glob("lsqml_dense_1e3_seed_*.json")} == {
             "lsqml_dense_1e3_seed_1.json", "lsqml_dense_1e3_seed_2.json"}
+        # comparison.json names each LSQML row's reconstruction, for the study report's gallery
+        recorded = [r for r in json.loads((tmp_path / "cmp" / "comparison.json").read_text())
+                    if r["method"].startswith("LSQML")]
+        assert all((tmp_path / "cmp" / r["reconstruction"]).is_file() for r in recorded)
     if lsqml[0]["status"] == "not run":
         assert "make ptychi" in lsqml[0]["reason"]
     # LSQML also from each network's own reconstruction (here the single pass: PLUMBING skips refinement)
@@ -136,12 +140,14 @@ def test_the_study_report_takes_every_lsqml_row_compare_wrote(tmp_path):
         rows.append(row)
     # Flat-start references on another seed of the same data and on other data, at the same dose and view
     rows += [{**rows[1], "seed": 2, "phase_ssim": 0.8}, {**rows[1], "variant": "other data", "phase_ssim": 0.1}]
+    rows[1]["reconstruction"] = "lsqml_dense_1e4.npz"  # compare.py names its file since 2026-12-06
     (tmp_path / "cmp").mkdir()
     (tmp_path / "cmp" / "comparison.json").write_text(json.dumps(rows))
     got = lsqml_rows(tmp_path)  # the network rows come from the jobs' own manifests, not from here
     assert [(r["method"], r["phase_ssim"], r["duration_s"], r["variant"]) for r in got] == [
         ("LSQML", 0.6, 1.0, "v1"), ("LSQML from PINN gs2 refined", 0.7, 2.0, "v2"), ("LSQML", 0.8, 1.0, "v1"),
         ("LSQML", 0.1, 1.0, "other data")]
+    assert got[0]["image"] == tmp_path / "cmp" / "lsqml_dense_1e4.npz" and "image" not in got[1]  # for the gallery
     # averaged over the seeds of one test data only (with the first grouping, over both datasets too)
     means = seed_means(got)
     assert [(m["method"], m["runs"], m["variant"]) for m in means] == [

@@ -7,6 +7,7 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 
@@ -157,6 +158,30 @@ def test_study_report_has_one_row_per_job_plots_and_html(sweep, tmp_path):
     assert all(0 < float(r["data_fit_ratio"]) < math.inf for r in table)
     assert (rep / "data_fit_ratio_vs_dose.png").is_file()
     assert "dense" in (rep / "study.md").read_text() and "sparse" in (rep / "study.md").read_text()
+    # every reconstruction at a glance, by method and dose, one figure per part, on the page too
+    assert (rep / "gallery_amplitude.png").is_file() and (rep / "gallery_phase.png").is_file()
+    assert "Reconstructions by method and dose" in page
+
+
+def test_the_gallery_has_each_views_truth_then_its_methods_by_dose_and_the_lowest_seed(sweep, tmp_path):
+    from ptylab.stages.study_report import gallery_rows, job_rows
+
+    sweep_dir, _ = sweep
+    rows = job_rows(sweep_dir)
+    cells = gallery_rows(rows)
+    assert list(cells) == ["ground truth dense", "PINN gs2 dense", "PINN gs2 refined dense",
+                           "ground truth sparse", "PINN gs2 sparse", "PINN gs2 refined sparse"]
+    assert all(set(by_dose) == {1000.0, 10000.0} for by_dose in cells.values())
+    job = next(r for r in rows if r["method"] == "PINN gs2" and r["view"] == "dense" and r["dose"] == 1000)
+    with np.load(job["image"]) as f:  # the job's own registered reconstruction, beside its truth
+        np.testing.assert_array_equal(cells["PINN gs2 dense"][1000.0][0], f["object"])
+        np.testing.assert_array_equal(cells["ground truth dense"][1000.0][0], f["ground_truth"])
+    # the same job at a higher seed with another reconstruction: the lowest seed's is shown
+    again = [{**r, "seed": 2, "image": tmp_path / "absent.npz"} for r in rows]
+    assert gallery_rows(rows + again).keys() == cells.keys()
+    # a job without its file (deleted, or written before 2026-12-03) leaves its cell empty
+    partial = [{**r, "image": tmp_path / "absent.npz"} if r is job else r for r in rows]
+    assert 1000.0 not in gallery_rows(partial)["PINN gs2 dense"]
 
 
 def test_compare_takes_a_whole_sweep_and_the_study_report_shows_its_figures(sweep, tmp_path):

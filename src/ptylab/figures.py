@@ -92,6 +92,37 @@ def complex_panels(path: str | Path, entries: dict[str, tuple[np.ndarray, np.nda
     _save(fig, path)
 
 
+def study_gallery(path: str | Path, doses: list[float], rows: dict[str, dict[float, tuple[np.ndarray, np.ndarray]]],
+                  part: str, title: str) -> None:
+    """One ``part`` (amplitude or phase) of a study at a glance: a row per method (``rows`` maps its
+    name to {dose: (image, truth)}, both complex), a column per dose, each panel on its own truth's
+    range (as a job's ``reconstruction.png`` shows it) so a method's panels compare along its row and
+    down a column by eye; where a method did not run at a dose, an empty panel says so."""
+    take = np.abs if part == "amplitude" else np.angle
+    cmap = "gray" if part == "amplitude" else "twilight"
+    # Rows as tall as the images are (a scan's region is often wide), plus room for the titles.
+    height, width = next(iter(next(iter(rows.values())).values()))[0].shape
+    aspect = min(max(height / max(width, 1), 0.25), 2.0)
+    fig, axes = plt.subplots(len(rows), len(doses), figsize=(2.6 * len(doses) + 1.2, (2.6 * aspect + 0.3) * len(rows)),
+                             squeeze=False, layout="constrained")
+    for i, (name, cells) in enumerate(rows.items()):
+        for j, dose in enumerate(doses):
+            ax = axes[i, j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(f"dose {dose:.0e}", fontsize=10)
+            if j == 0:
+                ax.set_ylabel(name.replace(" [", "\n["), fontsize=8)
+            if dose not in cells:
+                ax.text(0.5, 0.5, "not run", ha="center", va="center", transform=ax.transAxes, color="gray")
+                continue
+            image, truth = cells[dose]
+            ax.imshow(take(image), cmap=cmap, vmin=float(take(truth).min()), vmax=float(take(truth).max()))
+    fig.suptitle(title)
+    _save(fig, path)
+
+
 def frc_curves(path: str | Path, curves: dict[str, tuple[np.ndarray, np.ndarray]], title: str) -> None:
     """FRC against spatial frequency (cycles/pixel) with the 1/7 and 0.5 thresholds."""
     fig, ax = plt.subplots(figsize=(5.5, 4))

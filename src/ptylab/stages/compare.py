@@ -150,6 +150,7 @@ def lsqml_row(cfg: TrainConfig, test: PtychoData, lsqml: LsqmlConfig, out_dir: P
         np.savez(fh, object=scores["aligned"], ground_truth=scores["ground_truth"])
     atomic_write_json(out_dir / f"{stem}.json", {**{k: v for k, v in scores.items()
                                                     if k not in ("aligned", "ground_truth")}, "lsqml": info})
+    row["reconstruction"] = f"{stem}.npz"  # in comparison.json, for the study report's gallery
     return row, scores
 
 

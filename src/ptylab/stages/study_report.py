@@ -14,13 +14,21 @@ from pathlib import Path
 from statistics import mean, pstdev
 from typing import Any
 
+import numpy as np
+
 from ..config import format_dose, run_variant
 from ..errors import PtylabError
-from ..figures import metric_vs_dose
+from ..figures import metric_vs_dose, study_gallery
 from ..fileio import atomic_write_text
 from ..manifest import MANIFEST_NAME, method_name, read_manifest
 from ..tables import cell, csv_text, markdown_lines
 
+# Each row's registered reconstruction beside its truth (``object``, ``ground_truth``), for the
+# gallery: a job's (or its refined arm's) ``reconstruction.npz``, the file compare.py wrote for LSQML.
+IMAGE = "image"
+RECONSTRUCTION = "reconstruction.npz"
+# The gallery's figures, one per part: every method's reconstruction at every dose.
+GALLERY = {"amplitude": "gallery_amplitude.png", "phase": "gallery_phase.png"}
 # The last needs no truth: how well each reconstruction explains the test patterns (ptylab.data_fit).
 METRICS = ["amplitude_ssim", "phase_ssim", "amplitude_corr", "phase_corr", "amplitude_psnr", "phase_psnr",
            "amplitude_frc50_px", "phase_frc50_px", "data_fit_ratio"]
@@ -51,11 +59,13 @@ def job_rows(sweep_dir: Path) -> list[dict[str, Any]]:
                        reason=job.get("error"))
             row["steps"] = job.get("steps")
             row["variant"] = run_variant(path.parent)
+            row[IMAGE] = path.parent / RECONSTRUCTION
             rows.append(_scored(row, path.parent / "metrics.json", job["status"]))
             if job.get("refined"):
+                metrics_path = path.parent / job["refined"]["metrics_path"]
                 refined = {**row, "method": method_name(ctx, refined=True), "steps": job["refined"]["steps"],
-                           "duration_s": job["refined"]["refine_s"]}
-                rows.append(_scored(refined, path.parent / job["refined"]["metrics_path"], job["status"]))
+                           "duration_s": job["refined"]["refine_s"], IMAGE: metrics_path.parent / RECONSTRUCTION}
+                rows.append(_scored(refined, metrics_path, job["status"]))
     return rows
 
 
@@ -87,6 +97,8 @@ def lsqml_rows(sweep_dir: Path) -> list[dict[str, Any]]:
                        status=r["status"],
                        duration_s=r.get("reconstruct_s"), reason=r.get("reason"),
                        run_dir=str(path.parent.relative_to(sweep_dir)), variant=r.get("variant") or "")
+            if r.get("reconstruction"):  # compare.py records its file since 2026-12-06
+                row[IMAGE] = path.parent / r["reconstruction"]
             rows.append(row)
     return rows
 
@@ -140,11 +152,59 @@ def write_report(sweep_dir: Path, out_dir: Path) -> dict[str, Any]:
             path = out_dir / f"{metric}_vs_dose.png"
             metric_vs_dose(path, series, metric)
             plots.append(path)
+    gallery = write_gallery(rows, out_dir)
     # compare.py's reconstructions side by side and their FRC curves, wherever it wrote them in the sweep
     compared = sorted(p for name in ("comparison.png", "comparison_frc.png") for p in sweep_dir.glob(f"**/{name}"))
-    _write_html(out_dir / "study.html", sweep_dir, rows, shown, problems, plots, means_shown, compared)
+    _write_html(out_dir / "study.html", sweep_dir, rows, shown, problems, plots, means_shown, gallery, compared)
     return {"rows": len(rows), "failed_or_skipped": len(problems), "plots": [p.name for p in plots],
-            "seed_means": len(means)}
+            "seed_means": len(means), "gallery": [p.name for p in gallery]}
+
+
+def gallery_rows(rows: list[dict[str, Any]]) -> dict[str, dict[float, tuple[np.ndarray, np.ndarray]]]:
+    """The gallery's rows: per view the truth, then each line of the plots (method, view and, where
+    several, variant) with its reconstruction at each dose where one succeeded and left its file;
+    of several seeds, the lowest's. Networks before LSQML, as the tables sort them."""
+    lines = plot_lines(rows)
+    chosen: dict[tuple[str, float], dict[str, Any]] = {}
+    for line, r in zip(lines, rows, strict=True):
+        path = r.get(IMAGE)
+        if r["status"] != "succeeded" or path is None or not Path(path).is_file():
+            continue
+        key = (line, float(r["dose"]))
+        if key not in chosen or (r["seed"] or 0) < (chosen[key]["seed"] or 0):
+            chosen[key] = {**r, "line": line}
+    truths: dict[str, dict[float, tuple[np.ndarray, np.ndarray]]] = {}
+    methods: dict[str, dict[str, dict[float, tuple[np.ndarray, np.ndarray]]]] = {}
+    def place(r: dict[str, Any]) -> tuple[Any, ...]:
+        return r["view"], r["model"] == "lsqml", r["method"], r["line"], r["dose"]
+
+    for r in sorted(chosen.values(), key=place):
+        with np.load(r[IMAGE]) as f:
+            image, truth = f["object"], f["ground_truth"]
+        dose = float(r["dose"])
+        truths.setdefault(r["view"], {}).setdefault(dose, (truth, truth))
+        methods.setdefault(r["view"], {}).setdefault(r["line"], {})[dose] = (image, truth)
+    out: dict[str, dict[float, tuple[np.ndarray, np.ndarray]]] = {}
+    for view, by_line in methods.items():  # each view's truth, then its methods
+        out[f"ground truth {view}"] = truths[view]
+        out.update(by_line)
+    return out
+
+
+def write_gallery(rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
+    """``GALLERY``'s figures (none where no row left a reconstruction): a study's reconstructions
+    by method and dose, for the eye, beside the tables and plots."""
+    cells = gallery_rows(rows)
+    if not cells:
+        return []
+    doses = sorted({dose for by_dose in cells.values() for dose in by_dose})
+    seeds = sorted({r["seed"] for r in rows if r["status"] == "succeeded" and r["seed"] is not None})
+    note = f" (seed {seeds[0]} of {len(seeds)})" if len(seeds) > 1 else ""
+    paths = []
+    for part, name in GALLERY.items():
+        study_gallery(out_dir / name, doses, cells, part, f"{part}: each method's reconstruction by dose{note}")
+        paths.append(out_dir / name)
+    return paths
 
 
 def across_doses(variant: str) -> str:
@@ -214,7 +274,7 @@ def _table_html(rows: list[dict[str, Any]], columns: list[str]) -> str:
 
 def _write_html(path: Path, sweep_dir: Path, rows: list[dict[str, Any]], shown: list[str],
                 problems: list[dict[str, Any]], plots: list[Path], means: list[dict[str, Any]],
-                compared: list[Path]) -> None:
+                gallery: list[Path], compared: list[Path]) -> None:
     e = html.escape
     over_seeds = f"<h2>Over seeds (mean ± standard deviation)</h2>{_table_html(means, MEAN_SHOWN)}" if means else ""
     issues = "".join(f"<li>dose {e(cell(r['dose'], 'dose'))} {e(str(r['view']))} "
@@ -225,6 +285,9 @@ def _write_html(path: Path, sweep_dir: Path, rows: list[dict[str, Any]], shown: 
                            f'src="data:image/png;base64,{_png_b64(p)}"><figcaption>{e(str(p.relative_to(sweep_dir)))}'
                            '</figcaption></figure>' for p in compared)
     compare_section = f"<h2>Reconstructions side by side (compare.py)</h2>{side_by_side}" if compared else ""
+    by_dose = "".join(f'<figure><img class="wide" alt="{e(p.stem)}" src="data:image/png;base64,{_png_b64(p)}">'
+                      '</figure>' for p in gallery)
+    gallery_section = f"<h2>Reconstructions by method and dose</h2>{by_dose}" if gallery else ""
     doses = ", ".join(sorted({format_dose(float(r["dose"])) for r in rows if r["dose"]}))
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>ptylab study: {e(sweep_dir.name)}</title>
@@ -236,6 +299,7 @@ img{{max-width:480px}}img.wide{{max-width:100%}}</style></head><body>
 {over_seeds}
 <h2>Jobs that did not succeed</h2><ul>{issues or "<li>none</li>"}</ul>
 <h2>Metrics against dose</h2>{figs}
+{gallery_section}
 {compare_section}
 </body></html>
 """
