@@ -103,6 +103,14 @@ def test_defaults_live_in_the_schema_once():
     assert isinstance(sup, SupervisedConfig) and sup.separate_decoders
 
 
+def test_compare_needs_runs_or_a_sweep():
+    from ptylab.config import CompareConfig
+
+    with pytest.raises(ConfigError, match=r"runs=\[\]: must be a list of run directories .* or give a sweep"):
+        CompareConfig(output_dir="out")
+    assert CompareConfig(sweep="a/sweep", output_dir="out").runs == []
+
+
 def test_config_error_is_a_package_error():
     assert issubclass(ConfigError, PtylabError)
 
@@ -131,9 +139,7 @@ def test_train_script_refuses_bad_input_before_any_work(tmp_path):
     ("scripts/simulate.py", ["dose=-1", "output_dir=OUT"], "dose=-1.0"),
     ("scripts/reconstruct.py", ["bundle=missing.zip", "data=missing.npz", "output_dir=OUT"], "missing.zip"),
     ("scripts/reproduce.py", ["run_dir=does/not/exist"], "does/not/exist"),
-    ("scripts/compare.py", ["output_dir=OUT"], "runs=[]: must be a list of run directories"),
     ("scripts/compare.py", ["sweep=TMP", "output_dir=OUT"], "no job directory in it"),  # an empty directory
-    ("scripts/compare.py", ["sweep=does/not/exist", "output_dir=OUT"], "sweep=does/not/exist: not a directory"),
     ("scripts/study_report.py", ["TMP", "output_dir=OUT"], "no training_manifest.json"),  # an empty directory
 ])
 def test_scripts_answer_bad_input_with_one_error_line(tmp_path, script, args, needle):
