@@ -159,6 +159,11 @@ class ManifestError(PtylabError):
     """A manifest written by a newer, incompatible ptylab."""
 
 
+def job_dirs(sweep_dir: Path) -> list[Path]:
+    """The job directories of a sweep, in name order: each holds a manifest, whatever its status."""
+    return sorted(path.parent for path in Path(sweep_dir).glob(f"*/{MANIFEST_NAME}"))
+
+
 def read_manifest(run_dir: Path) -> dict[str, Any] | None:
     """The manifest as JSON, or None when absent or unreadable; a newer major format is refused."""
     path = Path(run_dir) / MANIFEST_NAME

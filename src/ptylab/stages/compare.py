@@ -26,7 +26,7 @@ from ..errors import PtylabError
 from ..evaluation import headline
 from ..figures import complex_panels, frc_curves
 from ..fileio import atomic_write_json, atomic_write_text
-from ..manifest import MANIFEST_NAME, method_name, read_manifest
+from ..manifest import MANIFEST_NAME, job_dirs, method_name, read_manifest
 from ..refine import REFINE_DIR
 from ..stitching import OBJECT_FILE, read_object
 from ..tables import csv_text, markdown_lines
@@ -47,7 +47,7 @@ def sweep_jobs(sweep_dir: Path) -> list[Path]:
     """Every job directory of a sweep (one holding a training manifest, whatever its status), in
     name order: the directories study_report reads. A sweep with none is refused: a wrong path, or
     a sweep that has not started a job."""
-    jobs = sorted(path.parent for path in sweep_dir.glob(f"*/{MANIFEST_NAME}"))
+    jobs = job_dirs(sweep_dir)
     if not jobs:
         raise PtylabError(f"sweep={sweep_dir}: no job directory in it (none holds a {MANIFEST_NAME})")
     return jobs

@@ -20,7 +20,7 @@ from ..config import format_dose, run_variant
 from ..errors import PtylabError
 from ..figures import metric_vs_dose, study_gallery
 from ..fileio import atomic_write_text
-from ..manifest import MANIFEST_NAME, method_name, read_manifest
+from ..manifest import MANIFEST_NAME, job_dirs, method_name, read_manifest
 from ..tables import cell, csv_text, markdown_lines
 
 # Each row's registered reconstruction beside its truth (``object``, ``ground_truth``), for the
@@ -44,8 +44,8 @@ COLUMNS = ["dose", "view", "method", "model", "gridsize", "seed", "status", *MET
 
 def job_rows(sweep_dir: Path) -> list[dict[str, Any]]:
     rows = []
-    for path in sorted(sweep_dir.glob(f"*/{MANIFEST_NAME}")):  # one directory per job
-        manifest = read_manifest(path.parent)
+    for run_dir in job_dirs(sweep_dir):
+        manifest = read_manifest(run_dir)
         if not manifest:
             continue
         for job in manifest["jobs"]:
@@ -55,14 +55,14 @@ def job_rows(sweep_dir: Path) -> list[dict[str, Any]]:
                        gridsize=ctx["gridsize"],
                        seed=ctx.get("seed"), status=job["status"], epochs=job.get("epochs"),
                        duration_s=job.get("duration_s"),
-                       bundle_sha256=job.get("bundle_sha256"), run_dir=str(path.parent.relative_to(sweep_dir)),
+                       bundle_sha256=job.get("bundle_sha256"), run_dir=str(run_dir.relative_to(sweep_dir)),
                        reason=job.get("error"))
             row["steps"] = job.get("steps")
-            row["variant"] = run_variant(path.parent)
-            row[IMAGE] = path.parent / RECONSTRUCTION
-            rows.append(_scored(row, path.parent / "metrics.json", job["status"]))
+            row["variant"] = run_variant(run_dir)
+            row[IMAGE] = run_dir / RECONSTRUCTION
+            rows.append(_scored(row, run_dir / "metrics.json", job["status"]))
             if job.get("refined"):
-                metrics_path = path.parent / job["refined"]["metrics_path"]
+                metrics_path = run_dir / job["refined"]["metrics_path"]
                 refined = {**row, "method": method_name(ctx, refined=True), "steps": job["refined"]["steps"],
                            "duration_s": job["refined"]["refine_s"], IMAGE: metrics_path.parent / RECONSTRUCTION}
                 rows.append(_scored(refined, metrics_path, job["status"]))
@@ -175,10 +175,9 @@ def gallery_rows(rows: list[dict[str, Any]]) -> dict[str, dict[float, tuple[np.n
             chosen[key] = {**r, "line": line}
     truths: dict[str, dict[float, tuple[np.ndarray, np.ndarray]]] = {}
     methods: dict[str, dict[str, dict[float, tuple[np.ndarray, np.ndarray]]]] = {}
-    def place(r: dict[str, Any]) -> tuple[Any, ...]:
-        return r["view"], r["model"] == "lsqml", r["method"], r["line"], r["dose"]
-
-    for r in sorted(chosen.values(), key=place):
+    in_order = sorted(chosen.values(), key=lambda r: (r["view"], r["model"] == "lsqml", r["method"], r["line"],
+                                                      r["dose"]))
+    for r in in_order:
         with np.load(r[IMAGE]) as f:
             image, truth = f["object"], f["ground_truth"]
         dose = float(r["dose"])

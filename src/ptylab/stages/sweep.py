@@ -16,7 +16,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from ..fileio import atomic_write_json
-from ..manifest import MANIFEST_NAME, read_manifest
+from ..manifest import job_dirs, read_manifest
 
 log = logging.getLogger(__name__)
 SWEEP_MANIFEST_NAME = "sweep_manifest.json"
@@ -24,14 +24,14 @@ SWEEP_MANIFEST_NAME = "sweep_manifest.json"
 
 def collect_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
     jobs = []
-    for path in sorted(Path(sweep_dir).glob(f"*/{MANIFEST_NAME}")):
-        manifest = read_manifest(path.parent)
+    for run_dir in job_dirs(sweep_dir):
+        manifest = read_manifest(run_dir)
         if not manifest:
-            jobs.append({"run_dir": path.parent.name, "status": "failed", "error": "unreadable manifest"})
+            jobs.append({"run_dir": run_dir.name, "status": "failed", "error": "unreadable manifest"})
             continue
         for job in manifest["jobs"]:
             jobs.append({
-                "run_dir": path.parent.name,
+                "run_dir": run_dir.name,
                 "label": job.get("label"),
                 "context": job.get("context"),
                 "status": job.get("status"),
