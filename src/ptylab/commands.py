@@ -185,7 +185,8 @@ def study_report(argv: list[str] | None = None) -> int:
     out = Path(args.output_dir) if args.output_dir else sweep / "report"
     summary = guarded(lambda: write_report(sweep, out))
     print((out / "study.md").read_text(), end="")
-    print(f"wrote {out}/study.csv, study.md, study.html and {len(summary['plots'])} plots")
+    print(f"wrote {out}/study.csv, study.md, study.html, {len(summary['plots'])} plots and "
+          f"{len(summary['gallery'])} gallery figures")
     return 0
 
 

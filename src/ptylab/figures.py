@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -113,7 +114,7 @@ def study_gallery(path: str | Path, doses: list[float], rows: dict[str, dict[flo
             if i == 0:
                 ax.set_title(f"dose {dose:.0e}", fontsize=10)
             if j == 0:
-                ax.set_ylabel(name.replace(" [", "\n["), fontsize=8)
+                ax.set_ylabel(textwrap.fill(name, 24), fontsize=8)  # "LSQML from PINN gs2 refined dense" in two lines
             if dose not in cells:
                 ax.text(0.5, 0.5, "not run", ha="center", va="center", transform=ax.transAxes, color="gray")
                 continue
