@@ -23,6 +23,7 @@ from .data import PtychoData
 from .data_fit import DATA_FIT_FIGURE, REFERENCES, data_fit, reference_ratios
 from .figures import DATA_FIT_REFERENCES, complex_panels, data_fit_map, frc_curves, patch_map
 from .fileio import atomic_write_json, atomic_write_with
+from .manifest import RECONSTRUCTION_FILE
 from .metrics import PARTS, PSNR_CAP_DB, beats, frc_curve, frc_resolution, reference_scores, score_image
 from .models import PtychoModule
 from .patch_scores import median_crops, patch_agreement
@@ -285,7 +286,7 @@ def write_evaluation(run_dir: Path, scores: dict[str, Any], title: str, extra: d
         with open(tmp, "wb") as fh:
             np.savez(fh, object=aligned, ground_truth=gt)
 
-    atomic_write_with(run_dir / "reconstruction.npz", _npz)
+    atomic_write_with(run_dir / RECONSTRUCTION_FILE, _npz)
     panels = {"ground truth": (gt, None), "reconstruction": (aligned, gt)}
     curves = {part: (np.asarray(scores[part]["frc_curve"]["frequency"]), np.asarray(scores[part]["frc_curve"]["frc"]))
               for part in PARTS}

@@ -19,6 +19,11 @@ from .errors import PtylabError
 from .fileio import atomic_write_json, check_format_version
 
 MANIFEST_NAME = "training_manifest.json"
+# Each evaluation's registered, aligned reconstruction and the truth on its pixels (``object``,
+# ``ground_truth``; ``evaluation.write_evaluation``), beside the manifest: what comparisons and the
+# study report's gallery draw. Named here, with the manifest, so that reading a run directory needs
+# no import of the modules that wrote it.
+RECONSTRUCTION_FILE = "reconstruction.npz"
 SKIP_SUMMARY_NAME = "skip_summary.json"
 FORMAT_VERSION = "2.0"  # major.minor; a newer major is refused
 

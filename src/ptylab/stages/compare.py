@@ -26,7 +26,7 @@ from ..errors import PtylabError
 from ..evaluation import headline
 from ..figures import complex_panels, frc_curves
 from ..fileio import atomic_write_json, atomic_write_text
-from ..manifest import MANIFEST_NAME, job_dirs, method_name, read_manifest
+from ..manifest import MANIFEST_NAME, RECONSTRUCTION_FILE, job_dirs, method_name, read_manifest
 from ..refine import REFINE_DIR
 from ..stitching import OBJECT_FILE, read_object
 from ..tables import csv_text, markdown_lines
@@ -226,7 +226,7 @@ def compare(run_dirs: list[str], out_dir: Path, lsqml: LsqmlConfig) -> list[dict
     for row in scored:
         name = label(row["method"], row)
         run = arm_dir(row)
-        rec = np.load(run / "reconstruction.npz")
+        rec = np.load(run / RECONSTRUCTION_FILE)
         if not panels:
             panels["ground truth"] = (rec["ground_truth"], None)
         panels[name] = (rec["object"], rec["ground_truth"])

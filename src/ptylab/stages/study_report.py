@@ -20,13 +20,12 @@ from ..config import format_dose, run_variant
 from ..errors import PtylabError
 from ..figures import metric_vs_dose, study_gallery
 from ..fileio import atomic_write_text
-from ..manifest import MANIFEST_NAME, job_dirs, method_name, read_manifest
+from ..manifest import MANIFEST_NAME, RECONSTRUCTION_FILE, job_dirs, method_name, read_manifest
 from ..tables import cell, csv_text, markdown_lines
 
-# Each row's registered reconstruction beside its truth (``object``, ``ground_truth``), for the
-# gallery: a job's (or its refined arm's) ``reconstruction.npz``, the file compare.py wrote for LSQML.
+# Each row's registered reconstruction beside its truth, for the gallery: a job's (or its refined
+# arm's) ``manifest.RECONSTRUCTION_FILE``, the file compare.py wrote for LSQML.
 IMAGE = "image"
-RECONSTRUCTION = "reconstruction.npz"
 # The gallery's figures, one per part: every method's reconstruction at every dose.
 GALLERY = {"amplitude": "gallery_amplitude.png", "phase": "gallery_phase.png"}
 # The last needs no truth: how well each reconstruction explains the test patterns (ptylab.data_fit).
@@ -59,12 +58,12 @@ def job_rows(sweep_dir: Path) -> list[dict[str, Any]]:
                        reason=job.get("error"))
             row["steps"] = job.get("steps")
             row["variant"] = run_variant(run_dir)
-            row[IMAGE] = run_dir / RECONSTRUCTION
+            row[IMAGE] = run_dir / RECONSTRUCTION_FILE
             rows.append(_scored(row, run_dir / "metrics.json", job["status"]))
             if job.get("refined"):
                 metrics_path = run_dir / job["refined"]["metrics_path"]
                 refined = {**row, "method": method_name(ctx, refined=True), "steps": job["refined"]["steps"],
-                           "duration_s": job["refined"]["refine_s"], IMAGE: metrics_path.parent / RECONSTRUCTION}
+                           "duration_s": job["refined"]["refine_s"], IMAGE: metrics_path.parent / RECONSTRUCTION_FILE}
                 rows.append(_scored(refined, metrics_path, job["status"]))
     return rows
 
