@@ -179,6 +179,10 @@ def test_the_gallery_has_each_views_truth_then_its_methods_by_dose_and_the_lowes
     # the same job at a higher seed with another reconstruction: the lowest seed's is shown
     again = [{**r, "seed": 2, "image": tmp_path / "absent.npz"} for r in rows]
     assert gallery_rows(rows + again).keys() == cells.keys()
+    # a view whose rows hold other data (a sweep over datasets) has no one truth to show
+    other = [{**r, "variant": f"{r['variant']} dataset.object_size=128"} if r["view"] == "sparse" and r["dose"] == 1000
+             else r for r in rows]
+    assert [name for name in gallery_rows(other) if name.startswith("ground truth")] == ["ground truth dense"]
     # a job without its file (deleted, or written before 2026-12-03) leaves its cell empty
     partial = [{**r, "image": tmp_path / "absent.npz"} if r is job else r for r in rows]
     assert 1000.0 not in gallery_rows(partial)["PINN gs2 dense"]

@@ -160,9 +160,10 @@ def write_report(sweep_dir: Path, out_dir: Path) -> dict[str, Any]:
 
 
 def gallery_rows(rows: list[dict[str, Any]]) -> dict[str, dict[float, tuple[np.ndarray, np.ndarray]]]:
-    """The gallery's rows: per view the truth, then each line of the plots (method, view and, where
-    several, variant) with its reconstruction at each dose where one succeeded and left its file;
-    of several seeds, the lowest's. Networks before LSQML, as the tables sort them."""
+    """The gallery's rows: per view the truth (where the view's rows share their data), then each
+    line of the plots (method, view and, where several, variant) with its reconstruction at each
+    dose where one succeeded and left its file; of several seeds, the lowest's. Networks before
+    LSQML, as the tables sort them."""
     lines = plot_lines(rows)
     chosen: dict[tuple[str, float], dict[str, Any]] = {}
     for line, r in zip(lines, rows, strict=True):
@@ -184,9 +185,16 @@ def gallery_rows(rows: list[dict[str, Any]]) -> dict[str, dict[float, tuple[np.n
         methods.setdefault(r["view"], {}).setdefault(r["line"], {})[dose] = (image, truth)
     out: dict[str, dict[float, tuple[np.ndarray, np.ndarray]]] = {}
     for view, by_line in methods.items():  # each view's truth, then its methods
-        out[f"ground truth {view}"] = truths[view]
+        data = {_data_overrides(r.get("variant") or "") for r in in_order if r["view"] == view}
+        if len(data) == 1:  # a sweep over datasets has no one truth per view: each panel is on its own's range
+            out[f"ground truth {view}"] = truths[view]
         out.update(by_line)
     return out
+
+
+def _data_overrides(variant: str) -> tuple[str, ...]:
+    """The overrides of a variant that change the data (``dataset=...``, ``dataset.<key>=...``)."""
+    return tuple(sorted(t for t in variant.split() if t.split("=", 1)[0].lstrip("+~").startswith("dataset")))
 
 
 def write_gallery(rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
