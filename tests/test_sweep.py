@@ -308,6 +308,10 @@ def test_study_plots_draw_one_line_per_variant_and_never_average_variants_at_a_d
     rows = [row("PINN gs2", d, f"dose={d} view=dense", seed) for d in (1000, 10000) for seed in (1, 2)]
     rows += [row("LSQML", d, "test data embedded dense 1a2b3c4d lsqml.epochs=200") for d in (1000, 10000)]
     assert set(plot_lines(rows)) == {"PINN gs2 dense", "LSQML dense"}  # one variant each
+    # comparisons written before 2026-12-06: a digest per dose, no epochs; still one line
+    legacy = [row("LSQML", d, f"test data embedded dense {digest}")
+              for d, digest in ((1000, "0a0a0a0a"), (1e4, "1b1b1b1b"))]
+    assert set(plot_lines(legacy)) == {"LSQML dense"}
     rows += [row("PINN gs2", d, f"dose={d} view=dense model.width=2") for d in (1000, 10000)]
     rows += [{**row("PINN gs2", 1000, "dose=1000"), "status": "failed"}]  # not drawn: no line of its own
     lines = plot_lines(rows)
