@@ -94,6 +94,21 @@ def _chunks(data: PtychoData) -> Iterator[tuple[slice, torch.Tensor, torch.Tenso
                torch.from_numpy(np.asarray(data.ycoords[sl], np.float64)))
 
 
+def _exit_waves(canvas: torch.Tensor, data: PtychoData) -> Iterator[tuple[slice, torch.Tensor]]:
+    """The exit waves (probe times object window) at ``data``'s positions, a chunk at a time."""
+    probe = torch.from_numpy(np.asarray(data.probe, np.complex64))
+    for sl, x, y in _chunks(data):
+        yield sl, probe * window_taps(canvas.shape, x, y, data.N, torch.float32).cut(canvas)
+
+
+def exit_wave_energy(obj: np.ndarray, data: PtychoData) -> float:
+    """The energy of ``obj``'s exit waves at ``data``'s positions: by Parseval, the total of the
+    far-field intensities it predicts there (unitary FFT), so that one factor puts an object in the
+    units of the measured counts without a far field (``data_fit``, ``lsqml.matched_start``)."""
+    canvas = torch.from_numpy(np.asarray(obj, np.complex64))
+    return sum(float(waves.abs().square().double().sum()) for _, waves in _exit_waves(canvas, data))
+
+
 def data_fit(obj: np.ndarray, data: PtychoData) -> DataFit:
     """How well ``obj`` (H, W complex, on ``data``'s object canvas) explains ``data``'s patterns.
 
@@ -102,20 +117,14 @@ def data_fit(obj: np.ndarray, data: PtychoData) -> DataFit:
     predicted and scored a chunk at a time, so memory stays a chunk's whatever the split's size.
     The predictions are made on the CPU in single precision, as the offset fit makes them, so one
     object scores the same whatever device made it."""
-    canvas = torch.from_numpy(np.asarray(obj, np.complex64))
-    probe = torch.from_numpy(np.asarray(data.probe, np.complex64))
-
-    def exit_waves(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return probe * window_taps(canvas.shape, x, y, data.N, torch.float32).cut(canvas)
-
-    energy = sum(float(exit_waves(x, y).abs().square().double().sum()) for _, x, y in _chunks(data))
+    energy = exit_wave_energy(obj, data)
     if energy <= 0:
         raise ValueError("the object predicts no counts at the test positions (zero under the probe)")
     scale = data.mean_counts * data.n_positions / energy
     per_pattern, per_floor = np.empty(data.n_positions), np.empty(data.n_positions)
-    for sl, x, y in _chunks(data):
+    for sl, waves in _exit_waves(torch.from_numpy(np.asarray(obj, np.complex64)), data):
         # A count where nothing is predicted costs a large deviance, not an infinite one.
-        mean = np.maximum(scale * uncentred_intensity(exit_waves(x, y)).double().numpy(), np.finfo(np.float64).tiny)
+        mean = np.maximum(scale * uncentred_intensity(waves).double().numpy(), np.finfo(np.float64).tiny)
         counts = np.fft.ifftshift(np.square(np.asarray(data.diff3d[sl], np.float64)), axes=(-2, -1))
         per_pattern[sl] = deviance(counts, mean).sum((-2, -1))
         per_floor[sl] = expected_deviance(mean).sum((-2, -1))

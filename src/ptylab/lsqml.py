@@ -16,13 +16,11 @@ import time
 from typing import Any
 
 import numpy as np
-import torch
 
 from .config import EvalConfig
 from .data import PtychoData
-from .data_fit import data_fit
+from .data_fit import data_fit, exit_wave_energy
 from .models.factory import derived_intensity_scale
-from .physics import extract_patches
 from .stitching import Stitched, illuminated_bbox
 
 log = logging.getLogger(__name__)
@@ -60,28 +58,22 @@ def data_scale(data: PtychoData) -> float:
     return float(scale) if scale is not None else derived_intensity_scale(data)
 
 
-def matched_start(start: Stitched, data: PtychoData, chunk: int = 4096) -> np.ndarray:
+def matched_start(start: Stitched, data: PtychoData) -> np.ndarray:
     """A stitched object as LSQML's start: scaled so that the counts it models at ``data``'s
     positions total the measured counts, pixels the stitch left empty (zero: no weight, or below
     ``placement.MIN_WEIGHT_SHARE`` outside the evaluated area) set to its mean amplitude.
 
     A network's amplitudes are in its own units (its intensity scale assumes an object of RMS
     amplitude ``model.reference_amplitude`` where the data state no scale); matching the total
-    counts (Parseval: sum |F(s P O)|^2 = s^2 sum |P O|^2) puts any start in the units of LSQML's
-    probe without knowing them.
+    counts (Parseval: sum |F(s P O)|^2 = s^2 sum |P O|^2, ``data_fit.exit_wave_energy``, the data
+    fit's own scale) puts any start in the units of LSQML's probe without knowing them.
     """
     stitched = start.obj != 0
     if not stitched.any():
         raise ValueError("the start object has no stitched pixel")
     obj = np.where(stitched, start.obj, np.abs(start.obj[stitched]).mean()).astype(np.complex64)
-    canvas, probe = torch.from_numpy(obj), torch.from_numpy(np.asarray(data.probe, np.complex64))
-    modelled = 0.0
-    for first in range(0, data.n_positions, chunk):
-        x = torch.from_numpy(np.asarray(data.xcoords[first : first + chunk], np.float64))
-        y = torch.from_numpy(np.asarray(data.ycoords[first : first + chunk], np.float64))
-        modelled += float((probe * extract_patches(canvas, x, y, data.N)).abs().square().sum())
     measured = data.mean_counts * data.n_positions
-    factor = math.sqrt(measured / (data_scale(data) ** 2 * modelled))
+    factor = math.sqrt(measured / (data_scale(data) ** 2 * exit_wave_energy(obj, data)))
     return (obj * factor).astype(np.complex64)
 
 
