@@ -189,12 +189,12 @@ def test_the_gallery_has_each_views_truth_then_its_methods_by_dose_and_the_lowes
 
 
 def test_compare_takes_a_whole_sweep_and_the_study_report_shows_its_figures(sweep, tmp_path):
-    """``compare.py sweep=DIR`` compares every job of a sweep (``sweep_jobs``), as the study report reads it; with
+    """``compare.py sweep=DIR`` compares every job of a sweep (``run_list``), as the study report reads it; with
     its output inside the sweep, the report's page shows its figures (every method's
     reconstruction side by side, their FRC curves) under their paths, and without it has no such
     section."""
     from ptylab.config import LsqmlConfig
-    from ptylab.stages.compare import compare, sweep_jobs
+    from ptylab.stages.compare import compare, run_list
     from ptylab.stages.study_report import write_report
 
     sweep_dir, _ = sweep
@@ -204,7 +204,10 @@ def test_compare_takes_a_whole_sweep_and_the_study_report_shows_its_figures(swee
     assert "side by side" not in (tmp_path / "before" / "study.html").read_text()
     # in-process, as compare.py sweep=STUDY output_dir=STUDY/compare runs it (its refusals go through
     # the command in test_config_refusals)
-    compare([str(job) for job in sweep_jobs(study)], study / "compare", LsqmlConfig(enabled=False))
+    first = sorted(study.glob("*/training_manifest.json"))[0].parent
+    runs = run_list([str(first), f"{first}/"], study)  # named twice and in the sweep: compared once
+    assert len(runs) == 4 and runs[0] == str(first)
+    compare(runs, study / "compare", LsqmlConfig(enabled=False))
     rows = list(csv.DictReader((study / "compare" / "comparison.csv").read_text().splitlines()))
     jobs = {p.parent for p in study.glob("*/training_manifest.json")}
     assert {Path(r["source"]) for r in rows} == jobs and len(rows) == 2 * 4  # each job's single pass and refined arm

@@ -131,11 +131,11 @@ def reconstruct() -> None:
 
 def _compare_task(cfg: DictConfig) -> None:
     from .stages.compare import compare as run_compare
-    from .stages.compare import sweep_jobs
+    from .stages.compare import run_list
 
     cc: CompareConfig = validate(cfg)
     sweep = None if cc.sweep is None else require_path("sweep", cc.sweep, directory=True)
-    runs = [*cc.runs, *(str(job) for job in guarded(lambda: sweep_jobs(sweep)))] if sweep else cc.runs
+    runs = guarded(lambda: run_list(cc.runs, sweep))
     rows = guarded(lambda: run_compare(runs, Path(cc.output_dir), cc.lsqml))
     print((Path(cc.output_dir) / "comparison.md").read_text(), end="")
     print(f"wrote {cc.output_dir}/comparison.csv, comparison.md, comparison.png ({len(rows)} rows)")

@@ -53,6 +53,20 @@ def sweep_jobs(sweep_dir: Path) -> list[Path]:
     return jobs
 
 
+def run_list(runs: list[str], sweep: Path | None) -> list[str]:
+    """The run directories a comparison covers: ``runs``, then the sweep's jobs (``sweep_jobs``),
+    each once (a run named in both, or twice, would be compared twice, its label numbered ``#2``)."""
+    listed = [*runs, *(str(job) for job in sweep_jobs(sweep))] if sweep is not None else list(runs)
+    seen: set[Path] = set()
+    out = []
+    for run in listed:
+        key = Path(run).resolve()
+        if key not in seen:
+            seen.add(key)
+            out.append(run)
+    return out
+
+
 def run_rows(run_dir: Path) -> list[dict[str, Any]]:
     """Rows from a run directory's manifest and metrics (the single-pass model, and its refined arm
     where the job ran one); a reason instead of numbers where it has none."""
