@@ -65,6 +65,7 @@ def test_run_directory_has_everything_the_design_lists(trained):
     assert job["dataset"]["cache_key"] and job["dataset"]["files"]["train.npz"]["sha256"]
     assert manifest["skipped_count"] == 0 and manifest["skip_summary_path"] is None
     assert SHA_LINE.search(res.stdout).group(1) == job["bundle_sha256"]
+    assert f"run directory {run}\n" in res.stdout  # where to look next, named on the console
     # Lightning's lines (one per Trainer: training, refinement) reach the console once each, as
     # the run's train.log has them.
     log_text = (run / "train.log").read_text()

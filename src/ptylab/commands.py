@@ -52,6 +52,8 @@ def _train_task(cfg: DictConfig) -> float | None:
     if record is None:  # a non-zero DDP rank: rank zero reports for the job
         return None
     print(summary_line(record), flush=True)
+    # where its files are (metrics, figures, bundle, log): a user's next stop, which no other line names
+    print(f"{record.label} run directory {hc.runtime.output_dir}", flush=True)
     if record.status == "interrupted":  # pre-empted: non-zero in runs and sweeps alike, so the scheduler requeues
         sys.exit(EXIT_INTERRUPTED)
     if record.status == "failed" and hc.mode == RunMode.RUN:
