@@ -20,7 +20,7 @@ from typing import Any, NoReturn, TypeVar
 
 from omegaconf import OmegaConf
 
-from .config import TrainConfig, require_trainer_device, validate
+from .config import TrainConfig, override_key, require_trainer_device, validate
 from .errors import ConfigError, PtylabError
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
@@ -48,7 +48,7 @@ def _job_overrides(args: Sequence[str]) -> list[list[str]]:
 
     multirun = any(a in ("-m", "--multirun") for a in args)
     plain: list[str] = [a for a in args
-                        if not a.startswith("-") and "=" in a and not a.lstrip("+~").startswith("hydra")]
+                        if not a.startswith("-") and "=" in a and not override_key(a).startswith("hydra")]
     if not multirun:
         return [plain]
     parsed = OverridesParser.create().parse_overrides(plain)

@@ -568,6 +568,12 @@ def load_run_config(path: str | Path) -> DictConfig:
     return cfg
 
 
+def override_key(override: str) -> str:
+    """The key a command-line override sets: ``+model.lr=1e-3`` -> ``model.lr`` (Hydra's ``+``,
+    ``++`` and ``~`` prefixes dropped)."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
 def run_variant(run_dir: Path) -> str:
     """A run's command-line overrides but its seed (Hydra's ``.hydra/overrides.yaml``), sorted: runs
     with the same variant differ only in their seed, so only they are averaged over seeds."""
@@ -575,7 +581,7 @@ def run_variant(run_dir: Path) -> str:
     if not path.is_file():
         return ""
     overrides = [str(o) for o in OmegaConf.load(path)]
-    return " ".join(sorted(o for o in overrides if o.split("=", 1)[0].lstrip("+~") != "seed"))
+    return " ".join(sorted(o for o in overrides if override_key(o) != "seed"))
 
 
 def validate(cfg: Any) -> Any:

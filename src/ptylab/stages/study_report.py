@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..config import format_dose, run_variant
+from ..config import format_dose, override_key, run_variant
 from ..errors import PtylabError
 from ..figures import metric_vs_dose, study_gallery
 from ..fileio import atomic_write_text
@@ -194,7 +194,7 @@ def gallery_rows(rows: list[dict[str, Any]]) -> dict[str, dict[float, tuple[np.n
 
 def _data_overrides(variant: str) -> tuple[str, ...]:
     """The overrides of a variant that change the data (``dataset=...``, ``dataset.<key>=...``)."""
-    return tuple(sorted(t for t in variant.split() if t.split("=", 1)[0].lstrip("+~").startswith("dataset")))
+    return tuple(sorted(t for t in variant.split() if override_key(t).startswith("dataset")))
 
 
 def write_gallery(rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
@@ -220,7 +220,7 @@ def across_doses(variant: str) -> str:
     words = variant.split()
     if words[:2] == ["test", "data"] and not any(w.startswith("lsqml.") for w in words):
         return " ".join(words[:4])  # "test data <dataset> <view>"
-    return " ".join(t for t in words if t.split("=", 1)[0].lstrip("+~") != "dose")
+    return " ".join(t for t in words if override_key(t) != "dose")
 
 
 def plot_lines(rows: list[dict[str, Any]]) -> list[str]:
