@@ -22,6 +22,7 @@ from ptylab.phase_offsets import (
     _polar,
     auto_lr,
     fit_offsets,
+    phase_variation,
     shape_basis,
     shifted_terms,
 )
@@ -226,6 +227,39 @@ def test_shape_terms_fitted_to_the_data_remove_an_error_every_patch_shares(scan)
     predicted = _with_shared_error(patches, lambda u, v: 0.4 * (u**2 + v**2))
     offsets_only, shaped = (_phase_error(_fitted(scan, predicted, order), obj) for order in (0, 2))
     assert shaped < 0.8 * offsets_only  # measured 0.038 vs 0.058 rad
+
+
+def test_the_phase_total_variation_in_the_fit_removes_the_texture_disagreeing_patches_leave():
+    """Each patch of a flat-phase object carries its own random ramps, curvature and astigmatism
+    (as a network's patches do where one pattern does not pin its phase's shape): the fitted shape
+    terms leave part of them, which stitched overlap averages into texture at the scan step; the
+    phase's total variation in the fit's loss (``phase_tv``) takes it out, and 0 leaves the
+    likelihood alone."""
+    obj = make_object(96, "camera", "astronaut", 0.3, 0.0)  # a flat phase
+    x, y = raster_scan(obj.shape, 32, 5.0, 0.4, stage_rng(0, "scan"))
+    patches = extract_patches(torch.from_numpy(obj), torch.from_numpy(x), torch.from_numpy(y), 32).numpy()
+    probe, diff = _measured(patches)
+    rng = stage_rng(5, "errors")
+    u, v = np.meshgrid(np.arange(32) - 16.0, np.arange(32) - 16.0, indexing="xy")
+    u, v = u / 8, v / 8
+    c = rng.normal(0, 0.15, (5, len(x), 1, 1))
+    error = c[0] * u + c[1] * v + c[2] * (u**2 + v**2) + c[3] * (u**2 - v**2) + c[4] * 2 * u * v
+    offset = np.exp(1j * rng.uniform(-np.pi, np.pi, len(x)))[:, None, None]
+    predicted = (patches * np.exp(1j * error) * offset).astype(np.complex64)
+
+    def fitted(phase_tv: float):
+        fit = ResolvedFit(60, LR, gains=True, order=2, ramp=True, average=0.0, phase_tv=phase_tv)
+        evidence = Evidence(diff, np.arange(len(x)), x, y, probe, fit)
+        return stitch(predicted, x, y, obj.shape, 16, sync_phase=True, evidence=evidence)
+
+    plain, prior = fitted(0.0), fitted(4.0)
+    variation = {name: float(phase_variation(torch.from_numpy(_inner(r, obj)[0]))) for name, r in
+                 (("plain", plain), ("prior", prior))}
+    assert variation["prior"] < 0.7 * variation["plain"]
+    assert _phase_error(prior, obj) < 0.7 * _phase_error(plain, obj)
+    assert OffsetFit.from_inference({k: v for k, v in OffsetFit(phase_tv=0.5).inference().items()
+                                     if k != "offset_fit_phase_tv"}).phase_tv == 0.0  # older bundles
+    assert OffsetFit.from_inference(OffsetFit(phase_tv=0.5).inference()).for_counts(1e4).phase_tv == 0.5
 
 
 def test_shape_terms_as_a_product_are_the_terms_at_each_placed_pixel(scan):

@@ -369,6 +369,11 @@ class EvalConfig:
     # (0: the last step's). None: from the data's counts per pattern (0.5 from 6.7e3 to 1.7e4, else
     # 0; phase_offsets.AUTO_REGIMES): at 1e4 it lets 200 steps sharpen without the last step's wander.
     offset_fit_average: float | None = None
+    # Weight of the stitched phase's total variation in the fit's loss, per object pixel against the
+    # Poisson NLL per pattern pixel (0: the likelihood alone; phase_offsets.phase_variation): it
+    # removes the scan-step texture that overlapping patches leave in flat phase, which the patterns
+    # do not pin down (docs/quality.md).
+    offset_fit_phase_tv: float = 2.0
     # Also score the fit on flat patches (no network), the reference a network must beat; it costs
     # about one more stitching and fit (off for scans so large that this matters).
     fit_alone: bool = True
@@ -397,6 +402,7 @@ class EvalConfig:
                           self.offset_fit_average)
         _check(self.offset_fit_lr is None or self.offset_fit_lr > 0, "eval.offset_fit_lr", self.offset_fit_lr,
                "> 0, or null (from the data's counts)")
+        _check(self.offset_fit_phase_tv >= 0, "eval.offset_fit_phase_tv", self.offset_fit_phase_tv, ">= 0")
         if self.stitch_crop is not None:
             _check(self.stitch_crop >= 1, "eval.stitch_crop", self.stitch_crop, ">= 1 or null")
 
@@ -536,12 +542,15 @@ class ReconstructConfig:
     offset_fit_steps: int | None = None  # as eval.offset_fit_steps; None: the bundle's setting
     offset_fit_order: int | None = None  # as eval.offset_fit_order; None: the bundle's setting
     offset_fit_average: float | None = None  # as eval.offset_fit_average; None: the bundle's setting
+    offset_fit_phase_tv: float | None = None  # as eval.offset_fit_phase_tv; None: the bundle's setting
 
     def __post_init__(self) -> None:
         _check(self.batch_size >= 1, "batch_size", self.batch_size, ">= 1")
         _check(self.tile_patches >= 16, "tile_patches", self.tile_patches, ">= 16")
         _check_offset_fit("", "the bundle's setting", self.offset_fit_steps, self.offset_fit_order,
                           self.offset_fit_average)
+        _check(self.offset_fit_phase_tv is None or self.offset_fit_phase_tv >= 0, "offset_fit_phase_tv",
+               self.offset_fit_phase_tv, ">= 0, or null (the bundle's setting)")
 
 
 MODEL_SCHEMAS: dict[str, type] = {"pinn": PinnConfig, "supervised": SupervisedConfig}
