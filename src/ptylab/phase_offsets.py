@@ -427,7 +427,10 @@ def fit_offsets(canvas_of: Callable[[torch.Tensor], torch.Tensor], start: torch.
 def phase_variation(canvas: torch.Tensor) -> torch.Tensor:
     """The total variation of ``canvas``'s phase: the mean over its pixels of |sin| of the phase step
     to the right and below, |Im(a conj(b))| / (|a| |b|), which leaves the amplitude alone and
-    vanishes where there is none.
+    vanishes where there is none. Not ``models.pinn.total_variation``, the network's prior on its
+    predicted phase: that one differences an unwrapped real phase on the probe's support, while a
+    stitched canvas is complex and its phase wrapped, so the step is taken as the sine of the
+    angle between neighbours.
 
     Why the fit has it (``OffsetFit.phase_tv``): overlapping patches whose shape terms disagree
     leave texture at the scan step in the stitched phase, which the patterns do not pin down at
