@@ -97,6 +97,9 @@ def test_runs_share_a_reference_only_when_they_share_the_test_split():
         # the flat-start reference's variant: its data but the seed and dose, averaged over seeds in
         # the report and drawn as one line across doses
         assert (data_variant(changed) == data_variant(base)) == (other in (["seed=2"], ["dose=10000"])), other
+    # the data's own overrides follow, so the study's gallery puts the row under its data's truth
+    assert data_variant(base, "dataset.scan_step=4.0 dose=1000 model.lr=0.01 seed=3").endswith(
+        " dataset.scan_step=4.0")
 
 
 def test_labels_name_the_seed_when_there_are_several_and_never_repeat():

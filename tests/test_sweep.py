@@ -179,10 +179,20 @@ def test_the_gallery_has_each_views_truth_then_its_methods_by_dose_and_the_lowes
     # the same job at a higher seed with another reconstruction: the lowest seed's is shown
     again = [{**r, "seed": 2, "image": tmp_path / "absent.npz"} for r in rows]
     assert gallery_rows(rows + again).keys() == cells.keys()
-    # a view whose rows hold other data (a sweep over datasets) has no one truth to show
+    # a view over several data (a sweep over datasets): each data's truth, then its methods
     other = [{**r, "variant": f"{r['variant']} dataset.object_size=128"} if r["view"] == "sparse" and r["dose"] == 1000
              else r for r in rows]
-    assert [name for name in gallery_rows(other) if name.startswith("ground truth")] == ["ground truth dense"]
+    names = list(gallery_rows(other))
+    truths = [name for name in names if name.startswith("ground truth")]
+    assert truths[:2] == ["ground truth dense", "ground truth sparse [dataset.object_size=128]"]  # what sets it apart
+    assert len(truths) == 3 and truths[2].startswith("ground truth sparse [dataset.N=32 ")  # the rest: all of its data
+    small, rest = names.index(truths[1]), names.index(truths[2])
+    assert all("object_size=128" in name for name in names[small + 1 : rest])  # its methods follow it
+    assert rest < len(names) - 1 and not any("object_size=128" in name for name in names[rest + 1 :])
+    # ... unless a flat-start LSQML row there does not say which data it ran on: no truth guessed
+    lsqml = {**job, "view": "sparse", "model": "lsqml", "method": "LSQML",
+             "variant": "test data embedded sparse 0a1b2c3d"}
+    assert [name for name in gallery_rows([*other, lsqml]) if name.startswith("ground truth")] == ["ground truth dense"]
     # a job without its file (deleted, or written before 2026-12-03) leaves its cell empty
     partial = [{**r, "image": tmp_path / "absent.npz"} if r is job else r for r in rows]
     assert 1000.0 not in gallery_rows(partial)["PINN gs2 dense"]

@@ -583,6 +583,12 @@ def override_key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~")
 
 
+def data_overrides(variant: str) -> tuple[str, ...]:
+    """The overrides of a variant that change the data (``dataset=...``, ``dataset.<key>=...``),
+    sorted: runs (and LSQML rows, ``compare.data_variant``) with the same ones share their data."""
+    return tuple(sorted(t for t in variant.split() if override_key(t).startswith("dataset")))
+
+
 def run_variant(run_dir: Path) -> str:
     """A run's command-line overrides but its seed (Hydra's ``.hydra/overrides.yaml``), sorted: runs
     with the same variant differ only in their seed, so only they are averaged over seeds."""

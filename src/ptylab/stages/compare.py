@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ..config import LsqmlConfig, TrainConfig, format_dose, load_run_config, run_variant, validate
+from ..config import LsqmlConfig, TrainConfig, data_overrides, format_dose, load_run_config, run_variant, validate
 from ..data import PtychoData
 from ..datasets import load_job_data
 from ..errors import PtylabError
@@ -123,13 +123,15 @@ def split_key(cfg: TrainConfig) -> str:
     return json.dumps({**_data_settings(cfg), "seed": int(cfg.seed)}, sort_keys=True, default=str)
 
 
-def data_variant(cfg: TrainConfig) -> str:
+def data_variant(cfg: TrainConfig, run_variant: str = "") -> str:
     """A flat-start LSQML row's variant: its test data but the seed and the dose (dataset, view and
     their settings), so that the study report averages such rows over seeds and never over
-    datasets, and draws one line across doses per dataset (the report keeps doses apart itself)."""
+    datasets, and draws one line across doses per dataset (the report keeps doses apart itself);
+    then the data's overrides in ``run_variant`` (the variant of a run whose test data it is), by
+    which the report's gallery puts the row under its data's truth in a sweep over datasets."""
     settings = {k: v for k, v in _data_settings(cfg).items() if k != "dose"}
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
-    return f"test data {cfg.dataset.name} {cfg.view.name} {digest[:8]}"
+    return " ".join([f"test data {cfg.dataset.name} {cfg.view.name} {digest[:8]}", *data_overrides(run_variant)])
 
 
 def lsqml_row(cfg: TrainConfig, test: PtychoData, lsqml: LsqmlConfig, out_dir: Path, label: str,
@@ -263,8 +265,8 @@ def compare(run_dirs: list[str], out_dir: Path, lsqml: LsqmlConfig) -> list[dict
                 tests[key] = rebuild_test_split(cfg)
             name = label(lsqml_method(start, lsqml.noise_model), row)
             lrow, scores = lsqml_row(cfg, tests[key], lsqml, out_dir, name, start)
-            lrow["variant"] = lsqml_variant(data_variant(cfg) if start is None else row["variant"], lsqml,
-                                            start is not None)
+            base = data_variant(cfg, row["variant"]) if start is None else row["variant"]
+            lrow["variant"] = lsqml_variant(base, lsqml, start is not None)
             rows.append(lrow)
             if scores is not None:
                 panels[name] = (scores["aligned"], scores["ground_truth"])
