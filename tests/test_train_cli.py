@@ -149,7 +149,7 @@ def test_a_bundle_that_says_true_averages_over_every_symmetry_as_before(trained)
 
     def rebuilt(average: object) -> np.ndarray:
         old = replace(bundle, inference={**bundle.inference, "average_symmetries": average})
-        return reconstruct_from_bundle(old, test, offset_fit_steps=0).obj
+        return reconstruct_from_bundle(old, test, fit_overrides={"steps": 0}).obj
 
     legacy = rebuilt(True)
     np.testing.assert_array_equal(legacy, rebuilt("all"))
@@ -217,10 +217,10 @@ def test_reconstruct_overrides_the_bundles_fit_averaging(trained):
     bundle = load_bundle(run / "wts.h5.zip")
     test = read_dataset(next((root / "cache").glob("*/test.npz")))
     recorded_zero = replace(bundle, inference={**bundle.inference, "offset_fit_average": 0.0})
-    last = reconstruct_from_bundle(recorded_zero, test, offset_fit_steps=6).obj
+    last = reconstruct_from_bundle(recorded_zero, test, fit_overrides={"steps": 6}).obj
 
     def averaged(share: float) -> np.ndarray:
-        return reconstruct_from_bundle(bundle, test, offset_fit_steps=6, offset_fit_average=share).obj
+        return reconstruct_from_bundle(bundle, test, fit_overrides={"steps": 6, "average": share}).obj
 
     np.testing.assert_array_equal(averaged(0.0), last)
     assert not np.array_equal(averaged(0.5), last)

@@ -116,9 +116,9 @@ def _reconstruct_task(cfg: DictConfig) -> None:
     def run() -> None:
         bundle = load_bundle(rc.bundle)
         data = read_dataset(rc.data)
-        stitched = reconstruct_from_bundle(bundle, data, rc.batch_size, rc.device, rc.tile_patches,
-                                           rc.offset_fit_steps, rc.offset_fit_order, rc.offset_fit_average,
-                                           rc.offset_fit_phase_tv)
+        overrides = {"steps": rc.offset_fit_steps, "order": rc.offset_fit_order, "average": rc.offset_fit_average,
+                     "phase_tv": rc.offset_fit_phase_tv}
+        stitched = reconstruct_from_bundle(bundle, data, rc.batch_size, rc.device, rc.tile_patches, overrides)
         title = f"{Path(rc.data).name} from {bundle.sha256[:12]}"
         out = write_reconstruction(Path(rc.output_dir), stitched, title)
         fit = write_data_fit(Path(rc.output_dir), stitched.obj, data, title)

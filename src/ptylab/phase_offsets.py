@@ -182,9 +182,9 @@ class OffsetFit:
         """The fit these settings give on data with ``mean_counts`` total counts per pattern: the
         settings that are set, ``auto_lr`` and ``auto_regime``'s for the rest."""
         regime = auto_regime(mean_counts)
-        auto = ResolvedFit(regime.steps, auto_lr(mean_counts), self.gains, regime.order, self.ramp, regime.average,
-                           self.phase_tv)
-        return replace(auto, **{name: value for name, value in _settings(self) if value is not None})
+        auto: dict[str, Any] = {"steps": regime.steps, "lr": auto_lr(mean_counts), "order": regime.order,
+                                "average": regime.average}
+        return ResolvedFit(**{name: auto[name] if value is None else value for name, value in _settings(self)})
 
 
 @dataclass(frozen=True)

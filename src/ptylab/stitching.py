@@ -7,9 +7,10 @@ from __future__ import annotations
 import logging
 import math
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -279,17 +280,14 @@ def _stitch_groups(crops: np.ndarray, groups: Groups, data: PtychoData, crop: in
 
 def reconstruct_from_bundle(bundle: Bundle, data: PtychoData, batch_size: int = 64,
                             device: str | torch.device = "cpu", tile_patches: int = DEFAULT_TILE_PATCHES,
-                            offset_fit_steps: int | None = None, offset_fit_order: int | None = None,
-                            offset_fit_average: float | None = None,
-                            offset_fit_phase_tv: float | None = None) -> Stitched:
-    """Reconstruct ``data`` as the bundle's run did; ``offset_fit_steps``, ``offset_fit_order``,
-    ``offset_fit_average`` and ``offset_fit_phase_tv`` override its settings where given."""
+                            fit_overrides: Mapping[str, Any] | None = None) -> Stitched:
+    """Reconstruct ``data`` as the bundle's run did; ``fit_overrides`` (``OffsetFit`` field names:
+    steps, order, average, phase_tv, ...) replace its recorded fit's settings where not None."""
     info = bundle.inference
     if info["N"] != data.N:
         raise ValueError(f"{bundle.path}: model expects {info['N']}x{info['N']} patterns, data has {data.N}")
     model = model_from_weights(bundle.models[info["model"]])
-    offset_fit = OffsetFit.from_inference(info).overridden(steps=offset_fit_steps, order=offset_fit_order,
-                                                          average=offset_fit_average, phase_tv=offset_fit_phase_tv)
+    offset_fit = OffsetFit.from_inference(info).overridden(**(fit_overrides or {}))
     return reconstruct(model, data, info["gridsize"], info["neighbours"], info.get("stitch_crop"), batch_size,
                        device, info.get("sync_phase", True), tile_patches, offset_fit=offset_fit,
                        # a bundle from before 2026-12-03 records a bool
