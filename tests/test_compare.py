@@ -74,6 +74,8 @@ def test_compare_lists_every_run_with_numbers_or_reasons(tmp_path):
     assert {r["variant"] for r in started} == {f"{variant} lsqml.from_networks_epochs=3"}
     assert lsqml[0]["variant"] == lsqml[1]["variant"] and lsqml[0]["variant"].startswith("test data embedded dense ")
     assert lsqml[0]["variant"].endswith(" lsqml.epochs=5")  # rows of other epochs are never averaged with these
+    # every LSQML row names the data it ran on (the study's gallery puts it under that data's truth)
+    assert {r["data"] for r in [*lsqml, *started]} == {lsqml[0]["variant"].split()[4]}
     for row in rows:  # never an empty row: numbers or a reason
         assert row["phase_ssim"] or row["reason"]
     assert (tmp_path / "cmp" / "comparison.md").read_text().count("\n") == len(rows) + 2
@@ -81,7 +83,7 @@ def test_compare_lists_every_run_with_numbers_or_reasons(tmp_path):
 
 
 def test_runs_share_a_reference_only_when_they_share_the_test_split():
-    from ptylab.config import validate
+    from ptylab.config import data_key, validate
     from ptylab.stages.compare import data_variant, split_key
 
     def cfg(*overrides):
@@ -97,9 +99,10 @@ def test_runs_share_a_reference_only_when_they_share_the_test_split():
         # the flat-start reference's variant: its data but the seed and dose, averaged over seeds in
         # the report and drawn as one line across doses
         assert (data_variant(changed) == data_variant(base)) == (other in (["seed=2"], ["dose=10000"])), other
-    # the data's own overrides follow, so the study's gallery puts the row under its data's truth
-    assert data_variant(base, "dataset.scan_step=4.0 dose=1000 model.lr=0.01 seed=3").endswith(
-        " dataset.scan_step=4.0")
+    # the data's key, by which the study's gallery puts a row under its truth, is one for one data
+    # however it is spelled (a default written out) and for every dose and seed, else another
+    assert data_key(cfg("dose=1000", "dataset.scan_step=3.0", "seed=4")) == data_key(base) == data_variant(base)[-8:]
+    assert data_key(cfg("dose=1000", "dataset.scan_step=4.0")) != data_key(base)
 
 
 def test_labels_name_the_seed_when_there_are_several_and_never_repeat():

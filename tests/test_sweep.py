@@ -180,8 +180,9 @@ def test_the_gallery_has_each_views_truth_then_its_methods_by_dose_and_the_lowes
     again = [{**r, "seed": 2, "image": tmp_path / "absent.npz"} for r in rows]
     assert gallery_rows(rows + again).keys() == cells.keys()
     # a view over several data (a sweep over datasets): each data's truth, then its methods
-    other = [{**r, "variant": f"{r['variant']} dataset.object_size=128"} if r["view"] == "sparse" and r["dose"] == 1000
-             else r for r in rows]
+    assert len({r["data"] for r in rows if r["view"] == "sparse"}) == 1  # each run's data, from its snapshot
+    other = [{**r, "variant": f"{r['variant']} dataset.object_size=128", "data": "0bject12"}
+             if r["view"] == "sparse" and r["dose"] == 1000 else r for r in rows]
     names = list(gallery_rows(other))
     truths = [name for name in names if name.startswith("ground truth")]
     assert truths[:2] == ["ground truth dense", "ground truth sparse [dataset.object_size=128]"]  # what sets it apart
@@ -189,10 +190,17 @@ def test_the_gallery_has_each_views_truth_then_its_methods_by_dose_and_the_lowes
     small, rest = names.index(truths[1]), names.index(truths[2])
     assert all("object_size=128" in name for name in names[small + 1 : rest])  # its methods follow it
     assert rest < len(names) - 1 and not any("object_size=128" in name for name in names[rest + 1 :])
-    # ... unless a flat-start LSQML row there does not say which data it ran on: no truth guessed
+    # a flat-start LSQML row goes under the truth of the data it names (however its variant reads)...
     lsqml = {**job, "view": "sparse", "model": "lsqml", "method": "LSQML",
-             "variant": "test data embedded sparse 0a1b2c3d"}
-    assert [name for name in gallery_rows([*other, lsqml]) if name.startswith("ground truth")] == ["ground truth dense"]
+             "variant": "test data embedded sparse 0bject12 lsqml.epochs=5", "data": "0bject12"}
+    names = list(gallery_rows([*other, lsqml]))
+    assert names.index(truths[1]) < names.index("LSQML sparse") < names.index(truths[2])
+    # ...and one that names none (written before compare.py recorded it) is left out where the view
+    # holds several data, and joins the view's one data where it holds one
+    unnamed = {**lsqml, "data": None}
+    assert "LSQML sparse" not in gallery_rows([*other, unnamed])
+    assert list(gallery_rows([*other, unnamed]))[:2] == names[:2]
+    assert list(gallery_rows([*rows, unnamed]))[-1] == "LSQML sparse"
     # a job without its file (deleted, or written before 2026-12-03) leaves its cell empty
     partial = [{**r, "image": tmp_path / "absent.npz"} if r is job else r for r in rows]
     assert 1000.0 not in gallery_rows(partial)["PINN gs2 dense"]

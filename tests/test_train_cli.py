@@ -81,8 +81,9 @@ def test_run_directory_has_everything_the_design_lists(trained):
 
 
 def test_each_arm_leaves_the_object_it_scored_unregistered(trained):
+    from ptylab.config import run_config
     from ptylab.evaluation import headline, score_reconstruction
-    from ptylab.stages.compare import rebuild_test_split, run_config
+    from ptylab.stages.compare import rebuild_test_split
     from ptylab.stitching import read_object
 
     root, _ = trained

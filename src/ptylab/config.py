@@ -7,6 +7,9 @@ these objects (or plain values), never the legacy parameter dict.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -577,6 +580,25 @@ def load_run_config(path: str | Path) -> DictConfig:
     return cfg
 
 
+def run_config(run_dir: Path) -> TrainConfig:
+    """A run's typed config, from its snapshot (Hydra's resolvers set up for ``${now:...}``)."""
+    from hydra.core.utils import setup_globals
+
+    setup_globals()
+    cfg: TrainConfig = validate(load_run_config(run_dir / ".hydra" / "config.yaml"))
+    return cfg
+
+
+def data_key(cfg: TrainConfig) -> str:
+    """Which data a run's reconstructions are of: a short digest of its dataset and view settings
+    (the object, the probe and the positions; not the dose or the seed, which change only the
+    counts). Runs and LSQML rows with one key share their truth however their overrides spell it
+    (a default written out is the same key), so the study's gallery groups by this key, never by
+    override strings."""
+    settings = {"dataset": dataclasses.asdict(cfg.dataset), "view": dataclasses.asdict(cfg.view)}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
 def override_key(override: str) -> str:
     """The key a command-line override sets: ``+model.lr=1e-3`` -> ``model.lr`` (Hydra's ``+``,
     ``++`` and ``~`` prefixes dropped)."""
@@ -585,7 +607,7 @@ def override_key(override: str) -> str:
 
 def data_overrides(variant: str) -> tuple[str, ...]:
     """The overrides of a variant that change the data (``dataset=...``, ``dataset.<key>=...``),
-    sorted: runs (and LSQML rows, ``compare.data_variant``) with the same ones share their data."""
+    sorted: how the study's gallery names a data (``data_key`` tells data apart)."""
     return tuple(sorted(t for t in variant.split() if override_key(t).startswith("dataset")))
 
 

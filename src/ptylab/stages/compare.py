@@ -10,7 +10,6 @@ runs have several.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import re
@@ -19,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ..config import LsqmlConfig, TrainConfig, data_overrides, format_dose, load_run_config, run_variant, validate
+from ..config import LsqmlConfig, TrainConfig, data_key, format_dose, run_config, run_variant
 from ..data import PtychoData
 from ..datasets import load_job_data
 from ..errors import PtylabError
@@ -36,11 +35,12 @@ log = logging.getLogger(__name__)
 # without that fit score, and the network's patches against the truth's (the last three exist for
 # network methods only; see ptylab.evaluation.fit_alone_scores, NETWORK_ALONE and PATCH_CORR); and
 # how well each method's object explains the test patterns, which needs no truth (ptylab.data_fit).
+# An LSQML row's ``data`` (``config.data_key``) names the data it ran on, for the study's gallery.
 COLUMNS = ["method", "dose", "view", "seed", "status", "reason", "amplitude_ssim", "amplitude_flat_ssim",
            "amplitude_fit_alone_ssim", "amplitude_network_alone_ssim", "amplitude_patch_corr", "amplitude_corr",
            "amplitude_psnr", "amplitude_frc50_px", "phase_ssim", "phase_flat_ssim", "phase_fit_alone_ssim",
            "phase_network_alone_ssim", "phase_patch_corr", "phase_corr", "phase_psnr", "phase_frc50_px",
-           "data_fit_ratio", "train_s", "reconstruct_s", "iterations", "source", "variant"]
+           "data_fit_ratio", "train_s", "reconstruct_s", "iterations", "source", "variant", "data"]
 
 
 def sweep_jobs(sweep_dir: Path) -> list[Path]:
@@ -123,15 +123,11 @@ def split_key(cfg: TrainConfig) -> str:
     return json.dumps({**_data_settings(cfg), "seed": int(cfg.seed)}, sort_keys=True, default=str)
 
 
-def data_variant(cfg: TrainConfig, run_variant: str = "") -> str:
-    """A flat-start LSQML row's variant: its test data but the seed and the dose (dataset, view and
-    their settings), so that the study report averages such rows over seeds and never over
-    datasets, and draws one line across doses per dataset (the report keeps doses apart itself);
-    then the data's overrides in ``run_variant`` (the variant of a run whose test data it is), by
-    which the report's gallery puts the row under its data's truth in a sweep over datasets."""
-    settings = {k: v for k, v in _data_settings(cfg).items() if k != "dose"}
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
-    return " ".join([f"test data {cfg.dataset.name} {cfg.view.name} {digest[:8]}", *data_overrides(run_variant)])
+def data_variant(cfg: TrainConfig) -> str:
+    """A flat-start LSQML row's variant: its test data but the seed and the dose (``data_key``), so
+    that the study report averages such rows over seeds and never over datasets, and draws one line
+    across doses per dataset (the report keeps doses apart itself)."""
+    return f"test data {cfg.dataset.name} {cfg.view.name} {data_key(cfg)}"
 
 
 def lsqml_row(cfg: TrainConfig, test: PtychoData, lsqml: LsqmlConfig, out_dir: Path, label: str,
@@ -217,19 +213,10 @@ class Labels:
 
 
 def write_tables(rows: list[dict[str, Any]], out_dir: Path, stem: str = "comparison") -> None:
-    """Every column in the CSV; the Markdown table without the last two (source and variant), which
-    are long paths and overrides."""
+    """Every column in the CSV; the Markdown table without the last three (source, variant and
+    data), which are long paths, overrides and a digest."""
     atomic_write_text(out_dir / f"{stem}.csv", csv_text(rows, COLUMNS))
-    atomic_write_text(out_dir / f"{stem}.md", "\n".join(markdown_lines(rows, COLUMNS[:-2], digits=3)) + "\n")
-
-
-def run_config(run_dir: Path) -> TrainConfig:
-    """The run's typed config, from its snapshot (Hydra's resolvers set up for ``${now:...}``)."""
-    from hydra.core.utils import setup_globals
-
-    setup_globals()
-    cfg: TrainConfig = validate(load_run_config(run_dir / ".hydra" / "config.yaml"))
-    return cfg
+    atomic_write_text(out_dir / f"{stem}.md", "\n".join(markdown_lines(rows, COLUMNS[:-3], digits=3)) + "\n")
 
 
 def compare(run_dirs: list[str], out_dir: Path, lsqml: LsqmlConfig) -> list[dict[str, Any]]:
@@ -265,8 +252,9 @@ def compare(run_dirs: list[str], out_dir: Path, lsqml: LsqmlConfig) -> list[dict
                 tests[key] = rebuild_test_split(cfg)
             name = label(lsqml_method(start, lsqml.noise_model), row)
             lrow, scores = lsqml_row(cfg, tests[key], lsqml, out_dir, name, start)
-            base = data_variant(cfg, row["variant"]) if start is None else row["variant"]
+            base = data_variant(cfg) if start is None else row["variant"]
             lrow["variant"] = lsqml_variant(base, lsqml, start is not None)
+            lrow["data"] = data_key(cfg)
             rows.append(lrow)
             if scores is not None:
                 panels[name] = (scores["aligned"], scores["ground_truth"])

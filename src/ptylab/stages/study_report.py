@@ -10,18 +10,21 @@ from __future__ import annotations
 import base64
 import html
 import json
+import logging
 from pathlib import Path
 from statistics import mean, pstdev
 from typing import Any
 
 import numpy as np
 
-from ..config import data_overrides, format_dose, override_key, run_variant
+from ..config import data_key, data_overrides, format_dose, override_key, run_config, run_variant
 from ..errors import PtylabError
 from ..figures import metric_vs_dose, study_gallery
 from ..fileio import atomic_write_text
 from ..manifest import MANIFEST_NAME, RECONSTRUCTION_FILE, job_dirs, method_name, read_manifest
 from ..tables import cell, csv_text, markdown_lines
+
+log = logging.getLogger(__name__)
 
 # Each row's registered reconstruction beside its truth, for the gallery: a job's (or its refined
 # arm's) ``manifest.RECONSTRUCTION_FILE``, the file compare.py wrote for LSQML.
@@ -38,7 +41,7 @@ COLUMNS = ["dose", "view", "method", "model", "gridsize", "seed", "status", *MET
            "amplitude_flat_ssim", "phase_flat_ssim", "amplitude_fit_alone_ssim", "phase_fit_alone_ssim",
            "amplitude_network_alone_ssim", "phase_network_alone_ssim", *PATCH_METRICS,
            "amplitude_ms_ssim", "phase_ms_ssim", "amplitude_mae", "phase_mae", "epochs", "steps",
-           "duration_s", "bundle_sha256", "run_dir", "reason", "variant"]
+           "duration_s", "bundle_sha256", "run_dir", "reason", "variant", "data"]
 
 
 def job_rows(sweep_dir: Path) -> list[dict[str, Any]]:
@@ -58,6 +61,7 @@ def job_rows(sweep_dir: Path) -> list[dict[str, Any]]:
                        reason=job.get("error"))
             row["steps"] = job.get("steps")
             row["variant"] = run_variant(run_dir)
+            row["data"] = _data_of(run_dir)
             row[IMAGE] = run_dir / RECONSTRUCTION_FILE
             rows.append(_scored(row, run_dir / "metrics.json", job["status"]))
             if job.get("refined"):
@@ -66,6 +70,15 @@ def job_rows(sweep_dir: Path) -> list[dict[str, Any]]:
                            "duration_s": job["refined"]["refine_s"], IMAGE: metrics_path.parent / RECONSTRUCTION_FILE}
                 rows.append(_scored(refined, metrics_path, job["status"]))
     return rows
+
+
+def _data_of(run_dir: Path) -> str | None:
+    """The run's ``config.data_key`` from its config snapshot; None where it has none this ptylab
+    can read (the gallery then places it only where its view holds one data)."""
+    try:
+        return data_key(run_config(run_dir))
+    except PtylabError:
+        return None
 
 
 def _scored(row: dict[str, Any], metrics_path: Path, status: str) -> dict[str, Any]:
@@ -95,7 +108,8 @@ def lsqml_rows(sweep_dir: Path) -> list[dict[str, Any]]:
             row.update(dose=r["dose"], view=r["view"], method=r["method"], model="lsqml", seed=r.get("seed"),
                        status=r["status"],
                        duration_s=r.get("reconstruct_s"), reason=r.get("reason"),
-                       run_dir=str(path.parent.relative_to(sweep_dir)), variant=r.get("variant") or "")
+                       run_dir=str(path.parent.relative_to(sweep_dir)), variant=r.get("variant") or "",
+                       data=r.get("data"))  # compare.py records it since 2026-12-07
             if r.get("reconstruction"):  # compare.py records its file since 2026-12-06
                 row[IMAGE] = path.parent / r["reconstruction"]
             rows.append(row)
@@ -160,11 +174,14 @@ def write_report(sweep_dir: Path, out_dir: Path) -> dict[str, Any]:
 
 
 def gallery_rows(rows: list[dict[str, Any]]) -> dict[str, dict[float, tuple[np.ndarray, np.ndarray]]]:
-    """The gallery's rows: per view and, within it, per data (a sweep over datasets holds several),
-    the truth, then each line of the plots on that data (method, view and, where several, variant)
-    with its reconstruction at each dose where one succeeded and left its file; of several seeds,
-    the lowest's. Networks before LSQML, as the tables sort them. A truth row is named for its
-    view, and for its data's overrides where the view holds several data."""
+    """The gallery's rows: per view and, within it, per data (``config.data_key``; a sweep over
+    datasets holds several), the truth, then each line of the plots on that data (method, view and,
+    where several, variant) with its reconstruction at each dose where one succeeded and left its
+    file; of several seeds, the lowest's. Networks before LSQML, as the tables sort them. A truth
+    row is named for its view and, where the view holds several data, for the overrides that set
+    its data apart. A row that does not record its data (a comparison written before 2026-12-07, a
+    run without its config snapshot) joins its view's data where there is one, and is left out
+    where there are several: it could be drawn under another data's truth."""
     lines = plot_lines(rows)
     chosen: dict[tuple[str, float], dict[str, Any]] = {}
     for line, r in zip(lines, rows, strict=True):
@@ -173,32 +190,40 @@ def gallery_rows(rows: list[dict[str, Any]]) -> dict[str, dict[float, tuple[np.n
             continue
         key = (line, float(r["dose"]))
         if key not in chosen or (r["seed"] or 0) < (chosen[key]["seed"] or 0):
-            chosen[key] = {**r, "line": line, "data": data_overrides(r.get("variant") or "")}
-    in_order = sorted(chosen.values(), key=lambda r: (r["view"], r["data"], r["model"] == "lsqml", r["method"],
-                                                      r["line"], r["dose"]))
-    truths: dict[tuple[str, tuple[str, ...]], dict[float, tuple[np.ndarray, np.ndarray]]] = {}
-    methods: dict[tuple[str, tuple[str, ...]], dict[str, dict[float, tuple[np.ndarray, np.ndarray]]]] = {}
-    for r in in_order:
-        with np.load(r[IMAGE]) as f:
-            image, truth = f["object"], f["ground_truth"]
-        dose, group = float(r["dose"]), (r["view"], r["data"])
-        truths.setdefault(group, {}).setdefault(dose, (truth, truth))
-        methods.setdefault(group, {}).setdefault(r["line"], {})[dose] = (image, truth)
-    several = {view for view, _ in methods if sum(v == view for v, _ in methods) > 1}
-    # A flat-start LSQML row without data overrides (written before compare.py recorded them,
-    # 2026-12-07, or on the defaults' data) cannot be placed for sure in a view over several data:
-    # its group could mix two truths, so that view shows none (each panel keeps its own range).
-    unknown = {r["view"] for r in in_order if r["view"] in several and r["variant"].startswith("test data")
-               and not r["data"]}
-    shared = {view: set.intersection(*(set(d) for v, d in methods if v == view)) for view in several}
+            chosen[key] = {**r, "line": line}
+    known: dict[str, set[str]] = {}
+    for r in chosen.values():
+        if r.get("data"):
+            known.setdefault(r["view"], set()).add(r["data"])
+    groups: dict[tuple[str, str | None], list[dict[str, Any]]] = {}
+    for r in chosen.values():
+        data = r.get("data")
+        if data is None and len(known.get(r["view"], ())) > 1:
+            log.warning("gallery: %s %s at dose %s does not record its data, and view %s holds several: left out",
+                        r["method"], r["view"], r["dose"], r["view"])
+            continue
+        groups.setdefault((r["view"], data or next(iter(known.get(r["view"], {None})))), []).append(r)
+    # How each data is spelled: the data overrides of a run on it (a flat-start LSQML row has none).
+    spelled = {group: next((data_overrides(r["variant"]) for r in members if not r["variant"].startswith("test data")),
+                           None) for group, members in groups.items()}
+    several = {view for view, _ in groups if sum(v == view for v, _ in groups) > 1}
+    shared = {view: set.intersection(*(set(spelled[g] or ()) for g in groups if g[0] == view)) for view in several}
     out: dict[str, dict[float, tuple[np.ndarray, np.ndarray]]] = {}
-    for (view, data), by_line in methods.items():  # each data's truth, then its methods
-        if view not in unknown:
-            name = f"ground truth {view}"
-            if view in several:  # named by what sets its data apart, else by all of it
-                own = [t for t in data if t not in shared[view]] or list(data)
-                name += f" [{' '.join(own) or 'defaults'}]"
-            out[name] = truths[(view, data)]
+    for group in sorted(groups, key=lambda g: (g[0], spelled[g] or (), g[1] or "")):  # each truth, then its methods
+        view, data = group
+        name = f"ground truth {view}"
+        if view in several:  # named by what sets its data apart, else by all of it
+            words = spelled[group]
+            own = f"data {data}" if words is None else " ".join([t for t in words if t not in shared[view]] or words)
+            name += f" [{own or 'defaults'}]"
+        truth: dict[float, tuple[np.ndarray, np.ndarray]] = {}
+        by_line: dict[str, dict[float, tuple[np.ndarray, np.ndarray]]] = {}
+        for r in sorted(groups[group], key=lambda r: (r["model"] == "lsqml", r["method"], r["line"], r["dose"])):
+            with np.load(r[IMAGE]) as f:
+                image, ground_truth = f["object"], f["ground_truth"]
+            truth.setdefault(float(r["dose"]), (ground_truth, ground_truth))
+            by_line.setdefault(r["line"], {})[float(r["dose"])] = (image, ground_truth)
+        out[name] = truth
         out.update(by_line)
     return out
 
