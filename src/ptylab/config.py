@@ -437,6 +437,10 @@ class RefineConfig:
     # without them the scores rose on two seeds at 1e3, 1e4 and on user-style files, all but one
     # FRC50 on each seed (amplitude SSIM +0.019 and +0.021 at 1e4; docs/quality.md).
     augment_symmetries: bool = False
+    # Keep the single pass's field-wide phase plane, which the test patterns cannot see
+    # (``phase_plane``): refinement drifted along it (0.28 rad across the 1e3 job's scan against
+    # the single pass's 0.05) for up to 0.08 of phase SSIM, its data fit the same to 5e-5.
+    single_pass_plane: bool = True
 
     def __post_init__(self) -> None:
         _check(self.steps >= 1, "refine.steps", self.steps, ">= 1")

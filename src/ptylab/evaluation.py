@@ -28,6 +28,7 @@ from .metrics import PARTS, PSNR_CAP_DB, beats, frc_curve, frc_resolution, refer
 from .models import PtychoModule
 from .patch_scores import median_crops, patch_agreement
 from .phase_offsets import OffsetFit, ResolvedFit
+from .phase_plane import keep_plane
 from .stitching import OBJECT_FILE, Stitched, reconstruct, reconstruct_flat, write_object
 from .timing import Stopwatch
 
@@ -59,6 +60,10 @@ PATCH_CORR_WARN = 0.1
 # the Poisson deviance over its noise floor, needing no truth), with the same ratio for the flat
 # object, the truth (the data's own object), the fit alone and the network alone beside it.
 DATA_FIT = "data_fit"
+# Key, in the refined arm's metrics.json, of the field-wide phase plane it took from the single
+# pass (``phase_plane``): the span of its own plane replaced, in rad, and its data fit before,
+# which the replacement leaves in the fourth digit or better (the patterns cannot see the plane).
+KEPT_PLANE = "single_pass_plane"
 # metrics.json keys that are wall-clock times: the only ones a faithful re-run may change.
 TIMING_KEYS = ("inference_s", "evaluate_s", "fit_alone_s", "network_alone_s", "patch_scores_s", "data_fit_s")
 
@@ -368,9 +373,13 @@ def _log_outcome(title: str, metrics: dict[str, Any]) -> None:
 
 def evaluate_reconstruction(model: PtychoModule, test: PtychoData, gridsize: int, neighbours: int,
                             cfg: EvalConfig, run_dir: Path, title: str,
-                            references: SplitReferences | None = None, device: str = "cpu") -> dict[str, Any]:
+                            references: SplitReferences | None = None, device: str = "cpu",
+                            plane_from: Stitched | None = None) -> dict[str, Any]:
     """Reconstruct, score and write ``metrics.json`` with its figures, and the stitched object as
-    reconstructed (``object.npz``, ``stitching.write_object``).
+    reconstructed (``object.npz``, ``stitching.write_object``). With ``plane_from`` (the refined
+    arm is given the single pass's object) the reconstruction takes that object's field-wide phase
+    plane, a mode the patterns cannot see (``phase_plane``); ``metrics.json`` records the span
+    replaced and the data fit before (``KEPT_PLANE``).
 
     Beside each part's scores go three references: the network's crops against the truth's
     (``PATCH_CORR``, every evaluation: no other score separates what the network predicts from
@@ -395,6 +404,14 @@ def evaluate_reconstruction(model: PtychoModule, test: PtychoData, gridsize: int
                                sync_phase=cfg.sync_phase, tile_patches=cfg.tile_patches, scratch_dir=run_dir,
                                offset_fit=settings, average_symmetries=cfg.average_symmetries, device=device,
                                also_unfitted=cfg.network_alone, inspect_crops=patches)
+    kept = None
+    if plane_from is not None:
+        with watch("inference_s"):
+            before = data_fit(stitched.obj, test).ratio
+            stitched, span = keep_plane(stitched, plane_from)
+        kept = {"span_rad": span, "data_fit_ratio_before": before}
+        log.info("%s: the phase plane kept from the given object (its own differed by %.3f rad across the scan; "
+                 "data fit before %.5f)", title, span, before)
     with watch("scoring"):
         write_object(run_dir / OBJECT_FILE, stitched)
         scores = score_reconstruction(stitched, test.obj, cfg)
@@ -431,6 +448,8 @@ def evaluate_reconstruction(model: PtychoModule, test: PtychoData, gridsize: int
     extra = {**times, "test_positions": test.n_positions, "stitch_crop": cfg.stitch_crop or test.N // 2,
              "sync_phase": cfg.sync_phase, **fit.inference(),  # the fit's settings as resolved for this data
              "average_symmetries": cfg.average_symmetries, "device": device}
+    if kept is not None:
+        extra[KEPT_PLANE] = kept
     metrics = write_evaluation(run_dir, scores, title, extra, alone)
     _log_outcome(title, metrics)
     return metrics

@@ -44,6 +44,7 @@ from ..manifest import SKIP_SUMMARY_NAME, JobContext, JobRecord, Status, finishe
 from ..models import PtychoModule
 from ..refine import REFINE_DIR, refine
 from ..runlock import run_dir_lock
+from ..stitching import OBJECT_FILE, read_object
 from ..training import fit
 from ..views import ViewSelection
 
@@ -106,8 +107,9 @@ def evaluate_refined(tc: TrainConfig, run_dir: Path, model: PtychoModule, test: 
     tuned, outcome = refine(model, tc.model, tc.refine, tc.gridsize, tc.seed, test, tc.trainer, run_dir)
     out = run_dir / REFINE_DIR
     eval_cfg = replace(tc.eval, average_symmetries=tc.refine.average_symmetries)
+    plane_from = read_object(run_dir / OBJECT_FILE) if tc.refine.single_pass_plane else None
     metrics = evaluate_reconstruction(tuned, test, tc.gridsize, tc.model.neighbours, eval_cfg, out,
-                                      f"{record.label} refined", references, trainer_device(tc.trainer))
+                                      f"{record.label} refined", references, trainer_device(tc.trainer), plane_from)
     record.refined = {"metrics_path": f"{REFINE_DIR}/metrics.json", "steps": outcome.steps,
                       "refine_s": outcome.train_s, "loss_history": outcome.loss_history,
                       "headline_metrics": metrics["headline"], "flat_image_flags": metrics["flat_image_flags"],
