@@ -1,8 +1,8 @@
 """The field-wide phase plane: a mode of the object that the patterns cannot see.
 
 A linear phase ramp across the whole object, of slope g rad per pixel, moves every far-field
-pattern by g N / (2 pi) detector pixels: 0.3 rad across the embedded test scan (about 200 px)
-moves each 64 px pattern by about 0.015 px, far below what these doses resolve. Replacing the
+pattern by g N / (2 pi) detector pixels: 0.3 rad across the embedded test scan (340 px wide)
+moves each 64 px pattern by about 0.01 px, far below what these doses resolve. Replacing the
 refined arm's plane by another changed its data fit in the fifth digit (1.19684 -> 1.19689 at
 1e3, docs/quality.md): the test patterns do not choose it. A network's plane is what it learnt in
 training, from many patterns under the probe's symmetries; refinement fits the test patterns alone
