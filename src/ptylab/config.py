@@ -593,14 +593,17 @@ def run_config(run_dir: Path) -> TrainConfig:
     return cfg
 
 
+def data_settings(cfg: TrainConfig) -> dict[str, Any]:
+    """A run's dataset and view settings: the object, the probe and the positions it reconstructs."""
+    return {"dataset": dataclasses.asdict(cfg.dataset), "view": dataclasses.asdict(cfg.view)}
+
+
 def data_key(cfg: TrainConfig) -> str:
-    """Which data a run's reconstructions are of: a short digest of its dataset and view settings
-    (the object, the probe and the positions; not the dose or the seed, which change only the
-    counts). Runs and LSQML rows with one key share their truth however their overrides spell it
-    (a default written out is the same key), so the study's gallery groups by this key, never by
-    override strings."""
-    settings = {"dataset": dataclasses.asdict(cfg.dataset), "view": dataclasses.asdict(cfg.view)}
-    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    """Which data a run's reconstructions are of: a short digest of ``data_settings`` (not the dose
+    or the seed, which change only the counts). Runs and LSQML rows with one key share their truth
+    however their overrides spell it (a default written out is the same key), so the study's
+    gallery groups by this key, never by override strings."""
+    return hashlib.sha256(json.dumps(data_settings(cfg), sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
 def override_key(override: str) -> str:

@@ -39,11 +39,10 @@ def keep_plane(obj: Stitched, reference: Stitched) -> tuple[Stitched, float]:
         raise ValueError("the objects share no weighted pixel in the scanned box")
     mean = np.angle((weight * diff).sum())
     phase = np.angle(diff * np.exp(-1j * mean))
-    rows, cols = np.mgrid[r0:r1, c0:c1].astype(np.float64)
-    design = np.stack([cols.ravel(), rows.ravel(), np.ones(phase.size)], axis=1)
+    rows, cols = np.mgrid[: obj.obj.shape[0], : obj.obj.shape[1]].astype(np.float64)
+    design = np.stack([cols[box].ravel(), rows[box].ravel(), np.ones(phase.size)], axis=1)
     root = np.sqrt(weight.ravel())
     coef, *_ = np.linalg.lstsq(design * root[:, None], phase.ravel() * root, rcond=None)
-    rows, cols = np.mgrid[: obj.obj.shape[0], : obj.obj.shape[1]].astype(np.float64)
     plane = coef[0] * cols + coef[1] * rows
     span = float(np.ptp(plane[box]))
     kept = obj.obj * np.exp(-1j * (plane + coef[2] + mean))

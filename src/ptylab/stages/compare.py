@@ -9,7 +9,6 @@ runs have several.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import re
@@ -18,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ..config import LsqmlConfig, TrainConfig, data_key, format_dose, run_config, run_variant
+from ..config import LsqmlConfig, TrainConfig, data_key, data_settings, format_dose, run_config, run_variant
 from ..data import PtychoData
 from ..datasets import load_job_data
 from ..errors import PtylabError
@@ -113,14 +112,11 @@ def rebuild_test_split(cfg: TrainConfig) -> PtychoData:
     return sel.apply(source.train, source.test)[1]
 
 
-def _data_settings(cfg: TrainConfig) -> dict[str, Any]:
-    return {"dataset": dataclasses.asdict(cfg.dataset), "view": dataclasses.asdict(cfg.view), "dose": float(cfg.dose)}
-
-
 def split_key(cfg: TrainConfig) -> str:
     """What a run's test split depends on (everything ``rebuild_test_split`` reads): runs that share
     it share one flat-start reference; runs that differ in any of it get their own."""
-    return json.dumps({**_data_settings(cfg), "seed": int(cfg.seed)}, sort_keys=True, default=str)
+    return json.dumps({**data_settings(cfg), "dose": float(cfg.dose), "seed": int(cfg.seed)}, sort_keys=True,
+                      default=str)
 
 
 def data_variant(cfg: TrainConfig) -> str:

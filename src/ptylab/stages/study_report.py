@@ -1,8 +1,9 @@
 """Turn a sweep into a study report: table (CSV, Markdown), metric-vs-dose plots, one HTML page.
 A sweep over several seeds also gets each method's mean and standard deviation over its seeds.
 
-Reads only manifests and metrics files (and LSQML results where compare.py wrote them), so it
-works on a sweep directory copied from a cluster.
+Reads only what a sweep directory holds (manifests, metrics files, each run's config snapshot for
+its data, and LSQML results where compare.py wrote them), so it works on a sweep directory copied
+from a cluster.
 """
 
 from __future__ import annotations
@@ -197,12 +198,14 @@ def gallery_rows(rows: list[dict[str, Any]]) -> dict[str, dict[float, tuple[np.n
             known.setdefault(r["view"], set()).add(r["data"])
     groups: dict[tuple[str, str | None], list[dict[str, Any]]] = {}
     for r in chosen.values():
-        data = r.get("data")
-        if data is None and len(known.get(r["view"], ())) > 1:
-            log.warning("gallery: %s %s at dose %s does not record its data, and view %s holds several: left out",
-                        r["method"], r["view"], r["dose"], r["view"])
-            continue
-        groups.setdefault((r["view"], data or next(iter(known.get(r["view"], {None})))), []).append(r)
+        data, views_data = r.get("data"), known.get(r["view"], set())
+        if data is None:
+            if len(views_data) > 1:
+                log.warning("gallery: %s %s at dose %s does not record its data, and view %s holds several: left out",
+                            r["method"], r["view"], r["dose"], r["view"])
+                continue
+            data = next(iter(views_data), None)
+        groups.setdefault((r["view"], data), []).append(r)
     # How each data is spelled: the data overrides of a run on it (a flat-start LSQML row has none).
     spelled = {group: next((data_overrides(r["variant"]) for r in members if not r["variant"].startswith("test data")),
                            None) for group, members in groups.items()}
