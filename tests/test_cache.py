@@ -4,9 +4,12 @@ from dataclasses import replace
 import numpy as np
 
 from ptylab.config import EmbeddedDatasetConfig as DatasetConfig
-from ptylab.config import FileDatasetConfig
+from ptylab.config import EvalConfig, FileDatasetConfig
 from ptylab.data import write_dataset
+from ptylab.data_fit import reference_ratios
 from ptylab.datasets import cache_key, load_dataset, load_or_simulate, note_file_dose
+from ptylab.evaluation import FitAlone, SplitReferences
+from ptylab.reference_cache import entry_path, load_references, references_key, store_references
 
 
 def test_cache_hit_returns_identical_data(small_dataset_cfg, tmp_path):
@@ -65,3 +68,38 @@ def test_file_data_say_that_dose_only_labels_the_run(small_dataset_cfg, tmp_path
     (info,) = [r.getMessage() for r in caplog.records]
     assert "dose=10000 labels this run" in info and "no dose in its metadata" in info
     assert f"{sim.train.mean_counts:.0f} counts per pattern" in info
+
+
+def test_reference_key_follows_the_split_its_grouping_and_every_evaluation_setting(small_dataset_cfg, tmp_path):
+    test = load_or_simulate(small_dataset_cfg, 1e3, 1, tmp_path).test
+    cfg = EvalConfig()
+    base = references_key(test, 2, 8, cfg, "cpu")
+    same = replace(test, metadata=dict(test.metadata))
+    assert references_key(same, 2, 8, cfg, "cpu") == base  # the content, not the object
+    one_count_more = test.diff3d.copy()
+    one_count_more[7, 3, 5] += 1.0
+    assert references_key(replace(test, diff3d=one_count_more), 2, 8, cfg, "cpu") != base
+    assert references_key(test.subset(np.arange(test.n_positions - 1)), 2, 8, cfg, "cpu") != base  # another view
+    assert references_key(test, 1, 8, cfg, "cpu") != base
+    assert references_key(test, 2, 8, replace(cfg, offset_fit_phase_tv=0.0), "cpu") != base
+    assert references_key(test, 2, 8, cfg, "cuda") != base
+
+
+def test_cached_references_round_trip_and_an_unusable_entry_is_recomputed(small_dataset_cfg, tmp_path, caplog):
+    test = load_or_simulate(small_dataset_cfg, 1e3, 1, tmp_path / "data").test
+    key = references_key(test, 2, 8, EvalConfig(), "cpu")
+    cache = tmp_path / "cache"
+    assert load_references(cache, key) is None  # nothing kept yet
+    kept = SplitReferences(reference_ratios(test), FitAlone({"amplitude": {"ssim": 0.25}, "phase": {"ssim": 0.5}}, 2.0),
+                           "this test")
+    store_references(cache, key, kept, tmp_path / "run")
+    again = load_references(cache, key)
+    assert again is not None and (again.data_fit, again.fit_alone) == (kept.data_fit, kept.fit_alone)
+    assert str(entry_path(cache, key)) in again.source and str(tmp_path / "run") in again.source
+    other = references_key(test, 1, 8, EvalConfig(), "cpu")
+    entry_path(cache, other).write_text(entry_path(cache, key).read_text())  # another key's entry in its place
+    with caplog.at_level(logging.WARNING):
+        assert load_references(cache, other) is None
+    assert "unusable" in caplog.text and str(entry_path(cache, other)) in caplog.text
+    entry_path(cache, key).write_text(entry_path(cache, key).read_text()[:40])  # cut short
+    assert load_references(cache, key) is None

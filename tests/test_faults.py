@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 import ptylab.bundle
-from ptylab.evaluation import TIMING_KEYS
+from ptylab.evaluation import RUN_DEPENDENT_KEYS
 from ptylab.fileio import atomic_path
 from ptylab.runlock import LOCK_NAME, RunDirLocked, run_dir_lock
 from ptylab.stages.train import resume_point, run_job
@@ -40,7 +40,7 @@ def _job(run_dir: Path) -> dict:
 
 def _metrics(run_dir: Path) -> dict:
     m = json.loads((run_dir / "metrics.json").read_text())
-    return {k: v for k, v in m.items() if k not in TIMING_KEYS}
+    return {k: v for k, v in m.items() if k not in RUN_DEPENDENT_KEYS}
 
 
 def _start_and_signal(run_dir: Path, root: Path, sig: int) -> int:

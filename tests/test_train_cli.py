@@ -15,6 +15,7 @@ from ptylab.bundle import load_bundle
 from ptylab.config import cpu_precision
 from ptylab.data import read_dataset
 from ptylab.data_fit import DATA_FIT_FIGURE, DATA_FIT_FILE
+from ptylab.evaluation import DATA_FIT, FIT_ALONE, REFERENCES_FROM
 from ptylab.manifest import JobRecord
 from ptylab.stages.train import run_job
 from ptylab.stitching import reconstruct_from_bundle
@@ -120,6 +121,28 @@ def test_same_config_again_gives_the_same_digest_and_logs_its_progress(trained, 
                           r"[0-9.]+, shape terms of order 2, phase total variation 2 \(\d+ counts per pattern\)\)",
                           text)) == 2
     assert text.count("refined: evaluating") == 1 and text.count("the fit-alone reference") == 1  # once, for both
+
+
+def test_a_job_on_the_same_split_reads_the_references_an_earlier_job_computed(trained, tmp_path, caplog):
+    """Another network on the fixture's split, evaluated the same way (another learning rate, as
+    in a scan): the fit-alone reference and the yardsticks' data fits come from the fixture job's
+    cache entry, equal to what that job computed, and its metrics say where they came from."""
+    root, res = trained
+    (first_run,) = _run_dirs(root)
+    with caplog.at_level(logging.INFO):
+        other = _train_here(tmp_path / "other", f"paths.cache_dir={root / 'cache'}", "model.lr=2e-3",
+                            "refine.enabled=false")
+    assert other.status == "succeeded", other.error
+    assert other.bundle_sha256 != SHA_LINE.search(res.stdout).group(1)  # another network
+    first, again = (json.loads((run / "metrics.json").read_text()) for run in (first_run, tmp_path / "other"))
+    assert first[REFERENCES_FROM] is None and again["fit_alone_s"] is None
+    assert "the fit-alone reference" not in caplog.text  # not computed again
+    assert str(first_run) in again[REFERENCES_FROM] and str(root / "cache") in again[REFERENCES_FROM]
+    for part in ("amplitude", "phase"):
+        assert again[part][FIT_ALONE] == first[part][FIT_ALONE]
+    assert {k: again[DATA_FIT][k] for k in ("flat", "truth", FIT_ALONE)} == \
+        {k: first[DATA_FIT][k] for k in ("flat", "truth", FIT_ALONE)}
+    assert again[DATA_FIT]["ratio"] != first[DATA_FIT]["ratio"]  # its own reconstruction's, computed
 
 
 def test_reconstruct_from_the_bundle_alone(trained, tmp_path):

@@ -64,8 +64,13 @@ DATA_FIT = "data_fit"
 # pass (``phase_plane``): the span of its own plane replaced, in rad, and its data fit before,
 # which the replacement leaves in the fourth digit or better (the patterns cannot see the plane).
 KEPT_PLANE = "single_pass_plane"
-# metrics.json keys that are wall-clock times: the only ones a faithful re-run may change.
+# metrics.json keys that are wall-clock times.
 TIMING_KEYS = ("inference_s", "evaluate_s", "fit_alone_s", "network_alone_s", "patch_scores_s", "data_fit_s")
+# Key, in metrics.json, of where the test split's references were computed: null for this
+# evaluation, else the evaluation or cache entry (``reference_cache``) that computed them.
+REFERENCES_FROM = "references_from"
+# metrics.json keys a faithful re-run may change: its times, and where its references came from.
+RUN_DEPENDENT_KEYS = (*TIMING_KEYS, REFERENCES_FROM)
 
 
 # The rim every registered image loses at least (``register``): what a sub-pixel shift trims.
@@ -226,18 +231,22 @@ class FitAlone:
 class SplitReferences:
     """What every evaluation of one test split is read against and no model changes: the data fit
     of a flat object and of the truth (``data_fit.reference_ratios``) and, where the offset fit
-    runs, that fit on flat patches. A job's first evaluation computes them; its refined arm is
-    given them (``split_references`` of the first's metrics)."""
+    runs, that fit on flat patches. A job's first evaluation computes them (or reads them from the
+    cache of an earlier job's, ``reference_cache``); its refined arm is given them
+    (``split_references`` of the first's metrics). ``source`` says where they were computed."""
 
     data_fit: dict[str, float]
     fit_alone: FitAlone | None
+    source: str
 
 
-def split_references(metrics: dict[str, Any]) -> SplitReferences:
-    """The references an evaluation's ``metrics`` hold, for the next evaluation of its test split."""
+def split_references(metrics: dict[str, Any], source: str) -> SplitReferences:
+    """The references an evaluation's ``metrics`` hold, for the next evaluation of its test split;
+    ``source`` names that evaluation, unless its own were given (then theirs is kept)."""
     fit = metrics[DATA_FIT]
     alone = FitAlone({part: metrics[part][FIT_ALONE] for part in PARTS}, fit[FIT_ALONE]) if FIT_ALONE in fit else None
-    return SplitReferences({key: fit[key] for key in REFERENCES if key in fit}, alone)
+    return SplitReferences({key: fit[key] for key in REFERENCES if key in fit}, alone,
+                           metrics.get(REFERENCES_FROM) or source)
 
 
 def fit_alone_scores(test: PtychoData, gridsize: int, neighbours: int, cfg: EvalConfig,
@@ -389,7 +398,8 @@ def evaluate_reconstruction(model: PtychoModule, test: PtychoData, gridsize: int
     the reconstruction explains the test patterns, with the same for a flat object, the truth and
     those references. The test split's own references (the fit alone, the flat object's and the
     truth's data fits) are computed here unless given, as the refined arm is given the single
-    pass's (``split_references``).
+    pass's (``split_references``) and a job the cache's (``reference_cache``); ``REFERENCES_FROM``
+    records where given ones were computed.
     ``inference_s`` times this method's reconstruction and ``evaluate_s`` its scoring too; each
     reference computed here has its own time (``patch_scores_s``, ``network_alone_s``,
     ``fit_alone_s``, ``data_fit_s``; None where it was not computed), kept out of the method's. The
@@ -448,7 +458,8 @@ def evaluate_reconstruction(model: PtychoModule, test: PtychoData, gridsize: int
     times = {key: watch.seconds(key) for key in TIMING_KEYS} | {"evaluate_s": watch.seconds("inference_s", "scoring")}
     extra = {**times, "test_positions": test.n_positions, "stitch_crop": cfg.stitch_crop or test.N // 2,
              "sync_phase": cfg.sync_phase, **fit.inference(),  # the fit's settings as resolved for this data
-             "average_symmetries": cfg.average_symmetries, "device": device}
+             "average_symmetries": cfg.average_symmetries, "device": device,
+             REFERENCES_FROM: None if references is None else references.source}
     if kept is not None:
         extra[KEPT_PLANE] = kept
     metrics = write_evaluation(run_dir, scores, title, extra, alone)

@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 from ..bundle import BUNDLE_NAME
 from ..config import load_run_config, trainer_device
 from ..errors import PtylabError
-from ..evaluation import TIMING_KEYS
+from ..evaluation import RUN_DEPENDENT_KEYS
 from ..manifest import read_manifest
 from .train import run_job
 
@@ -116,5 +116,5 @@ def reproduce(run_dir: str | Path, out_dir: str | Path | None = None) -> Reprodu
         d += _dict_diff(_bundle_config(run_dir), _bundle_config(out), "config")
     d += _dict_diff(_json(run_dir / "params.json"), _json(out / "params.json"), "params", LOCATION_PARAMS)
     d += _dict_diff(_json(run_dir / "metrics.json"), _json(out / "metrics.json"), "metric",
-                    TIMING_KEYS)
+                    RUN_DEPENDENT_KEYS)
     return report

@@ -42,6 +42,7 @@ from ..fileio import atomic_write_json, atomic_write_text
 from ..legacy_params import bridged, location_free
 from ..manifest import SKIP_SUMMARY_NAME, JobContext, JobRecord, Status, finished_status, read_record, write_manifest
 from ..models import PtychoModule
+from ..reference_cache import load_references, references_key, store_references
 from ..refine import REFINE_DIR, refine
 from ..runlock import run_dir_lock
 from ..stitching import OBJECT_FILE, read_object
@@ -87,16 +88,23 @@ def evaluate(tc: TrainConfig, run_dir: Path, model: PtychoModule, test: PtychoDa
              record: JobRecord) -> SplitReferences | None:
     """Reconstruct the test split and score it (skipped when ``eval.enabled`` is false); the
     split's references (the offset fit on flat patches, the flat object's and the truth's data
-    fits), for the refined arm to reuse."""
+    fits), for the refined arm to reuse. They come from the cache where an earlier job evaluated
+    the same split the same way, and are kept there for the next where they do not."""
     if not tc.eval.enabled:
         return None
+    device = trainer_device(tc.trainer)
+    key = references_key(test, tc.gridsize, tc.model.neighbours, tc.eval, device)
+    cached = load_references(tc.paths.cache_dir, key)
     metrics = evaluate_reconstruction(model, test, tc.gridsize, tc.model.neighbours, tc.eval, run_dir, record.label,
-                                      device=trainer_device(tc.trainer))
+                                      cached, device)
     record.metrics_path = "metrics.json"
     record.headline_metrics = metrics["headline"]
     record.flat_image_flags = metrics["flat_image_flags"]
     record.fit_alone_flags = metrics["fit_alone_flags"]
-    return split_references(metrics)
+    references = split_references(metrics, f"{run_dir / 'metrics.json'} (this job's single pass)")
+    if cached is None:
+        store_references(tc.paths.cache_dir, key, references, run_dir)
+    return references
 
 
 def evaluate_refined(tc: TrainConfig, run_dir: Path, model: PtychoModule, test: PtychoData,
