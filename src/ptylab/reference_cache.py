@@ -34,7 +34,6 @@ from .evaluation import FitAlone, SplitReferences
 from .fileio import atomic_write_json
 
 log = logging.getLogger(__name__)
-FORMAT = 1
 SUBDIR = "references"
 _ROWS = 1024  # patterns hashed at a time: a memory-mapped file is never read whole
 
@@ -67,7 +66,7 @@ def source_digest() -> str:
 
 def references_key(test: PtychoData, gridsize: int, neighbours: int, cfg: EvalConfig, device: str) -> str:
     """The cache key of ``test``'s references as an evaluation with these settings computes them."""
-    inputs = {"format": FORMAT, "split": split_digest(test), "gridsize": gridsize, "neighbours": neighbours,
+    inputs = {"split": split_digest(test), "gridsize": gridsize, "neighbours": neighbours,
               "eval": asdict(cfg), "device": device, "torch": torch.__version__, "ptylab": source_digest()}
     return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
 
