@@ -63,6 +63,7 @@ def test_wrong_choice_fails_at_composition_with_the_valid_ones(override, valid):
     ([f"eval.offset_fit_order={NO_SUCH_ORDER}"], f"eval.offset_fit_order={NO_SUCH_ORDER}"),
     (["eval.offset_fit_average=1.0"], "eval.offset_fit_average=1.0"),
     (["eval.offset_fit_phase_tv=-1"], "eval.offset_fit_phase_tv=-1.0"),
+    (["eval.offset_fit_amplitude_tv=-0.5"], "eval.offset_fit_amplitude_tv=-0.5"),
     (["eval.average_symmetries=mirror"], "eval.average_symmetries='mirror'"),
     (["refine.average_symmetries=2"], "refine.average_symmetries='2'"),
     (["trainer=gpu", "trainer.deterministic=true"], "trainer.deterministic=True"),
@@ -89,6 +90,7 @@ def test_determinism_is_refused_only_where_cuda_has_no_deterministic_bilinear_ba
     ({"offset_fit_average": 1.0}, "offset_fit_average=1.0"),
     ({"offset_fit_steps": -1}, "offset_fit_steps=-1"),
     ({"offset_fit_phase_tv": -1.0}, "offset_fit_phase_tv=-1.0"),
+    ({"offset_fit_amplitude_tv": -1.0}, "offset_fit_amplitude_tv=-1.0"),
 ])
 def test_the_reconstruct_commands_fit_overrides_are_checked_as_evaluations_are(override, key):
     """The reconstruct command's overrides of a bundle's fit get the evaluation's ranges, and say

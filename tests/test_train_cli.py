@@ -118,7 +118,8 @@ def test_same_config_again_gives_the_same_digest_and_logs_its_progress(trained, 
     assert re.search(r"fitting offsets to \d+ patterns, step: 9 / 10", text)
     # both arms, each saying how the fit ran: at dose 1e3 the counts choose the order-2 terms
     assert len(re.findall(r"test positions \(predicted, stitched, their offsets fitted to the data: 10 steps at lr "
-                          r"[0-9.]+, shape terms of order 2, phase total variation 2 \(\d+ counts per pattern\)\)",
+                          r"[0-9.]+, shape terms of order 2, phase total variation 2, amplitude total variation 2 "
+                          r"\(\d+ counts per pattern\)\)",
                           text)) == 2
     assert text.count("refined: evaluating") == 1 and text.count("the fit-alone reference") == 1  # once, for both
 

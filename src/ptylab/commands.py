@@ -117,7 +117,7 @@ def _reconstruct_task(cfg: DictConfig) -> None:
         bundle = load_bundle(rc.bundle)
         data = read_dataset(rc.data)
         overrides = {"steps": rc.offset_fit_steps, "order": rc.offset_fit_order, "average": rc.offset_fit_average,
-                     "phase_tv": rc.offset_fit_phase_tv}
+                     "phase_tv": rc.offset_fit_phase_tv, "amplitude_tv": rc.offset_fit_amplitude_tv}
         stitched = reconstruct_from_bundle(bundle, data, rc.batch_size, rc.device, rc.tile_patches, overrides)
         title = f"{Path(rc.data).name} from {bundle.sha256[:12]}"
         out = write_reconstruction(Path(rc.output_dir), stitched, title)

@@ -316,7 +316,8 @@ def offset_fit(cfg: EvalConfig) -> OffsetFit:
     """The offset fit these settings ask for: none (0 steps) without phase synchronisation, which
     it starts from. Evaluations, metrics and bundles all read it from here."""
     return OffsetFit(cfg.offset_fit_steps if cfg.sync_phase else 0, cfg.offset_fit_lr, cfg.offset_fit_gains,
-                     cfg.offset_fit_order, cfg.offset_fit_ramp, cfg.offset_fit_average, cfg.offset_fit_phase_tv)
+                     cfg.offset_fit_order, cfg.offset_fit_ramp, cfg.offset_fit_average, cfg.offset_fit_phase_tv,
+                     cfg.offset_fit_amplitude_tv)
 
 
 @dataclass
@@ -353,7 +354,8 @@ class _PatchScorer:
 def _log_start(title: str, test: PtychoData, fit: ResolvedFit) -> None:
     fitted = (f", their offsets fitted to the data: {fit.steps} steps at lr {fit.lr:.3g}"
               f"{f', the last {fit.average:.0%} averaged' if fit.average else ''}, shape terms of order "
-              f"{fit.order}{f', phase total variation {fit.phase_tv:g}' if fit.phase_tv else ''} "
+              f"{fit.order}{f', phase total variation {fit.phase_tv:g}' if fit.phase_tv else ''}"
+              f"{f', amplitude total variation {fit.amplitude_tv:g}' if fit.amplitude_tv else ''} "
               f"({test.mean_counts:.0f} counts per pattern)") if fit.active else ""
     log.info("%s: evaluating %d test positions (predicted, stitched%s)", title, test.n_positions, fitted)
 

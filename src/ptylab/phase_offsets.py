@@ -149,6 +149,8 @@ class OffsetFit:
     # weight of the stitched phase's total variation (``phase_variation``) summed over the object's
     # pixels, in the units of the Poisson NLL summed over the patterns' (0: the likelihood alone)
     phase_tv: float = 0.0
+    # the same for the stitched amplitude's relative total variation (``amplitude_variation``)
+    amplitude_tv: float = 0.0
 
     def inference(self) -> dict[str, Any]:
         """The bundle's inference keys for these settings."""
@@ -157,16 +159,16 @@ class OffsetFit:
     @classmethod
     def from_inference(cls, info: dict[str, Any]) -> OffsetFit:
         """The settings a bundle recorded; bundles written before the fit (or before its shape or
-        ramp terms, the averaging or the phase's total variation) existed lack the keys and
-        reconstruct as they did (no fit; offsets only; no ramp; the last step; the likelihood
-        alone). A recorded steps, lr, order or average of null means "from the data", as in the
+        ramp terms, the averaging or the phase's or the amplitude's total variation) existed lack
+        the keys and reconstruct as they did (no fit; offsets only; no ramp; the last step; the
+        likelihood alone). A recorded steps, lr, order or average of null means "from the data", as in the
         run, and a bundle that left the length to the data before the averaging existed leaves that
         to it too: the length and its averaged share were chosen together (docs/decisions.md)."""
         steps = _optional(int, info.get("offset_fit_steps", 0))
         return cls(steps, _optional(float, info.get("offset_fit_lr")), bool(info.get("offset_fit_gains", False)),
                    _optional(int, info.get("offset_fit_order", 0)), bool(info.get("offset_fit_ramp", False)),
                    _optional(float, info.get("offset_fit_average", None if steps is None else 0.0)),
-                   float(info.get("offset_fit_phase_tv", 0.0)))
+                   float(info.get("offset_fit_phase_tv", 0.0)), float(info.get("offset_fit_amplitude_tv", 0.0)))
 
     @property
     def active(self) -> bool:
@@ -199,6 +201,7 @@ class ResolvedFit:
     ramp: bool
     average: float
     phase_tv: float = 0.0
+    amplitude_tv: float = 0.0
 
     def inference(self) -> dict[str, Any]:
         """The bundle's inference keys, as resolved for the data (``metrics.json`` records them)."""
@@ -349,10 +352,13 @@ def fit_offsets(canvas_of: Callable[[torch.Tensor], torch.Tensor], start: torch.
         scale = float(obs.sum()) / max(float(sum(unit_counts(canvas0, win).sum() for win in windows)), 1e-30)
 
     fit = evidence.fit
-    # The prior as a sum over the canvas's pixels against the likelihood's sum over the patterns'
-    # (the loss is their mean, hence the ratio): one ``phase_tv`` is then the same prior at any
-    # dose, scan density or pattern size, weaker beside the data where they hold more counts.
-    tv_weight = fit.phase_tv * canvas0.numel() / (len(patterns) * n * n)
+    # The priors as sums over the canvas's pixels against the likelihood's sum over the patterns'
+    # (the loss is their mean, hence the ratio): one ``phase_tv`` or ``amplitude_tv`` is then the
+    # same prior at any dose, scan density or pattern size, weaker beside the data where they hold
+    # more counts.
+    per_pixel = canvas0.numel() / (len(patterns) * n * n)
+    priors = [(weight * per_pixel, variation) for weight, variation in
+              ((fit.phase_tv, phase_variation), (fit.amplitude_tv, amplitude_variation)) if weight > 0]
     mix, q = shifted_terms(grid, fit.order)  # the terms at each patch's pixels: mix[:, m] @ q
     theta = torch.angle(start).detach().to(FIT_REAL).requires_grad_(True)
     log_gain = torch.zeros_like(theta, requires_grad=fit.gains)
@@ -403,8 +409,8 @@ def fit_offsets(canvas_of: Callable[[torch.Tensor], torch.Tensor], start: torch.
             nll = poisson_nll(scale * unit_counts(leaf, win), obs[sl]) * (obs[sl].shape[0] / len(patterns))
             nll.backward()
             total += nll.detach()
-        if tv_weight > 0:
-            prior = tv_weight * phase_variation(leaf)
+        for weight, variation in priors:
+            prior = weight * variation(leaf)
             prior.backward()
             total += prior.detach()
         canvas.backward(leaf.grad)
@@ -441,6 +447,26 @@ def phase_variation(canvas: torch.Tensor) -> torch.Tensor:
     steps = (canvas[1:, :] * canvas[:-1, :].conj(), canvas[:, 1:] * canvas[:, :-1].conj())
     right, below = ((d.imag / (d.abs() + 1e-6)).abs().sum() for d in steps)
     return (right + below) / canvas.numel()
+
+
+def amplitude_variation(canvas: torch.Tensor) -> torch.Tensor:
+    """The relative total variation of ``canvas``'s amplitude: the mean over its pixels of the
+    amplitude step to the right and below over the two amplitudes' mean, ||a| - |b|| / ((|a| +
+    |b|) / 2), about the step in log-amplitude: the same prior for a bright object as for a faint
+    one, and none where there is no amplitude.
+
+    Why the fit has it (``OffsetFit.amplitude_tv``): the stitch's complex average of overlapping
+    patches whose fitted phases and gains disagree leaves grain, rings and a scan-step texture in
+    the amplitude that the patterns do not pin down (docs/quality.md, "Where the stitched
+    amplitude's rings come from"); at 1e3 counts it brought the amplitude's SSIM below a flat
+    image's. With it the fit keeps the amplitude detail the data hold and drops what they do not
+    (docs/quality.md, "The stitched amplitude's total variation in the offset fit")."""
+    a = canvas.abs()
+
+    def steps(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return ((x - y).abs() / ((x + y) / 2 + 1e-6)).sum()
+
+    return (steps(a[1:, :], a[:-1, :]) + steps(a[:, 1:], a[:, :-1])) / canvas.numel()
 
 
 def _polar(magnitude: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:

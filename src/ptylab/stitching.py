@@ -282,7 +282,8 @@ def reconstruct_from_bundle(bundle: Bundle, data: PtychoData, batch_size: int = 
                             device: str | torch.device = "cpu", tile_patches: int = DEFAULT_TILE_PATCHES,
                             fit_overrides: Mapping[str, Any] | None = None) -> Stitched:
     """Reconstruct ``data`` as the bundle's run did; ``fit_overrides`` (``OffsetFit`` field names:
-    steps, order, average, phase_tv, ...) replace its recorded fit's settings where not None."""
+    steps, order, average, phase_tv, amplitude_tv, ...) replace its recorded fit's settings where
+    not None."""
     info = bundle.inference
     if info["N"] != data.N:
         raise ValueError(f"{bundle.path}: model expects {info['N']}x{info['N']} patterns, data has {data.N}")
