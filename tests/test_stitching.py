@@ -230,6 +230,28 @@ def test_shape_terms_fitted_to_the_data_remove_an_error_every_patch_shares(scan)
     assert shaped < 0.8 * offsets_only  # measured 0.038 vs 0.058 rad
 
 
+class _ShapedScan:
+    """A 96 px object scanned with 32 px patterns, measured at 1e4 photons, and what a test of the
+    fit's priors gives each patch: the patch coordinates u, v (about -2 to 2) for smooth errors,
+    and a random generator seeded for them; ``fitted`` stitches predicted patches through a
+    60-step order-2 fit with the given prior weights."""
+
+    def __init__(self, obj: np.ndarray, seed: int):
+        self.obj = obj
+        self.x, self.y = raster_scan(obj.shape, 32, 5.0, 0.4, stage_rng(0, "scan"))
+        xs, ys = torch.from_numpy(self.x), torch.from_numpy(self.y)
+        self.patches = extract_patches(torch.from_numpy(obj), xs, ys, 32).numpy()
+        self.probe, self.diff = _measured(self.patches)
+        self.rng = stage_rng(seed, "errors")
+        u, v = np.meshgrid(np.arange(32) - 16.0, np.arange(32) - 16.0, indexing="xy")
+        self.u, self.v = u / 8, v / 8
+
+    def fitted(self, predicted: np.ndarray, **priors: float):
+        fit = ResolvedFit(60, LR, gains=True, order=2, ramp=True, average=0.0, **priors)
+        evidence = Evidence(self.diff, np.arange(len(self.x)), self.x, self.y, self.probe, fit)
+        return stitch(predicted, self.x, self.y, self.obj.shape, 16, sync_phase=True, evidence=evidence)
+
+
 def test_the_phase_total_variation_in_the_fit_removes_the_texture_disagreeing_patches_leave():
     """Each patch of a flat-phase object carries its own random ramps, curvature and astigmatism
     (as a network's patches do where one pattern does not pin its phase's shape): the fitted shape
@@ -237,23 +259,13 @@ def test_the_phase_total_variation_in_the_fit_removes_the_texture_disagreeing_pa
     phase's total variation in the fit's loss (``phase_tv``) takes it out, and 0 leaves the
     likelihood alone."""
     obj = make_object(96, "camera", "astronaut", 0.3, 0.0)  # a flat phase
-    x, y = raster_scan(obj.shape, 32, 5.0, 0.4, stage_rng(0, "scan"))
-    patches = extract_patches(torch.from_numpy(obj), torch.from_numpy(x), torch.from_numpy(y), 32).numpy()
-    probe, diff = _measured(patches)
-    rng = stage_rng(5, "errors")
-    u, v = np.meshgrid(np.arange(32) - 16.0, np.arange(32) - 16.0, indexing="xy")
-    u, v = u / 8, v / 8
-    c = rng.normal(0, 0.15, (5, len(x), 1, 1))
+    scan = _ShapedScan(obj, seed=5)
+    c = scan.rng.normal(0, 0.15, (5, len(scan.x), 1, 1))
+    u, v = scan.u, scan.v
     error = c[0] * u + c[1] * v + c[2] * (u**2 + v**2) + c[3] * (u**2 - v**2) + c[4] * 2 * u * v
-    offset = np.exp(1j * rng.uniform(-np.pi, np.pi, len(x)))[:, None, None]
-    predicted = (patches * np.exp(1j * error) * offset).astype(np.complex64)
-
-    def fitted(phase_tv: float):
-        fit = ResolvedFit(60, LR, gains=True, order=2, ramp=True, average=0.0, phase_tv=phase_tv)
-        evidence = Evidence(diff, np.arange(len(x)), x, y, probe, fit)
-        return stitch(predicted, x, y, obj.shape, 16, sync_phase=True, evidence=evidence)
-
-    plain, prior = fitted(0.0), fitted(4.0)
+    offset = np.exp(1j * scan.rng.uniform(-np.pi, np.pi, len(scan.x)))[:, None, None]
+    predicted = (scan.patches * np.exp(1j * error) * offset).astype(np.complex64)
+    plain, prior = scan.fitted(predicted, phase_tv=0.0), scan.fitted(predicted, phase_tv=4.0)
     variation = {name: float(phase_variation(torch.from_numpy(_inner(r, obj)[0]))) for name, r in
                  (("plain", plain), ("prior", prior))}
     assert variation["prior"] < 0.7 * variation["plain"]  # measured 0.011 vs 0.020
@@ -270,26 +282,18 @@ def test_the_amplitude_total_variation_in_the_fit_removes_the_grain_disagreeing_
     average turns into grain at the scan step; the amplitude's relative total variation in the fit's
     loss (``amplitude_tv``) takes it out, and 0 leaves the likelihood alone."""
     obj = make_object(96, "camera", "astronaut", 0.8, 0.6, amplitude_max=0.8)  # a flat amplitude
-    x, y = raster_scan(obj.shape, 32, 5.0, 0.4, stage_rng(0, "scan"))
-    patches = extract_patches(torch.from_numpy(obj), torch.from_numpy(x), torch.from_numpy(y), 32).numpy()
-    probe, diff = _measured(patches)
-    rng = stage_rng(6, "errors")
-    u, v = np.meshgrid(np.arange(32) - 16.0, np.arange(32) - 16.0, indexing="xy")
-    u, v = u / 8, v / 8
-    c = rng.normal(0, 0.1, (6, len(x), 1, 1))
+    scan = _ShapedScan(obj, seed=6)
+    c = scan.rng.normal(0, 0.1, (6, len(scan.x), 1, 1))
+    u, v = scan.u, scan.v
     log_error = c[0] + c[1] * u + c[2] * v + c[3] * (u**2 + v**2) + c[4] * (u**2 - v**2) + c[5] * 2 * u * v
-    predicted = (patches * np.exp(log_error)).astype(np.complex64)
-
-    def fitted(amplitude_tv: float):
-        fit = ResolvedFit(60, LR, gains=True, order=2, ramp=True, average=0.0, amplitude_tv=amplitude_tv)
-        evidence = Evidence(diff, np.arange(len(x)), x, y, probe, fit)
-        return stitch(predicted, x, y, obj.shape, 16, sync_phase=True, evidence=evidence)
+    predicted = (scan.patches * np.exp(log_error)).astype(np.complex64)
 
     def amplitude_error(result) -> float:
         rec, truth = (np.abs(a) for a in _inner(result, obj))
         return float(np.abs(rec * truth.mean() / rec.mean() - truth).mean() / truth.mean())
 
-    plain, prior = fitted(0.0), fitted(16.0)  # a strong weight: 60 steps, where the gains move at a fifth of the lr
+    # a strong weight: 60 steps, in which the gains move at a fifth of the rate
+    plain, prior = scan.fitted(predicted, amplitude_tv=0.0), scan.fitted(predicted, amplitude_tv=16.0)
     variation = {name: float(amplitude_variation(torch.from_numpy(_inner(r, obj)[0]))) for name, r in
                  (("plain", plain), ("prior", prior))}
     assert variation["prior"] < 0.7 * variation["plain"]  # measured 0.0078 vs 0.0148

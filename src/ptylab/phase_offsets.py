@@ -161,9 +161,10 @@ class OffsetFit:
         """The settings a bundle recorded; bundles written before the fit (or before its shape or
         ramp terms, the averaging or the phase's or the amplitude's total variation) existed lack
         the keys and reconstruct as they did (no fit; offsets only; no ramp; the last step; the
-        likelihood alone). A recorded steps, lr, order or average of null means "from the data", as in the
-        run, and a bundle that left the length to the data before the averaging existed leaves that
-        to it too: the length and its averaged share were chosen together (docs/decisions.md)."""
+        likelihood alone). A recorded steps, lr, order or average of null means "from the data",
+        as in the run, and a bundle that left the length to the data before the averaging existed
+        leaves that to it too: the length and its averaged share were chosen together
+        (docs/decisions.md)."""
         steps = _optional(int, info.get("offset_fit_steps", 0))
         return cls(steps, _optional(float, info.get("offset_fit_lr")), bool(info.get("offset_fit_gains", False)),
                    _optional(int, info.get("offset_fit_order", 0)), bool(info.get("offset_fit_ramp", False)),
