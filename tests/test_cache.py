@@ -90,8 +90,8 @@ def test_cached_references_round_trip_and_an_unusable_entry_is_recomputed(small_
     key = references_key(test, 2, 8, EvalConfig(), "cpu")
     cache = tmp_path / "cache"
     assert load_references(cache, key) is None  # nothing kept yet
-    kept = SplitReferences(reference_ratios(test), FitAlone({"amplitude": {"ssim": 0.25}, "phase": {"ssim": 0.5}}, 2.0),
-                           "this test")
+    alone = FitAlone({"amplitude": {"ssim": 0.25, "frc50_px": 4.5}, "phase": {"ssim": 0.5, "frc50_px": None}}, 2.0)
+    kept = SplitReferences(reference_ratios(test), alone, "this test")  # an FRC50 may be null: it never fell
     store_references(cache, key, kept, tmp_path / "run")
     again = load_references(cache, key)
     assert again is not None and (again.data_fit, again.fit_alone) == (kept.data_fit, kept.fit_alone)

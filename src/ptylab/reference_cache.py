@@ -87,7 +87,7 @@ def load_references(cache_dir: str | Path, key: str) -> SplitReferences | None:
             raise ValueError(f"it holds the references of key {entry['key'][:24]}...")
         alone = entry["fit_alone"]
         fit_alone = None if alone is None else FitAlone(
-            {part: {k: float(v) for k, v in scores.items()} for part, scores in alone["scores"].items()},
+            {part: {k: _score(v) for k, v in scores.items()} for part, scores in alone["scores"].items()},
             float(alone["data_fit"]))
         data_fit = {k: float(v) for k, v in entry["data_fit"].items()}
         source = f"{path} (computed by the job in {entry['computed_by']})"
@@ -97,6 +97,11 @@ def load_references(cache_dir: str | Path, key: str) -> SplitReferences | None:
     log.info("the test split's references (the fit alone, the flat object's and the truth's data fits) read "
              "from %s", source)
     return SplitReferences(data_fit, fit_alone, source)
+
+
+def _score(value: Any) -> Any:
+    """A stored score: a number, or null where it has none (an FRC50 that never falls below 0.5)."""
+    return None if value is None else float(value)
 
 
 def store_references(cache_dir: str | Path, key: str, references: SplitReferences, computed_by: Path) -> None:
