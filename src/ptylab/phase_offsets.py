@@ -445,9 +445,11 @@ def phase_variation(canvas: torch.Tensor) -> torch.Tensor:
     than any other part of the reconstruction. A prior for flat regions with sharp edges, the one
     iterative ptychography uses (docs/quality.md, "The stitched phase's total variation in the
     offset fit")."""
-    steps = (canvas[1:, :] * canvas[:-1, :].conj(), canvas[:, 1:] * canvas[:, :-1].conj())
-    right, below = ((d.imag / (d.abs() + 1e-6)).abs().sum() for d in steps)
-    return (right + below) / canvas.numel()
+    def steps(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        d = a * b.conj()
+        return (d.imag / (d.abs() + 1e-6)).abs().sum()
+
+    return _neighbour_mean(canvas, steps)
 
 
 def amplitude_variation(canvas: torch.Tensor) -> torch.Tensor:
@@ -462,12 +464,16 @@ def amplitude_variation(canvas: torch.Tensor) -> torch.Tensor:
     amplitude's rings come from"); at 1e3 counts it brought the amplitude's SSIM below a flat
     image's. With it the fit keeps the amplitude detail the data hold and drops what they do not
     (docs/quality.md, "The stitched amplitude's total variation in the offset fit")."""
-    a = canvas.abs()
-
     def steps(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return ((x - y).abs() / ((x + y) / 2 + 1e-6)).sum()
 
-    return (steps(a[1:, :], a[:-1, :]) + steps(a[:, 1:], a[:, :-1])) / canvas.numel()
+    return _neighbour_mean(canvas.abs(), steps)
+
+
+def _neighbour_mean(image: torch.Tensor, steps: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """The fit's priors' shared form: ``steps`` (a sum over pixel pairs) between each pixel and its
+    neighbour to the right and below, over the number of pixels."""
+    return (steps(image[1:, :], image[:-1, :]) + steps(image[:, 1:], image[:, :-1])) / image.numel()
 
 
 def _polar(magnitude: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:

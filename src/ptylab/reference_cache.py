@@ -31,7 +31,7 @@ import torch
 from .config import EvalConfig
 from .data import PtychoData
 from .evaluation import FitAlone, SplitReferences
-from .fileio import atomic_write_json
+from .fileio import atomic_write_json, sha256_bytes
 
 log = logging.getLogger(__name__)
 SUBDIR = "references"
@@ -68,7 +68,7 @@ def references_key(test: PtychoData, gridsize: int, neighbours: int, cfg: EvalCo
     """The cache key of ``test``'s references as an evaluation with these settings computes them."""
     inputs = {"split": split_digest(test), "gridsize": gridsize, "neighbours": neighbours,
               "eval": asdict(cfg), "device": device, "torch": torch.__version__, "ptylab": source_digest()}
-    return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
+    return sha256_bytes(json.dumps(inputs, sort_keys=True, default=str).encode())
 
 
 def entry_path(cache_dir: str | Path, key: str) -> Path:
