@@ -252,6 +252,25 @@ def test_refinement_uses_the_probes_symmetries_only_when_asked(small_dataset_cfg
     assert outcome.groups["symmetries"] == (len(probe_symmetries(data.test.probe)) if augment else 1)
 
 
+@pytest.mark.parametrize("freeze", [True, False])
+def test_refinement_moves_the_encoder_only_when_it_is_not_frozen(small_dataset_cfg, tmp_path, freeze):
+    """With refine.freeze_encoder the refined arm fine-tunes the decoders alone; either way the
+    trained network it starts from is left as it was (the single pass and the bundle are its)."""
+    data = load_or_simulate(small_dataset_cfg, 1e4, 0, tmp_path / "cache")
+    model_cfg = PinnConfig(base_filters=[8, 16, 32], batch_size=8)
+    model = build_model(model_cfg, 2, data.train)
+    trained = {name: p.detach().clone() for name, p in model.net.named_parameters()}
+    tuned, outcome = refine(model, model_cfg, RefineConfig(steps=4, freeze_encoder=freeze), 2, 0, data.test,
+                            {"accelerator": "cpu", "enable_progress_bar": False}, tmp_path)
+    assert outcome.steps == 4
+    assert all(torch.equal(p, trained[name]) for name, p in model.net.named_parameters())
+    encoder = {id(p) for p in tuned.net.encoder_parameters()}
+    moved = {id(p) for name, p in tuned.net.named_parameters() if not torch.equal(p, trained[name])}
+    assert len(moved - encoder) > 0  # the decoders always move
+    assert moved.isdisjoint(encoder) == freeze
+    assert all(p.requires_grad for p in model.net.parameters())  # the copy was frozen, not the original
+
+
 @pytest.mark.parametrize("group_norm", ["none", "phase_decoder"])
 def test_bf16_autocast_leaves_amplitude_and_phase_in_full_precision(small_dataset_cfg, tmp_path, group_norm):
     """Under bf16 autocast (trainer=cpu on a CPU with AVX512-BF16) the convolutions run in bf16 but the

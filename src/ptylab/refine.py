@@ -26,8 +26,12 @@ REFINE_DIR = "refine"
 def refine(model: PtychoModule, model_cfg: PinnConfig, cfg: RefineConfig, gridsize: int, seed: int,
            test: PtychoData, trainer_kwargs: dict[str, Any], run_dir: Path) -> tuple[PtychoModule, TrainingOutcome]:
     """A copy of ``model`` fine-tuned for ``cfg.steps`` steps on ``test``'s patterns (no ``Y``, no validation;
-    the probe's symmetries as samples only with ``cfg.augment_symmetries``)."""
+    the probe's symmetries as samples only with ``cfg.augment_symmetries``; with ``cfg.freeze_encoder``
+    only the decoders move, and a step skips the encoder's backward pass)."""
     tuned = copy.deepcopy(model).train()
+    if cfg.freeze_encoder:
+        for weight in tuned.net.encoder_parameters():
+            weight.requires_grad_(False)
     tuned.hparams.update(lr=cfg.lr, schedule=str(Schedule.cosine), warmup_steps=cfg.warmup_steps,
                          min_lr=min(model_cfg.min_lr, cfg.lr))
     refine_cfg = replace(model_cfg, val_fraction=0.0, early_stop_patience=0, max_train_groups=None,

@@ -14,7 +14,7 @@ upsampling, two convolutions per level except one at the finest, about half the 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -154,6 +154,11 @@ class EncoderDecoder(nn.Module):
         else:
             self.decoder = Decoder(filters[-1], dec, 2 * channels, levels, layout, everywhere, bilinear_amp)
         self.out_channels = channels
+
+    def encoder_parameters(self) -> Iterator[nn.Parameter]:
+        """The encoder's weights (its pooled levels and the bottleneck): what maps a pattern to the
+        features both decoders start from."""
+        return itertools.chain(self.down.parameters(), self.bottleneck.parameters())
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         for block in self.down:
