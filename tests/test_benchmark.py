@@ -6,7 +6,8 @@ from .conftest import ROOT, run_script
 
 KEYS = ["physics_bound_patterns_per_s_gs2", "train_patterns_per_s_bare_gs2", "train_patterns_per_s_lightning_gs2",
         "lightning_over_bare_gs2", "train_model_flop_utilization_gs2", "inference_patterns_per_s", "reconstruct_s",
-        "simulate_patterns_per_s", "peak_rss_mb", "default_job_s", "peak_matmul_gflops"]
+        "simulate_patterns_per_s", "peak_rss_mb", "default_job_s", "peak_matmul_gflops",
+        "train_patterns_per_s_bare_decoders_only_gs2", "decoders_only_over_whole_gs2"]
 
 
 def test_quick_benchmark_writes_every_figure_and_leaves_no_scratch_files(tmp_path):

@@ -23,6 +23,13 @@ from .training import fit
 REFINE_DIR = "refine"
 
 
+def freeze_encoder(model: PtychoModule) -> None:
+    """Keep ``model``'s encoder as it is: its weights get no gradient, so an optimizer step moves the
+    decoders alone and the backward pass stops at the encoder's output (``refine.freeze_encoder``)."""
+    for weight in model.net.encoder_parameters():
+        weight.requires_grad_(False)
+
+
 def refine(model: PtychoModule, model_cfg: PinnConfig, cfg: RefineConfig, gridsize: int, seed: int,
            test: PtychoData, trainer_kwargs: dict[str, Any], run_dir: Path) -> tuple[PtychoModule, TrainingOutcome]:
     """A copy of ``model`` fine-tuned for ``cfg.steps`` steps on ``test``'s patterns (no ``Y``, no validation;
@@ -30,8 +37,7 @@ def refine(model: PtychoModule, model_cfg: PinnConfig, cfg: RefineConfig, gridsi
     only the decoders move, and a step skips the encoder's backward pass)."""
     tuned = copy.deepcopy(model).train()
     if cfg.freeze_encoder:
-        for weight in tuned.net.encoder_parameters():
-            weight.requires_grad_(False)
+        freeze_encoder(tuned)
     tuned.hparams.update(lr=cfg.lr, schedule=str(Schedule.cosine), warmup_steps=cfg.warmup_steps,
                          min_lr=min(model_cfg.min_lr, cfg.lr))
     refine_cfg = replace(model_cfg, val_fraction=0.0, early_stop_patience=0, max_train_groups=None,

@@ -36,6 +36,7 @@ from ..fileio import atomic_write_text
 from ..grouping import group_positions
 from ..models import PINN, build_model
 from ..physics import far_field, poisson_nll
+from ..refine import freeze_encoder
 from ..simulate import simulate
 from ..stitching import reconstruct_from_bundle
 from ..training import batch_plan, build_trainer
@@ -323,6 +324,13 @@ def _measure(args: BenchmarkConfig, work: Path) -> dict[str, Any]:
                                                                       10 if args.quick else 30)
         out[f"train_patterns_per_s_bare_{key}"] = bare_training(model, make_loader(ds, batch, True, 0), steps,
                                                                    device)
+        if gs == 2:  # the refined arm's step (decoders only, refine.freeze_encoder) against training's
+            frozen, frozen_ds = training_setup(train, model_cfg, gs)
+            freeze_encoder(frozen)
+            out["train_patterns_per_s_bare_decoders_only_gs2"] = bare_training(
+                frozen, make_loader(frozen_ds, batch, True, 0), steps, device)
+            out["decoders_only_over_whole_gs2"] = (out["train_patterns_per_s_bare_decoders_only_gs2"]
+                                                   / out["train_patterns_per_s_bare_gs2"])
         model, ds = training_setup(train, model_cfg, gs)
         out[f"train_patterns_per_s_lightning_{key}"] = lightning_training(model, ds, batch, steps,
                                                                              work / f"light_{gs}", accel)
