@@ -324,7 +324,7 @@ def _measure(args: BenchmarkConfig, work: Path) -> dict[str, Any]:
                                                                       10 if args.quick else 30)
         out[f"train_patterns_per_s_bare_{key}"] = bare_training(model, make_loader(ds, batch, True, 0), steps,
                                                                    device)
-        if gs == 2:  # the refined arm's step (decoders only, refine.freeze_encoder) against training's
+        if gs == 2:  # the refined arm's step with refine.freeze_encoder (decoders only) against training's
             frozen, frozen_ds = training_setup(train, model_cfg, gs)
             freeze_encoder(frozen)
             out["train_patterns_per_s_bare_decoders_only_gs2"] = bare_training(
