@@ -12,6 +12,7 @@ from ptylab.cli import preflight
 from ptylab.config import OFFSET_FIT_ORDERS, PinnConfig, ReconstructConfig, SupervisedConfig, validate
 from ptylab.errors import ConfigError, PtylabError
 from ptylab.manifest import Status
+from ptylab.phase_offsets import OffsetFit
 from ptylab.stages.train import run_job
 
 from .conftest import ROOT, SMALL_OVERRIDES, compose_config, run_script
@@ -97,6 +98,17 @@ def test_the_reconstruct_commands_fit_overrides_are_checked_as_evaluations_are(o
     what leaving them out means there."""
     with pytest.raises(ConfigError, match=rf"^{key}: must be .*or null \(the bundle's setting\)"):
         ReconstructConfig(bundle="wts.h5.zip", data="test.npz", output_dir="out", **override)
+
+
+def test_the_reconstruct_commands_fit_overrides_reach_the_fit_under_its_own_names():
+    """Each ``offset_fit_*`` override of the command replaces the bundle's recorded setting of the
+    same name; those left out keep the bundle's."""
+    rc = ReconstructConfig(bundle="wts.h5.zip", data="test.npz", output_dir="out", offset_fit_steps=6,
+                           offset_fit_amplitude_tv=0.0)
+    recorded = OffsetFit(steps=200, order=3, average=0.5, phase_tv=2.0, amplitude_tv=2.0)
+    fit = recorded.overridden(**rc.fit_overrides())
+    assert (fit.steps, fit.amplitude_tv) == (6, 0.0)
+    assert (fit.order, fit.average, fit.phase_tv) == (3, 0.5, 2.0)
 
 
 def test_defaults_live_in_the_schema_once():

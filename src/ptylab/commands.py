@@ -116,9 +116,8 @@ def _reconstruct_task(cfg: DictConfig) -> None:
     def run() -> None:
         bundle = load_bundle(rc.bundle)
         data = read_dataset(rc.data)
-        overrides = {"steps": rc.offset_fit_steps, "order": rc.offset_fit_order, "average": rc.offset_fit_average,
-                     "phase_tv": rc.offset_fit_phase_tv, "amplitude_tv": rc.offset_fit_amplitude_tv}
-        stitched = reconstruct_from_bundle(bundle, data, rc.batch_size, rc.device, rc.tile_patches, overrides)
+        stitched = reconstruct_from_bundle(bundle, data, rc.batch_size, rc.device, rc.tile_patches,
+                                           rc.fit_overrides())
         title = f"{Path(rc.data).name} from {bundle.sha256[:12]}"
         out = write_reconstruction(Path(rc.output_dir), stitched, title)
         fit = write_data_fit(Path(rc.output_dir), stitched.obj, data, title)

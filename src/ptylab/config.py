@@ -575,6 +575,13 @@ class ReconstructConfig:
             value = getattr(self, key)
             _check(value is None or value >= 0, key, value, ">= 0, or null (the bundle's setting)")
 
+    def fit_overrides(self) -> dict[str, Any]:
+        """The ``offset_fit_*`` settings under ``OffsetFit``'s field names (None: the bundle's), as
+        ``stitching.reconstruct_from_bundle`` takes them: a new fit setting is one field here."""
+        prefix = "offset_fit_"
+        return {f.name.removeprefix(prefix): getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.name.startswith(prefix)}
+
 
 MODEL_SCHEMAS: dict[str, type] = {"pinn": PinnConfig, "supervised": SupervisedConfig}
 DATASET_SCHEMAS: dict[str, type] = {"embedded": EmbeddedDatasetConfig, "file": FileDatasetConfig}
