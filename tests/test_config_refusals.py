@@ -185,3 +185,23 @@ def test_a_gpu_trainer_is_refused_before_any_work_where_torch_finds_no_gpu(tmp_p
     record = run_job(cfg, tmp_path / "run")
     assert record.status == Status.failed and "finds none on this machine" in record.error
     assert not (tmp_path / "cache").exists()  # no data were made
+
+
+def test_a_missing_dataset_file_is_refused_before_any_work_once_for_a_sweep(tmp_path, capsys):
+    """A typo in a file path: one line naming the key and the path, exit 2, before any run
+    directory exists; in a sweep, before its first job (each used to fail on its own)."""
+    present = tmp_path / "test.npz"
+    present.write_bytes(b"")  # exists: only the missing key is named
+    args = ["-m", "dose=1000,10000", "dataset=npz", f"dataset.train_file={tmp_path / 'trian.npz'}",
+            f"dataset.test_file={present}", f"paths.output_root={tmp_path / 'out'}"]
+    with pytest.raises(SystemExit) as info:
+        preflight("train", args)
+    assert info.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"error: dataset.train_file={tmp_path / 'trian.npz'}: expected an existing")
+    assert "found no such file" in line
+    with pytest.raises(SystemExit):
+        preflight("train", ["dataset=npz", f"dataset.train_file={present}", f"dataset.test_file={tmp_path}"])
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"error: dataset.test_file={tmp_path}: expected an existing") and "found a directory" in line
+    assert not (tmp_path / "out").exists()

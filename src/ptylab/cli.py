@@ -20,7 +20,7 @@ from typing import Any, NoReturn, TypeVar
 
 from omegaconf import OmegaConf
 
-from .config import TrainConfig, override_key, require_trainer_device, validate
+from .config import TrainConfig, override_key, require_dataset_files, require_trainer_device, validate
 from .errors import ConfigError, PtylabError
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
@@ -83,7 +83,8 @@ def _schema_keys(message: str) -> list[str]:
 
 
 def preflight(config_name: str, args: Sequence[str] | None = None) -> None:
-    """Compose and validate the config of every job the command line would run; exit 2 on the first bad one."""
+    """Compose and validate the config of every job the command line would run, and check what each
+    needs of this machine (a CUDA device where asked for, the dataset files); exit 2 on the first bad one."""
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
 
@@ -98,6 +99,7 @@ def preflight(config_name: str, args: Sequence[str] | None = None) -> None:
                 typed = validate(compose(config_name, overrides=overrides))
                 if isinstance(typed, TrainConfig):
                     require_trainer_device(typed.trainer)
+                    require_dataset_files(typed.dataset)
             except ConfigError as exc:
                 fail(f"{exc} [{' '.join(overrides) or 'defaults'}]")
             except (HydraException, OmegaConfBaseException) as exc:

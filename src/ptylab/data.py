@@ -29,12 +29,12 @@ OPTIONAL_KEYS = ("Y", "scan_index", "metadata")
 class DataError(PtylabError, ValueError):
     """A dataset file violates the contract; the message says where and how."""
 
-    def __init__(self, path: str | Path, key: str | None, expected: str, found: str, keys: list[str]):
+    def __init__(self, path: str | Path, key: str | None, expected: str, found: str, keys: list[str] | None):
+        """``keys``: the keys the file holds, listed in the message; None where there is no file to list."""
         self.path, self.key = str(path), key
         where = f"key '{key}'" if key else "file"
-        super().__init__(
-            f"{path}: {where}: expected {expected}; found {found}. Keys present: {sorted(keys) or 'none'}"
-        )
+        listed = "" if keys is None else f". Keys present: {sorted(keys) or 'none'}"
+        super().__init__(f"{path}: {where}: expected {expected}; found {found}{listed}")
 
 
 class RowSubset:
@@ -176,7 +176,7 @@ def read_dataset(path: str | Path) -> PtychoData:
     """Read and validate a dataset file; raise DataError naming file and key on any violation."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(path, None, "an existing NPZ or HDF5 file", "no such file", [])
+        raise DataError(path, None, "an existing NPZ or HDF5 file", "no such file", None)
     with open(path, "rb") as fh:
         head = fh.read(8)
     if not head:
