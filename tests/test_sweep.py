@@ -70,17 +70,18 @@ def test_a_failing_job_does_not_stop_the_others_and_the_sweep_exits_nonzero(tmp_
     source = load_or_simulate(small_dataset_cfg, 1e3, 1, tmp_path / "cache")
     write_dataset(tmp_path / "train.npz", source.train)
     write_dataset(tmp_path / "test.npz", source.test)
+    (tmp_path / "truncated.npz").write_bytes((tmp_path / "train.npz").read_bytes()[:1000])  # exists: passes preflight
     sweep_dir = tmp_path / "study"
     res = run_script(["train.py", "-m", f"hydra.sweep.dir={sweep_dir}", f"paths.output_root={tmp_path}", *TINY_TRAIN,
                       *PLUMBING, "trainer.max_epochs=1", "dataset=npz", "view=full",
-                      f"dataset.train_file={tmp_path / 'train.npz'},{tmp_path / 'missing.npz'}",
+                      f"dataset.train_file={tmp_path / 'train.npz'},{tmp_path / 'truncated.npz'}",
                       f"dataset.test_file={tmp_path / 'test.npz'}"], cwd=ROOT)
     assert res.returncode != 0
     manifest = _manifest(sweep_dir)
     statuses = sorted(j["status"] for j in manifest["jobs"])
     assert statuses == ["failed", "succeeded"] and manifest["status"] == "failed"
     failed = next(j for j in manifest["jobs"] if j["status"] == "failed")
-    assert "missing.npz" in failed["error"]
+    assert "truncated.npz" in failed["error"]
 
 
 @pytest.mark.parametrize("launcher", ["joblib", "submitit_local"])

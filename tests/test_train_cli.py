@@ -204,8 +204,11 @@ def _failed_truthfully(run: Path, train_file: Path) -> None:
     assert not (run / "wts.h5.zip").exists()
 
 
-def test_missing_data_file_fails_truthfully_with_nonzero_exit(tmp_path):
+def test_malformed_data_file_fails_truthfully_with_nonzero_exit(tmp_path):
+    """A file that exists but breaks the contract passes the command line's preflight (which
+    checks that files exist) and fails the job, recorded as failed, with a non-zero exit."""
     train_file = tmp_path / "train.npz"
+    np.savez(train_file, diffraction=np.ones((3, 4, 4), np.int32))
     res = run_script(["train.py", "dataset=npz", f"dataset.train_file={train_file}",
                       f"dataset.test_file={train_file}", f"paths.output_root={tmp_path}", *TINY_TRAIN], cwd=ROOT)
     assert res.returncode != 0 and "FAILED" in res.stdout
@@ -213,10 +216,10 @@ def test_missing_data_file_fails_truthfully_with_nonzero_exit(tmp_path):
     _failed_truthfully(run, train_file)
 
 
-def test_malformed_data_file_fails_truthfully(tmp_path):
-    """The same path as a missing file, in this process: the exit status is the test above's concern."""
+def test_missing_data_file_fails_a_job_started_without_the_command_line_truthfully(tmp_path):
+    """The command line refuses a missing file before any job (test_config_refusals); a job started
+    another way (a reproduction, from Python) fails at its start and records why."""
     train_file = tmp_path / "train.npz"
-    np.savez(train_file, diffraction=np.ones((3, 4, 4), np.int32))
     record = run_job(compose_config(["dataset=npz", f"dataset.train_file={train_file}",
                                      f"dataset.test_file={train_file}", f"paths.output_root={tmp_path}",
                                      *TINY_TRAIN]), tmp_path / "run")
