@@ -697,10 +697,11 @@ def require_trainer_device(trainer: Mapping[str, Any]) -> None:
 
 
 def require_dataset_files(dataset: DatasetConfig) -> None:
-    """Refuse a file dataset whose files do not exist, naming the key. Checked with the trainer's
-    device where a job is about to run, not in ``validate`` (a study may be composed on one machine
-    and run on another): a typo in a path is answered before any run directory is made, once for a
-    whole sweep, instead of as a failed job per sweep point. Relative paths are the working
+    """Refuse a file dataset whose files do not exist, naming the key. Checked by the command line's
+    preflight beside the trainer's device, not in ``validate`` (a study may be composed on one
+    machine and run on another): a typo in a path is answered before any run directory is made,
+    once for a whole sweep, instead of as a failed job per sweep point; a job started another way
+    meets the data reader's ``DataError`` at its start. Relative paths are the working
     directory's (jobs do not change directory)."""
     if not isinstance(dataset, FileDatasetConfig):
         return
