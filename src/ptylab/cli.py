@@ -20,7 +20,7 @@ from typing import Any, NoReturn, TypeVar
 
 from omegaconf import OmegaConf
 
-from .config import TrainConfig, override_key, require_dataset_files, require_trainer_device, validate
+from .config import FileDatasetConfig, TrainConfig, override_key, require_trainer_device, validate
 from .errors import ConfigError, PtylabError
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
@@ -35,10 +35,13 @@ def fail(message: str) -> NoReturn:
 
 def require_path(key: str, value: str | Path, directory: bool = False) -> Path:
     """The path given as ``key=value``; one error line and exit 2 when it is not an existing file
-    (or directory). Commands call it before their slow imports, so a typo is answered at once."""
+    (or directory). Commands call it before their slow imports, and the preflight for a file
+    dataset's files, so a typo is answered at once, before any run directory."""
     path = Path(value)
+    wanted = "directory" if directory else "file"
     if not (path.is_dir() if directory else path.is_file()):
-        fail(f"{key}={value}: {'not a directory' if directory else 'no such file'}")
+        found = "a directory" if path.is_dir() else "a file" if path.is_file() else f"no such {wanted}"
+        fail(f"{key}={value}: expected an existing {wanted}; found {found}")
     return path
 
 
@@ -99,7 +102,9 @@ def preflight(config_name: str, args: Sequence[str] | None = None) -> None:
                 typed = validate(compose(config_name, overrides=overrides))
                 if isinstance(typed, TrainConfig):
                     require_trainer_device(typed.trainer)
-                    require_dataset_files(typed.dataset)
+                    if isinstance(typed.dataset, FileDatasetConfig):  # not in validate: paths are this machine's
+                        require_path("dataset.train_file", typed.dataset.train_file)
+                        require_path("dataset.test_file", typed.dataset.test_file)
             except ConfigError as exc:
                 fail(f"{exc} [{' '.join(overrides) or 'defaults'}]")
             except (HydraException, OmegaConfBaseException) as exc:

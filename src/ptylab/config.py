@@ -696,22 +696,6 @@ def require_trainer_device(trainer: Mapping[str, Any]) -> None:
                           f"{torch.version.cuda or 'not built into this torch'}); use trainer=cpu")
 
 
-def require_dataset_files(dataset: DatasetConfig) -> None:
-    """Refuse a file dataset whose files do not exist, naming the key. Checked by the command line's
-    preflight beside the trainer's device, not in ``validate`` (a study may be composed on one
-    machine and run on another): a typo in a path is answered before any run directory is made,
-    once for a whole sweep, instead of as a failed job per sweep point; a job started another way
-    meets the data reader's ``DataError`` at its start. Relative paths are the working
-    directory's (jobs do not change directory)."""
-    if not isinstance(dataset, FileDatasetConfig):
-        return
-    for key in ("train_file", "test_file"):
-        value = getattr(dataset, key)
-        if not Path(value).is_file():
-            found = "a directory" if Path(value).is_dir() else "no such file"
-            raise ConfigError(f"dataset.{key}={value}: expected an existing NPZ or HDF5 file; found {found}")
-
-
 def format_dose(dose: float) -> str:
     """Short, readable dose tag for directory names: 1000 -> '1e3', 1500 -> '1.5e3'."""
     if dose <= 0:
