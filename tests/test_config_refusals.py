@@ -59,6 +59,9 @@ def test_wrong_choice_fails_at_composition_with_the_valid_ones(override, valid):
     (["model.decoder=transposed", "model.bilinear_upsampling=all"], "model.bilinear_upsampling='all'"),
     (["model=supervised", "gridsize=2"], "gridsize=2"),
     (["gridsize=1", "model.oversample=2"], "model.oversample=2"),
+    (["gridsize=3", "model.neighbours=7"], "model.neighbours=7"),  # 7 nearest cannot give the 8 others
+    (["gridsize=3", "model.neighbours=8", "model.oversample=1"], "model.neighbours=8"),  # needs alternatives
+    (["model.neighbours=0"], "model.neighbours=0"),
     (["dataset.N=30"], "dataset.N=30"),
     (["model.val_fraction=1.0"], "model.val_fraction=1.0"),
     ([f"eval.offset_fit_order={NO_SUCH_ORDER}"], f"eval.offset_fit_order={NO_SUCH_ORDER}"),
@@ -125,6 +128,16 @@ def test_compare_needs_runs_or_a_sweep():
     with pytest.raises(ConfigError, match=r"runs=\[\]: must be a list of run directories .* or give a sweep"):
         CompareConfig(output_dir="out")
     assert CompareConfig(sweep="a/sweep", output_dir="out").runs == []
+
+
+@pytest.mark.parametrize("gridsize", [1, 2, 3])
+def test_every_gridsize_runs_on_its_default_neighbours_and_a_set_value_wins(gridsize):
+    """``model.neighbours`` left null gives each gridsize a K its groups can be drawn from (a
+    ``gridsize=1,2,3`` sweep needs no second key); a value the user sets is used as set."""
+    typed = validate(compose_config([f"gridsize={gridsize}"]))
+    assert typed.model.neighbours is None  # the snapshot keeps "the gridsize's default", not a number
+    assert typed.model.neighbours_at(gridsize) >= gridsize**2 - 1
+    assert validate(compose_config([f"gridsize={gridsize}", "model.neighbours=12"])).model.neighbours_at(gridsize) == 12
 
 
 def test_config_error_is_a_package_error():

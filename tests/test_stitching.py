@@ -470,8 +470,8 @@ def test_the_network_alone_reference_scores_what_an_evaluation_without_the_fit_s
     runs = {name: tmp_path / name for name in ("fitted", "unfitted")}
     for run in runs.values():
         run.mkdir()
-    fitted = evaluate_reconstruction(model, test, 2, cfg.model.neighbours, ev, runs["fitted"], "fitted")
-    unfitted = evaluate_reconstruction(model, test, 2, cfg.model.neighbours, replace(ev, offset_fit_steps=0),
+    fitted = evaluate_reconstruction(model, test, 2, cfg.model.neighbours_at(2), ev, runs["fitted"], "fitted")
+    unfitted = evaluate_reconstruction(model, test, 2, cfg.model.neighbours_at(2), replace(ev, offset_fit_steps=0),
                                        runs["unfitted"], "unfitted")
     for part in ("amplitude", "phase"):
         alone, plain = fitted[part][NETWORK_ALONE], unfitted[part]

@@ -12,6 +12,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 import ptylab.config  # noqa: F401
+from ptylab.bundle import load_bundle
 from ptylab.commands import reproduce as reproduce_command
 from ptylab.data import write_dataset
 from ptylab.datasets import load_or_simulate
@@ -85,17 +86,22 @@ def test_a_failing_job_does_not_stop_the_others_and_the_sweep_exits_nonzero(tmp_
 
 
 @pytest.mark.parametrize("launcher", ["joblib", "submitit_local"])
-def test_parallel_and_submitit_launchers_run_a_tiny_sweep(tmp_path, launcher):
+def test_parallel_and_submitit_launchers_run_a_tiny_sweep_over_gridsizes(tmp_path, launcher):
+    """A sweep over gridsizes needs no second key: each job groups with its gridsize's own K
+    (gs3 groups of nine need more than gs2's seven nearest), and its bundle records the K it used."""
     sweep_dir = tmp_path / "study"
     extra = ["hydra.launcher.n_jobs=2"] if launcher == "joblib" else ["hydra.launcher.timeout_min=10"]
-    res = _sweep(sweep_dir, f"hydra/launcher={launcher}", *extra, "dose=1000,10000", *PLUMBING)
+    res = _sweep(sweep_dir, f"hydra/launcher={launcher}", *extra, "gridsize=1,3", *PLUMBING)
     assert res.returncode == 0, res.stderr[-4000:]
     manifest = _manifest(sweep_dir)
     assert manifest["counts"]["succeeded"] == 2
+    neighbours = {job["context"]["gridsize"]: load_bundle(sweep_dir / job["run_dir"] / "wts.h5.zip")
+                  .inference["neighbours"] for job in manifest["jobs"]}
+    assert set(neighbours) == {1, 3} and neighbours[3] >= 3**2 - 1
     # each job bridged its own legacy params, in its own process
-    params = sorted(json.loads((p / "params.json").read_text())["nphotons"]
+    params = sorted(json.loads((p / "params.json").read_text())["gridsize"]
                     for p in sweep_dir.iterdir() if (p / "params.json").is_file())
-    assert params == [1000.0, 10000.0]
+    assert params == [1, 3]
 
 
 def test_slurm_launcher_composes_with_submitit_parameters():

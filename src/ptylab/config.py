@@ -172,6 +172,13 @@ class ViewConfig:
         _check(self.min_train_positions >= 1, "view.min_train_positions", self.min_train_positions, ">= 1")
 
 
+SUPPORTED_GRIDSIZES = (1, 2, 3)
+# K when model.neighbours is null. A group is its anchor and C - 1 = g^2 - 1 of the anchor's K
+# nearest positions. 7 up to gridsize 2 (DESIGN section 6); 11 at gridsize 3, the value its study
+# measured (docs/quality.md, "gs3 training"), since 7 positions cannot supply the 8 others a group of nine needs.
+DEFAULT_NEIGHBOURS = {1: 7, 2: 7, 3: 11}
+
+
 @dataclass
 class ModelConfig:
     """Settings every model kind shares: network, optimisation, batching, validation share."""
@@ -179,7 +186,9 @@ class ModelConfig:
     name: str = MISSING
     base_filters: list[int] = field(default_factory=lambda: [32, 64, 128])
     width: int = 1
-    neighbours: int = 7  # K of the KD-tree grouping (reconstruction uses it too)
+    # K of the KD-tree grouping (reconstruction uses it too); null: the gridsize's own
+    # (DEFAULT_NEIGHBOURS), so that a sweep over gridsizes needs no second key.
+    neighbours: int | None = None
     object_support: ObjectSupport = ObjectSupport.center
     amp_activation: AmpActivation = AmpActivation.sigmoid
     init: Init = Init.glorot
@@ -232,9 +241,14 @@ class ModelConfig:
         _check(self.batch_size >= 1, "model.batch_size", self.batch_size, ">= 1")
         _check(0 <= self.val_fraction < 1, "model.val_fraction", self.val_fraction, "in [0, 1)")
         _check(self.early_stop_patience >= 0, "model.early_stop_patience", self.early_stop_patience, ">= 0")
-        _check(self.neighbours >= 1, "model.neighbours", self.neighbours, ">= 1")
+        _check(self.neighbours is None or self.neighbours >= 1, "model.neighbours", self.neighbours,
+               ">= 1, or null for the gridsize's default")
         if self.max_train_groups is not None:
             _check(self.max_train_groups >= 1, "model.max_train_groups", self.max_train_groups, ">= 1 or null")
+
+    def neighbours_at(self, gridsize: int) -> int:
+        """K at ``gridsize``: ``neighbours`` where set, else the gridsize's default."""
+        return DEFAULT_NEIGHBOURS[gridsize] if self.neighbours is None else self.neighbours
 
 
 @dataclass
@@ -462,9 +476,6 @@ class RefineConfig:
         self.average_symmetries = _symmetry_average("refine.average_symmetries", self.average_symmetries)
 
 
-SUPPORTED_GRIDSIZES = (1, 2, 3)
-
-
 @dataclass
 class TrainConfig:
     dataset: Any = MISSING  # one of the dataset schemas, chosen by the dataset group
@@ -487,14 +498,18 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _check(self.dose > 0, "dose", self.dose, "positive (photons per pattern)")
         _check(self.gridsize in SUPPORTED_GRIDSIZES, "gridsize", self.gridsize, f"one of {SUPPORTED_GRIDSIZES}")
+        _check(self.model.neighbours_at(self.gridsize) >= self.gridsize**2 - 1, "model.neighbours",
+               self.model.neighbours,
+               f">= gridsize^2 - 1 = {self.gridsize**2 - 1} at gridsize {self.gridsize} (a group's other members "
+               "come from the anchor's K nearest positions), or null for the gridsize's default")
         if isinstance(self.model, SupervisedConfig):
             _check(self.gridsize == 1, "gridsize", self.gridsize, "1 for model=supervised (it trains on single "
                    "patterns)")
         if isinstance(self.model, PinnConfig) and self.model.oversample:
             _check(self.gridsize > 1, "model.oversample", self.model.oversample,
                    "0 at gridsize 1 (a single pattern has no alternative neighbours)")
-            _check(self.model.neighbours >= self.gridsize**2, "model.neighbours", self.model.neighbours,
-                   f">= gridsize^2 = {self.gridsize**2} for oversampling")
+            _check(self.model.neighbours_at(self.gridsize) >= self.gridsize**2, "model.neighbours",
+                   self.model.neighbours, f">= gridsize^2 = {self.gridsize**2} for oversampling")
         # PyTorch has no deterministic CUDA backward for bilinear interpolation: with
         # deterministic=True such a job would stop at its first training step, after its data were made.
         on_gpu = trainer_device(self.trainer) == "cuda"

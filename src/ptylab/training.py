@@ -190,7 +190,7 @@ def training_groups(train: PtychoData, model_cfg: ModelConfig, gridsize: int, se
     """The job's training samples: one group per anchor, plus random neighbour combinations when
     oversampling, capped at ``max_train_groups``."""
     oversample = model_cfg.oversample if isinstance(model_cfg, PinnConfig) else 0
-    groups = group_positions(train.xcoords, train.ycoords, gridsize, model_cfg.neighbours, oversample,
+    groups = group_positions(train.xcoords, train.ycoords, gridsize, model_cfg.neighbours_at(gridsize), oversample,
                              stage_rng(seed, "oversample"))
     if model_cfg.max_train_groups is not None and groups.n_groups > model_cfg.max_train_groups:
         keep = np.sort(stage_rng(seed, "cap").permutation(groups.n_groups)[: model_cfg.max_train_groups])

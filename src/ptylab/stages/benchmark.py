@@ -108,7 +108,7 @@ def training_setup(train: PtychoData, model_cfg: ModelConfig, gridsize: int,
                    seed: int = 0) -> tuple[PINN, GroupedPatterns]:
     L.seed_everything(seed, verbose=False)
     model = build_model(model_cfg, gridsize, train)
-    groups = group_positions(train.xcoords, train.ycoords, gridsize, model_cfg.neighbours)
+    groups = group_positions(train.xcoords, train.ycoords, gridsize, model_cfg.neighbours_at(gridsize))
     return model, GroupedPatterns(train.diff3d, groups)  # type: ignore[return-value]
 
 

@@ -73,9 +73,9 @@ def inference_record(tc: TrainConfig, model: PtychoModule) -> dict[str, Any]:
     """What a bundle needs to reconstruct as the job did: model, grouping and stitching settings."""
     return {
         "model": tc.model.name, "N": int(model.hparams["N"]), "gridsize": tc.gridsize,
-        "neighbours": tc.model.neighbours, "stitch_crop": tc.eval.stitch_crop, "sync_phase": tc.eval.sync_phase,
-        "average_symmetries": tc.eval.average_symmetries, **offset_fit(tc.eval).inference(),
-        "input_scale": float(model.input_scale.item()), "dose": tc.dose,
+        "neighbours": tc.model.neighbours_at(tc.gridsize), "stitch_crop": tc.eval.stitch_crop,
+        "sync_phase": tc.eval.sync_phase, "average_symmetries": tc.eval.average_symmetries,
+        **offset_fit(tc.eval).inference(), "input_scale": float(model.input_scale.item()), "dose": tc.dose,
     }
 
 
@@ -93,10 +93,10 @@ def evaluate(tc: TrainConfig, run_dir: Path, model: PtychoModule, test: PtychoDa
     if not tc.eval.enabled:
         return None
     device = trainer_device(tc.trainer)
-    key = references_key(test, tc.gridsize, tc.model.neighbours, tc.eval, device)
+    key = references_key(test, tc.gridsize, tc.model.neighbours_at(tc.gridsize), tc.eval, device)
     cached = load_references(tc.paths.cache_dir, key)
-    metrics = evaluate_reconstruction(model, test, tc.gridsize, tc.model.neighbours, tc.eval, run_dir, record.label,
-                                      cached, device)
+    metrics = evaluate_reconstruction(model, test, tc.gridsize, tc.model.neighbours_at(tc.gridsize), tc.eval, run_dir,
+                                      record.label, cached, device)
     record.metrics_path = "metrics.json"
     record.headline_metrics = metrics["headline"]
     record.flat_image_flags = metrics["flat_image_flags"]
@@ -116,7 +116,7 @@ def evaluate_refined(tc: TrainConfig, run_dir: Path, model: PtychoModule, test: 
     out = run_dir / REFINE_DIR
     eval_cfg = replace(tc.eval, average_symmetries=tc.refine.average_symmetries)
     plane_from = read_object(run_dir / OBJECT_FILE) if tc.refine.single_pass_plane else None
-    metrics = evaluate_reconstruction(tuned, test, tc.gridsize, tc.model.neighbours, eval_cfg, out,
+    metrics = evaluate_reconstruction(tuned, test, tc.gridsize, tc.model.neighbours_at(tc.gridsize), eval_cfg, out,
                                       f"{record.label} refined", references, trainer_device(tc.trainer), plane_from)
     record.refined = {"metrics_path": f"{REFINE_DIR}/metrics.json", "steps": outcome.steps,
                       "refine_s": outcome.train_s, "loss_history": outcome.loss_history,
