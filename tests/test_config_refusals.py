@@ -140,6 +140,20 @@ def test_every_gridsize_runs_on_its_default_neighbours_and_a_set_value_wins(grid
     assert validate(compose_config([f"gridsize={gridsize}", "model.neighbours=12"])).model.neighbours_at(gridsize) == 12
 
 
+@pytest.mark.parametrize("override, needle", [
+    ("++trainer.max_step=100", "did you mean trainer.max_steps?"),  # ++ lets any key through to the Trainer
+    ("++trainer.logger=false", "logger=csv or logger=tensorboard"),  # the job passes its own loggers
+])
+def test_a_trainer_key_lightning_would_refuse_is_refused_by_the_preflight(override, needle, capsys):
+    """Such a key used to fail every job of a sweep at its Trainer, after the job's data were made."""
+    with pytest.raises(SystemExit) as info:
+        preflight("train", ["-m", "dose=1000,10000", override])
+    assert info.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"error: trainer.{override[10:].split('=')[0]}") and needle in line
+    validate(compose_config(["++trainer.limit_train_batches=5", "++trainer.gradient_clip_val=1.0"]))  # real ones pass
+
+
 def test_config_error_is_a_package_error():
     assert issubclass(ConfigError, PtylabError)
 

@@ -46,8 +46,9 @@ def _metrics(run_dir: Path) -> dict:
 def _start_and_signal(run_dir: Path, root: Path, sig: int) -> int:
     """Start a job and send ``sig`` once its first epoch's checkpoint exists; return its exit code."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    # SIGINT as a terminal leaves it (a test runner's worker may ignore it, and children inherit that)
     proc = subprocess.Popen(_cmd(run_dir, root), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+                            stderr=subprocess.DEVNULL, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     last = run_dir / "checkpoints" / "last.ckpt"
     deadline = time.monotonic() + 300
     while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -86,6 +87,19 @@ def test_killed_job_resumes_to_the_uninterrupted_digest_and_metrics(reference, t
     # trained on the groups under the embedded disc probe's eight symmetries, drawn the same way again
     assert resumed["groups"] == ref["groups"] and ref["groups"]["symmetries"] == 8
     assert _metrics(run_dir) == _metrics(reference)
+
+
+def test_ctrl_c_marks_the_job_interrupted_and_resumable_not_failed(tmp_path):
+    """Lightning answers a KeyboardInterrupt in ``fit`` with ``sys.exit(1)``: the manifest said
+    ``failed``, with no error, and the same command started over. The job's own SIGINT handler
+    records it as SIGTERM's pre-emption is recorded (whose resume the test above runs)."""
+    run_dir = tmp_path / "run"
+    assert _start_and_signal(run_dir, tmp_path, signal.SIGINT) == 128 + signal.SIGINT
+    job = _job(run_dir)
+    assert job["status"] == "interrupted" and job["signal"] == "SIGINT" and "resume" in job["error"]
+    assert not (run_dir / "wts.h5.zip").exists()
+    cfg = compose_config([f"paths.output_root={tmp_path}"])
+    assert resume_point(cfg, run_dir) == str(run_dir / "checkpoints" / "last.ckpt")
 
 
 @pytest.mark.parametrize("status, resume, expected", [

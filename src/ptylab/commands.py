@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,6 @@ from omegaconf import DictConfig
 from .cli import CONF_DIR, fail, guarded, parse_overrides, preflight, require_path
 from .config import CompareConfig, ReconstructConfig, validate
 
-EXIT_INTERRUPTED = 143  # 128 + SIGTERM, what a shell reports for a process ended by SIGTERM
 LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
 
 
@@ -54,8 +54,8 @@ def _train_task(cfg: DictConfig) -> float | None:
     print(summary_line(record), flush=True)
     # where its files are (metrics, figures, bundle, log): a user's next stop, which no other line names
     print(f"{record.label} run directory {hc.runtime.output_dir}", flush=True)
-    if record.status == "interrupted":  # pre-empted: non-zero in runs and sweeps alike, so the scheduler requeues
-        sys.exit(EXIT_INTERRUPTED)
+    if record.status == "interrupted":  # non-zero in runs and sweeps alike, so a scheduler requeues a pre-empted job
+        sys.exit(128 + signal.Signals[record.signal or "SIGTERM"].value)  # what a shell reports for the signal
     if record.status == "failed" and hc.mode == RunMode.RUN:
         if record.user_error:  # bad input is the user's to fix: one error line, exit 2
             fail(str(record.error).split(": ", 1)[-1])

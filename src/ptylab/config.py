@@ -8,6 +8,7 @@ these objects (or plain values), never the legacy parameter dict.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import json
 import math
@@ -510,6 +511,7 @@ class TrainConfig:
                    "0 at gridsize 1 (a single pattern has no alternative neighbours)")
             _check(self.model.neighbours_at(self.gridsize) >= self.gridsize**2, "model.neighbours",
                    self.model.neighbours, f">= gridsize^2 = {self.gridsize**2} for oversampling")
+        require_trainer_arguments(self.trainer)
         # PyTorch has no deterministic CUDA backward for bilinear interpolation: with
         # deterministic=True such a job would stop at its first training step, after its data were made.
         on_gpu = trainer_device(self.trainer) == "cuda"
@@ -693,6 +695,32 @@ def trainer_device(trainer: Mapping[str, Any]) -> str:
 
         return "cuda" if torch.cuda.is_available() else "cpu"
     return "cuda" if accelerator in ("gpu", "cuda") else "cpu"
+
+
+# Trainer arguments the job sets itself (``training.build_trainer``): a second value would reach
+# lightning.Trainer twice.
+JOB_TRAINER_ARGUMENTS = {"callbacks": "it adds its own checkpoint, learning-rate and progress callbacks",
+                         "logger": "choose it with the top-level key, logger=csv or logger=tensorboard"}
+
+
+def require_trainer_arguments(trainer: Mapping[str, Any]) -> None:
+    """Refuse a ``trainer`` key that ``lightning.Trainer`` does not take, or one the job sets itself.
+    ``++trainer.<name>=`` passes any key through, so a misspelt one used to fail each job at its
+    Trainer, after the data were made (in a sweep, once per job). Values stay Lightning's to check:
+    only the names are known without building a Trainer, whose flags are process-wide."""
+    import inspect
+
+    import lightning
+
+    accepted = set(inspect.signature(lightning.Trainer.__init__).parameters) - {"self"}
+    for key in trainer:
+        if key in JOB_TRAINER_ARGUMENTS:
+            raise ConfigError(f"trainer.{key}: expected no such key; the job sets it: {JOB_TRAINER_ARGUMENTS[key]}")
+        if key not in accepted:
+            close = difflib.get_close_matches(key, sorted(accepted), n=1)
+            hint = f"; did you mean trainer.{close[0]}?" if close else ""
+            raise ConfigError(f"trainer.{key}={trainer[key]!r}: expected an argument of lightning.Trainer "
+                              f"{lightning.__version__}{hint}")
 
 
 def require_trainer_device(trainer: Mapping[str, Any]) -> None:

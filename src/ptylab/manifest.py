@@ -107,6 +107,7 @@ class JobRecord:
     fit_alone_flags: list[str] | None = None  # scores the offset fit on flat patches reaches too
     refined: dict[str, Any] | None = None  # the refined arm: steps, time, headline scores, flags
     resumed_from: str | None = None  # the checkpoint this run continued from
+    signal: str | None = None  # what interrupted the job (SIGTERM, SIGINT), where one did
     reused: bool = False
 
     @classmethod

@@ -131,24 +131,35 @@ def write_skip_summary(run_dir: Path, sel: ViewSelection, context: dict[str, Any
 
 
 class JobInterrupted(BaseException):
-    """SIGTERM (a scheduler's pre-emption notice) arrived: stop, record, exit non-zero."""
+    """SIGTERM (a scheduler's pre-emption notice) or SIGINT (Ctrl-C) arrived: stop, record, exit non-zero."""
+
+    def __init__(self, signum: int) -> None:
+        self.signal = signal.Signals(signum).name
+        super().__init__(f"received signal {signum} ({self.signal})")
 
 
 @contextlib.contextmanager
-def sigterm_interrupts() -> Iterator[None]:
-    """Turn SIGTERM into ``JobInterrupted`` for the job's duration (Lightning adds its own handler
-    during ``fit`` and calls this one too)."""
+def interrupts_end_the_job() -> Iterator[None]:
+    """Turn SIGTERM and SIGINT into ``JobInterrupted`` for the job's duration, so that either ends
+    it as ``interrupted``, resumable from its last checkpoint. Lightning adds its own SIGTERM
+    handler during ``fit`` and calls this one too; its own answer to Ctrl-C (``KeyboardInterrupt``)
+    was ``sys.exit(1)``, which left the manifest saying ``failed`` with no error and no way back.
+    A SIGINT ignored when the job starts (a job started in the background) stays ignored; a second
+    signal while the job records the first is ignored, so the record is written whole."""
     def handler(signum: int, frame: Any) -> None:
-        raise JobInterrupted(f"received signal {signum} (SIGTERM)")
+        signal.signal(signum, signal.SIG_IGN)  # until the job's end restores the previous handler
+        raise JobInterrupted(signum)
 
     if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
         yield
         return
-    previous = signal.signal(signal.SIGTERM, handler)
+    caught = [signal.SIGTERM] + ([signal.SIGINT] if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN else [])
+    previous = {signum: signal.signal(signum, handler) for signum in caught}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, before in previous.items():
+            signal.signal(signum, before)
 
 
 def resume_point(cfg: DictConfig, run_dir: Path) -> str | None:
@@ -168,8 +179,8 @@ def run_job(cfg: DictConfig, run_dir: str | Path) -> JobRecord | None:
     """Run one job into ``run_dir`` and return its record (never raises for the job's own failures).
 
     The directory is locked for the job's life (a second job into it is refused). A job left
-    ``running`` or ``interrupted`` there resumes from its last checkpoint. SIGTERM marks the job
-    ``interrupted``. Under DDP every rank trains, but only rank zero writes params, bundle, metrics
+    ``running`` or ``interrupted`` there resumes from its last checkpoint. SIGTERM or SIGINT (Ctrl-C)
+    marks the job ``interrupted``. Under DDP every rank trains, but only rank zero writes params, bundle, metrics
     and manifest (and returns a record; the other ranks return None).
     """
     run_dir = Path(run_dir)
@@ -197,7 +208,7 @@ def _run_locked(cfg: DictConfig, run_dir: Path) -> JobRecord:
     t0 = time.perf_counter()
     status, error = Status.failed, None
     try:
-        with sigterm_interrupts():
+        with interrupts_end_the_job():
             tc: TrainConfig = validate(cfg)  # every range and kind check, before any data are touched
             require_trainer_device(tc.trainer)
             if resume_from:
@@ -222,6 +233,7 @@ def _run_locked(cfg: DictConfig, run_dir: Path) -> JobRecord:
                     evaluate_refined(tc, run_dir, model, test_data, record, references)
                     status = Status.succeeded
     except (JobInterrupted, SIGTERMException) as exc:
+        record.signal = exc.signal if isinstance(exc, JobInterrupted) else "SIGTERM"
         status, error = Status.interrupted, f"interrupted: {exc or 'SIGTERM'}; re-run the same command to resume"
         log.error("%s %s", ctx.label(), error)
     except Exception as exc:  # the job's failure is data, recorded and reported, not a crash
