@@ -7,9 +7,10 @@ import shutil
 import numpy as np
 import pytest
 
-from ptylab.config import EvalConfig
+from ptylab.config import EvalConfig, LsqmlConfig
 from ptylab.evaluation import score_reconstruction
 from ptylab.lsqml import ptychi_available
+from ptylab.stages.compare import compare
 from ptylab.stages.train import run_job
 from ptylab.stitching import Stitched, illuminated_bbox
 
@@ -57,6 +58,7 @@ def test_compare_lists_every_run_with_numbers_or_reasons(tmp_path):
         recorded = [r for r in json.loads((tmp_path / "cmp" / "comparison.json").read_text())
                     if r["method"].startswith("LSQML")]
         assert all((tmp_path / "cmp" / r["reconstruction"]).is_file() for r in recorded)
+        _again_reads_what_it_computed(tmp_path / "cmp", [good_run, failed_run, missing, other_seed], recorded)
     if lsqml[0]["status"] == "not run":
         assert "make ptychi" in lsqml[0]["reason"]
     # LSQML also from each network's own reconstruction (here the single pass: PLUMBING skips refinement)
@@ -80,6 +82,21 @@ def test_compare_lists_every_run_with_numbers_or_reasons(tmp_path):
         assert row["phase_ssim"] or row["reason"]
     assert (tmp_path / "cmp" / "comparison.md").read_text().count("\n") == len(rows) + 2
     assert (tmp_path / "cmp" / "comparison.png").is_file()
+
+
+def _again_reads_what_it_computed(out_dir, runs, recorded):
+    """A comparison run again into the same directory (after an interruption, or with more runs)
+    reads each LSQML row computed from the same inputs instead of running it, and runs again only
+    the rows whose inputs changed (here the flat starts' epochs)."""
+    files = {p.name: p.read_bytes() for p in out_dir.glob("lsqml_*")}
+    again = compare([str(r) for r in runs], out_dir, LsqmlConfig(epochs=5, from_networks_epochs=3))
+    assert [r for r in again if r["method"].startswith("LSQML")] == recorded
+    assert {p.name: p.read_bytes() for p in out_dir.glob("lsqml_*")} == files  # nothing rewritten
+    longer = compare([str(r) for r in runs], out_dir, LsqmlConfig(epochs=6, from_networks_epochs=3))
+    iterations = {r["method"]: r["iterations"] for r in longer if r["method"].startswith("LSQML")}
+    assert iterations == {"LSQML": 6, "LSQML from PINN gs1": 3}
+    changed = {p.name for p in out_dir.glob("lsqml_*") if p.read_bytes() != files[p.name]}
+    assert changed and all(name.startswith("lsqml_dense_") for name in changed)  # the flat starts' files only
 
 
 def test_runs_share_a_reference_only_when_they_share_the_test_split():

@@ -548,6 +548,9 @@ class LsqmlConfig:
     # (0: off): what the data hold beyond the network, in a fraction of a flat start's epochs
     # (docs/quality.md, "LSQML started from the networks' objects").
     from_networks_epochs: int = 20
+    # Read a row's result from output_dir where an earlier comparison there computed it from the
+    # same inputs (a re-run after an interruption, or with more runs), instead of running it again.
+    reuse: bool = True
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, "lsqml.epochs", self.epochs, ">= 1")

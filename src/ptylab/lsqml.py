@@ -9,6 +9,7 @@ model by default, positions relative to the object's centre.
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import logging
 import math
@@ -30,6 +31,14 @@ NOT_INSTALLED = ("pty-chi is not installed in this environment: run `make ptychi
 
 def ptychi_available() -> bool:
     return importlib.util.find_spec("ptychi") is not None
+
+
+def ptychi_version() -> str | None:
+    """The installed pty-chi's version (None where it is not installed)."""
+    try:
+        return importlib.metadata.version("ptychi")
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def ptychi_positions(x: np.ndarray, y: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -114,7 +123,8 @@ def run_lsqml(data: PtychoData, epochs: int, noise_model: str = "gaussian", devi
     obj = np.asarray(task.get_data_to_cpu("object", as_numpy=True))[0].astype(np.complex64)
     info = {"iterations": epochs, "wall_s": round(wall, 2), "noise_model": noise_model, "start": start_name,
             "probe": "known, fixed, not rescaled", "object_probe_ambiguity_removal": False,
-            "batch_size": batch_size, "device": device, "positions": "x - 0.5, y - 0.5 with origin (0, 0)"}
+            "batch_size": batch_size, "device": device, "ptychi": ptychi_version(),
+            "positions": "x - 0.5, y - 0.5 with origin (0, 0)"}
     log.info("LSQML: %d epochs in %.1f s", epochs, wall)
     return obj, info
 

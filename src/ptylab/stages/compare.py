@@ -12,10 +12,12 @@ from __future__ import annotations
 import json
 import logging
 import re
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from ..config import LsqmlConfig, TrainConfig, data_key, data_settings, format_dose, run_config, run_variant
 from ..data import PtychoData
@@ -23,13 +25,15 @@ from ..datasets import load_job_data
 from ..errors import PtylabError
 from ..evaluation import headline
 from ..figures import complex_panels, frc_curves
-from ..fileio import atomic_write_json, atomic_write_text
+from ..fileio import atomic_write_json, atomic_write_text, atomic_write_with, sha256_bytes, sha256_file
 from ..manifest import MANIFEST_NAME, RECONSTRUCTION_FILE, job_dirs, method_name, read_manifest
+from ..reference_cache import source_digest, split_digest
 from ..refine import REFINE_DIR
 from ..stitching import OBJECT_FILE, read_object
 from ..tables import csv_text, markdown_lines
 
 log = logging.getLogger(__name__)
+INPUTS_KEY = "inputs_sha256"  # in an LSQML row's JSON: the inputs it was computed from (lsqml_inputs)
 # Beside each SSIM, what a flat image, the stitching's offset fit on flat patches and the network
 # without that fit score, and the network's patches against the truth's (the last three exist for
 # network methods only; see ptylab.evaluation.fit_alone_scores, NETWORK_ALONE and PATCH_CORR); and
@@ -130,7 +134,8 @@ def lsqml_row(cfg: TrainConfig, test: PtychoData, lsqml: LsqmlConfig, out_dir: P
               start: tuple[str, Path] | None = None) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """LSQML on the run's test positions from a flat object, or, with ``start`` (a method's name and
     its ``object.npz``), from that method's reconstruction for ``lsqml.from_networks_epochs``. Its
-    files in ``out_dir`` are named after ``label``, which is unique within one comparison."""
+    files in ``out_dir`` are named after ``label``, which is unique within one comparison; where
+    they hold a result of the same inputs (``lsqml_inputs``), it is read, not run again."""
     from ..lsqml import NOT_INSTALLED, ptychi_available, reconstruct_and_score
 
     method = lsqml_method(start, lsqml.noise_model)
@@ -144,22 +149,69 @@ def lsqml_row(cfg: TrainConfig, test: PtychoData, lsqml: LsqmlConfig, out_dir: P
         row.update(status="not run", reason=f"no {start[1].name} in {start[1].parent} (jobs write it since "
                                             "2026-12-03); re-run the job or reconstruct its bundle")
         return row, None
-    try:
-        scores, info = reconstruct_and_score(test, epochs, cfg.eval, lsqml.noise_model,
-                                             lsqml.device, start=None if start is None else read_object(start[1]),
-                                             start_name="flat" if start is None else f"{start[0]} ({start[1]})")
-    except Exception as exc:  # a reference that fails is reported as a row, not a crash
-        log.exception("%s failed", method)
-        row.update(status="failed", reason=f"{type(exc).__name__}: {exc}")
-        return row, None
-    row.update(headline(scores), status="succeeded", reconstruct_s=info["wall_s"], iterations=info["iterations"])
     stem = "_".join(re.findall(r"[a-z0-9.]+", label.lower())).replace(".", "p")
-    with open(out_dir / f"{stem}.npz", "wb") as fh:
-        np.savez(fh, object=scores["aligned"], ground_truth=scores["ground_truth"])
-    atomic_write_json(out_dir / f"{stem}.json", {**{k: v for k, v in scores.items()
-                                                    if k not in ("aligned", "ground_truth")}, "lsqml": info})
+    key = lsqml_inputs(test, epochs, lsqml, cfg, None if start is None else start[1])
+    kept = kept_lsqml(out_dir, stem, key, label) if lsqml.reuse else None
+    if kept is not None:
+        scores, info = kept
+    else:
+        try:
+            scores, info = reconstruct_and_score(test, epochs, cfg.eval, lsqml.noise_model, lsqml.device,
+                                                 start=None if start is None else read_object(start[1]),
+                                                 start_name="flat" if start is None else f"{start[0]} ({start[1]})")
+        except Exception as exc:  # a reference that fails is reported as a row, not a crash
+            log.exception("%s failed", method)
+            row.update(status="failed", reason=f"{type(exc).__name__}: {exc}")
+            return row, None
+        # the arrays first, the scores with the inputs' key last: a key on disk vouches for both files
+        atomic_write_with(out_dir / f"{stem}.npz", lambda tmp: _save_arrays(tmp, scores))
+        atomic_write_json(out_dir / f"{stem}.json", {**{k: v for k, v in scores.items()
+                                                        if k not in ("aligned", "ground_truth")},
+                                                     "lsqml": info, INPUTS_KEY: key})
+    row.update(headline(scores), status="succeeded", reconstruct_s=info["wall_s"], iterations=info["iterations"])
     row["reconstruction"] = f"{stem}.npz"  # in comparison.json, for the study report's gallery
     return row, scores
+
+
+def _save_arrays(path: Path, scores: dict[str, Any]) -> None:
+    with open(path, "wb") as fh:  # a file object: np.savez adds ".npz" to a name without it
+        np.savez(fh, object=scores["aligned"], ground_truth=scores["ground_truth"])
+
+
+def lsqml_inputs(test: PtychoData, epochs: int, lsqml: LsqmlConfig, cfg: TrainConfig, start: Path | None) -> str:
+    """SHA-256 of everything an LSQML row's result depends on: the test split's content, the
+    solver's settings and version, the start object's bytes, the run's evaluation settings, torch's
+    version and ptylab's source (as the test split's references are keyed, ``reference_cache``)."""
+    from ..lsqml import ptychi_version
+
+    inputs = {"split": split_digest(test), "epochs": epochs, "noise_model": lsqml.noise_model,
+              "device": lsqml.device, "start": None if start is None else sha256_file(start),
+              "eval": asdict(cfg.eval), "ptychi": ptychi_version(), "torch": torch.__version__,
+              "ptylab": source_digest()}
+    return sha256_bytes(json.dumps(inputs, sort_keys=True, default=str).encode())
+
+
+def kept_lsqml(out_dir: Path, stem: str, key: str, label: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """The scores and run record of an LSQML row that an earlier comparison into ``out_dir`` computed
+    from the same inputs (a comparison re-run after an interruption or with more runs); None where
+    there is none, or it is of other inputs or unreadable (then it runs again, and is replaced)."""
+    meta, arrays = out_dir / f"{stem}.json", out_dir / f"{stem}.npz"
+    if not (meta.is_file() and arrays.is_file()):
+        return None
+    try:
+        stored = json.loads(meta.read_text())
+        if stored.get(INPUTS_KEY) != key:
+            log.info("%s: %s holds a result of other inputs; running LSQML again", label, meta)
+            return None
+        with np.load(arrays) as npz:
+            aligned, truth = npz["object"], npz["ground_truth"]
+    except (OSError, ValueError, KeyError) as exc:
+        log.warning("%s: %s or %s is unusable (%s); running LSQML again", label, meta, arrays.name, exc)
+        return None
+    info = stored.pop("lsqml")
+    del stored[INPUTS_KEY]
+    log.info("%s: read from %s (the same inputs; lsqml.reuse=false runs it again)", label, meta)
+    return {**stored, "aligned": aligned, "ground_truth": truth}, info
 
 
 def lsqml_method(start: tuple[str, Path] | None, noise_model: str = "gaussian") -> str:
