@@ -65,12 +65,17 @@ def _train_task(cfg: DictConfig) -> float | None:
 
 
 def _lightning_logs_through_the_root() -> None:
-    """Under Hydra the root already has handlers when Lightning is imported, so ``lightning.pytorch``
-    passes its records up, and the ``lightning`` package's own console handler printed each line a
-    second time (as "INFO: ..."). Without that handler its records go once, through the root.
-    Commands that set up logging with ``basicConfig`` after the import (reproduce, benchmark) need
-    nothing: there ``lightning.pytorch`` keeps its records to its own handler, printed once."""
-    logging.getLogger("lightning").handlers.clear()
+    """Lightning's records go once, through the root's handlers (Hydra's console and job log).
+    Imported while the root had no handlers (the command line's preflight imports it to check
+    the trainer's keys, before Hydra sets up logging), ``lightning.pytorch`` and
+    ``lightning.fabric`` keep their records to console handlers of their own, out of the job's
+    log; imported after, the ``lightning`` package's console handler printed each line a second
+    time (as "INFO: ..."). Commands that set up logging with ``basicConfig`` after the import
+    (reproduce, benchmark) need nothing: there Lightning's own handlers print each record once."""
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.propagate = True
 
 
 def train() -> None:

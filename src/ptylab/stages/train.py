@@ -234,8 +234,8 @@ def _run_locked(cfg: DictConfig, run_dir: Path) -> JobRecord:
                     status = Status.succeeded
     except (JobInterrupted, SIGTERMException) as exc:
         record.signal = exc.signal if isinstance(exc, JobInterrupted) else "SIGTERM"
-        status, error = Status.interrupted, f"interrupted: {exc or 'SIGTERM'}; re-run the same command to resume"
-        log.error("%s %s", ctx.label(), error)
+        status, error = Status.interrupted, f"{exc or 'received SIGTERM'}; re-run the same command to resume"
+        log.error("%s interrupted: %s", ctx.label(), error)
     except Exception as exc:  # the job's failure is data, recorded and reported, not a crash
         error = f"{type(exc).__name__}: {exc}"
         record.user_error = isinstance(exc, PtylabError)
