@@ -46,6 +46,19 @@ def test_wrong_choice_fails_at_composition_with_the_valid_ones(override, valid):
     assert valid in str(info.value.__cause__)
 
 
+@pytest.mark.parametrize("override, group, options", [
+    ("model=pinnn", "model", ["pinn", "supervised"]),
+    ("dataset=npy", "dataset", ["embedded", "hdf5", "npz", "user_style"]),
+])
+def test_a_misspelt_config_choice_lists_the_configs_not_their_schemas(override, group, options):
+    """The schemas live in groups of their own (schema/model, schema/dataset): a user choosing a
+    model or a dataset is offered the configs there are, not ``pinn_schema`` beside ``pinn``."""
+    with pytest.raises(ConfigCompositionException) as info:
+        compose_config([override])
+    listed = str(info.value).split(f"Available options in '{group}':")[1].split("Config search path")[0].split()
+    assert listed == options
+
+
 @pytest.mark.parametrize("overrides, key", [
     (["dose=-1"], "dose=-1.0"),
     (["dose=0"], "dose=0.0"),

@@ -781,11 +781,13 @@ def register_configs() -> None:
     cs.store(name="simulate_schema", node=SimulateConfig)
     cs.store(name="compare_schema", node=CompareConfig)
     cs.store(name="reconstruct_schema", node=ReconstructConfig)
-    # One schema per kind, registered in its group: a key of another kind fails at composition.
-    cs.store(group="model", name="pinn_schema", node=PinnConfig)
-    cs.store(group="model", name="supervised_schema", node=SupervisedConfig)
-    cs.store(group="dataset", name="embedded_schema", node=EmbeddedDatasetConfig)
-    cs.store(group="dataset", name="file_schema", node=FileDatasetConfig)
+    # One schema per kind, which each YAML of its group extends (``/schema/<group>/<kind>@_here_``): a
+    # key of another kind fails at composition. Kept in groups of their own, not in model/ and
+    # dataset/, so that the choices a user sees (``--help``, a misspelt choice's list) are configs.
+    cs.store(group="schema/model", name="pinn", node=PinnConfig)
+    cs.store(group="schema/model", name="supervised", node=SupervisedConfig)
+    cs.store(group="schema/dataset", name="embedded", node=EmbeddedDatasetConfig)
+    cs.store(group="schema/dataset", name="file", node=FileDatasetConfig)
     if not OmegaConf.has_resolver("ptylab_tag"):
         OmegaConf.register_new_resolver("ptylab_tag", run_tag)
     if not OmegaConf.has_resolver("ptylab_cpu_precision"):
