@@ -205,11 +205,11 @@ def kept_lsqml(out_dir: Path, stem: str, key: str, label: str) -> tuple[dict[str
             return None
         with np.load(arrays) as npz:
             aligned, truth = npz["object"], npz["ground_truth"]
+        info = stored.pop("lsqml")
+        del stored[INPUTS_KEY]
     except (OSError, ValueError, KeyError) as exc:
         log.warning("%s: %s or %s is unusable (%s); running LSQML again", label, meta, arrays.name, exc)
         return None
-    info = stored.pop("lsqml")
-    del stored[INPUTS_KEY]
     log.info("%s: read from %s (the same inputs; lsqml.reuse=false runs it again)", label, meta)
     return {**stored, "aligned": aligned, "ground_truth": truth}, info
 
