@@ -183,6 +183,14 @@ def test_preflight_exits_2_with_one_error_line(args, capsys):
     assert len(err) == 1 and err[0].startswith("error: ")
 
 
+def test_train_help_shows_how_to_run_and_the_real_choices(tmp_path):
+    res = run_script(["train.py", "--help"], cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "python train.py dose=1000 view=dense gridsize=2" in res.stdout  # the header's first example
+    assert "model: pinn, supervised" in res.stdout.splitlines()  # configs, not their schemas
+    assert "++trainer.<name>=<value>" in res.stdout  # the footer: the Trainer's pass-through
+
+
 def test_train_script_refuses_bad_input_before_any_work(tmp_path):
     res = run_script(["train.py", "model.object_support=centre", f"paths.output_root={tmp_path}"], cwd=ROOT)
     assert res.returncode == 2, res.stderr[-2000:]
