@@ -499,18 +499,19 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _check(self.dose > 0, "dose", self.dose, "positive (photons per pattern)")
         _check(self.gridsize in SUPPORTED_GRIDSIZES, "gridsize", self.gridsize, f"one of {SUPPORTED_GRIDSIZES}")
-        _check(self.model.neighbours_at(self.gridsize) >= self.gridsize**2 - 1, "model.neighbours",
-               self.model.neighbours,
-               f">= gridsize^2 - 1 = {self.gridsize**2 - 1} at gridsize {self.gridsize} (a group's other members "
-               "come from the anchor's K nearest positions), or null for the gridsize's default")
         if isinstance(self.model, SupervisedConfig):
             _check(self.gridsize == 1, "gridsize", self.gridsize, "1 for model=supervised (it trains on single "
                    "patterns)")
-        if isinstance(self.model, PinnConfig) and self.model.oversample:
-            _check(self.gridsize > 1, "model.oversample", self.model.oversample,
+        oversample = self.model.oversample if isinstance(self.model, PinnConfig) else 0
+        if oversample:
+            _check(self.gridsize > 1, "model.oversample", oversample,
                    "0 at gridsize 1 (a single pattern has no alternative neighbours)")
-            _check(self.model.neighbours_at(self.gridsize) >= self.gridsize**2, "model.neighbours",
-                   self.model.neighbours, f">= gridsize^2 = {self.gridsize**2} for oversampling")
+        from .grouping import neighbours_needed  # the grouping's own rule, checked before any data are made
+
+        needed = neighbours_needed(self.gridsize, oversample)
+        _check(self.model.neighbours_at(self.gridsize) >= needed, "model.neighbours", self.model.neighbours,
+               f">= {needed} at gridsize {self.gridsize}{' with oversampling' if oversample else ''} (a group's "
+               "other members come from the anchor's K nearest positions), or null for the gridsize's default")
         require_trainer_arguments(self.trainer)
         # PyTorch has no deterministic CUDA backward for bilinear interpolation: with
         # deterministic=True such a job would stop at its first training step, after its data were made.

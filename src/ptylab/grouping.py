@@ -30,6 +30,14 @@ class Groups:
         return int(self.indices.shape[0])
 
 
+def neighbours_needed(gridsize: int, oversample: int = 0) -> int:
+    """The least K a grouping at ``gridsize`` can draw from: C - 1 = g^2 - 1 other members, and
+    C = g^2 with oversampling (an alternative combination needs one more candidate); none at g = 1."""
+    if gridsize == 1:
+        return 0
+    return gridsize**2 if oversample else gridsize**2 - 1
+
+
 def group_positions(
     x: np.ndarray,
     y: np.ndarray,
@@ -45,14 +53,14 @@ def group_positions(
     if oversample and gridsize == 1:
         raise GroupingError("oversampling (model.oversample > 0) needs gridsize > 1: a single pattern has no "
                             "alternative neighbours to draw")
-    if oversample and neighbours < c:
+    if oversample and neighbours < neighbours_needed(gridsize, oversample):
         raise GroupingError(f"oversampling needs K >= C: model.neighbours={neighbours} < gridsize^2={c}")
     if oversample < 0:
         raise GroupingError(f"model.oversample must be >= 0, got {oversample}")
     if gridsize == 1:
         idx = np.arange(m, dtype=np.int64)[:, None]
         return Groups(idx, np.zeros((m, 1, 2)))
-    if neighbours < c - 1:
+    if neighbours < neighbours_needed(gridsize):
         raise GroupingError(f"model.neighbours={neighbours} is too few for gridsize {gridsize}: need >= {c - 1}")
     if m < c:
         raise GroupingError(f"{m} positions cannot form groups of {c} (gridsize {gridsize})")

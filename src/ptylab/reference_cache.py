@@ -64,11 +64,17 @@ def source_digest() -> str:
     return h.hexdigest()
 
 
+def inputs_key(test: PtychoData, **settings: Any) -> str:
+    """SHA-256 of what a result computed on ``test`` depends on: the split's content, ``settings``,
+    torch's version and ptylab's source (any edit to ptylab gives another key). The test split's
+    references and compare's LSQML rows are kept under such keys."""
+    inputs = {"split": split_digest(test), **settings, "torch": torch.__version__, "ptylab": source_digest()}
+    return sha256_bytes(json.dumps(inputs, sort_keys=True, default=str).encode())
+
+
 def references_key(test: PtychoData, gridsize: int, neighbours: int, cfg: EvalConfig, device: str) -> str:
     """The cache key of ``test``'s references as an evaluation with these settings computes them."""
-    inputs = {"split": split_digest(test), "gridsize": gridsize, "neighbours": neighbours,
-              "eval": asdict(cfg), "device": device, "torch": torch.__version__, "ptylab": source_digest()}
-    return sha256_bytes(json.dumps(inputs, sort_keys=True, default=str).encode())
+    return inputs_key(test, gridsize=gridsize, neighbours=neighbours, eval=asdict(cfg), device=device)
 
 
 def entry_path(cache_dir: str | Path, key: str) -> Path:

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from ..config import LsqmlConfig, TrainConfig, data_key, data_settings, format_dose, run_config, run_variant
 from ..data import PtychoData
@@ -25,9 +24,9 @@ from ..datasets import load_job_data
 from ..errors import PtylabError
 from ..evaluation import headline
 from ..figures import complex_panels, frc_curves
-from ..fileio import atomic_write_json, atomic_write_text, atomic_write_with, sha256_bytes, sha256_file
+from ..fileio import atomic_write_json, atomic_write_text, atomic_write_with, sha256_file
 from ..manifest import MANIFEST_NAME, RECONSTRUCTION_FILE, job_dirs, method_name, read_manifest
-from ..reference_cache import source_digest, split_digest
+from ..reference_cache import inputs_key
 from ..refine import REFINE_DIR
 from ..stitching import OBJECT_FILE, read_object
 from ..tables import csv_text, markdown_lines
@@ -179,16 +178,14 @@ def _save_arrays(path: Path, scores: dict[str, Any]) -> None:
 
 
 def lsqml_inputs(test: PtychoData, epochs: int, lsqml: LsqmlConfig, cfg: TrainConfig, start: Path | None) -> str:
-    """SHA-256 of everything an LSQML row's result depends on: the test split's content, the
-    solver's settings and version, the start object's bytes, the run's evaluation settings, torch's
-    version and ptylab's source (as the test split's references are keyed, ``reference_cache``)."""
+    """The key of everything an LSQML row's result depends on (``reference_cache.inputs_key``): the
+    test split's content, the solver's settings and version, the start object's bytes and the
+    run's evaluation settings."""
     from ..lsqml import ptychi_version
 
-    inputs = {"split": split_digest(test), "epochs": epochs, "noise_model": lsqml.noise_model,
-              "device": lsqml.device, "start": None if start is None else sha256_file(start),
-              "eval": asdict(cfg.eval), "ptychi": ptychi_version(), "torch": torch.__version__,
-              "ptylab": source_digest()}
-    return sha256_bytes(json.dumps(inputs, sort_keys=True, default=str).encode())
+    return inputs_key(test, epochs=epochs, noise_model=lsqml.noise_model, device=lsqml.device,
+                      start=None if start is None else sha256_file(start), eval=asdict(cfg.eval),
+                      ptychi=ptychi_version())
 
 
 def kept_lsqml(out_dir: Path, stem: str, key: str, label: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
