@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import shutil
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -51,17 +52,8 @@ def load_or_simulate(cfg: EmbeddedDatasetConfig, dose: float, seed: int, cache_d
     marker = entry / "complete.json"
     info = _valid_entry(entry, marker, key)
     if info is None:
-        if entry.exists():
-            log.warning("cache entry %s is incomplete or corrupt; rebuilding it", entry)
-            shutil.rmtree(entry, ignore_errors=True)
         train, test, summary = simulate(cfg, dose, seed)
-        summary["cache_key"] = key
-        for name, split in zip(FILES, (train, test), strict=True):
-            split.metadata["cache_key"] = key
-            write_dataset(entry / name, split)
-        atomic_write_json(entry / "summary.json", summary)
-        info = {"key": key, "files": {name: sha256_file(entry / name) for name in FILES}}
-        atomic_write_json(marker, info)
+        info = _publish_entry(entry, key, train, test, summary)
         cached = False
     else:
         train, test = (read_dataset(entry / name) for name in FILES)
@@ -75,6 +67,35 @@ def load_or_simulate(cfg: EmbeddedDatasetConfig, dose: float, seed: int, cache_d
         "files": {name: {"path": str(entry / name), "sha256": info["files"][name]} for name in FILES},
     }
     return DatasetSource(train, test, identity, summary)
+
+
+def _publish_entry(entry: Path, key: str, train: PtychoData, test: PtychoData,
+                   summary: dict[str, Any]) -> dict[str, Any]:
+    """Write a cache entry in a private directory and rename it into place whole. Jobs of a
+    parallel sweep that share a dataset (the study's arms at one dose) simulate it at once: an
+    entry built in place was seen half-written by another job, which removed it as corrupt under
+    its writer. The simulation is seeded, so whichever job publishes first, the entry is the same;
+    a later one keeps what it simulated and drops its copy."""
+    summary["cache_key"] = key
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    private = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
+    try:
+        for name, split in zip(FILES, (train, test), strict=True):
+            split.metadata["cache_key"] = key
+            write_dataset(private / name, split)
+        atomic_write_json(private / "summary.json", summary)
+        info = {"key": key, "files": {name: sha256_file(private / name) for name in FILES}}
+        atomic_write_json(private / "complete.json", info)
+        if entry.exists() and _valid_entry(entry, entry / "complete.json", key) is None:
+            log.warning("cache entry %s is incomplete or corrupt; rebuilding it", entry)
+            shutil.rmtree(entry, ignore_errors=True)
+        try:
+            private.rename(entry)
+        except OSError:  # another job published the same entry first
+            log.info("cache entry %s was written by another job meanwhile; keeping it", entry)
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
+    return info
 
 
 def _valid_entry(entry: Path, marker: Path, key: str) -> dict[str, Any] | None:
