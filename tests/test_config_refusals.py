@@ -38,6 +38,7 @@ def test_key_of_another_kind_fails_at_composition(overrides, schema):
     ("model.group_norm=batch", "none, phase_decoder, all"),
     ("model.bilinear_upsampling=bicubic", "none, phase_decoder, all"),
     ("view.name=medium", "dense, sparse, full, custom"),
+    ("dataset.scan_pattern=spiral", "raster, fermat"),
     ("logger=wandb", "csv, tensorboard"),
 ])
 def test_wrong_choice_fails_at_composition_with_the_valid_ones(override, valid):
@@ -76,6 +77,7 @@ def test_a_misspelt_config_choice_lists_the_configs_not_their_schemas(override, 
     (["gridsize=3", "model.neighbours=8", "model.oversample=1"], "model.neighbours=8"),  # needs alternatives
     (["model.neighbours=0"], "model.neighbours=0"),
     (["dataset.N=30"], "dataset.N=30"),
+    (["dataset.scan_pattern=fermat", "dataset.scan_jitter=0.5"], "dataset.scan_jitter=0.5"),
     (["model.val_fraction=1.0"], "model.val_fraction=1.0"),
     ([f"eval.offset_fit_order={NO_SUCH_ORDER}"], f"eval.offset_fit_order={NO_SUCH_ORDER}"),
     (["eval.offset_fit_average=1.0"], "eval.offset_fit_average=1.0"),

@@ -87,6 +87,13 @@ class OwnPatchRamps(StrEnum):
     removed = "removed"  # the patch less its ramp, which the group's merged likelihood alone decides
 
 
+class ScanPattern(StrEnum):
+    """How the simulated probe visits the object."""
+
+    raster = "raster"  # rows top to bottom, each left to right (a fly scan; the embedded default)
+    fermat = "fermat"  # a Fermat spiral from the centre outward, as many instruments scan
+
+
 class ViewName(StrEnum):
     dense = "dense"
     sparse = "sparse"
@@ -132,8 +139,13 @@ class EmbeddedDatasetConfig:
     # Quadratic (defocus-like) probe phase in radians at the disc edge. A real, point-symmetric probe
     # (0.0, the first design) makes an object and its conjugate twin give identical diffraction.
     probe_defocus: float = 3.0
+    # A raster's step, or a spiral's mean spacing (one position per scan_step**2 of area, as a
+    # raster of that step has): the same dose per area and about as many positions either way.
     scan_step: float = 3.0
-    scan_jitter: float = 0.0  # uniform sub-pixel jitter along the fast axis, in pixels
+    scan_jitter: float = 0.0  # uniform sub-pixel jitter along a raster's fast axis, in pixels
+    # A raster prints its step into what the scan cannot pin down (the "raster grid pathology");
+    # a spiral has no period to print. The embedded default stays the raster its references use.
+    scan_pattern: ScanPattern = ScanPattern.raster
 
     def __post_init__(self) -> None:
         _check(self.N >= 8 and self.N % 8 == 0, "dataset.N", self.N, "a multiple of 8, at least 8")
@@ -143,6 +155,8 @@ class EmbeddedDatasetConfig:
         _check(self.probe_diameter > 0, "dataset.probe_diameter", self.probe_diameter, "> 0")
         _check(self.scan_step > 0, "dataset.scan_step", self.scan_step, "> 0")
         _check(self.scan_jitter >= 0, "dataset.scan_jitter", self.scan_jitter, ">= 0")
+        _check(self.scan_jitter == 0 or self.scan_pattern == ScanPattern.raster, "dataset.scan_jitter",
+               self.scan_jitter, "0 with dataset.scan_pattern=fermat (a spiral has no fast axis to jitter along)")
 
 
 @dataclass

@@ -8,6 +8,7 @@ and cut patches on its overlap canvas, so simulation and model shift patches ide
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -254,3 +255,25 @@ def raster_scan(
     if jitter > 0:
         x = np.clip(x + rng.uniform(-jitter, jitter, size=x.shape), half, w - half)
     return x, y
+
+
+GOLDEN_ANGLE = math.pi * (3.0 - math.sqrt(5.0))
+
+
+def fermat_scan(shape: tuple[int, int], n: int, step: float) -> tuple[np.ndarray, np.ndarray]:
+    """Fermat spiral from the object's centre outward, cut to the area a raster covers.
+
+    Position k sits at radius c sqrt(k) and angle k times the golden angle (Vogel's model), which
+    fills the plane evenly, one position per pi c^2 of area, with no period. c = step / sqrt(pi)
+    gives one position per step**2, the density of a raster of that step. Deterministic.
+    """
+    h, w = shape
+    half = n // 2
+    c = step / math.sqrt(math.pi)
+    reach = math.hypot(w / 2 - half, h / 2 - half)
+    k = np.arange(math.ceil((reach / c) ** 2) + 1, dtype=np.float64)
+    r = c * np.sqrt(k)
+    x = w / 2 + r * np.cos(k * GOLDEN_ANGLE)
+    y = h / 2 + r * np.sin(k * GOLDEN_ANGLE)
+    inside = (x >= half) & (x <= w - half) & (y >= half) & (y <= h - half)
+    return x[inside], y[inside]

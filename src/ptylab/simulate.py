@@ -15,12 +15,13 @@ import numpy as np
 import torch
 
 from . import __version__
-from .config import EmbeddedDatasetConfig
+from .config import EmbeddedDatasetConfig, ScanPattern
 from .data import DataError, PtychoData
 from .physics import (
     dose_scale,
     exit_wave_intensity,
     extract_patches,
+    fermat_scan,
     make_object,
     make_probe,
     poisson_sample,
@@ -71,7 +72,10 @@ def simulate(cfg: EmbeddedDatasetConfig, dose: float, seed: int) -> tuple[Ptycho
     probe = load_probe(cfg)
     obj = make_object(cfg.object_size, cfg.amplitude_image, cfg.phase_image, cfg.amplitude_min, cfg.phase_range,
                       cfg.amplitude_max)
-    x, y = raster_scan(obj.shape, cfg.N, cfg.scan_step, cfg.scan_jitter, stage_rng(seed, "scan"))
+    if cfg.scan_pattern == ScanPattern.fermat:
+        x, y = fermat_scan(obj.shape, cfg.N, cfg.scan_step)
+    else:
+        x, y = raster_scan(obj.shape, cfg.N, cfg.scan_step, cfg.scan_jitter, stage_rng(seed, "scan"))
     obj_t = torch.from_numpy(obj)
     probe_t = torch.from_numpy(probe)
     patches = torch.cat([
