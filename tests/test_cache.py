@@ -42,6 +42,7 @@ def test_key_covers_every_input_that_changes_the_bytes(small_dataset_cfg):
     assert cache_key(other, 1e3, 1) != base
     brighter = DatasetConfig(**{**small_dataset_cfg.__dict__, "amplitude_max": 2.0})
     assert cache_key(brighter, 1e3, 1) != base
+    assert cache_key(replace(small_dataset_cfg, scan_pattern="fermat"), 1e3, 1) != base
 
 
 def test_file_data_say_that_dose_only_labels_the_run(small_dataset_cfg, tmp_path, caplog):

@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +11,9 @@ from ptylab.physics import (
     exit_wave_intensity,
     extract_patches,
     far_field,
+    fermat_scan,
     make_probe,
+    raster_scan,
     uncentred_intensity,
     window_taps,
 )
@@ -97,11 +101,18 @@ def test_mean_counts_per_pattern_within_one_percent_of_dose(small_dataset_cfg, d
     np.testing.assert_allclose(counts, np.round(counts), atol=1e-3 * max(1.0, dose / 1e3))
 
 
-def test_split_is_by_position(small_dataset_cfg):
-    train, test, _ = simulate(small_dataset_cfg, 1e3, seed=0)
-    mid = small_dataset_cfg.object_size / 2
+@pytest.mark.parametrize("pattern", ["raster", "fermat"])
+def test_split_is_by_position(small_dataset_cfg, pattern):
+    cfg = replace(small_dataset_cfg, scan_pattern=pattern)
+    train, test, _ = simulate(cfg, 1e3, seed=0)
+    mid = cfg.object_size / 2
     assert np.all(train.ycoords < mid) and np.all(test.ycoords >= mid)
     assert train.n_positions > 0 and test.n_positions > 0
+    # the scan the simulator ran is the pattern asked for, every position in one split or the other
+    x = np.concatenate([train.xcoords, test.xcoords])[np.argsort(np.concatenate([train.scan_index, test.scan_index]))]
+    shape, n, step = (cfg.object_size, cfg.object_size), cfg.N, cfg.scan_step
+    expected = fermat_scan(shape, n, step)[0] if pattern == "fermat" else raster_scan(shape, n, step, 0.0, None)[0]
+    np.testing.assert_array_equal(x, expected)
 
 
 def test_same_seed_gives_identical_bytes_other_seed_other_noise(small_dataset_cfg, tmp_path):
