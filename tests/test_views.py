@@ -6,6 +6,7 @@ from ptylab.config import EmbeddedDatasetConfig as DatasetConfig
 from ptylab.config import ViewConfig
 from ptylab.physics import effective_probe_radius, fermat_scan, make_probe, raster_scan
 from ptylab.rng import stage_rng
+from ptylab.simulate import scan_positions
 from ptylab.views import greedy_thin, median_nn_distance, overlap_fraction, select_view, spacing_for_overlap
 
 
@@ -23,12 +24,8 @@ def test_overlap_limits():
 
 
 def _embedded_scan(pattern="raster"):
-    cfg = DatasetConfig()
-    shape = (cfg.object_size, cfg.object_size)
-    if pattern == "fermat":
-        x, y = fermat_scan(shape, cfg.N, cfg.scan_step)
-    else:
-        x, y = raster_scan(shape, cfg.N, cfg.scan_step, cfg.scan_jitter, stage_rng(1, "scan"))
+    cfg = DatasetConfig(scan_pattern=pattern)
+    x, y = scan_positions(cfg, seed=1)
     train = y < cfg.object_size / 2
     radius = effective_probe_radius(make_probe(cfg.N, cfg.probe_diameter, cfg.probe_blur))
     return (x[train], y[train]), (x[~train], y[~train]), radius

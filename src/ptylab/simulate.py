@@ -64,6 +64,14 @@ def read_probe_file(path: str) -> np.ndarray:
         raise DataError(path, None, "an NPZ or HDF5 file with probeGuess", str(exc), []) from exc
 
 
+def scan_positions(cfg: EmbeddedDatasetConfig, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The positions (x, y) the dataset's scan visits on its object, in scan order."""
+    shape = (cfg.object_size, cfg.object_size)
+    if cfg.scan_pattern == ScanPattern.fermat:
+        return fermat_scan(shape, cfg.N, cfg.scan_step)
+    return raster_scan(shape, cfg.N, cfg.scan_step, cfg.scan_jitter, stage_rng(seed, "scan"))
+
+
 def simulate(cfg: EmbeddedDatasetConfig, dose: float, seed: int) -> tuple[PtychoData, PtychoData, dict[str, Any]]:
     """Return (train, test, summary) for the embedded dataset at ``dose`` photons per pattern."""
     if dose <= 0:
@@ -72,10 +80,7 @@ def simulate(cfg: EmbeddedDatasetConfig, dose: float, seed: int) -> tuple[Ptycho
     probe = load_probe(cfg)
     obj = make_object(cfg.object_size, cfg.amplitude_image, cfg.phase_image, cfg.amplitude_min, cfg.phase_range,
                       cfg.amplitude_max)
-    if cfg.scan_pattern == ScanPattern.fermat:
-        x, y = fermat_scan(obj.shape, cfg.N, cfg.scan_step)
-    else:
-        x, y = raster_scan(obj.shape, cfg.N, cfg.scan_step, cfg.scan_jitter, stage_rng(seed, "scan"))
+    x, y = scan_positions(cfg, seed)
     obj_t = torch.from_numpy(obj)
     probe_t = torch.from_numpy(probe)
     patches = torch.cat([
