@@ -344,5 +344,11 @@ def test_study_plots_draw_one_line_per_variant_and_never_average_variants_at_a_d
     rows += [{**row("PINN gs2", 1000, "dose=1000"), "status": "failed"}]  # not drawn: no line of its own
     lines = plot_lines(rows)
     drawn = set(lines[:-1]) - {"LSQML dense"}  # the failed job's line is never drawn
-    assert drawn == {"PINN gs2 dense [view=dense]", "PINN gs2 dense [view=dense model.width=2]"}
-    assert lines[:4] == ["PINN gs2 dense [view=dense]"] * 4
+    # named by what differs: the override both variants share would only lengthen the names
+    assert drawn == {"PINN gs2 dense [defaults]", "PINN gs2 dense [model.width=2]"}
+    assert lines[:4] == ["PINN gs2 dense [defaults]"] * 4
+    # a sweep's common overrides (here a short training) stay out of every name
+    common = "++trainer.max_steps=20 model.batch_size=8"
+    scans = [row("PINN gs2", 1e4, f"dose=10000 {common} dataset.scan_pattern={p}") for p in ("raster", "fermat")]
+    assert plot_lines(scans) == ["PINN gs2 dense [dataset.scan_pattern=raster]",
+                                 "PINN gs2 dense [dataset.scan_pattern=fermat]"]

@@ -131,7 +131,15 @@ def write_report(sweep_dir: Path, out_dir: Path) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / "study.csv", csv_text(rows, COLUMNS))
     shown = ["dose", "view", "method", "seed", "status", *METRICS, "below_flat", "below_fit_alone"]
-    md = markdown_lines(rows, shown)
+    labels = line_variants(rows)
+    table = rows
+    if any(labels):  # several variants of a method: the table names them as the plots do
+        shown.insert(3, "variant")
+        table = [{**r, "variant": label} for r, label in zip(rows, labels, strict=True)]
+    md = markdown_lines(table, shown)
+    if any(labels):
+        md += ["", "variant: where the study runs a method in several variants, the overrides that set this row's "
+               "apart (those every variant shares left out; study.csv's variant column holds them all)."]
     md += ["", "data_fit_ratio: the test patterns' Poisson deviance under the reconstruction over its noise floor "
            "(about 1 for the truth; lower explains the data better, below 1 fits their noise; needs no truth).",
            "below_flat: how many of the seven scores (SSIM, PSNR, correlation; amplitude and phase; the data fit) do "
@@ -169,7 +177,7 @@ def write_report(sweep_dir: Path, out_dir: Path) -> dict[str, Any]:
     gallery = write_gallery(rows, out_dir)
     # compare.py's reconstructions side by side and their FRC curves, wherever it wrote them in the sweep
     compared = sorted(p for name in ("comparison.png", "comparison_frc.png") for p in sweep_dir.glob(f"**/{name}"))
-    _write_html(out_dir / "study.html", sweep_dir, rows, shown, problems, plots, means_shown, gallery, compared)
+    _write_html(out_dir / "study.html", sweep_dir, table, shown, problems, plots, means_shown, gallery, compared)
     return {"rows": len(rows), "failed_or_skipped": len(problems), "plots": [p.name for p in plots],
             "seed_means": len(means), "gallery": [p.name for p in gallery]}
 
@@ -257,21 +265,31 @@ def across_doses(variant: str) -> str:
     return " ".join(t for t in words if override_key(t) != "dose")
 
 
-def plot_lines(rows: list[dict[str, Any]]) -> list[str]:
-    """Each row's line in the plots against dose: its method and view and, where the study holds
-    that method and view in several variants (say, two widths), its variant but the dose, so that
-    a line's points at one dose are only seeds of one variant, drawn as their mean and spread."""
+def line_variants(rows: list[dict[str, Any]]) -> list[str]:
+    """What sets each row's line apart where the study holds its method and view in several
+    variants (say, two widths, or a raster and a spiral scan): the words of its variant but the
+    dose that not every such variant shares ("defaults" where it has none of its own); "" where
+    the method and view come in one variant. Words every variant shares (a sweep's common
+    overrides) would only lengthen each name; ``study.csv``'s ``variant`` keeps them all."""
     variants: dict[str, set[str]] = {}
     for r in rows:
         if r["status"] == "succeeded":
             variants.setdefault(f"{r['method']} {r['view']}", set()).add(across_doses(r.get("variant") or ""))
-    lines = []
+    shared = {line: set.intersection(*(set(v.split()) for v in vs)) for line, vs in variants.items() if len(vs) > 1}
+    labels = []
     for r in rows:
         line = f"{r['method']} {r['view']}"
-        if len(variants.get(line, ())) > 1:
-            line += f" [{across_doses(r.get('variant') or '') or 'defaults'}]"
-        lines.append(line)
-    return lines
+        own = [w for w in across_doses(r.get("variant") or "").split() if w not in shared.get(line, ())]
+        labels.append((" ".join(own) or "defaults") if line in shared else "")
+    return labels
+
+
+def plot_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """Each row's line in the plots against dose: its method and view and, where the study holds
+    that method and view in several variants, what sets its variant apart (``line_variants``), so
+    that a line's points at one dose are only seeds of one variant, drawn as their mean and spread."""
+    return [f"{r['method']} {r['view']}" + (f" [{label}]" if label else "")
+            for r, label in zip(rows, line_variants(rows), strict=True)]
 
 
 MEAN_COLUMNS = ["dose", "view", "method", "runs", *(f"{m}_{s}" for m in METRICS for s in ("mean", "std")),
