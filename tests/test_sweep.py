@@ -352,3 +352,11 @@ def test_study_plots_draw_one_line_per_variant_and_never_average_variants_at_a_d
     scans = [row("PINN gs2", 1e4, f"dose=10000 {common} dataset.scan_pattern={p}") for p in ("raster", "fermat")]
     assert plot_lines(scans) == ["PINN gs2 dense [dataset.scan_pattern=raster]",
                                  "PINN gs2 dense [dataset.scan_pattern=fermat]"]
+    # a flat-start LSQML row names its data by a digest: named instead by the data's overrides, as
+    # a job on the same data spells them (the job's other overrides are not the data's)
+    for scan, digest in zip(scans, ("0a0a0a0a", "1b1b1b1b"), strict=True):
+        scan["data"] = digest
+    flat = [{**row("LSQML", 1e4, f"test data embedded dense {digest} lsqml.epochs=200"), "data": digest}
+            for digest in ("1b1b1b1b", "0a0a0a0a")]
+    assert plot_lines(scans + flat)[2:] == ["LSQML dense [dataset.scan_pattern=fermat]",
+                                           "LSQML dense [dataset.scan_pattern=raster]"]

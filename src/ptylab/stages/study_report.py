@@ -270,18 +270,33 @@ def line_variants(rows: list[dict[str, Any]]) -> list[str]:
     variants (say, two widths, or a raster and a spiral scan): the words of its variant but the
     dose that not every such variant shares ("defaults" where it has none of its own); "" where
     the method and view come in one variant. Words every variant shares (a sweep's common
-    overrides) would only lengthen each name; ``study.csv``'s ``variant`` keeps them all."""
+    overrides) would only lengthen each name; ``study.csv``'s ``variant`` keeps them all. A
+    flat-start LSQML row names its data by a digest; where a job of the study ran on the same
+    data, the row is named by that job's data overrides instead (``_named_variant``)."""
+    # each data spelled as the first job on it spells it (reversed: a later entry would win)
+    spelled = {r["data"]: " ".join(data_overrides(r.get("variant") or "")) for r in reversed(rows)
+               if r.get("data") and not (r.get("variant") or "").startswith("test data ")}
+    named = [across_doses(_named_variant(r, spelled)) for r in rows]
     variants: dict[str, set[str]] = {}
-    for r in rows:
+    for r, variant in zip(rows, named, strict=True):
         if r["status"] == "succeeded":
-            variants.setdefault(f"{r['method']} {r['view']}", set()).add(across_doses(r.get("variant") or ""))
+            variants.setdefault(f"{r['method']} {r['view']}", set()).add(variant)
     shared = {line: set.intersection(*(set(v.split()) for v in vs)) for line, vs in variants.items() if len(vs) > 1}
     labels = []
-    for r in rows:
+    for r, variant in zip(rows, named, strict=True):
         line = f"{r['method']} {r['view']}"
-        own = [w for w in across_doses(r.get("variant") or "").split() if w not in shared.get(line, ())]
+        own = [w for w in variant.split() if w not in shared.get(line, ())]
         labels.append((" ".join(own) or "defaults") if line in shared else "")
     return labels
+
+
+def _named_variant(row: dict[str, Any], spelled: dict[str, str]) -> str:
+    """The row's variant with a flat-start LSQML row's data digest (``config.data_key``, which
+    names no setting) replaced by ``spelled``'s overrides for that data, where there are any."""
+    variant, data = row.get("variant") or "", row.get("data")
+    if data not in spelled or not variant.startswith("test data "):
+        return variant
+    return " ".join(" ".join(spelled[data] if w == data else w for w in variant.split()).split())
 
 
 def plot_lines(rows: list[dict[str, Any]]) -> list[str]:
