@@ -23,6 +23,7 @@ from omegaconf import MISSING, DictConfig, MissingMandatoryValue, OmegaConf, Val
 from omegaconf.errors import ConfigKeyError
 
 from .errors import ConfigError
+from .grouping import neighbours_needed
 from .symmetries import SYMMETRY_AVERAGES, symmetry_average
 
 
@@ -520,8 +521,6 @@ class TrainConfig:
         if oversample:
             _check(self.gridsize > 1, "model.oversample", oversample,
                    "0 at gridsize 1 (a single pattern has no alternative neighbours)")
-        from .grouping import neighbours_needed  # the grouping's own rule, checked before any data are made
-
         needed = neighbours_needed(self.gridsize, oversample)
         _check(self.model.neighbours_at(self.gridsize) >= needed, "model.neighbours", self.model.neighbours,
                f">= {needed} at gridsize {self.gridsize}{' with oversampling' if oversample else ''} (a group's "
@@ -668,6 +667,17 @@ def override_key(override: str) -> str:
     """The key a command-line override sets: ``+model.lr=1e-3`` -> ``model.lr`` (Hydra's ``+``,
     ``++`` and ``~`` prefixes dropped)."""
     return override.split("=", 1)[0].lstrip("+~")
+
+
+def flat_start_variant(dataset: str, view: str, key: str) -> str:
+    """A flat-start LSQML row's variant: its test data (dataset and view names, ``data_key``), no
+    overrides, since no job's command line made it (``compare.data_variant``)."""
+    return f"test data {dataset} {view} {key}"
+
+
+def is_flat_start(variant: str) -> bool:
+    """Whether a variant is a flat-start LSQML row's (``flat_start_variant``), not a job's overrides."""
+    return variant.split()[:2] == ["test", "data"]
 
 
 def data_overrides(variant: str) -> tuple[str, ...]:

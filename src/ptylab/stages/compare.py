@@ -18,7 +18,16 @@ from typing import Any
 
 import numpy as np
 
-from ..config import LsqmlConfig, TrainConfig, data_key, data_settings, format_dose, run_config, run_variant
+from ..config import (
+    LsqmlConfig,
+    TrainConfig,
+    data_key,
+    data_settings,
+    flat_start_variant,
+    format_dose,
+    run_config,
+    run_variant,
+)
 from ..data import PtychoData
 from ..datasets import load_job_data
 from ..errors import PtylabError
@@ -126,7 +135,7 @@ def data_variant(cfg: TrainConfig) -> str:
     """A flat-start LSQML row's variant: its test data but the seed and the dose (``data_key``), so
     that the study report averages such rows over seeds and never over datasets, and draws one line
     across doses per dataset (the report keeps doses apart itself)."""
-    return f"test data {cfg.dataset.name} {cfg.view.name} {data_key(cfg)}"
+    return flat_start_variant(cfg.dataset.name, cfg.view.name, data_key(cfg))
 
 
 def lsqml_row(cfg: TrainConfig, test: PtychoData, lsqml: LsqmlConfig, out_dir: Path, label: str,

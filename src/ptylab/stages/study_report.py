@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ..config import data_key, data_overrides, format_dose, override_key, run_config, run_variant
+from ..config import data_key, data_overrides, format_dose, is_flat_start, override_key, run_config, run_variant
 from ..errors import PtylabError
 from ..figures import metric_vs_dose, study_gallery
 from ..fileio import atomic_write_text
@@ -132,6 +132,7 @@ def write_report(sweep_dir: Path, out_dir: Path) -> dict[str, Any]:
     atomic_write_text(out_dir / "study.csv", csv_text(rows, COLUMNS))
     shown = ["dose", "view", "method", "seed", "status", *METRICS, "below_flat", "below_fit_alone"]
     labels = line_variants(rows)
+    lines = line_names(rows, labels)
     table = rows
     if any(labels):  # several variants of a method: the table names them as the plots do
         shown.insert(3, "variant")
@@ -161,7 +162,6 @@ def write_report(sweep_dir: Path, out_dir: Path) -> dict[str, Any]:
                f"{r['reason']}" for r in problems]
     atomic_write_text(out_dir / "study.md", "\n".join(md) + "\n")
     plots = []
-    lines = plot_lines(rows)
     for metric in [*METRICS, *PATCH_METRICS]:
         series: dict[str, tuple[list[float], list[float]]] = {}
         for i, r in enumerate(rows):
@@ -174,7 +174,7 @@ def write_report(sweep_dir: Path, out_dir: Path) -> dict[str, Any]:
             path = out_dir / f"{metric}_vs_dose.png"
             metric_vs_dose(path, series, metric)
             plots.append(path)
-    gallery = write_gallery(rows, out_dir)
+    gallery = write_gallery(rows, lines, out_dir)
     # compare.py's reconstructions side by side and their FRC curves, wherever it wrote them in the sweep
     compared = sorted(p for name in ("comparison.png", "comparison_frc.png") for p in sweep_dir.glob(f"**/{name}"))
     _write_html(out_dir / "study.html", sweep_dir, table, shown, problems, plots, means_shown, gallery, compared)
@@ -182,7 +182,8 @@ def write_report(sweep_dir: Path, out_dir: Path) -> dict[str, Any]:
             "seed_means": len(means), "gallery": [p.name for p in gallery]}
 
 
-def gallery_rows(rows: list[dict[str, Any]]) -> dict[str, dict[float, tuple[np.ndarray, np.ndarray]]]:
+def gallery_rows(rows: list[dict[str, Any]],
+                 lines: list[str] | None = None) -> dict[str, dict[float, tuple[np.ndarray, np.ndarray]]]:
     """The gallery's rows: per view and, within it, per data (``config.data_key``; a sweep over
     datasets holds several), the truth, then each line of the plots on that data (method, view and,
     where several, variant) with its reconstruction at each dose where one succeeded and left its
@@ -190,8 +191,9 @@ def gallery_rows(rows: list[dict[str, Any]]) -> dict[str, dict[float, tuple[np.n
     row is named for its view and, where the view holds several data, for the overrides that set
     its data apart. A row that does not record its data (a comparison written before 2026-12-07, a
     run without its config snapshot) joins its view's data where there is one, and is left out
-    where there are several: it could be drawn under another data's truth."""
-    lines = plot_lines(rows)
+    where there are several: it could be drawn under another data's truth. ``lines``: the rows'
+    ``plot_lines`` where the caller has them."""
+    lines = plot_lines(rows) if lines is None else lines
     chosen: dict[tuple[str, float], dict[str, Any]] = {}
     for line, r in zip(lines, rows, strict=True):
         path = r.get(IMAGE)
@@ -214,9 +216,7 @@ def gallery_rows(rows: list[dict[str, Any]]) -> dict[str, dict[float, tuple[np.n
                 continue
             data = next(iter(views_data), None)
         groups.setdefault((r["view"], data), []).append(r)
-    # How each data is spelled: the data overrides of a run on it (a flat-start LSQML row has none).
-    spelled = {group: next((data_overrides(r["variant"]) for r in members if not r["variant"].startswith("test data")),
-                           None) for group, members in groups.items()}
+    spelled = {group: data_spelling(members) for group, members in groups.items()}
     several = {view for view, _ in groups if sum(v == view for v, _ in groups) > 1}
     shared = {view: set.intersection(*(set(spelled[g] or ()) for g in groups if g[0] == view)) for view in several}
     out: dict[str, dict[float, tuple[np.ndarray, np.ndarray]]] = {}
@@ -239,10 +239,10 @@ def gallery_rows(rows: list[dict[str, Any]]) -> dict[str, dict[float, tuple[np.n
     return out
 
 
-def write_gallery(rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
+def write_gallery(rows: list[dict[str, Any]], lines: list[str], out_dir: Path) -> list[Path]:
     """``GALLERY``'s figures (none where no row left a reconstruction): a study's reconstructions
     by method and dose, for the eye, beside the tables and plots."""
-    cells = gallery_rows(rows)
+    cells = gallery_rows(rows, lines)
     if not cells:
         return []
     doses = sorted({dose for by_dose in cells.values() for dose in by_dose})
@@ -260,7 +260,7 @@ def across_doses(variant: str) -> str:
     LSQML row of a comparison written before 2026-12-06 names its test data by a digest that
     held the dose (and no epochs); without the digest it joins its line across doses as newer rows do."""
     words = variant.split()
-    if words[:2] == ["test", "data"] and not any(w.startswith("lsqml.") for w in words):
+    if is_flat_start(variant) and not any(w.startswith("lsqml.") for w in words):
         return " ".join(words[:4])  # "test data <dataset> <view>"
     return " ".join(t for t in words if override_key(t) != "dose")
 
@@ -273,9 +273,11 @@ def line_variants(rows: list[dict[str, Any]]) -> list[str]:
     overrides) would only lengthen each name; ``study.csv``'s ``variant`` keeps them all. A
     flat-start LSQML row names its data by a digest; where a job of the study ran on the same
     data, the row is named by that job's data overrides instead (``_named_variant``)."""
-    # each data spelled as the first job on it spells it (reversed: a later entry would win)
-    spelled = {r["data"]: " ".join(data_overrides(r.get("variant") or "")) for r in reversed(rows)
-               if r.get("data") and not (r.get("variant") or "").startswith("test data ")}
+    on_data: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        if r.get("data"):
+            on_data.setdefault((r["view"], r["data"]), []).append(r)
+    spelled = {key: data_spelling(members) for key, members in on_data.items()}
     named = [across_doses(_named_variant(r, spelled)) for r in rows]
     variants: dict[str, set[str]] = {}
     for r, variant in zip(rows, named, strict=True):
@@ -290,21 +292,34 @@ def line_variants(rows: list[dict[str, Any]]) -> list[str]:
     return labels
 
 
-def _named_variant(row: dict[str, Any], spelled: dict[str, str]) -> str:
+def _named_variant(row: dict[str, Any], spelled: dict[tuple[str, str], tuple[str, ...] | None]) -> str:
     """The row's variant with a flat-start LSQML row's data digest (``config.data_key``, which
-    names no setting) replaced by ``spelled``'s overrides for that data, where there are any."""
+    names no setting) replaced by ``spelled``'s overrides for its view and data, where a job spells them."""
     variant, data = row.get("variant") or "", row.get("data")
-    if data not in spelled or not variant.startswith("test data "):
+    words = spelled.get((row["view"], data)) if data else None
+    if words is None or not is_flat_start(variant):
         return variant
-    return " ".join(" ".join(spelled[data] if w == data else w for w in variant.split()).split())
+    return " ".join(" ".join(" ".join(words) if w == data else w for w in variant.split()).split())
+
+
+def data_spelling(rows: list[dict[str, Any]]) -> tuple[str, ...] | None:
+    """How rows on one data spell it: the data overrides of the first job among them; None where
+    only flat-start LSQML rows are (they name their data by a digest)."""
+    return next((data_overrides(r.get("variant") or "") for r in rows if not is_flat_start(r.get("variant") or "")),
+                None)
 
 
 def plot_lines(rows: list[dict[str, Any]]) -> list[str]:
     """Each row's line in the plots against dose: its method and view and, where the study holds
     that method and view in several variants, what sets its variant apart (``line_variants``), so
     that a line's points at one dose are only seeds of one variant, drawn as their mean and spread."""
+    return line_names(rows, line_variants(rows))
+
+
+def line_names(rows: list[dict[str, Any]], labels: list[str]) -> list[str]:
+    """``plot_lines`` from the rows' ``line_variants``, for a caller that has them."""
     return [f"{r['method']} {r['view']}" + (f" [{label}]" if label else "")
-            for r, label in zip(rows, line_variants(rows), strict=True)]
+            for r, label in zip(rows, labels, strict=True)]
 
 
 MEAN_COLUMNS = ["dose", "view", "method", "runs", *(f"{m}_{s}" for m in METRICS for s in ("mean", "std")),
