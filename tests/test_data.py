@@ -6,7 +6,9 @@ import h5py
 import numpy as np
 import pytest
 
-from ptylab.data import DataError, PtychoData, read_dataset, write_dataset
+from ptylab.cli import preflight
+from ptylab.data import DataError, PtychoData, pattern_size, read_dataset, write_dataset
+from ptylab.datasets import load_files
 from ptylab.fileio import atomic_write_with
 
 
@@ -179,3 +181,37 @@ def test_training_batches_gather_from_the_map_without_copying_it(tmp_path):
     assert ds.diff is data.diff3d  # the dataset holds the map itself
     batch = ds.__getitems__([0, 5, 7])
     np.testing.assert_array_equal(batch["diff"][1, 0].numpy(), data.diff3d[ds.indices[5, 0]])
+
+
+def test_pattern_sizes_the_network_cannot_take_are_refused_before_any_training(tmp_path, capsys):
+    """A pattern size that is no multiple of 8, or a test file of another size than the training
+    file's, used to fail as a tensor-size error inside training or, for the test file, after the
+    whole training, in its evaluation. The command line reads the sizes from the files' probes
+    before any job of a sweep; the job's own read checks them again."""
+    eight, twelve = _save(tmp_path / "eight.npz", _valid(n=8)), _save(tmp_path / "twelve.npz", _valid(n=12))
+    sixteen = tmp_path / "sixteen.h5"
+    write_dataset(sixteen, read_dataset(_save(tmp_path / "s.npz", _valid(n=16))))
+    (tmp_path / "junk.npz").write_bytes(NPZ_JUNK)
+    assert [pattern_size(p) for p in (eight, twelve, sixteen)] == [8, 12, 16]  # NPZ and HDF5
+    assert pattern_size(tmp_path / "junk.npz") is None and pattern_size(tmp_path / "none.npz") is None
+
+    with pytest.raises(DataError) as info:
+        load_files(str(twelve), str(twelve))
+    assert info.value.path == str(twelve) and "N a multiple of 8" in str(info.value)
+    assert str(info.value).endswith("found 12 x 12")
+    with pytest.raises(DataError) as info:
+        load_files(str(eight), str(sixteen))
+    assert info.value.path == str(sixteen) and "8 x 8 patterns, as the training file" in str(info.value)
+    assert load_files(str(sixteen), str(sixteen)).test.N == 16
+
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_info:
+        preflight("train", ["-m", "dose=1000,10000", "dataset=npz", f"dataset.train_file={eight}",
+                            f"dataset.test_file={sixteen}", f"paths.output_root={out}"])
+    assert exit_info.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"error: {sixteen}: key 'diff3d': expected 8 x 8 patterns") and "found 16 x 16" in line
+    assert not out.exists()
+
+
+NPZ_JUNK = b"PK\x03\x04 not a zip archive"

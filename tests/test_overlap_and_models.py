@@ -463,6 +463,12 @@ def test_the_network_is_built_from_hyperparameters_the_models_save():
     assert NetworkSpec.from_hparams(Supervised().hparams).per_pattern is False
 
 
+def test_a_pattern_size_the_network_cannot_halve_three_times_is_refused_by_the_model():
+    with pytest.raises(ConfigError, match=r"N=12: .* must be a multiple of 8"):
+        PINN(N=12, base_filters=(4, 8, 8))
+    assert PINN(N=24, base_filters=(4, 8, 8)).predict_patches(torch.ones(1, 4, 24, 24)).shape == (1, 4, 24, 24)
+
+
 def test_per_pattern_batches_count_patterns_and_epochs_pass_over_the_patterns():
     assert batch_plan(PINN(N=16, gridsize=2, per_pattern=True), 16, 2) == (4, 0.25)
     assert batch_plan(PINN(N=16, gridsize=1, per_pattern=True), 16, 1) == (16, 1.0)

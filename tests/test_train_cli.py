@@ -13,7 +13,7 @@ import pytest
 import ptylab.progress
 from ptylab.bundle import load_bundle
 from ptylab.config import cpu_precision
-from ptylab.data import read_dataset
+from ptylab.data import read_dataset, write_dataset
 from ptylab.data_fit import DATA_FIT_FIGURE, DATA_FIT_FILE
 from ptylab.evaluation import DATA_FIT, FIT_ALONE, REFERENCES_FROM
 from ptylab.manifest import JobRecord
@@ -161,7 +161,18 @@ def test_reconstruct_from_the_bundle_alone(trained, tmp_path):
     assert fit["ratio"] < fit["flat"] and (tmp_path / "rec" / DATA_FIT_FIGURE).is_file()
     assert f"its patterns' deviance {fit['ratio']:.3f} x the noise floor" in res.stdout
     # A tampered bundle is refused in-process (test_bundle_and_params), and the script answers a bad
-    # bundle with one error line and exit code 2 (test_config_refusals).
+    # bundle with one error line and exit code 2 (test_config_refusals); so it answers data of
+    # another pattern size than the bundle's network takes.
+    small = read_dataset(data)
+    n = small.N - 8
+    write_dataset(tmp_path / "cropped.npz", replace(small, diff3d=small.diff3d[:, 4:-4, 4:-4],
+                                                    probe=small.probe[4:-4, 4:-4], Y=None))
+    res = run_script(["scripts/reconstruct.py", f"bundle={run / 'wts.h5.zip'}", f"data={tmp_path / 'cropped.npz'}",
+                      f"output_dir={tmp_path / 'rec2'}"], cwd=ROOT)
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-4000:]
+    assert res.stderr.strip().splitlines()[-1] == (f"error: {run / 'wts.h5.zip'}: its network takes {small.N} x "
+                                                   f"{small.N} patterns (the size it was trained on); the data's "
+                                                   f"are {n} x {n}")
 
 
 def test_a_bundle_that_says_true_averages_over_every_symmetry_as_before(trained):

@@ -85,6 +85,16 @@ def _schema_keys(message: str) -> list[str]:
     return []
 
 
+def _require_file_pattern_sizes(dataset: FileDatasetConfig) -> None:
+    """The files' pattern sizes, read from their probes alone (torch comes with the reader: the job
+    imports it next anyway); a file whose probe cannot be read so is left to the job's full read."""
+    from .data import pattern_size, require_pattern_sizes
+
+    train_n, test_n = pattern_size(dataset.train_file), pattern_size(dataset.test_file)
+    if train_n is not None and test_n is not None:
+        require_pattern_sizes(dataset.train_file, train_n, dataset.test_file, test_n)
+
+
 def preflight(config_name: str, args: Sequence[str] | None = None) -> None:
     """Compose and validate the config of every job the command line would run, and check what each
     needs of this machine (a CUDA device where asked for, the dataset files); exit 2 on the first bad one."""
@@ -105,7 +115,8 @@ def preflight(config_name: str, args: Sequence[str] | None = None) -> None:
                     if isinstance(typed.dataset, FileDatasetConfig):  # not in validate: paths are this machine's
                         require_path("dataset.train_file", typed.dataset.train_file)
                         require_path("dataset.test_file", typed.dataset.test_file)
-            except ConfigError as exc:
+                        _require_file_pattern_sizes(typed.dataset)
+            except PtylabError as exc:
                 fail(f"{exc} [{' '.join(overrides) or 'defaults'}]")
             except (HydraException, OmegaConfBaseException) as exc:
                 fail(_explain(exc))

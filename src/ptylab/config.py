@@ -107,6 +107,12 @@ class LoggerKind(StrEnum):
     tensorboard = "tensorboard"
 
 
+# The network pools its input once per level of model.base_filters (three) and its decoders double
+# back to N/2 (or N): a pattern's side N must be a multiple of 2**3.
+NETWORK_LEVELS = 3
+PATTERN_MULTIPLE = 2**NETWORK_LEVELS
+
+
 def _check(ok: bool, key: str, value: Any, expectation: str) -> None:
     if not ok:
         raise ConfigError(f"{key}={value!r}: must be {expectation}")
@@ -149,7 +155,8 @@ class EmbeddedDatasetConfig:
     scan_pattern: ScanPattern = ScanPattern.raster
 
     def __post_init__(self) -> None:
-        _check(self.N >= 8 and self.N % 8 == 0, "dataset.N", self.N, "a multiple of 8, at least 8")
+        _check(self.N >= PATTERN_MULTIPLE and self.N % PATTERN_MULTIPLE == 0, "dataset.N", self.N,
+               f"a multiple of {PATTERN_MULTIPLE}, at least {PATTERN_MULTIPLE}")
         _check(self.object_size > self.N, "dataset.object_size", self.object_size, f"larger than N={self.N}")
         _check(0 <= self.amplitude_min < self.amplitude_max, "dataset.amplitude_min", self.amplitude_min,
                f">= 0 and below amplitude_max={self.amplitude_max}")
@@ -238,8 +245,8 @@ class ModelConfig:
     init_weights: str | None = None
 
     def __post_init__(self) -> None:
-        _check(len(self.base_filters) == 3 and all(f > 0 for f in self.base_filters), "model.base_filters",
-               self.base_filters, "three positive filter counts")
+        _check(len(self.base_filters) == NETWORK_LEVELS and all(f > 0 for f in self.base_filters),
+               "model.base_filters", self.base_filters, f"{NETWORK_LEVELS} positive filter counts")
         _check(self.width >= 1, "model.width", self.width, ">= 1")
         _check(0 < self.decoder_width <= 4, "model.decoder_width", self.decoder_width, "in (0, 4]")
         _check(self.group_norm != GroupNorm.phase_decoder or self.separate_decoders, "model.group_norm",

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from .config import NETWORK_LEVELS, PATTERN_MULTIPLE
 from .errors import PtylabError
 from .fileio import atomic_write_with
 from .physics import patches_inside
@@ -188,6 +189,43 @@ def read_dataset(path: str | Path) -> PtychoData:
     else:
         raise DataError(path, None, "an NPZ (zip) or HDF5 file", f"unrecognised leading bytes {head!r}", [])
     return validate(path, raw)
+
+
+def pattern_size(path: str | Path) -> int | None:
+    """The side N of a dataset file's patterns, as its probe gives it (the contract ties the patterns
+    to the probe), read without reading the patterns: the command line checks a sweep's files with
+    it before any job. None where the probe cannot be read that way; the job's full read then
+    names the fault."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+        if head.startswith(NPZ_MAGIC):
+            with np.load(path, allow_pickle=False) as npz:
+                shape = npz["probeGuess"].shape
+        elif head.startswith(HDF5_MAGIC):
+            import h5py
+
+            with h5py.File(path, "r") as f:
+                shape = f["probeGuess"].shape
+        else:
+            return None
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
+        return None
+    return int(shape[0]) if len(shape) == 2 and shape[0] == shape[1] else None
+
+
+def require_pattern_sizes(train_file: str | Path, train_n: int, test_file: str | Path, test_n: int) -> None:
+    """A dataset's two files must hold patterns of one size that the network takes (a multiple of
+    ``PATTERN_MULTIPLE``). Either fault used to surface as a tensor-size error inside training or,
+    for the test file, after the whole training, in its evaluation."""
+    if train_n % PATTERN_MULTIPLE:
+        raise DataError(train_file, "diff3d", f"N x N patterns with N a multiple of {PATTERN_MULTIPLE} (the "
+                        f"network halves N at each of its {NETWORK_LEVELS} levels: prepare the files at such "
+                        "an N, with the probe and the positions to match)", f"{train_n} x {train_n}", None)
+    if test_n != train_n:
+        raise DataError(test_file, "diff3d", f"{train_n} x {train_n} patterns, as the training file {train_file} "
+                        "holds (one network reconstructs both)", f"{test_n} x {test_n}", None)
 
 
 MMAP_KEYS = ("diff3d", "diffraction", "Y")

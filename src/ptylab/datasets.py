@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import DatasetConfig, EmbeddedDatasetConfig, FileDatasetConfig, ViewConfig
-from .data import PtychoData, read_dataset, write_dataset
+from .data import PtychoData, read_dataset, require_pattern_sizes, write_dataset
 from .fileio import atomic_write_json, sha256_bytes, sha256_file
 from .simulate import simulate
 from .views import ViewSelection, select_view_for
@@ -114,6 +114,7 @@ def _valid_entry(entry: Path, marker: Path, key: str) -> dict[str, Any] | None:
 def load_files(train_file: str, test_file: str) -> DatasetSource:
     """The user's own contract-conforming files."""
     train, test = read_dataset(train_file), read_dataset(test_file)
+    require_pattern_sizes(train_file, train.N, test_file, test.N)
     identity = {
         "source": "file",
         "files": {role: {"path": str(Path(p).resolve()), "sha256": sha256_file(p)}

@@ -19,6 +19,7 @@ from scipy import ndimage
 from . import heap
 from .bundle import Bundle
 from .data import PtychoData
+from .errors import PtylabError
 from .grouping import Groups, group_positions
 from .models import PtychoModule
 from .phase_offsets import FIT_COMPLEX, FIT_REAL, Evidence, OffsetFit, fit_offsets
@@ -286,7 +287,8 @@ def reconstruct_from_bundle(bundle: Bundle, data: PtychoData, batch_size: int = 
     not None."""
     info = bundle.inference
     if info["N"] != data.N:
-        raise ValueError(f"{bundle.path}: model expects {info['N']}x{info['N']} patterns, data has {data.N}")
+        raise PtylabError(f"{bundle.path}: its network takes {info['N']} x {info['N']} patterns (the size it was "
+                          f"trained on); the data's are {data.N} x {data.N}")
     model = model_from_weights(bundle.models[info["model"]])
     offset_fit = OffsetFit.from_inference(info).overridden(**(fit_overrides or {}))
     return reconstruct(model, data, info["gridsize"], info["neighbours"], info.get("stitch_crop"), batch_size,

@@ -10,6 +10,7 @@ import lightning as L
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from .network import EncoderDecoder, NetworkSpec, initialise
 
 SCHEDULES = ("cosine", "constant", "plateau")
@@ -58,6 +59,10 @@ class PtychoModule(L.LightningModule):
         if hp["schedule"] not in SCHEDULES:
             raise ValueError(f"model.schedule must be one of {SCHEDULES}, got '{hp['schedule']}'")
         spec = NetworkSpec.from_hparams(hp)
+        n = int(hp["N"])
+        if n % spec.pattern_multiple:
+            raise ConfigError(f"N={n}: the network halves its input at each of its {len(spec.base_filters)} "
+                              f"levels (base_filters), so N must be a multiple of {spec.pattern_multiple}")
         # per_pattern: one network applied to each pattern of a group alone (shared weights); the
         # group is coupled only through the loss (overlap constraint). Otherwise the group's
         # patterns are the input channels of one network (upstream's layout).
@@ -66,7 +71,6 @@ class PtychoModule(L.LightningModule):
         initialise(net, spec.init)
         # channels-last convolutions run 10-25% faster on these CPUs (docs/performance.md).
         self.net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-        n = int(hp["N"])
         self.register_buffer("support", support_mask(n, spec.object_support))
         self.pad = (n - n // 2) // 2 if spec.object_support == "center" else 0
         self.register_buffer("input_scale", torch.tensor(float(hp["input_scale"])))

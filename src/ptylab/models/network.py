@@ -56,6 +56,11 @@ class NetworkSpec:
         return cls(**{**values, "base_filters": tuple(int(b) for b in values["base_filters"])})
 
     @property
+    def pattern_multiple(self) -> int:
+        """What a pattern's side N must be a multiple of: the encoder halves it once per level."""
+        return int(2 ** len(self.base_filters))
+
+    @property
     def filters(self) -> list[int]:
         """The encoder's widths, level by level."""
         return [int(f * self.width) for f in self.base_filters]
