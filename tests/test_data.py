@@ -215,3 +215,26 @@ def test_pattern_sizes_the_network_cannot_take_are_refused_before_any_training(t
 
 
 NPZ_JUNK = b"PK\x03\x04 not a zip archive"
+
+
+def test_counts_and_patterns_with_zero_frequency_in_the_corners_are_refused(tmp_path):
+    """Two mistakes that pass every shape and range check and leave the network nothing its physics
+    can fit: counts where sqrt(counts) belongs, and an FFT's output without ``fftshift``."""
+    n, m = 16, 32
+    yy, xx = np.mgrid[:n, :n] - n // 2
+    probe = (np.hypot(yy, xx) < 4).astype(np.complex64)
+    far_field = np.abs(np.fft.fftshift(np.fft.fft2(probe))) ** 2  # an empty object's patterns, centred
+    counts = np.random.default_rng(1).poisson(far_field / far_field.max() * 1e4, size=(m, n, n)).astype(np.float32)
+    arrays = {**_valid(m, n), "probeGuess": probe, "diff3d": np.sqrt(counts)}
+    assert read_dataset(_save(tmp_path / "good.npz", arrays)).diff3d.shape == (m, n, n)
+
+    with pytest.raises(DataError) as info:
+        read_dataset(_save(tmp_path / "counts.npz", {**arrays, "diff3d": counts}))
+    assert info.value.key == "diff3d" and "expected amplitudes sqrt(counts)" in str(info.value)
+    assert "store np.sqrt(counts)" in str(info.value)
+
+    corners = np.fft.ifftshift(np.sqrt(counts), axes=(-2, -1))
+    with pytest.raises(DataError) as info:
+        read_dataset(_save(tmp_path / "corners.npz", {**arrays, "diff3d": corners}))
+    assert info.value.key == "diff3d" and "zero frequency at the corners" in str(info.value)
+    assert "np.fft.fftshift" in str(info.value)

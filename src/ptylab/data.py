@@ -323,6 +323,41 @@ def _finite(path: Path, key: str, arr: np.ndarray, keys: list[str]) -> None:
         raise DataError(path, key, "finite values", f"{bad} NaN or Inf values", keys)
 
 
+# Whole numbers among the values of 2 or more: sqrt(counts) is one only where the counts are a square
+# (about 16% of such values on the simulated data), counts stored as floats always are.
+COUNTS_WHOLE_SHARE, COUNTS_MIN_VALUES = 0.99, 1000
+SAMPLE_PATTERNS = 512  # both checks read the first 512 patterns of a file
+# The mean pattern's correlation with the probe's far-field intensity: 0.997-1.000 on every simulated
+# dataset with zero frequency at the centre and -0.10 to -0.02 with it at the corners (docs/decisions.md).
+FAR_FIELD_MATCH = 0.5
+
+
+def _check_patterns_as_measured(path: Path, key: str, amplitudes: np.ndarray, probe: np.ndarray,
+                                keys: list[str]) -> None:
+    """Two mistakes the contract's shape and range checks let through, each of which trains a network
+    on patterns its physics cannot produce, for a flat or garbled object after the whole budget:
+    counts where amplitudes belong, and patterns with zero frequency in the corners (an FFT's output
+    without ``fftshift``). Judged on the file's first ``SAMPLE_PATTERNS`` patterns."""
+    large = amplitudes[amplitudes >= 2]
+    if large.size >= COUNTS_MIN_VALUES and np.mean(large == np.round(large)) >= COUNTS_WHOLE_SHARE:
+        raise DataError(path, key, "amplitudes sqrt(counts)",
+                        f"whole numbers in {np.mean(large == np.round(large)):.1%} of its {large.size} values of 2 "
+                        "or more, as counts are (store np.sqrt(counts))", keys)
+    mean_intensity = np.square(amplitudes, dtype=np.float64).mean(axis=0)
+    far_field = np.abs(np.fft.fftshift(np.fft.fft2(probe))) ** 2
+    centred, cornered = (_correlation(mean_intensity, f) for f in (far_field, np.fft.ifftshift(far_field)))
+    if cornered > FAR_FIELD_MATCH and centred < FAR_FIELD_MATCH:
+        raise DataError(path, key, "patterns with zero frequency at the centre (np.fft.fftshift of an FFT)",
+                        f"zero frequency at the corners: the mean pattern matches the probe's far field "
+                        f"shifted to the corners (correlation {cornered:.2f}, centred {centred:.2f})", keys)
+
+
+def _correlation(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a - a.mean(), b - b.mean()
+    norm = float(np.sqrt((a * a).sum() * (b * b).sum()))
+    return float((a * b).sum()) / norm if norm > 0 else 0.0
+
+
 def validate(path: str | Path, raw: dict[str, Any]) -> PtychoData:
     """Check one file's arrays against the contract and return them in canonical layout."""
     path = Path(path)
@@ -359,6 +394,7 @@ def validate(path: str | Path, raw: dict[str, Any]) -> PtychoData:
     lowest = min(float(c.min()) for c in _chunks(diff))
     if lowest < 0:
         raise DataError(path, dkey, "non-negative amplitudes", f"minimum {lowest:.4g}", keys)
+    _check_patterns_as_measured(path, dkey, np.asarray(diff[:SAMPLE_PATTERNS]), probe, keys)
 
     coords = {}
     for key in ("xcoords", "ycoords"):
