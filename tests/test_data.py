@@ -73,6 +73,8 @@ BAD = {
     "complex": (_mutate(diff3d=np.ones((6, 8, 8), np.complex64)), "diff3d", "dtype complex64"),
     "integer": (_mutate(diff3d=np.ones((6, 8, 8), np.int64)), "diff3d", "sqrt(counts)"),
     "outside": (_mutate(xcoords=np.array([4, 5, 6, 7, 8, 20.5])), "xcoords/ycoords", "leaving it"),
+    "metres": (_mutate(xcoords=np.linspace(0, 3e-6, 6), ycoords=np.linspace(0, 2e-6, 6)), "xcoords/ycoords",
+               "the positions span 3e-06: they are patch centres in object pixels"),
 }
 
 

@@ -415,10 +415,13 @@ def validate(path: str | Path, raw: dict[str, Any]) -> PtychoData:
     inside = patches_inside(coords["xcoords"], coords["ycoords"], n, obj.shape)
     if not inside.all():
         first = int(np.flatnonzero(~inside)[0])
+        span = max(float(np.ptp(c)) for c in coords.values())
+        # Positions in metres or micrometres (an instrument's units) span less than a pixel.
+        units = f"; the positions span {span:.3g}: they are patch centres in object pixels" if 0 < span < 1 else ""
         raise DataError(
             path, "xcoords/ycoords", f"every {n}x{n} patch inside the {obj.shape} object",
             f"{int((~inside).sum())} patches leaving it (first: index {first} at "
-            f"x={coords['xcoords'][first]:.2f}, y={coords['ycoords'][first]:.2f})", keys,
+            f"x={coords['xcoords'][first]:.2f}, y={coords['ycoords'][first]:.2f}){units}", keys,
         )
 
     y_patches = None
