@@ -419,7 +419,7 @@ def validate(path: str | Path, raw: dict[str, Any]) -> PtychoData:
         # Positions in metres or micrometres (an instrument's units) span less than a pixel.
         units = f"; the positions span {span:.3g}: they are patch centres in object pixels" if 0 < span < 1 else ""
         raise DataError(
-            path, "xcoords/ycoords", f"every {n}x{n} patch inside the {obj.shape} object",
+            path, "xcoords/ycoords", f"every {n}x{n} patch, centred on its position, inside the {obj.shape} object",
             f"{int((~inside).sum())} patches leaving it (first: index {first} at "
             f"x={coords['xcoords'][first]:.2f}, y={coords['ycoords'][first]:.2f}){units}", keys,
         )
