@@ -21,17 +21,20 @@ from .symmetries import transform_images, transform_offsets
 
 class GroupedPatterns(Dataset):
     """Samples of C patterns: ``diff`` (C, N, N), ``offsets`` (C, 2), and ``Y`` (C, N, N) if known.
+    A batch carries the detector's mask ``valid`` (N, N) once, where the data have one.
 
     An item ``i + n * t`` (n groups) is group i under symmetry transform t (``ptylab.symmetries``):
     its patterns, offsets and ``Y`` patches transformed alike. ``EpochShuffle`` draws such items
     when given the probe's symmetries; plain indices (t = 0) are the groups as measured.
     """
 
-    def __init__(self, diff: np.ndarray, groups: Groups, y_patches: np.ndarray | None = None):
+    def __init__(self, diff: np.ndarray, groups: Groups, y_patches: np.ndarray | None = None,
+                 valid_pixels: np.ndarray | None = None):
         self.diff = diff
         self.indices = groups.indices
         self.offsets = groups.offsets.astype(np.float32)
         self.y = y_patches
+        self.valid = None if valid_pixels is None else torch.from_numpy(np.asarray(valid_pixels, dtype=bool))
 
     def __len__(self) -> int:
         return int(self.indices.shape[0])
@@ -51,6 +54,8 @@ class GroupedPatterns(Dataset):
             arrays = _transformed(arrays, transforms)
         batch = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
         batch["index"] = torch.from_numpy(sel)
+        if self.valid is not None:
+            batch["valid"] = self.valid
         return batch
 
     def __getitem__(self, item: int) -> dict[str, torch.Tensor]:

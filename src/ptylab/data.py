@@ -24,7 +24,7 @@ from .physics import patches_inside
 
 NPZ_MAGIC = b"PK\x03\x04"
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
-OPTIONAL_KEYS = ("Y", "scan_index", "metadata")
+OPTIONAL_KEYS = ("Y", "scan_index", "metadata", "valid_pixels")
 
 
 class DataError(PtylabError, ValueError):
@@ -107,6 +107,9 @@ class PtychoData:
     Y: np.ndarray | None = None  # (M, N, N) complex64 ground-truth patches
     scan_index: np.ndarray | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    # (N, N) bool, True where the detector measured; None: every pixel. Pixels behind a beamstop,
+    # in a module gap or dead hold no measurement, and every likelihood leaves them out.
+    valid_pixels: np.ndarray | None = None
 
     @property
     def n_positions(self) -> int:
@@ -151,6 +154,8 @@ def write_dataset(path: str | Path, data: PtychoData) -> None:
         arrays["Y"] = np.asarray(data.Y, dtype=np.complex64)
     if data.scan_index is not None:
         arrays["scan_index"] = np.asarray(data.scan_index, dtype=np.int64)
+    if data.valid_pixels is not None:
+        arrays["valid_pixels"] = np.asarray(data.valid_pixels, dtype=bool)
     if path.suffix.lower() in (".h5", ".hdf5"):
         atomic_write_with(path, lambda tmp: _write_hdf5(tmp, arrays))
     else:
@@ -323,6 +328,8 @@ def _finite(path: Path, key: str, arr: np.ndarray, keys: list[str]) -> None:
         raise DataError(path, key, "finite values", f"{bad} NaN or Inf values", keys)
 
 
+MIN_VALID_SHARE = 0.5  # a mask that leaves less is more likely inverted (True where bad) than real
+
 # Whole numbers among the values of 2 or more: sqrt(counts) is one only where the counts are a square
 # (about 16% of such values on the simulated data), counts stored as floats always are.
 COUNTS_WHOLE_SHARE, COUNTS_MIN_VALUES = 0.99, 1000
@@ -443,6 +450,24 @@ def validate(path: str | Path, raw: dict[str, Any]) -> PtychoData:
                             keys)
         scan_index = scan_index.astype(np.int64)
 
+    valid_pixels = None
+    if "valid_pixels" in raw:
+        valid_pixels = np.asarray(raw["valid_pixels"])
+        if valid_pixels.shape != (n, n) or not (valid_pixels.dtype == bool or (
+                valid_pixels.dtype.kind in "iu" and np.isin(valid_pixels, (0, 1)).all())):
+            raise DataError(path, "valid_pixels", f"a ({n}, {n}) bool mask (or 0 / 1), True where the detector "
+                            "measured", f"{valid_pixels.shape} {valid_pixels.dtype}", keys)
+        valid_pixels = valid_pixels.astype(bool)
+        if valid_pixels.mean() < MIN_VALID_SHARE:
+            raise DataError(path, "valid_pixels", f"at least {MIN_VALID_SHARE:.0%} of the pixels measured",
+                            f"{valid_pixels.mean():.1%}", keys)
+        # Zero where unmeasured: the counts' totals, the network's input and the data checks then
+        # need no mask of their own.
+        unmeasured = max(float(np.abs(c[:, ~valid_pixels]).max(initial=0.0)) for c in _chunks(diff))
+        if unmeasured > 0:
+            raise DataError(path, dkey, "0 at every pixel valid_pixels marks unmeasured (set them to 0)",
+                            f"values up to {unmeasured:.4g} there", keys)
+
     metadata: dict[str, Any] = {}
     if "metadata" in raw:
         meta = np.asarray(raw["metadata"])
@@ -466,4 +491,5 @@ def validate(path: str | Path, raw: dict[str, Any]) -> PtychoData:
         Y=y_patches,
         scan_index=scan_index,
         metadata=metadata,
+        valid_pixels=valid_pixels,
     )

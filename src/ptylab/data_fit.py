@@ -117,18 +117,28 @@ def data_fit(obj: np.ndarray, data: PtychoData) -> DataFit:
     predicted and scored a chunk at a time, so memory stays a chunk's whatever the split's size.
     The predictions are made on the CPU in single precision, as the offset fit makes them, so one
     object scores the same whatever device made it."""
-    energy = exit_wave_energy(obj, data)
+    canvas = torch.from_numpy(np.asarray(obj, np.complex64))
+    # Where the detector has unmeasured pixels the scale matches the counts on the measured ones,
+    # which takes a far field; Parseval gives it without one otherwise.
+    valid = None if data.valid_pixels is None else np.fft.ifftshift(np.asarray(data.valid_pixels, bool))
+    if valid is None:
+        energy, measured = exit_wave_energy(obj, data), data.mean_counts * data.n_positions
+    else:
+        energy = sum(float(uncentred_intensity(waves).double().numpy()[..., valid].sum())
+                     for _, waves in _exit_waves(canvas, data))
+        measured = data.mean_counts * data.n_positions  # unmeasured pixels hold 0 (the reader's check)
     if energy <= 0:
         raise ValueError("the object predicts no counts at the test positions (zero under the probe)")
-    scale = data.mean_counts * data.n_positions / energy
+    scale = measured / energy
     per_pattern, per_floor = np.empty(data.n_positions), np.empty(data.n_positions)
-    for sl, waves in _exit_waves(torch.from_numpy(np.asarray(obj, np.complex64)), data):
+    for sl, waves in _exit_waves(canvas, data):
         # A count where nothing is predicted costs a large deviance, not an infinite one.
         mean = np.maximum(scale * uncentred_intensity(waves).double().numpy(), np.finfo(np.float64).tiny)
         counts = np.fft.ifftshift(np.square(np.asarray(data.diff3d[sl], np.float64)), axes=(-2, -1))
-        per_pattern[sl] = deviance(counts, mean).sum((-2, -1))
-        per_floor[sl] = expected_deviance(mean).sum((-2, -1))
-    pixels = data.n_positions * data.N**2
+        kept = (Ellipsis,) if valid is None else (Ellipsis, valid)
+        per_pattern[sl] = deviance(counts, mean)[kept].reshape(len(counts), -1).sum(-1)
+        per_floor[sl] = expected_deviance(mean)[kept].reshape(len(counts), -1).sum(-1)
+    pixels = data.n_positions * (data.N**2 if valid is None else int(valid.sum()))
     with np.errstate(divide="ignore", invalid="ignore"):  # a pattern predicted dark everywhere has no ratio
         per_position = per_pattern / per_floor
     return DataFit(float(per_pattern.sum()) / pixels, float(per_floor.sum()) / pixels, per_position)

@@ -116,15 +116,18 @@ def run_lsqml(data: PtychoData, epochs: int, noise_model: str = "gaussian", devi
     rec.default_device = api.Devices.CPU if device == "cpu" else api.Devices.GPU
     rec.random_seed = seed
     t0 = time.perf_counter()
+    # The detector's unmeasured pixels, in the data's centred convention (pty-chi shifts it with them).
+    mask = {} if data.valid_pixels is None else {"valid_pixel_mask": np.asarray(data.valid_pixels, bool)}
     task = PtychographyTask(opts, diffraction_data=measured_intensities(data.diff3d), object_data=obj0,
-                            probe_data=probe, probe_position_x_px=px, probe_position_y_px=py)
+                            probe_data=probe, probe_position_x_px=px, probe_position_y_px=py, **mask)
     task.run()
     wall = time.perf_counter() - t0
     obj = np.asarray(task.get_data_to_cpu("object", as_numpy=True))[0].astype(np.complex64)
     info = {"iterations": epochs, "wall_s": round(wall, 2), "noise_model": noise_model, "start": start_name,
             "probe": "known, fixed, not rescaled", "object_probe_ambiguity_removal": False,
             "batch_size": batch_size, "device": device, "ptychi": ptychi_version(),
-            "positions": "x - 0.5, y - 0.5 with origin (0, 0)"}
+            "positions": "x - 0.5, y - 0.5 with origin (0, 0)",
+            "valid_pixels": "all" if data.valid_pixels is None else int(np.count_nonzero(data.valid_pixels))}
     log.info("LSQML: %d epochs in %.1f s", epochs, wall)
     return obj, info
 

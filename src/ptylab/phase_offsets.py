@@ -315,6 +315,7 @@ class Evidence:
     y: np.ndarray
     probe: np.ndarray
     fit: ResolvedFit
+    valid_pixels: np.ndarray | None = None  # (N, N): the detector's measured pixels (all if None)
 
 
 def fit_offsets(canvas_of: Callable[[torch.Tensor], torch.Tensor], start: torch.Tensor, evidence: Evidence,
@@ -339,6 +340,9 @@ def fit_offsets(canvas_of: Callable[[torch.Tensor], torch.Tensor], start: torch.
     # sum over pixels, so unshifting the counts once replaces shifting every step's spectra.
     counts = torch.from_numpy(np.asarray(evidence.diff[patterns], np.float32)).to(dev).square()
     obs = torch.fft.ifftshift(counts, dim=(-2, -1))
+    valid = (None if evidence.valid_pixels is None else
+             torch.fft.ifftshift(torch.from_numpy(np.asarray(evidence.valid_pixels, bool)).to(dev), dim=(-2, -1)))
+    measured = float(n * n if valid is None else valid.sum())
     xs = torch.from_numpy(np.asarray(evidence.x[patterns], np.float64) - origin[1]).to(dev)
     ys = torch.from_numpy(np.asarray(evidence.y[patterns], np.float64) - origin[0]).to(dev)
 
@@ -350,14 +354,16 @@ def fit_offsets(canvas_of: Callable[[torch.Tensor], torch.Tensor], start: torch.
         canvas0 = canvas_of(start).to(FIT_COMPLEX)
         # Each chunk's windows are where its patterns sit on the canvas: the same at every step.
         windows = [window_taps(canvas0.shape, xs[sl], ys[sl], n, FIT_REAL) for sl in chunks]
-        scale = float(obs.sum()) / max(float(sum(unit_counts(canvas0, win).sum() for win in windows)), 1e-30)
+        weight = 1.0 if valid is None else valid.to(obs.dtype)
+        scale = float((obs * weight).sum()) / max(float(sum((unit_counts(canvas0, win) * weight).sum()
+                                                            for win in windows)), 1e-30)
 
     fit = evidence.fit
     # The priors as sums over the canvas's pixels against the likelihood's sum over the patterns'
     # (the loss is their mean, hence the ratio): one ``phase_tv`` or ``amplitude_tv`` is then the
     # same prior at any dose, scan density or pattern size, weaker beside the data where they hold
     # more counts.
-    per_pixel = canvas0.numel() / (len(patterns) * n * n)
+    per_pixel = canvas0.numel() / (len(patterns) * measured)
     priors = [(weight * per_pixel, variation) for weight, variation in
               ((fit.phase_tv, phase_variation), (fit.amplitude_tv, amplitude_variation)) if weight > 0]
     mix, q = shifted_terms(grid, fit.order)  # the terms at each patch's pixels: mix[:, m] @ q
@@ -407,7 +413,7 @@ def fit_offsets(canvas_of: Callable[[torch.Tensor], torch.Tensor], start: torch.
         total = torch.zeros((), device=dev)  # a tensor: no device sync per chunk
         # Gradients gathered on the canvas chunk by chunk, then sent to theta once.
         for sl, win in zip(chunks, windows, strict=True):
-            nll = poisson_nll(scale * unit_counts(leaf, win), obs[sl]) * (obs[sl].shape[0] / len(patterns))
+            nll = poisson_nll(scale * unit_counts(leaf, win), obs[sl], valid) * (obs[sl].shape[0] / len(patterns))
             nll.backward()
             total += nll.detach()
         for weight, variation in priors:

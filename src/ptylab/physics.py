@@ -156,9 +156,20 @@ def dose_scale(probe: np.ndarray, patches: np.ndarray | torch.Tensor, nphotons: 
     return float(np.sqrt(nphotons / energy))
 
 
-def poisson_nll(pred_counts: torch.Tensor, obs_counts: torch.Tensor) -> torch.Tensor:
-    """Poisson negative log-likelihood up to a data-only constant: mean(I_pred - I_obs log I_pred)."""
-    return (pred_counts - obs_counts * torch.log(pred_counts + EPS)).mean()
+def poisson_nll(pred_counts: torch.Tensor, obs_counts: torch.Tensor,
+                valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Poisson negative log-likelihood up to a data-only constant: mean(I_pred - I_obs log I_pred),
+    over the pixels ``valid`` (N, N) marks as measured where given (a blocked pixel's zero is no
+    observation of zero photons)."""
+    return masked_mean(pred_counts - obs_counts * torch.log(pred_counts + EPS), valid)
+
+
+def masked_mean(terms: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    """The mean of per-pixel ``terms`` (..., N, N) over the pixels ``valid`` (N, N) marks (all if None)."""
+    if valid is None:
+        return terms.mean()
+    weight = valid.to(terms.dtype)
+    return (terms * weight).sum() / (weight.sum() * (terms.numel() // weight.numel()))
 
 
 def poisson_sample(intensity: np.ndarray, rng: np.random.Generator) -> np.ndarray:

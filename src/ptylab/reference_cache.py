@@ -42,7 +42,7 @@ def split_digest(data: PtychoData) -> str:
     """SHA-256 of a split's content: every array (by name, shape and bytes) and its metadata."""
     h = hashlib.sha256()
     arrays = {"diff3d": data.diff3d, "xcoords": data.xcoords, "ycoords": data.ycoords, "probe": data.probe,
-              "obj": data.obj, "Y": data.Y, "scan_index": data.scan_index}
+              "obj": data.obj, "Y": data.Y, "scan_index": data.scan_index, "valid_pixels": data.valid_pixels}
     for name, array in arrays.items():
         if array is None:
             continue

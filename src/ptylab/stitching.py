@@ -240,7 +240,7 @@ def reconstruct(model: PtychoModule, data: PtychoData, gridsize: int, neighbours
     groups = group_positions(data.xcoords, data.ycoords, gridsize, neighbours)
     crop = crop or data.N // 2
     with tempfile.TemporaryFile(prefix=".ptylab-crops-", dir=scratch_dir) as scratch:
-        transforms = averaged_transforms(data.probe, average_symmetries)
+        transforms = averaged_transforms(data.probe, average_symmetries, data.valid_pixels)
         if average_symmetries != "none":
             log.info("averaging each prediction over %d of the probe's symmetries (%s)%s", len(transforms),
                      average_symmetries,
@@ -272,7 +272,7 @@ def _stitch_groups(crops: np.ndarray, groups: Groups, data: PtychoData, crop: in
     flat = groups.indices.ravel()
     illumination = np.abs(data.probe) ** 2
     evidence = (Evidence(data.diff3d, flat, data.xcoords, data.ycoords, data.probe,
-                         offset_fit.for_counts(data.mean_counts))
+                         offset_fit.for_counts(data.mean_counts), data.valid_pixels)
                 if offset_fit is not None and offset_fit.active else None)
     return stitch(crops, data.xcoords[flat], data.ycoords[flat], data.obj.shape, crop, sync_phase,
                   illumination / illumination.max(), illuminated_bbox(data), tile_patches, evidence, device,

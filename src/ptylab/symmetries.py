@@ -56,14 +56,18 @@ def transform_offsets(offsets: np.ndarray, t: int) -> np.ndarray:
     return np.stack((dx, dy), axis=-1)
 
 
-def probe_symmetries(probe: np.ndarray, rtol: float = PROBE_RTOL) -> tuple[int, ...]:
-    """The transforms that leave ``probe`` unchanged to ``rtol`` of its norm (always the identity)."""
+def probe_symmetries(probe: np.ndarray, valid_pixels: np.ndarray | None = None,
+                     rtol: float = PROBE_RTOL) -> tuple[int, ...]:
+    """The transforms that leave ``probe`` unchanged to ``rtol`` of its norm (always the identity)
+    and, where the detector has unmeasured pixels, its mask ``valid_pixels`` exactly: a transformed
+    pattern's blocked pixels must be those the likelihood leaves out."""
     p = np.asarray(probe, dtype=np.complex128)
     norm = float(np.linalg.norm(p))
     if norm == 0:
         return (0,)
     return tuple(t for t in TRANSFORMS
-                 if float(np.linalg.norm(transform_images(p, t) - p)) <= rtol * norm)
+                 if float(np.linalg.norm(transform_images(p, t) - p)) <= rtol * norm
+                 and (valid_pixels is None or np.array_equal(transform_images(valid_pixels, t), valid_pixels)))
 
 
 # Which of the probe's symmetries an evaluation averages its predictions over
@@ -88,12 +92,12 @@ def _require_known(average: str, given: object) -> None:
         raise ValueError(f"expected one of {', '.join(SYMMETRY_AVERAGES)}, got {given!r}")
 
 
-def averaged_transforms(probe: np.ndarray, average: str) -> tuple[int, ...]:
-    """The transforms an ``average`` of ``SYMMETRY_AVERAGES`` predicts under for ``probe``: always
-    the identity, plus those of the probe's symmetries it names. Old bools are read at the
-    boundaries (config validation, bundle loading) by ``symmetry_average``, not here."""
+def averaged_transforms(probe: np.ndarray, average: str, valid_pixels: np.ndarray | None = None) -> tuple[int, ...]:
+    """The transforms an ``average`` of ``SYMMETRY_AVERAGES`` predicts under for ``probe`` (and the
+    detector's mask): always the identity, plus those of the symmetries it names. Old bools are
+    read at the boundaries (config validation, bundle loading) by ``symmetry_average``, not here."""
     _require_known(average, average)
     if average == "none":
         return (0,)
-    found = probe_symmetries(probe)
+    found = probe_symmetries(probe, valid_pixels)
     return found if average == "all" else tuple(t for t in found if t in (0, POINT_REFLECTION))

@@ -202,10 +202,10 @@ def augmentation(model_cfg: ModelConfig, train: PtychoData) -> tuple[int, ...]:
     """The symmetry transforms training draws from: the probe's, when the model asks for them."""
     if not model_cfg.augment_symmetries:
         return (0,)
-    transforms = probe_symmetries(train.probe)
+    transforms = probe_symmetries(train.probe, train.valid_pixels)
     if len(transforms) == 1:
-        log.warning("model.augment_symmetries: the probe has no mirror or rotation symmetry; training on the "
-                    "groups as measured")
+        log.warning("model.augment_symmetries: the probe%s has no mirror or rotation symmetry; training on the "
+                    "groups as measured", "" if train.valid_pixels is None else " with the detector's mask")
     else:
         log.info("training on the groups under %d symmetries of the probe", len(transforms))
     return transforms
@@ -270,9 +270,10 @@ def fit(model_cfg: ModelConfig, gridsize: int, seed: int, train: PtychoData, tra
     y = train.Y if isinstance(model_cfg, SupervisedConfig) else None
     per_step, per_epoch = batch_plan(model, model_cfg.batch_size, gridsize)
     transforms = augmentation(model_cfg, train)
-    train_loader = make_loader(GroupedPatterns(train.diff3d, _subset(groups, tr), y), per_step, True, seed, per_epoch,
-                               transforms)
-    val_loader = (make_loader(GroupedPatterns(train.diff3d, _subset(groups, va), y), per_step, False, seed)
+    valid = train.valid_pixels
+    train_loader = make_loader(GroupedPatterns(train.diff3d, _subset(groups, tr), y, valid), per_step, True, seed,
+                               per_epoch, transforms)
+    val_loader = (make_loader(GroupedPatterns(train.diff3d, _subset(groups, va), y, valid), per_step, False, seed)
                   if va.size else None)
     trainer_kwargs = whole_epoch_budget(trainer_kwargs, len(train_loader))
     trainer, checkpoint = build_trainer(trainer_kwargs, run_dir, model_cfg.early_stop_patience, len(train_loader),

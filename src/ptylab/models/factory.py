@@ -22,12 +22,19 @@ log = logging.getLogger(__name__)
 
 def derived_intensity_scale(train: PtychoData, reference_amplitude: float = 1.0) -> float:
     """Intensity scale for data that do not state one: match the mean counts to a flat object of
-    amplitude ``reference_amplitude`` under the probe (Parseval: sum |F(P O)|^2 = sum |P|^2 |O|^2).
+    amplitude ``reference_amplitude`` under the probe (Parseval: sum |F(P O)|^2 = sum |P|^2 |O|^2;
+    where the detector has unmeasured pixels, the flat object's far field on the measured ones).
 
     The model's amplitudes then come out as the true ones times reference / (the object's RMS
     amplitude), whatever the user's units. Computed in chunks.
     """
-    return float(np.sqrt(train.mean_counts / float((np.abs(train.probe) ** 2).sum()))) / reference_amplitude
+    probe = np.asarray(train.probe, np.complex128)
+    if train.valid_pixels is None:
+        energy = float((np.abs(probe) ** 2).sum())
+    else:
+        far = np.abs(np.fft.fftshift(np.fft.fft2(probe, norm="ortho"))) ** 2
+        energy = float(far[np.asarray(train.valid_pixels, bool)].sum())
+    return float(np.sqrt(train.mean_counts / energy)) / reference_amplitude
 
 
 # The overlap merge weighted by the probe's intensity between these counts per pattern, when

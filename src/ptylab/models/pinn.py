@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ..phase_offsets import polynomials
-from ..physics import far_field, poisson_nll
+from ..physics import far_field, masked_mean, poisson_nll
 from .base import PtychoModule
 from .overlap import merge_overlaps
 
@@ -109,7 +109,8 @@ class PINN(PtychoModule):
         patches = self.patches_from(amp, phase)
         pred = self.predicted_counts(self.objects_from(patches, batch["offsets"]))
         counts = diff.square()
-        nll = poisson_nll(pred, counts)
+        valid = batch.get("valid")
+        nll = poisson_nll(pred, counts, valid)
         out = {"nll": nll}
         loss = self.hparams["nll_weight"] * nll
         if self.hparams["own_patch_weight"] > 0 and patches.shape[1] > 1:
@@ -118,7 +119,7 @@ class PINN(PtychoModule):
             own_patches = patches
             if self.hparams["own_patch_ramps"] == "removed":
                 own_patches = self.patches_from(amp, self.without_ramps(phase))
-            own = poisson_nll(self.predicted_counts(own_patches), counts)
+            own = poisson_nll(self.predicted_counts(own_patches), counts, valid)
             out["own_nll"] = own
             loss = loss + self.hparams["own_patch_weight"] * own
         if self.hparams["phase_tv"] > 0:
@@ -128,7 +129,7 @@ class PINN(PtychoModule):
             out["phase_tv"] = tv
             loss = loss + self.hparams["phase_tv"] * counts.mean() * tv
         if self.hparams["mae_weight"] > 0:
-            mae = (pred.sqrt() - diff).abs().mean()
+            mae = masked_mean((pred.sqrt() - diff).abs(), valid)
             out["mae"] = mae
             loss = loss + self.hparams["mae_weight"] * mae
         out["loss"] = loss
