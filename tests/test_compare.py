@@ -3,6 +3,7 @@
 import csv
 import json
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -230,3 +231,24 @@ def test_lsqml_keeps_the_lead_of_a_good_start(small_dataset_cfg, tmp_path):
     ref = score_reconstruction(Stitched(flat, ones, bbox), test.obj, EvalConfig())
     assert got["phase"]["ssim"] > ref["phase"]["ssim"] + 0.1
     assert got["amplitude"]["pearson"] > ref["amplitude"]["pearson"]
+
+
+@pytest.mark.skipif(not ptychi_available(), reason="pty-chi is not installed here (make ptychi builds .venv-ptychi)")
+def test_lsqml_leaves_out_the_pixels_the_detector_did_not_measure(small_dataset_cfg, tmp_path):
+    """Behind a beamstop: LSQML given the mask reconstructs about as from the whole patterns; read
+    as measured zeros, the blocked direct beam spoils it (pty-chi's valid_pixel_mask)."""
+    from ptylab.datasets import load_or_simulate
+    from ptylab.lsqml import run_lsqml
+
+    test = load_or_simulate(small_dataset_cfg, 1e4, 0, tmp_path).test
+    c = test.N // 2
+    valid = np.ones((test.N, test.N), bool)
+    valid[c - 1 : c + 2, c - 1 : c + 2] = False
+    blocked = replace(test, diff3d=np.where(valid, test.diff3d, 0).astype(np.float32))
+    bbox, ones = illuminated_bbox(test), np.ones(test.obj.shape, np.float32)
+    scores, infos = {}, {}
+    for name, data in (("whole", test), ("masked", replace(blocked, valid_pixels=valid)), ("unmasked", blocked)):
+        obj, infos[name] = run_lsqml(data, epochs=30)
+        scores[name] = score_reconstruction(Stitched(obj, ones, bbox), test.obj, EvalConfig())["amplitude"]["pearson"]
+    assert infos["masked"]["valid_pixels"] == test.N**2 - 9 and infos["whole"]["valid_pixels"] == "all"
+    assert scores["masked"] > scores["whole"] - 0.05 and scores["masked"] > scores["unmasked"] + 0.1, scores

@@ -78,6 +78,7 @@ def test_a_misspelt_config_choice_lists_the_configs_not_their_schemas(override, 
     (["model.neighbours=0"], "model.neighbours=0"),
     (["dataset.N=30"], "dataset.N=30"),
     (["dataset.scan_pattern=fermat", "dataset.scan_jitter=0.5"], "dataset.scan_jitter=0.5"),
+    (["dataset.beamstop_radius=20"], "dataset.beamstop_radius=20.0"),  # more than N/4
     (["model.val_fraction=1.0"], "model.val_fraction=1.0"),
     ([f"eval.offset_fit_order={NO_SUCH_ORDER}"], f"eval.offset_fit_order={NO_SUCH_ORDER}"),
     (["eval.offset_fit_average=1.0"], "eval.offset_fit_average=1.0"),

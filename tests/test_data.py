@@ -240,3 +240,30 @@ def test_counts_and_patterns_with_zero_frequency_in_the_corners_are_refused(tmp_
         read_dataset(_save(tmp_path / "corners.npz", {**arrays, "diff3d": corners}))
     assert info.value.key == "diff3d" and "zero frequency at the corners" in str(info.value)
     assert "np.fft.fftshift" in str(info.value)
+
+
+def test_a_detector_mask_round_trips_and_a_bad_one_is_refused_naming_it(tmp_path):
+    """``valid_pixels`` (N, N), True where the detector measured; the pixels it leaves out must
+    hold 0 (so totals and the network's input need no mask of their own)."""
+    arrays = _valid()
+    valid = np.ones((8, 8), bool)
+    valid[3:5, 3:5] = False
+    arrays["diff3d"][:, ~valid] = 0
+    data = read_dataset(_save(tmp_path / "masked.npz", {**arrays, "valid_pixels": valid.astype(np.uint8)}))
+    np.testing.assert_array_equal(data.valid_pixels, valid)
+    assert data.subset(np.array([0, 2])).valid_pixels is data.valid_pixels
+    for name in ("again.npz", "again.h5"):
+        write_dataset(tmp_path / name, data)
+        np.testing.assert_array_equal(read_dataset(tmp_path / name).valid_pixels, valid)
+    assert read_dataset(_save(tmp_path / "plain.npz", _valid())).valid_pixels is None
+
+    bad = {
+        "shape": ({**arrays, "valid_pixels": np.ones((8, 7), bool)}, "valid_pixels", "(8, 7) bool"),
+        "values": ({**arrays, "valid_pixels": np.full((8, 8), 2)}, "valid_pixels", "(8, 8) int"),
+        "inverted": ({**arrays, "valid_pixels": ~valid}, "valid_pixels", "at least 50% of the pixels measured"),
+        "counts": ({**_valid(), "valid_pixels": valid}, "diff3d", "0 at every pixel valid_pixels marks unmeasured"),
+    }
+    for case, (content, key, needle) in bad.items():
+        with pytest.raises(DataError) as info:
+            read_dataset(_save(tmp_path / f"{case}.npz", content))
+        assert info.value.key == key and needle in str(info.value), (case, str(info.value))

@@ -83,3 +83,21 @@ def test_a_data_fit_no_better_than_a_reference_is_flagged():
     assert flat_image_flags(scores) == []
     assert fit_alone_flags(scores) == ["data fit 2.400 x the noise floor does not beat the offset fit on flat "
                                        "patches (2.300)"]
+
+
+def _behind_a_beamstop(data, half: int = 2):
+    """``data`` with the central (2 half + 1)^2 pixels of every pattern blocked (zero) and masked."""
+    c = data.N // 2
+    valid = np.ones((data.N, data.N), bool)
+    valid[c - half : c + half + 1, c - half : c + half + 1] = False
+    return replace(data, diff3d=np.where(valid, data.diff3d, 0).astype(np.float32), valid_pixels=valid)
+
+
+def test_pixels_the_detector_did_not_measure_are_left_out_of_the_data_fit(simulated):
+    """Behind a beamstop the counts are zero, not measured zeros: with the mask the truth explains
+    what was measured to the noise; without it the blocked direct beam is read as missing photons."""
+    blocked = _behind_a_beamstop(simulated)
+    assert data_fit(blocked.obj, blocked).ratio == pytest.approx(1.0, abs=0.03)
+    assert data_fit(blocked.obj, replace(blocked, valid_pixels=None)).ratio > 5
+    flat = data_fit(np.ones_like(blocked.obj), blocked)
+    assert flat.ratio > 3 * data_fit(blocked.obj, blocked).ratio

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from ptylab.data import read_dataset, write_dataset
+from ptylab.datasets import load_or_simulate
 from ptylab.physics import (
     dose_scale,
     effective_probe_radius,
@@ -13,11 +14,13 @@ from ptylab.physics import (
     far_field,
     fermat_scan,
     make_probe,
+    poisson_nll,
     raster_scan,
     uncentred_intensity,
     window_taps,
 )
 from ptylab.simulate import simulate
+from ptylab.symmetries import TRANSFORMS, probe_symmetries
 
 
 def test_far_field_conserves_energy():
@@ -115,6 +118,25 @@ def test_split_is_by_position(small_dataset_cfg, pattern):
     np.testing.assert_array_equal(x, expected)
 
 
+def test_a_simulated_beamstop_blocks_its_disc_and_the_data_carry_the_mask(small_dataset_cfg, tmp_path):
+    """``dataset.beamstop_radius``: the patterns hold 0 inside the disc and the same counts as
+    without it outside (one noise draw), the mask travels with both splits and through the cache,
+    and a centred disc keeps every symmetry the probe has."""
+    open_train, _, _ = simulate(small_dataset_cfg, 1e3, seed=3)
+    train, test, _ = simulate(replace(small_dataset_cfg, beamstop_radius=2.5), 1e3, seed=3)
+    valid = train.valid_pixels
+    assert valid is not None and int((~valid).sum()) == 21  # the pixels closer than 2.5 px to the centre
+    np.testing.assert_array_equal(test.valid_pixels, valid)
+    assert not train.diff3d[:, ~valid].any()
+    np.testing.assert_array_equal(train.diff3d[:, valid], open_train.diff3d[:, valid])
+    assert open_train.valid_pixels is None
+    assert probe_symmetries(train.probe, valid) == probe_symmetries(train.probe) == TRANSFORMS
+    cached = load_or_simulate(replace(small_dataset_cfg, beamstop_radius=2.5), 1e3, 3, tmp_path)
+    np.testing.assert_array_equal(cached.train.valid_pixels, valid)
+    (entry,) = tmp_path.glob("*/train.npz")
+    np.testing.assert_array_equal(read_dataset(entry).valid_pixels, valid)
+
+
 def test_same_seed_gives_identical_bytes_other_seed_other_noise(small_dataset_cfg, tmp_path):
     a_train, _, _ = simulate(small_dataset_cfg, 1e3, seed=7)
     b_train, _, _ = simulate(small_dataset_cfg, 1e3, seed=7)
@@ -131,3 +153,22 @@ def test_same_seed_gives_identical_bytes_other_seed_other_noise(small_dataset_cf
 
 def test_effective_radius_of_a_sharp_disc_is_its_radius():
     assert effective_probe_radius(make_probe(64, 22, 0.0)) == pytest.approx(11, rel=0.03)
+
+
+def test_the_likelihood_leaves_out_the_pixels_the_detector_did_not_measure():
+    """Masked pixels carry no observation: whatever they hold or are predicted to hold, the masked
+    NLL is the mean over the measured pixels alone; an all-true mask is no mask."""
+    rng = np.random.default_rng(3)
+    pred = torch.from_numpy(rng.uniform(0.5, 5, (4, 2, 8, 8)))
+    obs = torch.from_numpy(rng.poisson(2.0, (4, 2, 8, 8)).astype(np.float64))
+    valid = torch.ones(8, 8, dtype=torch.bool)
+    valid[3:6, 3:6] = False
+    masked = poisson_nll(pred, obs, valid)
+    changed_obs, changed_pred = obs.clone(), pred.clone()
+    changed_obs[..., 3:6, 3:6] = 1e4
+    changed_pred[..., 3:6, 3:6] = 1e-3
+    assert poisson_nll(changed_pred, changed_obs, valid) == pytest.approx(float(masked), rel=1e-12)
+    terms = pred - obs * torch.log(pred + 1e-6)  # physics.EPS
+    assert float(masked) == pytest.approx(float(terms[..., valid].mean()), rel=1e-9)
+    assert float(poisson_nll(pred, obs, torch.ones(8, 8, dtype=torch.bool))) == pytest.approx(
+        float(poisson_nll(pred, obs)), rel=1e-12)

@@ -164,3 +164,20 @@ def test_each_distinct_pattern_predicted_once_gives_every_groups_own_prediction(
             for idx, off in zip(groups.indices, groups.offsets, strict=True)])
     assert len(np.unique(groups.indices)) < groups.indices.size  # patterns are shared between groups
     np.testing.assert_allclose(shared, own, rtol=0, atol=1e-5 * float(np.abs(own).max()))
+
+
+def test_the_symmetries_used_keep_the_detectors_mask_too():
+    """A transformed pattern's unmeasured pixels must be those its likelihood leaves out: a centred
+    beamstop keeps every symmetry of a disc probe, a dead column off the centre only those that
+    leave its column where it is."""
+    n = 16
+    yy, xx = np.mgrid[:n, :n] - n // 2
+    disc = (np.hypot(yy, xx) < 4).astype(np.complex64)
+    beamstop = np.ones((n, n), bool)
+    beamstop[n // 2 - 1 : n // 2 + 2, n // 2 - 1 : n // 2 + 2] = False
+    assert probe_symmetries(disc, beamstop) == TRANSFORMS
+    dead_column = np.ones((n, n), bool)
+    dead_column[:, 11] = False
+    assert probe_symmetries(disc, dead_column) == (0, 1)  # the row mirror alone
+    assert averaged_transforms(disc, "all", dead_column) == (0, 1)
+    assert averaged_transforms(disc, "point", dead_column) == (0,)

@@ -153,6 +153,10 @@ class EmbeddedDatasetConfig:
     # A raster prints its step into what the scan cannot pin down (the "raster grid pathology");
     # a spiral has no period to print. The embedded default stays the raster its references use.
     scan_pattern: ScanPattern = ScanPattern.raster
+    # A beamstop over the direct beam: the detector measures nothing closer than this many pixels to
+    # the patterns' centre (0: none). Its patterns hold 0 there and carry the mask (valid_pixels);
+    # the dose counts the photons before it.
+    beamstop_radius: float = 0.0
 
     def __post_init__(self) -> None:
         _check(self.N >= PATTERN_MULTIPLE and self.N % PATTERN_MULTIPLE == 0, "dataset.N", self.N,
@@ -163,6 +167,8 @@ class EmbeddedDatasetConfig:
         _check(self.probe_diameter > 0, "dataset.probe_diameter", self.probe_diameter, "> 0")
         _check(self.scan_step > 0, "dataset.scan_step", self.scan_step, "> 0")
         _check(self.scan_jitter >= 0, "dataset.scan_jitter", self.scan_jitter, ">= 0")
+        _check(0 <= self.beamstop_radius <= self.N / 4, "dataset.beamstop_radius", self.beamstop_radius,
+               f">= 0 and at most N/4 = {self.N / 4:g} px (0: no beamstop)")
         _check(self.scan_jitter == 0 or self.scan_pattern == ScanPattern.raster, "dataset.scan_jitter",
                self.scan_jitter, "0 with dataset.scan_pattern=fermat (a spiral has no fast axis to jitter along)")
 

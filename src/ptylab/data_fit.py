@@ -102,34 +102,33 @@ def _exit_waves(canvas: torch.Tensor, data: PtychoData) -> Iterator[tuple[slice,
 
 
 def exit_wave_energy(obj: np.ndarray, data: PtychoData) -> float:
-    """The energy of ``obj``'s exit waves at ``data``'s positions: by Parseval, the total of the
-    far-field intensities it predicts there (unitary FFT), so that one factor puts an object in the
-    units of the measured counts without a far field (``data_fit``, ``lsqml.matched_start``)."""
+    """The far-field intensities ``obj`` predicts at ``data``'s positions (unitary FFT), summed over
+    the pixels the detector measured, so that one factor puts an object in the units of the measured
+    counts (``data_fit``, ``lsqml.matched_start``). By Parseval the exit waves' energy, with no far
+    field, where every pixel was measured."""
     canvas = torch.from_numpy(np.asarray(obj, np.complex64))
-    return sum(float(waves.abs().square().double().sum()) for _, waves in _exit_waves(canvas, data))
+    if data.valid_pixels is None:
+        return sum(float(waves.abs().square().double().sum()) for _, waves in _exit_waves(canvas, data))
+    valid = np.fft.ifftshift(np.asarray(data.valid_pixels, bool))
+    return sum(float(uncentred_intensity(waves).double().numpy()[..., valid].sum())
+               for _, waves in _exit_waves(canvas, data))
 
 
 def data_fit(obj: np.ndarray, data: PtychoData) -> DataFit:
     """How well ``obj`` (H, W complex, on ``data``'s object canvas) explains ``data``'s patterns.
 
-    The scale takes no far field: the unitary FFT keeps each exit wave's energy (Parseval), and
-    the measured total is ``data.mean_counts``, read once per split. The patterns are then
+    One scale matches the counts the object predicts on the measured pixels (``exit_wave_energy``,
+    without a far field where every pixel was measured) to the measured total, ``data.mean_counts``,
+    read once per split; pixels the detector did not measure are left out. The patterns are then
     predicted and scored a chunk at a time, so memory stays a chunk's whatever the split's size.
     The predictions are made on the CPU in single precision, as the offset fit makes them, so one
     object scores the same whatever device made it."""
-    canvas = torch.from_numpy(np.asarray(obj, np.complex64))
-    # Where the detector has unmeasured pixels the scale matches the counts on the measured ones,
-    # which takes a far field; Parseval gives it without one otherwise.
-    valid = None if data.valid_pixels is None else np.fft.ifftshift(np.asarray(data.valid_pixels, bool))
-    if valid is None:
-        energy, measured = exit_wave_energy(obj, data), data.mean_counts * data.n_positions
-    else:
-        energy = sum(float(uncentred_intensity(waves).double().numpy()[..., valid].sum())
-                     for _, waves in _exit_waves(canvas, data))
-        measured = data.mean_counts * data.n_positions  # unmeasured pixels hold 0 (the reader's check)
+    energy = exit_wave_energy(obj, data)
     if energy <= 0:
         raise ValueError("the object predicts no counts at the test positions (zero under the probe)")
-    scale = measured / energy
+    scale = data.mean_counts * data.n_positions / energy  # unmeasured pixels hold 0 (the reader's check)
+    canvas = torch.from_numpy(np.asarray(obj, np.complex64))
+    valid = None if data.valid_pixels is None else np.fft.ifftshift(np.asarray(data.valid_pixels, bool))
     per_pattern, per_floor = np.empty(data.n_positions), np.empty(data.n_positions)
     for sl, waves in _exit_waves(canvas, data):
         # A count where nothing is predicted costs a large deviance, not an infinite one.

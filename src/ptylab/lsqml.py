@@ -74,8 +74,8 @@ def matched_start(start: Stitched, data: PtychoData) -> np.ndarray:
 
     A network's amplitudes are in its own units (its intensity scale assumes an object of RMS
     amplitude ``model.reference_amplitude`` where the data state no scale); matching the total
-    counts (Parseval: sum |F(s P O)|^2 = s^2 sum |P O|^2, ``data_fit.exit_wave_energy``, the data
-    fit's own scale) puts any start in the units of LSQML's probe without knowing them.
+    counts (sum |F(s P O)|^2 = s^2 sum |F(P O)|^2 on the measured pixels, ``data_fit.exit_wave_energy``,
+    the data fit's own scale) puts any start in the units of LSQML's probe without knowing them.
     """
     stitched = start.obj != 0
     if not stitched.any():

@@ -72,6 +72,16 @@ def scan_positions(cfg: EmbeddedDatasetConfig, seed: int) -> tuple[np.ndarray, n
     return raster_scan(shape, cfg.N, cfg.scan_step, cfg.scan_jitter, stage_rng(seed, "scan"))
 
 
+def beamstop_mask(n: int, radius: float) -> np.ndarray | None:
+    """The detector's measured pixels (N, N) behind a round beamstop of ``radius`` px at the
+    patterns' centre pixel N//2 (None for radius 0). Round and centred, it keeps every symmetry a
+    disc probe has, so training still draws its transformed samples."""
+    if radius <= 0:
+        return None
+    yy, xx = np.mgrid[:n, :n] - n // 2
+    return np.hypot(yy, xx) >= radius
+
+
 def simulate(cfg: EmbeddedDatasetConfig, dose: float, seed: int) -> tuple[PtychoData, PtychoData, dict[str, Any]]:
     """Return (train, test, summary) for the embedded dataset at ``dose`` photons per pattern."""
     if dose <= 0:
@@ -92,6 +102,7 @@ def simulate(cfg: EmbeddedDatasetConfig, dose: float, seed: int) -> tuple[Ptycho
         exit_wave_intensity(probe_t, patches[i:i + CHUNK]) for i in range(0, x.size, CHUNK)
     ]).numpy() * scale**2
 
+    valid = beamstop_mask(cfg.N, cfg.beamstop_radius)
     is_train = y < obj.shape[0] / 2
     base_meta = {
         "source": "embedded",
@@ -107,6 +118,8 @@ def simulate(cfg: EmbeddedDatasetConfig, dose: float, seed: int) -> tuple[Ptycho
     for split, mask in (("train", is_train), ("test", ~is_train)):
         idx = np.flatnonzero(mask)
         counts = poisson_sample(intensity[idx], stage_rng(seed, "noise", float(dose), split))
+        if valid is not None:
+            counts[:, ~valid] = 0
         totals = counts.sum(axis=(1, 2))
         stats[split] = {
             "positions": int(idx.size),
@@ -122,6 +135,7 @@ def simulate(cfg: EmbeddedDatasetConfig, dose: float, seed: int) -> tuple[Ptycho
             Y=patches[idx].numpy().astype(np.complex64),
             scan_index=idx.astype(np.int64),
             metadata={**base_meta, "split": split},
+            valid_pixels=valid,
         )
     summary = {
         "positions": int(x.size),
