@@ -3,7 +3,8 @@
 The reader accepts what older files contain (key ``diffraction``, layout (N, N, M)) and never
 unpickles: NPZ files are opened with ``allow_pickle=False`` and an object array is rejected by
 name. Every rejection names the file, the key, what was expected and what was found, and lists the
-keys present.
+keys present. Beyond DESIGN's keys a file may carry ``valid_pixels`` (N, N), the detector's mask:
+the pixels it did not measure (a beamstop, module gaps) hold 0 and every likelihood leaves them out.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from .physics import patches_inside
 
 NPZ_MAGIC = b"PK\x03\x04"
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
-OPTIONAL_KEYS = ("Y", "scan_index", "metadata", "valid_pixels")
 
 
 class DataError(PtylabError, ValueError):

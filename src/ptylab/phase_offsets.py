@@ -354,9 +354,9 @@ def fit_offsets(canvas_of: Callable[[torch.Tensor], torch.Tensor], start: torch.
         canvas0 = canvas_of(start).to(FIT_COMPLEX)
         # Each chunk's windows are where its patterns sit on the canvas: the same at every step.
         windows = [window_taps(canvas0.shape, xs[sl], ys[sl], n, FIT_REAL) for sl in chunks]
-        weight = 1.0 if valid is None else valid.to(obs.dtype)
-        scale = float((obs * weight).sum()) / max(float(sum((unit_counts(canvas0, win) * weight).sum()
-                                                            for win in windows)), 1e-30)
+        on_detector = 1.0 if valid is None else valid.to(obs.dtype)
+        scale = float((obs * on_detector).sum()) / max(float(sum((unit_counts(canvas0, win) * on_detector).sum()
+                                                                 for win in windows)), 1e-30)
 
     fit = evidence.fit
     # The priors as sums over the canvas's pixels against the likelihood's sum over the patterns'
