@@ -28,11 +28,10 @@ def derived_intensity_scale(train: PtychoData, reference_amplitude: float = 1.0)
     The model's amplitudes then come out as the true ones times reference / (the object's RMS
     amplitude), whatever the user's units. Computed in chunks.
     """
-    probe = np.asarray(train.probe, np.complex128)
     if train.valid_pixels is None:
-        energy = float((np.abs(probe) ** 2).sum())
+        energy = float((np.abs(train.probe) ** 2).sum())
     else:
-        far = np.abs(np.fft.fftshift(np.fft.fft2(probe, norm="ortho"))) ** 2
+        far = np.abs(np.fft.fftshift(np.fft.fft2(np.asarray(train.probe, np.complex128), norm="ortho"))) ** 2
         energy = float(far[np.asarray(train.valid_pixels, bool)].sum())
     return float(np.sqrt(train.mean_counts / energy)) / reference_amplitude
 
