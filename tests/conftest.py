@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +16,10 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from ptylab.config import EmbeddedDatasetConfig as DatasetConfig
+from ptylab.data import PtychoData
 from ptylab.physics import extract_patches, make_object, raster_scan
 from ptylab.rng import stage_rng
+from ptylab.simulate import beamstop_mask
 from ptylab.training import LIGHTNING_NOISE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,6 +62,13 @@ def scan() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 @pytest.fixture
 def small_dataset_cfg() -> DatasetConfig:
     return DatasetConfig(**SMALL_DATASET)
+
+
+def behind_beamstop(data: PtychoData, radius: float) -> PtychoData:
+    """``data`` as measured behind a round beamstop of ``radius`` px (``simulate.beamstop_mask``):
+    its patterns 0 there and the mask with them (radius 1.5: the central 3 x 3 pixels; 2.9: 5 x 5)."""
+    valid = beamstop_mask(data.N, radius)
+    return replace(data, diff3d=np.where(valid, data.diff3d, 0).astype(np.float32), valid_pixels=valid)
 
 
 def compose_config(overrides: list[str], name: str = "train") -> DictConfig:

@@ -15,7 +15,7 @@ from ptylab.stages.compare import compare
 from ptylab.stages.train import run_job
 from ptylab.stitching import Stitched, illuminated_bbox
 
-from .conftest import PLUMBING, ROOT, SMALL_OVERRIDES, TINY_TRAIN, compose_config, run_script
+from .conftest import PLUMBING, ROOT, SMALL_OVERRIDES, TINY_TRAIN, behind_beamstop, compose_config, run_script
 
 
 def test_compare_lists_every_run_with_numbers_or_reasons(tmp_path):
@@ -241,13 +241,10 @@ def test_lsqml_leaves_out_the_pixels_the_detector_did_not_measure(small_dataset_
     from ptylab.lsqml import run_lsqml
 
     test = load_or_simulate(small_dataset_cfg, 1e4, 0, tmp_path).test
-    c = test.N // 2
-    valid = np.ones((test.N, test.N), bool)
-    valid[c - 1 : c + 2, c - 1 : c + 2] = False
-    blocked = replace(test, diff3d=np.where(valid, test.diff3d, 0).astype(np.float32))
+    masked = behind_beamstop(test, 1.5)  # the central 3 x 3 pixels
     bbox, ones = illuminated_bbox(test), np.ones(test.obj.shape, np.float32)
     scores, infos = {}, {}
-    for name, data in (("whole", test), ("masked", replace(blocked, valid_pixels=valid)), ("unmasked", blocked)):
+    for name, data in (("whole", test), ("masked", masked), ("unmasked", replace(masked, valid_pixels=None))):
         obj, infos[name] = run_lsqml(data, epochs=30)
         scores[name] = score_reconstruction(Stitched(obj, ones, bbox), test.obj, EvalConfig())["amplitude"]["pearson"]
     assert infos["masked"]["valid_pixels"] == test.N**2 - 9 and infos["whole"]["valid_pixels"] == "all"

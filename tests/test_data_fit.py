@@ -13,7 +13,7 @@ from ptylab.data_fit import FLOOR_TABLE, data_fit, deviance, expected_deviance, 
 from ptylab.evaluation import DATA_FIT, fit_alone_flags, flat_image_flags
 from ptylab.simulate import simulate
 
-from .conftest import SMALL_DATASET
+from .conftest import SMALL_DATASET, behind_beamstop
 
 
 @pytest.mark.parametrize("mean", [3e-4, 0.05, 0.7, 3.0, 40.0, 2500.0])
@@ -85,18 +85,10 @@ def test_a_data_fit_no_better_than_a_reference_is_flagged():
                                        "patches (2.300)"]
 
 
-def _behind_a_beamstop(data, half: int = 2):
-    """``data`` with the central (2 half + 1)^2 pixels of every pattern blocked (zero) and masked."""
-    c = data.N // 2
-    valid = np.ones((data.N, data.N), bool)
-    valid[c - half : c + half + 1, c - half : c + half + 1] = False
-    return replace(data, diff3d=np.where(valid, data.diff3d, 0).astype(np.float32), valid_pixels=valid)
-
-
 def test_pixels_the_detector_did_not_measure_are_left_out_of_the_data_fit(simulated):
     """Behind a beamstop the counts are zero, not measured zeros: with the mask the truth explains
     what was measured to the noise; without it the blocked direct beam is read as missing photons."""
-    blocked = _behind_a_beamstop(simulated)
+    blocked = behind_beamstop(simulated, 2.9)  # the central 5 x 5 pixels
     assert data_fit(blocked.obj, blocked).ratio == pytest.approx(1.0, abs=0.03)
     assert data_fit(blocked.obj, replace(blocked, valid_pixels=None)).ratio > 5
     flat = data_fit(np.ones_like(blocked.obj), blocked)

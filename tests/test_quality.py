@@ -7,7 +7,6 @@ flat-image comparison are the scores a flat or collapsed reconstruction cannot r
 """
 
 import json
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -20,7 +19,7 @@ from ptylab.stages.simulate import run_simulate
 from ptylab.stages.train import run_job, summary_line
 from ptylab.stitching import OBJECT_FILE, read_object
 
-from .conftest import SMALL_OVERRIDES, compose_config
+from .conftest import SMALL_OVERRIDES, behind_beamstop, compose_config
 
 # Separate decoders as by default, but at the encoder's width: at half the width of these tiny
 # filters (4 to 16) the embedded job's amplitude fell below the flat image (SSIM 0.461 vs 0.483,
@@ -187,12 +186,7 @@ def test_user_style_files_behind_a_beamstop_reconstruct_when_the_detector_mask_s
     floor (at full size docs/quality.md, "A beamstop and the detector's mask")."""
     files = []
     for path in user_files:
-        data = read_dataset(path)
-        c = data.N // 2
-        valid = np.ones((data.N, data.N), bool)
-        valid[c - 1 : c + 2, c - 1 : c + 2] = False
-        write_dataset(tmp_path / path.name, replace(data, diff3d=np.where(valid, data.diff3d, 0).astype(np.float32),
-                                                    valid_pixels=valid))
+        write_dataset(tmp_path / path.name, behind_beamstop(read_dataset(path), 1.5))  # the central 3 x 3 pixels
         files.append(tmp_path / path.name)
     record = run_job(compose_config([f"paths.output_root={tmp_path}", "dose=10000", "dataset=npz", "view=full",
                                      f"dataset.train_file={files[0]}", f"dataset.test_file={files[1]}", *TINY_NET,

@@ -17,11 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from .config import NETWORK_LEVELS, PATTERN_MULTIPLE
 from .errors import PtylabError
 from .fileio import atomic_write_with
-from .physics import patches_inside
+from .metrics import pearson
+from .physics import far_field, patches_inside
 
 NPZ_MAGIC = b"PK\x03\x04"
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
@@ -351,18 +353,12 @@ def _check_patterns_as_measured(path: Path, key: str, amplitudes: np.ndarray, pr
                         f"whole numbers in {np.mean(large == np.round(large)):.1%} of its {large.size} values of 2 "
                         "or more, as counts are (store np.sqrt(counts))", keys)
     mean_intensity = np.square(amplitudes, dtype=np.float64).mean(axis=0)
-    far_field = np.abs(np.fft.fftshift(np.fft.fft2(probe))) ** 2
-    centred, cornered = (_correlation(mean_intensity, f) for f in (far_field, np.fft.ifftshift(far_field)))
+    probe_far = far_field(torch.from_numpy(np.asarray(probe))).abs().square().double().numpy()
+    centred, cornered = (pearson(mean_intensity, f) for f in (probe_far, np.fft.ifftshift(probe_far)))
     if cornered > FAR_FIELD_MATCH and centred < FAR_FIELD_MATCH:
         raise DataError(path, key, "patterns with zero frequency at the centre (np.fft.fftshift of an FFT)",
                         f"zero frequency at the corners: the mean pattern matches the probe's far field "
                         f"shifted to the corners (correlation {cornered:.2f}, centred {centred:.2f})", keys)
-
-
-def _correlation(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a - a.mean(), b - b.mean()
-    norm = float(np.sqrt((a * a).sum() * (b * b).sum()))
-    return float((a * b).sum()) / norm if norm > 0 else 0.0
 
 
 def validate(path: str | Path, raw: dict[str, Any]) -> PtychoData:

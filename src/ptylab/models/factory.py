@@ -13,6 +13,7 @@ from ..bundle import BundleError, load_bundle
 from ..config import MergeWeight, ModelConfig, PinnConfig, SupervisedConfig
 from ..data import PtychoData
 from ..errors import ConfigError, PtylabError
+from ..physics import far_field
 from .base import PtychoModule
 from .pinn import PINN
 from .supervised import Supervised
@@ -31,8 +32,8 @@ def derived_intensity_scale(train: PtychoData, reference_amplitude: float = 1.0)
     if train.valid_pixels is None:
         energy = float((np.abs(train.probe) ** 2).sum())
     else:
-        far = np.abs(np.fft.fftshift(np.fft.fft2(np.asarray(train.probe, np.complex128), norm="ortho"))) ** 2
-        energy = float(far[np.asarray(train.valid_pixels, bool)].sum())
+        probe = torch.from_numpy(np.asarray(train.probe, np.complex128))
+        energy = float(far_field(probe).abs().square()[torch.from_numpy(np.asarray(train.valid_pixels, bool))].sum())
     return float(np.sqrt(train.mean_counts / energy)) / reference_amplitude
 
 
