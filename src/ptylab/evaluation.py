@@ -29,7 +29,7 @@ from .models import PtychoModule
 from .patch_scores import median_crops, patch_agreement
 from .phase_offsets import OffsetFit, ResolvedFit
 from .phase_plane import keep_plane
-from .stitching import OBJECT_FILE, Stitched, reconstruct, reconstruct_flat, write_object
+from .stitching import OBJECT_FILE, Region, Stitched, reconstruct, reconstruct_flat, write_object
 from .timing import Stopwatch
 
 log = logging.getLogger(__name__)
@@ -250,7 +250,7 @@ def split_references(metrics: dict[str, Any], source: str) -> SplitReferences:
 
 
 def fit_alone_scores(test: PtychoData, gridsize: int, neighbours: int, cfg: EvalConfig,
-                     fit: OffsetFit, device: str = "cpu") -> FitAlone:
+                     fit: OffsetFit, device: str = "cpu", region: Region | None = None) -> FitAlone:
     """SSIM, PSNR, correlation and FRC50 of the offset fit ``fit`` (the network's settings)
     applied to flat patches (no network), and how well that object explains the test patterns.
 
@@ -260,7 +260,7 @@ def fit_alone_scores(test: PtychoData, gridsize: int, neighbours: int, cfg: Eval
     adds, as the flat image shows what any reconstruction adds.
     """
     stitched = reconstruct_flat(test, gridsize, neighbours, cfg.stitch_crop, cfg.sync_phase, cfg.tile_patches, fit,
-                                device)
+                                device, region)
     return FitAlone(reference_of(stitched, test.obj, cfg).scores, data_fit(stitched.obj, test).ratio)
 
 
@@ -385,7 +385,7 @@ def _log_outcome(title: str, metrics: dict[str, Any]) -> None:
 def evaluate_reconstruction(model: PtychoModule, test: PtychoData, gridsize: int, neighbours: int,
                             cfg: EvalConfig, run_dir: Path, title: str,
                             references: SplitReferences | None = None, device: str = "cpu",
-                            plane_from: Stitched | None = None) -> dict[str, Any]:
+                            plane_from: Stitched | None = None, region: Region | None = None) -> dict[str, Any]:
     """Reconstruct, score and write ``metrics.json`` with its figures, and the stitched object as
     reconstructed (``object.npz``, ``stitching.write_object``). With ``plane_from`` (the refined
     arm is given the single pass's object) the reconstruction takes that object's field-wide phase
@@ -401,7 +401,8 @@ def evaluate_reconstruction(model: PtychoModule, test: PtychoData, gridsize: int
     those references. The test split's own references (the fit alone, the flat object's and the
     truth's data fits) are computed here unless given, as the refined arm is given the single
     pass's (``split_references``) and a job the cache's (``reference_cache``); ``REFERENCES_FROM``
-    records where given ones were computed.
+    records where given ones were computed. ``region``: the evaluated area where it is not
+    ``test``'s own (``stitching.reconstruct``).
     ``inference_s`` times this method's reconstruction and ``evaluate_s`` its scoring too; each
     reference computed here has its own time (``patch_scores_s``, ``network_alone_s``,
     ``fit_alone_s``, ``data_fit_s``; None where it was not computed), kept out of the method's. The
@@ -415,7 +416,7 @@ def evaluate_reconstruction(model: PtychoModule, test: PtychoData, gridsize: int
         stitched = reconstruct(model, test, gridsize, neighbours, cfg.stitch_crop, cfg.batch_size,
                                sync_phase=cfg.sync_phase, tile_patches=cfg.tile_patches, scratch_dir=run_dir,
                                offset_fit=settings, average_symmetries=cfg.average_symmetries, device=device,
-                               also_unfitted=cfg.network_alone, inspect_crops=patches)
+                               also_unfitted=cfg.network_alone, inspect_crops=patches, region=region)
     kept = None
     if plane_from is not None:
         with watch("data_fit_s"):  # the record that the patterns cannot see the plane, not the method's time
@@ -444,7 +445,7 @@ def evaluate_reconstruction(model: PtychoModule, test: PtychoData, gridsize: int
         if fit_alone is None:
             log.info("%s: the fit-alone reference (the same offset fit on flat patches)", title)
             with watch("fit_alone_s"):
-                fit_alone = fit_alone_scores(test, gridsize, neighbours, cfg, settings, device)  # the same fit
+                fit_alone = fit_alone_scores(test, gridsize, neighbours, cfg, settings, device, region)  # the same fit
         scores[DATA_FIT][FIT_ALONE] = fit_alone.data_fit
     for part in PARTS:
         scores[part][PATCH_CORR] = patches.scores[part]

@@ -106,6 +106,9 @@ class JobRecord:
     flat_image_flags: list[str] | None = None
     fit_alone_flags: list[str] | None = None  # scores the offset fit on flat patches reaches too
     refined: dict[str, Any] | None = None  # the refined arm: steps, time, headline scores, flags
+    # where the network learnt its probe (model.probe_trainable): how far each arm's moved from the
+    # file's (relative norm of the difference); its evaluations ran under it
+    learnt_probe: dict[str, float] | None = None
     resumed_from: str | None = None  # the checkpoint this run continued from
     signal: str | None = None  # what interrupted the job (SIGTERM, SIGINT), where one did
     reused: bool = False

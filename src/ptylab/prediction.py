@@ -7,12 +7,14 @@ reconstruction, compare) runs the same code.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import IO
 
 import numpy as np
 import torch
 
 from .bundle import ModelWeights
+from .data import PtychoData
 from .grouping import Groups
 from .models import MODEL_CLASSES, PtychoModule
 from .placement import central
@@ -32,6 +34,17 @@ def model_from_weights(weights: ModelWeights) -> PtychoModule:
     model = cls(**weights.hparams)
     model.load_state_dict(weights.state_dict, strict=True)
     return model.eval()
+
+
+def with_model_probe(data: PtychoData, model: PtychoModule) -> PtychoData:
+    """``data`` with the probe ``model`` reconstructs under: the one it learnt where its probe was
+    trainable (``model.probe_trainable``), else ``data`` as it is. What models the patterns from
+    the reconstruction (the offset fit, the data fit, the stitch's weights) must use the probe the
+    network was trained with: under the file's probe guess a learnt probe's network fits nothing."""
+    probe = model.learnt_probe()
+    if probe is None:
+        return data
+    return replace(data, probe=probe.cpu().numpy().astype(np.complex64))
 
 
 @torch.no_grad()

@@ -72,9 +72,12 @@ def inputs_key(test: PtychoData, **settings: Any) -> str:
     return sha256_bytes(json.dumps(inputs, sort_keys=True, default=str).encode())
 
 
-def references_key(test: PtychoData, gridsize: int, neighbours: int, cfg: EvalConfig, device: str) -> str:
-    """The cache key of ``test``'s references as an evaluation with these settings computes them."""
-    return inputs_key(test, gridsize=gridsize, neighbours=neighbours, eval=asdict(cfg), device=device)
+def references_key(test: PtychoData, gridsize: int, neighbours: int, cfg: EvalConfig, device: str,
+                   region: tuple[int, int, int, int] | None = None) -> str:
+    """The cache key of ``test``'s references as an evaluation with these settings computes them
+    (on ``region`` where it is not ``test``'s own: a learnt probe's data, scored on the file's area)."""
+    area = {} if region is None else {"region": list(region)}
+    return inputs_key(test, gridsize=gridsize, neighbours=neighbours, eval=asdict(cfg), device=device, **area)
 
 
 def entry_path(cache_dir: str | Path, key: str) -> Path:

@@ -26,7 +26,7 @@ from .phase_offsets import FIT_COMPLEX, FIT_REAL, Evidence, OffsetFit, fit_offse
 from .phase_sync import SYNC_MAX_STEPS, SYNC_TOL, phase_sync, projected_power_steps
 from .physics import effective_probe_radius
 from .placement import MIN_WEIGHT_SHARE, central, patch_grid, place
-from .prediction import model_from_weights, predict_crops
+from .prediction import model_from_weights, predict_crops, with_model_probe
 from .progress import Progress
 from .symmetries import averaged_transforms, symmetry_average
 
@@ -35,13 +35,14 @@ log = logging.getLogger(__name__)
 
 # Patches phase-synchronised and placed together; bounds evaluation memory (~350 MB at crop 32).
 DEFAULT_TILE_PATCHES = 4096
+Region = tuple[int, int, int, int]  # row0, row1, col0, col1 (exclusive ends)
 
 
 @dataclass
 class Stitched:
     obj: np.ndarray  # (H, W) complex64; empty pixels: inside bbox their nearest stitched value, outside zero
     weight: np.ndarray  # (H, W) float32 accumulated bilinear weights
-    bbox: tuple[int, int, int, int]  # row0, row1, col0, col1 of the scanned area (exclusive ends)
+    bbox: Region  # the scanned area
     # When asked for (``stitch``'s ``also_unfitted``): the same patches synchronised but not fitted
     # to the data, a by-product of the fit's own start (the network-alone reference).
     unfitted: Stitched | None = None
@@ -64,7 +65,7 @@ def spatial_tiles(x: np.ndarray, y: np.ndarray, max_patches: int) -> list[np.nda
 class _Tile:
     """One tile's (phase-synchronised) value and weight sums on its own box of the canvas."""
 
-    box: tuple[int, int, int, int]  # row0, row1, col0, col1
+    box: Region
     values: np.ndarray  # (rows, cols) complex128
     weights: np.ndarray  # (rows, cols) float64
     unfitted: np.ndarray | None = None  # the values before the offset fit, when kept
@@ -121,7 +122,7 @@ def _sync_tiles(tiles: list[_Tile], values: list[np.ndarray], weight: np.ndarray
 
 def stitch(patches: np.ndarray, x: np.ndarray, y: np.ndarray, shape: tuple[int, int], crop: int,
            sync_phase: bool = False, illumination: np.ndarray | None = None,
-           bbox: tuple[int, int, int, int] | None = None, tile_patches: int = DEFAULT_TILE_PATCHES,
+           bbox: Region | None = None, tile_patches: int = DEFAULT_TILE_PATCHES,
            evidence: Evidence | None = None, device: str | torch.device = "cpu",
            also_unfitted: bool = False) -> Stitched:
     """Average the central ``crop`` x ``crop`` region of each patch into an object of ``shape``.
@@ -180,7 +181,7 @@ def stitch(patches: np.ndarray, x: np.ndarray, y: np.ndarray, shape: tuple[int, 
     return stitched
 
 
-def fill_from_nearest(obj: np.ndarray, valid: np.ndarray, box: tuple[int, int, int, int]) -> None:
+def fill_from_nearest(obj: np.ndarray, valid: np.ndarray, box: Region) -> None:
     """Give each pixel of ``box`` outside ``valid`` the value of its nearest ``valid`` pixel, in place.
 
     The evaluated area (the scan widened by the probe's effective radius) reaches corners that only
@@ -200,12 +201,12 @@ def fill_from_nearest(obj: np.ndarray, valid: np.ndarray, box: tuple[int, int, i
     region[...] = region[rows, cols]
 
 
-def illuminated_bbox(data: PtychoData) -> tuple[int, int, int, int]:
+def illuminated_bbox(data: PtychoData) -> Region:
     """The evaluated area, the same for every method: the scan widened by the probe's effective radius."""
     return scanned_bbox(data.xcoords, data.ycoords, 2 * effective_probe_radius(data.probe), data.obj.shape)
 
 
-def scanned_bbox(x: np.ndarray, y: np.ndarray, crop: float, shape: tuple[int, int]) -> tuple[int, int, int, int]:
+def scanned_bbox(x: np.ndarray, y: np.ndarray, crop: float, shape: tuple[int, int]) -> Region:
     """Rows and columns covered by a ``crop``-wide region around each position (x, y)."""
     h, w = shape
     half = crop / 2
@@ -218,7 +219,8 @@ def reconstruct(model: PtychoModule, data: PtychoData, gridsize: int, neighbours
                 tile_patches: int = DEFAULT_TILE_PATCHES, scratch_dir: Path | None = None,
                 offset_fit: OffsetFit | None = None, average_symmetries: str = "none",
                 also_unfitted: bool = False,
-                inspect_crops: Callable[[np.ndarray, np.ndarray], None] | None = None) -> Stitched:
+                inspect_crops: Callable[[np.ndarray, np.ndarray], None] | None = None,
+                region: Region | None = None) -> Stitched:
     """Group the dataset's positions as in training (one group per anchor), predict, stitch.
 
     With ``average_symmetries`` ("point" or "all", ``symmetries.averaged_transforms``) each
@@ -232,6 +234,8 @@ def reconstruct(model: PtychoModule, data: PtychoData, gridsize: int, neighbours
     ``evaluation``'s network-alone reference. ``inspect_crops``, if given, is called with the
     predicted crops (G * C, crop, crop) and each crop's pattern index before they are stitched,
     while they exist (``evaluation`` scores them against the truth's, ``patch_scores``).
+    ``region``: the evaluated area (default ``illuminated_bbox(data)``; a job whose network learnt
+    its probe passes the file's, so every method is scored on the same pixels).
 
     Streams: patterns are read batch by batch, predicted crops wait in an unlinked scratch file in
     ``scratch_dir`` (default: the system's temporary directory; the job passes its run directory,
@@ -248,12 +252,13 @@ def reconstruct(model: PtychoModule, data: PtychoData, gridsize: int, neighbours
         crops = predict_crops(model, data.diff3d, groups, crop, batch_size, device, scratch, transforms)
         if inspect_crops is not None:
             inspect_crops(crops, groups.indices.ravel())
-        return _stitch_groups(crops, groups, data, crop, sync_phase, tile_patches, offset_fit, device, also_unfitted)
+        return _stitch_groups(crops, groups, data, crop, sync_phase, tile_patches, offset_fit, device, also_unfitted,
+                              region)
 
 
 def reconstruct_flat(data: PtychoData, gridsize: int, neighbours: int, crop: int | None, sync_phase: bool = True,
                      tile_patches: int = DEFAULT_TILE_PATCHES, offset_fit: OffsetFit | None = None,
-                     device: str | torch.device = "cpu") -> Stitched:
+                     device: str | torch.device = "cpu", region: Region | None = None) -> Stitched:
     """``reconstruct`` with every patch flat (amplitude 1, phase 0) instead of a network's: what
     the offset fit reconstructs on its own, the reference a network must beat
     (``evaluation.fit_alone_scores``)."""
@@ -261,12 +266,12 @@ def reconstruct_flat(data: PtychoData, gridsize: int, neighbours: int, crop: int
     crop = crop or data.N // 2
     # A read-only view: no memory per patch, as with the network's scratch file.
     crops = np.broadcast_to(np.ones((1, crop, crop), np.complex64), (groups.indices.size, crop, crop))
-    return _stitch_groups(crops, groups, data, crop, sync_phase, tile_patches, offset_fit, device)
+    return _stitch_groups(crops, groups, data, crop, sync_phase, tile_patches, offset_fit, device, region=region)
 
 
 def _stitch_groups(crops: np.ndarray, groups: Groups, data: PtychoData, crop: int, sync_phase: bool,
                    tile_patches: int, offset_fit: OffsetFit | None, device: str | torch.device,
-                   also_unfitted: bool = False) -> Stitched:
+                   also_unfitted: bool = False, region: Region | None = None) -> Stitched:
     """Stitch one crop per group member at its position, with the offset fit's evidence if asked
     (and the unfitted stitch beside it, ``stitch``'s ``also_unfitted``)."""
     flat = groups.indices.ravel()
@@ -275,26 +280,29 @@ def _stitch_groups(crops: np.ndarray, groups: Groups, data: PtychoData, crop: in
                          offset_fit.for_counts(data.mean_counts), data.valid_pixels)
                 if offset_fit is not None and offset_fit.active else None)
     return stitch(crops, data.xcoords[flat], data.ycoords[flat], data.obj.shape, crop, sync_phase,
-                  illumination / illumination.max(), illuminated_bbox(data), tile_patches, evidence, device,
+                  illumination / illumination.max(), region or illuminated_bbox(data), tile_patches, evidence, device,
                   also_unfitted)
 
 
 def reconstruct_from_bundle(bundle: Bundle, data: PtychoData, batch_size: int = 64,
                             device: str | torch.device = "cpu", tile_patches: int = DEFAULT_TILE_PATCHES,
                             fit_overrides: Mapping[str, Any] | None = None) -> Stitched:
-    """Reconstruct ``data`` as the bundle's run did; ``fit_overrides`` (``OffsetFit`` field names:
-    steps, order, average, phase_tv, amplitude_tv, ...) replace its recorded fit's settings where
-    not None."""
+    """Reconstruct ``data`` as the bundle's run did (under the probe its network learnt, if it
+    learnt one, on the area the data's own probe gives); ``fit_overrides`` (``OffsetFit`` field
+    names: steps, order, average, phase_tv, amplitude_tv, ...) replace its recorded fit's settings
+    where not None."""
     info = bundle.inference
     if info["N"] != data.N:
         raise PtylabError(f"{bundle.path}: its network takes {info['N']} x {info['N']} patterns (the size it was "
                           f"trained on); the data's are {data.N} x {data.N}")
     model = model_from_weights(bundle.models[info["model"]])
     offset_fit = OffsetFit.from_inference(info).overridden(**(fit_overrides or {}))
-    return reconstruct(model, data, info["gridsize"], info["neighbours"], info.get("stitch_crop"), batch_size,
-                       device, info.get("sync_phase", True), tile_patches, offset_fit=offset_fit,
+    return reconstruct(model, with_model_probe(data, model), info["gridsize"], info["neighbours"],
+                       info.get("stitch_crop"), batch_size, device, info.get("sync_phase", True), tile_patches,
+                       offset_fit=offset_fit,
                        # a bundle from before 2026-12-03 records a bool
-                       average_symmetries=symmetry_average(info.get("average_symmetries", "none")))
+                       average_symmetries=symmetry_average(info.get("average_symmetries", "none")),
+                       region=illuminated_bbox(data))
 
 
 OBJECT_FILE = "object.npz"

@@ -14,6 +14,9 @@ the identity is used.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import numpy as np
 
 # Transform t in 0..7: bit 0 mirrors rows, bit 1 mirrors columns, bit 2 then transposes.
@@ -21,21 +24,31 @@ TRANSFORMS = tuple(range(8))
 PROBE_RTOL = 1e-3
 
 
-def _mirror(a: np.ndarray, axis: int) -> np.ndarray:
-    """i -> (N - i) mod N along ``axis``: the mirror about pixel N//2 that keeps index 0 in place."""
-    return np.roll(np.flip(a, axis=axis), 1, axis=axis)
+def _mirror(a: Any, axis: int) -> Any:
+    """i -> (N - i) mod N along ``axis``: the mirror about pixel N//2 that keeps index 0 in place
+    (a numpy array, or a torch tensor: a learnt probe is symmetrised inside the model)."""
+    if isinstance(a, np.ndarray):
+        return np.roll(np.flip(a, axis=axis), 1, axis=axis)
+    return a.flip(axis).roll(1, axis)
 
 
-def transform_images(images: np.ndarray, t: int) -> np.ndarray:
-    """Apply transform ``t`` to the last two axes (rows, columns) of ``images``."""
+def transform_images(images: Any, t: int) -> Any:
+    """Apply transform ``t`` to the last two axes (rows, columns) of ``images`` (an array or a tensor)."""
     out = images
     if t & 1:
         out = _mirror(out, -2)
     if t & 2:
         out = _mirror(out, -1)
     if t & 4:
-        out = np.swapaxes(out, -1, -2)
+        out = out.swapaxes(-1, -2)
     return out
+
+
+def symmetric_part(image: Any, transforms: Sequence[int]) -> Any:
+    """The mean of ``image`` under ``transforms``: unchanged by each of them when they form a group,
+    as a probe's symmetries do. A probe learnt under the symmetries of the file's probe stays
+    under them, so the symmetric training samples stay valid samples of it."""
+    return sum(transform_images(image, t) for t in transforms) / len(transforms)
 
 
 def inverse(t: int) -> int:

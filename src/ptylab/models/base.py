@@ -93,6 +93,11 @@ class PtychoModule(L.LightningModule):
         # could end with another bundle digest; the sigmoid never did (docs/decisions.md).
         return amp, math.pi * (2 * torch.sigmoid(2 * phase_logit) - 1)
 
+    def learnt_probe(self) -> torch.Tensor | None:
+        """(N, N) the probe this model learnt in training; None where it learnt none (the data's
+        probe stands: ``prediction.with_model_probe``)."""
+        return None
+
     def predict_patches(self, diff: torch.Tensor) -> torch.Tensor:
         """Object patches (B, C, N, N) complex, zero off the support."""
         return self.patches_from(*self.predict_amp_phase(diff))

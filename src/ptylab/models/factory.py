@@ -14,6 +14,7 @@ from ..config import MergeWeight, ModelConfig, PinnConfig, SupervisedConfig
 from ..data import PtychoData
 from ..errors import ConfigError, PtylabError
 from ..physics import far_field
+from ..symmetries import probe_symmetries
 from .base import PtychoModule
 from .pinn import PINN
 from .supervised import Supervised
@@ -87,6 +88,7 @@ def build_model(model_cfg: ModelConfig, gridsize: int, train: PtychoData) -> Pty
             own_patch_ramps=str(model_cfg.own_patch_ramps),
             merge_weight=str(merge_weight), per_pattern=model_cfg.per_pattern,
             probe=torch.from_numpy(np.asarray(train.probe)),
+            probe_symmetries=probe_symmetries(train.probe, train.valid_pixels) if model_cfg.probe_trainable else (0,),
         )
     if isinstance(model_cfg, SupervisedConfig):
         if gridsize != 1:

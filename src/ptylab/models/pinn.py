@@ -13,6 +13,7 @@ from torch import nn
 
 from ..phase_offsets import polynomials
 from ..physics import far_field, masked_mean, poisson_nll
+from ..symmetries import symmetric_part
 from .base import PtychoModule
 from .overlap import merge_overlaps
 
@@ -53,6 +54,7 @@ class PINN(PtychoModule):
         merge_weight: str = "support",  # and merged uniformly over the support
         own_patch_ramps: str = "kept",  # and with the own patches' ramps seen by their likelihood
         bilinear_upsampling: str = "none",  # and upsampled by nearest neighbour
+        probe_symmetries: tuple[int, ...] = (0,),  # and a trainable probe learnt without constraint
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["probe"])
@@ -67,7 +69,16 @@ class PINN(PtychoModule):
 
     @property
     def probe(self) -> torch.Tensor:
-        return torch.complex(self.probe_ri[0], self.probe_ri[1]) * self.probe_support
+        """The probe the physics uses: the file's, or where it is trainable the one learnt from it,
+        kept under ``probe_symmetries`` (those of the file's probe, under which training draws
+        symmetric samples: ``symmetries.symmetric_part``)."""
+        probe = torch.complex(self.probe_ri[0], self.probe_ri[1]) * self.probe_support
+        transforms = self.hparams["probe_symmetries"]
+        return symmetric_part(probe, transforms) if self.hparams["probe_trainable"] and len(transforms) > 1 else probe
+
+    def learnt_probe(self) -> torch.Tensor | None:
+        """(N, N) the probe training learnt, detached; None where the probe was the file's, fixed."""
+        return self.probe.detach() if self.hparams["probe_trainable"] else None
 
     def objects_from(self, patches: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         """Each group's members' patches merged where they overlap (the object each member sees)."""

@@ -20,6 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
@@ -42,10 +43,11 @@ from ..fileio import atomic_write_json, atomic_write_text
 from ..legacy_params import bridged, location_free
 from ..manifest import SKIP_SUMMARY_NAME, JobContext, JobRecord, Status, finished_status, read_record, write_manifest
 from ..models import PtychoModule
+from ..prediction import with_model_probe
 from ..reference_cache import load_references, references_key, store_references
 from ..refine import REFINE_DIR, refine
 from ..runlock import run_dir_lock
-from ..stitching import OBJECT_FILE, read_object
+from ..stitching import OBJECT_FILE, Region, illuminated_bbox, read_object
 from ..training import fit
 from ..views import ViewSelection
 
@@ -84,6 +86,21 @@ def save_bundle(cfg: DictConfig, tc: TrainConfig, run_dir: Path, model: PtychoMo
                              location_free(params), bundle_config_yaml(cfg))
 
 
+def under_model_probe(test: PtychoData, model: PtychoModule, record: JobRecord,
+                      arm: str) -> tuple[PtychoData, Region | None]:
+    """``test`` under the probe ``model`` learnt (``prediction.with_model_probe``) and the area to
+    score it on: the file's probe's, so that every method is scored on the same pixels (None:
+    ``test`` as it is). The manifest records how far the learnt probe moved from the file's."""
+    data = with_model_probe(test, model)
+    if data is test:
+        return test, None
+    change = float(np.linalg.norm(data.probe - test.probe) / np.linalg.norm(test.probe))
+    record.learnt_probe = {**(record.learnt_probe or {}), f"{arm}_relative_change": round(change, 5)}
+    log.info("%s: scored under the probe the network learnt (%s; %.3f of the file's probe's norm from it)",
+             record.label, arm.replace("_", " "), change)
+    return data, illuminated_bbox(test)
+
+
 def evaluate(tc: TrainConfig, run_dir: Path, model: PtychoModule, test: PtychoData,
              record: JobRecord) -> SplitReferences | None:
     """Reconstruct the test split and score it (skipped when ``eval.enabled`` is false); the
@@ -93,10 +110,11 @@ def evaluate(tc: TrainConfig, run_dir: Path, model: PtychoModule, test: PtychoDa
     if not tc.eval.enabled:
         return None
     device = trainer_device(tc.trainer)
-    key = references_key(test, tc.gridsize, tc.model.neighbours_at(tc.gridsize), tc.eval, device)
+    data, region = under_model_probe(test, model, record, "single_pass")
+    key = references_key(data, tc.gridsize, tc.model.neighbours_at(tc.gridsize), tc.eval, device, region)
     cached = load_references(tc.paths.cache_dir, key)
-    metrics = evaluate_reconstruction(model, test, tc.gridsize, tc.model.neighbours_at(tc.gridsize), tc.eval, run_dir,
-                                      record.label, cached, device)
+    metrics = evaluate_reconstruction(model, data, tc.gridsize, tc.model.neighbours_at(tc.gridsize), tc.eval, run_dir,
+                                      record.label, cached, device, region=region)
     record.metrics_path = "metrics.json"
     record.headline_metrics = metrics["headline"]
     record.flat_image_flags = metrics["flat_image_flags"]
@@ -116,8 +134,12 @@ def evaluate_refined(tc: TrainConfig, run_dir: Path, model: PtychoModule, test: 
     out = run_dir / REFINE_DIR
     eval_cfg = replace(tc.eval, average_symmetries=tc.refine.average_symmetries)
     plane_from = read_object(run_dir / OBJECT_FILE) if tc.refine.single_pass_plane else None
-    metrics = evaluate_reconstruction(tuned, test, tc.gridsize, tc.model.neighbours_at(tc.gridsize), eval_cfg, out,
-                                      f"{record.label} refined", references, trainer_device(tc.trainer), plane_from)
+    data, region = under_model_probe(test, tuned, record, "refined")
+    if region is not None:  # the single pass's references hold its own probe; refinement moved it
+        references = None
+    metrics = evaluate_reconstruction(tuned, data, tc.gridsize, tc.model.neighbours_at(tc.gridsize), eval_cfg, out,
+                                      f"{record.label} refined", references, trainer_device(tc.trainer), plane_from,
+                                      region)
     record.refined = {"metrics_path": f"{REFINE_DIR}/metrics.json", "steps": outcome.steps,
                       "refine_s": outcome.train_s, "loss_history": outcome.loss_history,
                       "headline_metrics": metrics["headline"], "flat_image_flags": metrics["flat_image_flags"],
