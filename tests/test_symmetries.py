@@ -181,3 +181,36 @@ def test_the_symmetries_used_keep_the_detectors_mask_too():
     assert probe_symmetries(disc, dead_column) == (0, 1)  # the row mirror alone
     assert averaged_transforms(disc, "all", dead_column) == (0, 1)
     assert averaged_transforms(disc, "point", dead_column) == (0,)
+
+
+def test_a_learnt_probe_keeps_the_files_probes_symmetries_through_training_steps():
+    """A trainable probe is learnt under the symmetries of the file's probe (``PINN.probe``): the
+    symmetric samples training draws stay valid samples of the probe being learnt. Its gradient
+    steps move it, and every one of those transforms still leaves it unchanged; a probe with none
+    of them (a lopsided guess) is learnt freely."""
+    from ptylab.models.pinn import PINN
+    from ptylab.symmetries import symmetric_part
+
+    disc = make_probe(N, 12, 1.0, defocus=3.0)
+    yy, xx = np.mgrid[0:N, 0:N] - N // 2
+    lopsided = (disc * (1 + 0.2 * (xx > 0) + 0.1 * (yy > 0))).astype(np.complex64)
+    for guess, expected in ((disc, TRANSFORMS), (lopsided, (0,))):
+        found = probe_symmetries(guess)
+        assert found == expected
+        model = PINN(N=N, base_filters=(4, 8, 16), probe=torch.from_numpy(guess), probe_trainable=True,
+                     probe_symmetries=found)
+        # the symmetrised image agrees with numpy's transforms, and is unchanged by each of them
+        p = model.probe.detach()
+        np.testing.assert_allclose(p.numpy(), symmetric_part(guess.astype(np.complex64), found), atol=1e-6)
+        opt = torch.optim.Adam([model.probe_ri], lr=0.05)
+        rng = np.random.default_rng(0)
+        target = torch.from_numpy(rng.random((N, N)) + 1j * rng.random((N, N))).to(torch.complex64)
+        for _ in range(3):  # steps towards an image with no symmetry at all
+            opt.zero_grad()
+            (model.probe - target).abs().square().sum().backward()
+            opt.step()
+        learnt = model.learnt_probe().numpy()
+        assert np.linalg.norm(learnt - p.numpy()) > 0.1 * np.linalg.norm(p.numpy())  # it moved
+        assert probe_symmetries(learnt) == expected
+    fixed = PINN(N=N, base_filters=(4, 8, 16), probe=torch.from_numpy(disc))
+    assert fixed.learnt_probe() is None  # the file's probe stands

@@ -310,7 +310,11 @@ class PinnConfig(ModelConfig):
     # One network per pattern (shared weights) instead of the group's patterns as input channels;
     # batch_size then counts patterns and an epoch is one pass over the patterns (training.batch_plan).
     per_pattern: bool = True
+    # Learn the probe from the file's as a start, for data whose probe is a guess; every evaluation
+    # then runs under the probe learnt, under the file's probe's symmetries (docs/quality.md, "A probe
+    # guess that is off"). probe_lr: its Adam rate (null: model.lr), on the same schedule.
     probe_trainable: bool = False
+    probe_lr: float | None = None
     probe_mask: bool = False
     intensity_scale_trainable: bool = False
     # For data without an intensity_scale: the RMS object amplitude the derived scale assumes. 0.5
@@ -350,6 +354,7 @@ class PinnConfig(ModelConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         _check(self.phase_tv >= 0, "model.phase_tv", self.phase_tv, ">= 0")
+        _check(self.probe_lr is None or self.probe_lr > 0, "model.probe_lr", self.probe_lr, "> 0, or null for model.lr")
         _check(self.own_patch_weight >= 0, "model.own_patch_weight", self.own_patch_weight, ">= 0")
         _check(self.oversample >= 0, "model.oversample", self.oversample, ">= 0")
         _check(self.reference_amplitude > 0, "model.reference_amplitude", self.reference_amplitude, "> 0")
@@ -565,12 +570,18 @@ class SimulateConfig:
                "a simulated dataset (dataset=embedded or a preset built on it)")
 
 
+LSQML_PROBES = ("fixed", "refined")
+
+
 @dataclass
 class LsqmlConfig:
     enabled: bool = True
     epochs: int = 200
     noise_model: str = "gaussian"  # scored better than poisson on Poisson data in our trials
     device: str = "cpu"
+    # "fixed": the data's probe, as known (the reference's default); "refined": pty-chi refines it
+    # with the object, for data whose probe is a guess (as model.probe_trainable does for the PINN).
+    probe: str = "fixed"
     # LSQML also started from each network's reconstruction (its object.npz), for this many epochs
     # (0: off): what the data hold beyond the network, in a fraction of a flat start's epochs
     # (docs/quality.md, "LSQML started from the networks' objects").
@@ -584,6 +595,7 @@ class LsqmlConfig:
         _check(self.from_networks_epochs >= 0, "lsqml.from_networks_epochs", self.from_networks_epochs, ">= 0")
         _check(self.noise_model in ("gaussian", "poisson"), "lsqml.noise_model", self.noise_model,
                "'gaussian' or 'poisson'")
+        _check(self.probe in LSQML_PROBES, "lsqml.probe", self.probe, "'fixed' or 'refined'")
 
 
 @dataclass

@@ -145,8 +145,8 @@ def series_style(name: str, colours: dict[str, Any]) -> dict[str, Any]:
     dashes for LSQML started from a network (dots with pty-chi's Poisson noise model), black for
     LSQML from a flat start (grey diamonds and dots with the Poisson model). ``colours`` maps each
     network's base name to its colour and grows as new ones appear."""
-    solver = re.match(r"LSQML(?: \((\w+)\))?(?: from |(?= )|$)", name)
-    poisson = bool(solver and solver.group(1))
+    solver = re.match(r"LSQML(?: \(([^)]*)\))?(?: from |(?= )|$)", name)
+    poisson = bool(solver and "Poisson" in (solver.group(1) or ""))
     if solver and not solver.group(0).endswith(" from "):
         return ({"color": "dimgray", "marker": "D", "linestyle": ":"} if poisson
                 else {"color": "black", "marker": "s", "linestyle": "-"})

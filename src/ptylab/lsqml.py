@@ -2,9 +2,10 @@
 
 Choices that change results, recorded with every run (see ../shared/notes/ptychi.md): a flat
 start (never the ground truth; or another method's reconstruction, ``matched_start``), the known
-probe fixed and carrying the data's intensity scale (pty-chi's FFT is unnormalised, so
-P_ptychi = s * P / N), no probe refinement, no first-epoch probe rescale, the Gaussian noise
-model by default, positions relative to the object's centre.
+probe carrying the data's intensity scale (pty-chi's FFT is unnormalised, so P_ptychi = s * P / N),
+fixed unless ``lsqml.probe=refined`` (then pty-chi's LSQML refines it from that start, and the
+data fit uses the probe it ends with), no first-epoch probe rescale, the Gaussian noise model by
+default, positions relative to the object's centre.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import importlib.util
 import logging
 import math
 import time
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -88,15 +90,18 @@ def matched_start(start: Stitched, data: PtychoData) -> np.ndarray:
 
 def run_lsqml(data: PtychoData, epochs: int, noise_model: str = "gaussian", device: str = "cpu",
               batch_size: int = 96, seed: int = 0, start: np.ndarray | None = None,
-              start_name: str = "flat") -> tuple[np.ndarray, dict[str, Any]]:
+              start_name: str = "flat", refine_probe: bool = False) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Reconstruct ``data`` from a flat object, or from ``start`` (``matched_start``) named
-    ``start_name``; return the (H, W) complex object and what was run."""
+    ``start_name``, with the data's probe fixed or refined; return the (H, W) complex object, the
+    probe it was reconstructed under in the data's units and convention (the data's where fixed),
+    and what was run."""
     import ptychi.api as api
     from ptychi.api.enums import ObjectPosOriginCoordsMethods
     from ptychi.api.task import PtychographyTask
 
     n = data.N
-    probe = (data.probe * (data_scale(data) / n)).astype(np.complex64)[None, None]
+    scale = data_scale(data) / n
+    probe = (data.probe * scale).astype(np.complex64)[None, None]
     obj0 = (np.ones(data.obj.shape, np.complex64) if start is None else start.astype(np.complex64))[None]
     px, py = ptychi_positions(data.xcoords, data.ycoords, n)
 
@@ -106,7 +111,7 @@ def run_lsqml(data: PtychoData, epochs: int, noise_model: str = "gaussian", devi
     opts.object_options.determine_position_origin_coords_by = ObjectPosOriginCoordsMethods.SPECIFIED
     opts.object_options.position_origin_coords = np.zeros(2)
     opts.object_options.remove_object_probe_ambiguity.enabled = False
-    opts.probe_options.optimizable = False
+    opts.probe_options.optimizable = refine_probe
     opts.probe_position_options.optimizable = False
     rec = opts.reconstructor_options
     rec.num_epochs = epochs
@@ -123,23 +128,30 @@ def run_lsqml(data: PtychoData, epochs: int, noise_model: str = "gaussian", devi
     task.run()
     wall = time.perf_counter() - t0
     obj = np.asarray(task.get_data_to_cpu("object", as_numpy=True))[0].astype(np.complex64)
+    ended = (np.asarray(task.get_data_to_cpu("probe", as_numpy=True))[0, 0] / scale).astype(np.complex64)
     info = {"iterations": epochs, "wall_s": round(wall, 2), "noise_model": noise_model, "start": start_name,
-            "probe": "known, fixed, not rescaled", "object_probe_ambiguity_removal": False,
+            "probe": ("the data's, refined (relative change "
+                      f"{np.linalg.norm(ended - data.probe) / np.linalg.norm(data.probe):.4f}), not rescaled first"
+                      if refine_probe else "known, fixed, not rescaled"),
+            "object_probe_ambiguity_removal": False,
             "batch_size": batch_size, "device": device, "ptychi": ptychi_version(),
             "positions": "x - 0.5, y - 0.5 with origin (0, 0)",
             "valid_pixels": "all" if data.valid_pixels is None else int(np.count_nonzero(data.valid_pixels))}
     log.info("LSQML: %d epochs in %.1f s", epochs, wall)
-    return obj, info
+    return obj, (ended if refine_probe else data.probe), info
 
 
 def reconstruct_and_score(data: PtychoData, epochs: int, eval_cfg: EvalConfig, noise_model: str = "gaussian",
-                          device: str = "cpu", start: Stitched | None = None,
-                          start_name: str = "flat") -> tuple[dict[str, Any], dict[str, Any]]:
+                          device: str = "cpu", start: Stitched | None = None, start_name: str = "flat",
+                          refine_probe: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
     """LSQML on ``data`` (from a flat object, or from ``start``: another method's stitched object)
-    scored exactly as the networks are (same region, registration, alignment), with the same data fit."""
+    scored exactly as the networks are (same region, registration, alignment), with the same data
+    fit, under the probe it reconstructed with."""
     from .evaluation import DATA_FIT, score_reconstruction
 
     obj0 = None if start is None else matched_start(start, data)
-    obj, info = run_lsqml(data, epochs, noise_model, device, start=obj0, start_name=start_name)
+    obj, probe, info = run_lsqml(data, epochs, noise_model, device, start=obj0, start_name=start_name,
+                                 refine_probe=refine_probe)
     stitched = Stitched(obj, np.ones(obj.shape, np.float32), illuminated_bbox(data))
-    return {**score_reconstruction(stitched, data.obj, eval_cfg), DATA_FIT: data_fit(obj, data).summary()}, info
+    fit = data_fit(obj, replace(data, probe=probe))
+    return {**score_reconstruction(stitched, data.obj, eval_cfg), DATA_FIT: fit.summary()}, info

@@ -93,6 +93,10 @@ class PtychoModule(L.LightningModule):
         # could end with another bundle digest; the sigmoid never did (docs/decisions.md).
         return amp, math.pi * (2 * torch.sigmoid(2 * phase_logit) - 1)
 
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """Adam's parameter groups: every trainable parameter at ``lr``."""
+        return [{"params": [p for p in self.parameters() if p.requires_grad]}]
+
     def learnt_probe(self) -> torch.Tensor | None:
         """(N, N) the probe this model learnt in training; None where it learnt none (the data's
         probe stands: ``prediction.with_model_probe``)."""
@@ -142,8 +146,7 @@ class PtychoModule(L.LightningModule):
         ablations: on short noisy epochs it reached its floor after about 100 steps.
         """
         hp = self.hparams
-        params = [p for p in self.parameters() if p.requires_grad]
-        opt = torch.optim.Adam(params, lr=hp["lr"])
+        opt = torch.optim.Adam(self.parameter_groups(), lr=hp["lr"])
         if hp["schedule"] == "plateau":
             sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
                 opt, mode="min", factor=hp["lr_factor"], patience=hp["lr_patience"], min_lr=hp["min_lr"])

@@ -82,7 +82,7 @@ def build_model(model_cfg: ModelConfig, gridsize: int, train: PtychoData) -> Pty
         return PINN(
             **common, intensity_scale=float(scale if scale is not None
                                             else derived_intensity_scale(train, model_cfg.reference_amplitude)),
-            probe_trainable=model_cfg.probe_trainable, probe_mask=model_cfg.probe_mask,
+            probe_trainable=model_cfg.probe_trainable, probe_lr=model_cfg.probe_lr, probe_mask=model_cfg.probe_mask,
             intensity_scale_trainable=model_cfg.intensity_scale_trainable, nll_weight=model_cfg.nll_weight,
             mae_weight=model_cfg.mae_weight, phase_tv=model_cfg.phase_tv, own_patch_weight=model_cfg.own_patch_weight,
             own_patch_ramps=str(model_cfg.own_patch_ramps),

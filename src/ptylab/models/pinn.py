@@ -7,6 +7,7 @@ truth is needed. The far field is the simulator's own ``physics.far_field``.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -55,6 +56,7 @@ class PINN(PtychoModule):
         own_patch_ramps: str = "kept",  # and with the own patches' ramps seen by their likelihood
         bilinear_upsampling: str = "none",  # and upsampled by nearest neighbour
         probe_symmetries: tuple[int, ...] = (0,),  # and a trainable probe learnt without constraint
+        probe_lr: float | None = None,  # and at lr
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["probe"])
@@ -75,6 +77,14 @@ class PINN(PtychoModule):
         probe = torch.complex(self.probe_ri[0], self.probe_ri[1]) * self.probe_support
         transforms = self.hparams["probe_symmetries"]
         return symmetric_part(probe, transforms) if self.hparams["probe_trainable"] and len(transforms) > 1 else probe
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """A trainable probe in its own group, at ``probe_lr`` where given: its values are of order 1
+        and a guess may be off by as much, which the network's rate moves too slowly."""
+        rest = [p for name, p in self.named_parameters() if p.requires_grad and name != "probe_ri"]
+        if not self.probe_ri.requires_grad or self.hparams["probe_lr"] is None:
+            return [{"params": [*rest, *([self.probe_ri] if self.probe_ri.requires_grad else [])]}]
+        return [{"params": rest}, {"params": [self.probe_ri], "lr": self.hparams["probe_lr"]}]
 
     def learnt_probe(self) -> torch.Tensor | None:
         """(N, N) the probe training learnt, detached; None where the probe was the file's, fixed."""

@@ -146,7 +146,7 @@ def lsqml_row(cfg: TrainConfig, test: PtychoData, lsqml: LsqmlConfig, out_dir: P
     they hold a result of the same inputs (``lsqml_inputs``), it is read, not run again."""
     from ..lsqml import NOT_INSTALLED, ptychi_available, reconstruct_and_score
 
-    method = lsqml_method(start, lsqml.noise_model)
+    method = lsqml_method(start, lsqml.noise_model, lsqml.probe)
     epochs = lsqml.epochs if start is None else lsqml.from_networks_epochs
     row: dict[str, Any] = {c: None for c in COLUMNS}
     row.update(method=method, dose=float(cfg.dose), view=str(cfg.view.name), seed=int(cfg.seed), source="pty-chi")
@@ -166,7 +166,8 @@ def lsqml_row(cfg: TrainConfig, test: PtychoData, lsqml: LsqmlConfig, out_dir: P
         try:
             scores, info = reconstruct_and_score(test, epochs, cfg.eval, lsqml.noise_model, lsqml.device,
                                                  start=None if start is None else read_object(start[1]),
-                                                 start_name="flat" if start is None else f"{start[0]} ({start[1]})")
+                                                 start_name="flat" if start is None else f"{start[0]} ({start[1]})",
+                                                 refine_probe=lsqml.probe == "refined")
         except Exception as exc:  # a reference that fails is reported as a row, not a crash
             log.exception("%s failed", method)
             row.update(status="failed", reason=f"{type(exc).__name__}: {exc}")
@@ -192,7 +193,7 @@ def lsqml_inputs(test: PtychoData, epochs: int, lsqml: LsqmlConfig, cfg: TrainCo
     run's evaluation settings."""
     from ..lsqml import ptychi_version
 
-    return inputs_key(test, epochs=epochs, noise_model=lsqml.noise_model, device=lsqml.device,
+    return inputs_key(test, epochs=epochs, noise_model=lsqml.noise_model, device=lsqml.device, probe=lsqml.probe,
                       start=None if start is None else sha256_file(start), eval=asdict(cfg.eval),
                       ptychi=ptychi_version())
 
@@ -220,20 +221,25 @@ def kept_lsqml(out_dir: Path, stem: str, key: str, label: str) -> tuple[dict[str
     return {**stored, "aligned": aligned, "ground_truth": truth}, info
 
 
-def lsqml_method(start: tuple[str, Path] | None, noise_model: str = "gaussian") -> str:
+def lsqml_method(start: tuple[str, Path] | None, noise_model: str = "gaussian", probe: str = "fixed") -> str:
     """An LSQML row's method name: from a flat start, or from the named method's object. The
-    Poisson noise model is another likelihood, so another method ("LSQML (Poisson)"): its rows
-    must never be averaged with, or plotted as, the Gaussian reference's."""
-    solver = "LSQML" if noise_model == "gaussian" else f"LSQML ({noise_model.capitalize()})"
+    Poisson noise model is another likelihood, and a refined probe another unknown, so each is
+    another method ("LSQML (Poisson)", "LSQML (probe refined)", "LSQML (Poisson, probe refined)"):
+    their rows must never be averaged with, or plotted as, the Gaussian fixed-probe reference's."""
+    qualifiers = [noise_model.capitalize()] if noise_model != "gaussian" else []
+    qualifiers += ["probe refined"] if probe == "refined" else []
+    solver = f"LSQML ({', '.join(qualifiers)})" if qualifiers else "LSQML"
     return solver if start is None else f"{solver} from {start[0]}"
 
 
 def lsqml_variant(base: str, lsqml: LsqmlConfig, start: bool) -> str:
     """An LSQML row's variant: its data's (a flat start: ``data_variant``) or its start's run's
-    (``run_variant``), and the epochs it ran, so that the study report averages over seeds only
-    the rows that ran alike (two comparisons with other epochs in one sweep stay apart)."""
+    (``run_variant``), and the epochs it ran (and a refined probe), so that the study report
+    averages over seeds only the rows that ran alike (two comparisons with other epochs in one
+    sweep stay apart)."""
     epochs = f"lsqml.from_networks_epochs={lsqml.from_networks_epochs}" if start else f"lsqml.epochs={lsqml.epochs}"
-    return f"{base} {epochs}".strip()
+    probe = " lsqml.probe=refined" if lsqml.probe == "refined" else ""
+    return f"{base} {epochs}{probe}".strip()
 
 
 def arm_dir(row: dict[str, Any]) -> Path:
@@ -304,7 +310,7 @@ def compare(run_dirs: list[str], out_dir: Path, lsqml: LsqmlConfig) -> list[dict
             cfg, key = configs[row["source"]], keys[row["source"]]
             if key not in tests:
                 tests[key] = rebuild_test_split(cfg)
-            name = label(lsqml_method(start, lsqml.noise_model), row)
+            name = label(lsqml_method(start, lsqml.noise_model, lsqml.probe), row)
             lrow, scores = lsqml_row(cfg, tests[key], lsqml, out_dir, name, start)
             base = data_variant(cfg) if start is None else row["variant"]
             lrow["variant"] = lsqml_variant(base, lsqml, start is not None)
