@@ -302,11 +302,12 @@ def test_optuna_search_minimises_the_validation_objective(tmp_path):
 
 def test_study_plots_give_related_methods_one_colour_and_no_two_series_one_style():
     """A network, its refined arm and the LSQML runs started from either share a colour and differ
-    in marker or dashes; LSQML from a flat start is black. Twelve series, no two drawn alike (the
+    in marker or dashes; LSQML from a flat start is black. Seventeen series, no two drawn alike (the
     default colour cycle repeats after ten)."""
     names = ["LSQML dense", *(f"{prefix}{net}{arm} dense" for net in ("PINN gs1", "PINN gs2", "supervised")
                               for arm in ("", " refined") for prefix in ("", "LSQML from "))]
-    names += ["PINN gs2 sparse", "LSQML (Poisson) dense", "LSQML (Poisson) from PINN gs2 dense"]
+    names += ["PINN gs2 sparse", "LSQML (Poisson) dense", "LSQML (Poisson) from PINN gs2 dense",
+              "LSQML (probe refined) dense"]
     colours: dict = {}
     styles = {name: series_style(name, colours) for name in sorted(names)}
     drawn = {(tuple(s["color"]) if not isinstance(s["color"], str) else s["color"], s["marker"], s["linestyle"])
@@ -321,6 +322,7 @@ def test_study_plots_give_related_methods_one_colour_and_no_two_series_one_style
     # pty-chi's Poisson model: LSQML all the same, drawn apart from the Gaussian reference
     assert styles["LSQML (Poisson) dense"]["color"] != "black"
     assert styles["LSQML (Poisson) from PINN gs2 dense"] == {**gs2, "linestyle": ":"}
+    assert styles["LSQML (probe refined) dense"] == {**styles["LSQML dense"], "linestyle": "-."}  # its probe refined
 
 
 def test_study_plots_draw_one_line_per_variant_and_never_average_variants_at_a_dose():

@@ -116,6 +116,7 @@ def _reconstruct_task(cfg: DictConfig) -> None:
     from .bundle import load_bundle
     from .data import read_dataset
     from .data_fit import DATA_FIT_FILE, write_data_fit
+    from .prediction import model_from_weights, with_model_probe
     from .stitching import reconstruct_from_bundle, write_reconstruction
 
     def run() -> None:
@@ -125,7 +126,9 @@ def _reconstruct_task(cfg: DictConfig) -> None:
                                            rc.fit_overrides())
         title = f"{Path(rc.data).name} from {bundle.sha256[:12]}"
         out = write_reconstruction(Path(rc.output_dir), stitched, title)
-        fit = write_data_fit(Path(rc.output_dir), stitched.obj, data, title)
+        # under the probe the reconstruction was made with: the one the network learnt, if it did
+        model = model_from_weights(bundle.models[bundle.inference["model"]])
+        fit = write_data_fit(Path(rc.output_dir), stitched.obj, with_model_probe(data, model), title)
         print(f"wrote {out} (object {stitched.obj.shape}, bundle sha256 {bundle.sha256}); its patterns' deviance "
               f"{fit['ratio']:.3f} x the noise floor (a flat object {fit['flat']:.2f}; {DATA_FIT_FILE})")
 

@@ -142,20 +142,23 @@ def frc_curves(path: str | Path, curves: dict[str, tuple[np.ndarray, np.ndarray]
 def series_style(name: str, colours: dict[str, Any]) -> dict[str, Any]:
     """Line style of a study's series, so related methods read as related: one colour per network
     (its refined arm and the LSQML runs started from it share it), triangles for refined arms,
-    dashes for LSQML started from a network (dots with pty-chi's Poisson noise model), black for
-    LSQML from a flat start (grey diamonds and dots with the Poisson model). ``colours`` maps each
-    network's base name to its colour and grows as new ones appear."""
+    dashes for LSQML started from a network (dots with pty-chi's Poisson noise model, dash-dots
+    with the probe refined), black for LSQML from a flat start (grey diamonds and dots with the
+    Poisson model, dash-dots with the probe refined). ``colours`` maps each network's base name to
+    its colour and grows as new ones appear."""
     solver = re.match(r"LSQML(?: \(([^)]*)\))?(?: from |(?= )|$)", name)
-    poisson = bool(solver and "Poisson" in (solver.group(1) or ""))
+    qualifiers = (solver.group(1) or "") if solver else ""
+    poisson, probe_refined = "Poisson" in qualifiers, "probe refined" in qualifiers
     if solver and not solver.group(0).endswith(" from "):
-        return ({"color": "dimgray", "marker": "D", "linestyle": ":"} if poisson
+        flat = ({"color": "dimgray", "marker": "D", "linestyle": ":"} if poisson
                 else {"color": "black", "marker": "s", "linestyle": "-"})
+        return {**flat, "linestyle": "-."} if probe_refined else flat
     source = name[solver.end():] if solver else name
     refined = " refined" in source
     base = source.replace(" refined", "")
     if base not in colours:
         colours[base] = plt.get_cmap("tab10")(len(colours) % 10)
-    dashes = (":" if poisson else "--") if solver else "-"
+    dashes = (":" if poisson else "-." if probe_refined else "--") if solver else "-"
     return {"color": colours[base], "marker": "^" if refined else "o", "linestyle": dashes}
 
 
