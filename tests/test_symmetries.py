@@ -214,3 +214,13 @@ def test_a_learnt_probe_keeps_the_files_probes_symmetries_through_training_steps
         assert probe_symmetries(learnt) == expected
     fixed = PINN(N=N, base_filters=(4, 8, 16), probe=torch.from_numpy(disc))
     assert fixed.learnt_probe() is None  # the file's probe stands
+
+
+def test_a_job_learns_its_probe_under_the_symmetries_it_trains_with(small_dataset_cfg, tmp_path):
+    """The constraint exists for the symmetric samples: without them (augment_symmetries=false) the
+    probe is learnt freely, and a fixed probe needs none."""
+    train = load_or_simulate(small_dataset_cfg, 1e4, 0, tmp_path / "cache").train
+    for augment, expected in ((True, TRANSFORMS), (False, (0,))):
+        model = build_model(PinnConfig(probe_trainable=True, augment_symmetries=augment), 2, train)
+        assert tuple(model.hparams["probe_symmetries"]) == expected
+    assert tuple(build_model(PinnConfig(), 2, train).hparams["probe_symmetries"]) == (0,)

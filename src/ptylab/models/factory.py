@@ -88,7 +88,9 @@ def build_model(model_cfg: ModelConfig, gridsize: int, train: PtychoData) -> Pty
             own_patch_ramps=str(model_cfg.own_patch_ramps),
             merge_weight=str(merge_weight), per_pattern=model_cfg.per_pattern,
             probe=torch.from_numpy(np.asarray(train.probe)),
-            probe_symmetries=probe_symmetries(train.probe, train.valid_pixels) if model_cfg.probe_trainable else (0,),
+            # A learnt probe keeps the symmetries training draws samples under (none without them).
+            probe_symmetries=(probe_symmetries(train.probe, train.valid_pixels)
+                              if model_cfg.probe_trainable and model_cfg.augment_symmetries else (0,)),
         )
     if isinstance(model_cfg, SupervisedConfig):
         if gridsize != 1:
