@@ -226,7 +226,8 @@ def test_user_style_files_with_a_probe_guess_that_is_off_reconstruct_when_the_ne
     bundle alone does too (at full size docs/quality.md, "A probe guess that is off")."""
     from ptylab.bundle import load_bundle
     from ptylab.physics import make_probe
-    from ptylab.prediction import model_from_weights
+    from ptylab.prediction import LEARNT_PROBE_FILE, model_from_weights
+    from ptylab.simulate import read_probe_file
     from ptylab.stitching import reconstruct_from_bundle
 
     truth = read_dataset(user_files[0]).probe
@@ -250,6 +251,8 @@ def test_user_style_files_with_a_probe_guess_that_is_off_reconstruct_when_the_ne
     bundle = load_bundle(tmp_path / "job" / "wts.h5.zip")
     learnt = model_from_weights(bundle.models["pinn"]).learnt_probe().numpy()
     assert off(learnt) < 0.5 * off(guess)  # measured 0.084 against 0.291
+    # beside the run, as a data file's probe is read: the next scan's probeGuess
+    np.testing.assert_array_equal(read_probe_file(str(tmp_path / "job" / LEARNT_PROBE_FILE)), learnt)
     assert record.learnt_probe["single_pass_relative_change"] == pytest.approx(
         np.linalg.norm(learnt - guess) / np.linalg.norm(guess), rel=1e-3)
     fit = json.loads((tmp_path / "job" / "metrics.json").read_text())[DATA_FIT]

@@ -8,6 +8,7 @@ reconstruction, compare) runs the same code.
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 from typing import IO
 
 import numpy as np
@@ -15,6 +16,7 @@ import torch
 
 from .bundle import ModelWeights
 from .data import PtychoData
+from .fileio import atomic_write_with
 from .grouping import Groups
 from .models import MODEL_CLASSES, PtychoModule
 from .placement import central
@@ -45,6 +47,19 @@ def with_model_probe(data: PtychoData, model: PtychoModule) -> PtychoData:
     if probe is None:
         return data
     return replace(data, probe=probe.cpu().numpy().astype(np.complex64))
+
+
+LEARNT_PROBE_FILE = "probe.npz"
+
+
+def write_probe(path: Path, probe: np.ndarray) -> None:
+    """A probe as an NPZ holding ``probeGuess`` (complex64), atomically: what a data file's probe
+    is read from (``simulate.read_probe_file``, ``dataset.probe_file``)."""
+    def _npz(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, probeGuess=np.asarray(probe, np.complex64))
+
+    atomic_write_with(path, _npz)
 
 
 @torch.no_grad()

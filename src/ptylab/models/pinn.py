@@ -82,9 +82,10 @@ class PINN(PtychoModule):
         """A trainable probe in its own group, at ``probe_lr`` where given: its values are of order 1
         and a guess may be off by as much, which the network's rate moves too slowly."""
         rest = [p for name, p in self.named_parameters() if p.requires_grad and name != "probe_ri"]
-        if not self.probe_ri.requires_grad or self.hparams["probe_lr"] is None:
-            return [{"params": [*rest, *([self.probe_ri] if self.probe_ri.requires_grad else [])]}]
-        return [{"params": rest}, {"params": [self.probe_ri], "lr": self.hparams["probe_lr"]}]
+        probe = [self.probe_ri] if self.probe_ri.requires_grad else []
+        if not probe or self.hparams["probe_lr"] is None:
+            return [{"params": rest + probe}]
+        return [{"params": rest}, {"params": probe, "lr": self.hparams["probe_lr"]}]
 
     def learnt_probe(self) -> torch.Tensor | None:
         """(N, N) the probe training learnt, detached; None where the probe was the file's, fixed."""

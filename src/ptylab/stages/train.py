@@ -43,7 +43,7 @@ from ..fileio import atomic_write_json, atomic_write_text
 from ..legacy_params import bridged, location_free
 from ..manifest import SKIP_SUMMARY_NAME, JobContext, JobRecord, Status, finished_status, read_record, write_manifest
 from ..models import PtychoModule
-from ..prediction import with_model_probe
+from ..prediction import LEARNT_PROBE_FILE, with_model_probe, write_probe
 from ..reference_cache import load_references, references_key, store_references
 from ..refine import REFINE_DIR, refine
 from ..runlock import run_dir_lock
@@ -86,14 +86,16 @@ def save_bundle(cfg: DictConfig, tc: TrainConfig, run_dir: Path, model: PtychoMo
                              location_free(params), bundle_config_yaml(cfg))
 
 
-def under_model_probe(test: PtychoData, model: PtychoModule, record: JobRecord,
-                      arm: str) -> tuple[PtychoData, Region | None]:
+def under_model_probe(test: PtychoData, model: PtychoModule, record: JobRecord, arm: str,
+                      out_dir: Path) -> tuple[PtychoData, Region | None]:
     """``test`` under the probe ``model`` learnt (``prediction.with_model_probe``) and the area to
     score it on: the file's probe's, so that every method is scored on the same pixels (None:
-    ``test`` as it is). The manifest records how far the learnt probe moved from the file's."""
+    ``test`` as it is). The learnt probe goes to ``out_dir``/probe.npz under the data contract's
+    key, ready to be the next scan's ``probeGuess``; the manifest records how far it moved."""
     data = with_model_probe(test, model)
     if data is test:
         return test, None
+    write_probe(out_dir / LEARNT_PROBE_FILE, data.probe)
     change = float(np.linalg.norm(data.probe - test.probe) / np.linalg.norm(test.probe))
     record.learnt_probe = {**(record.learnt_probe or {}), f"{arm}_relative_change": round(change, 5)}
     log.info("%s: scored under the probe the network learnt (%s; %.3f of the file's probe's norm from it)",
@@ -110,7 +112,7 @@ def evaluate(tc: TrainConfig, run_dir: Path, model: PtychoModule, test: PtychoDa
     if not tc.eval.enabled:
         return None
     device = trainer_device(tc.trainer)
-    data, region = under_model_probe(test, model, record, "single_pass")
+    data, region = under_model_probe(test, model, record, "single_pass", run_dir)
     key = references_key(data, tc.gridsize, tc.model.neighbours_at(tc.gridsize), tc.eval, device, region)
     cached = load_references(tc.paths.cache_dir, key)
     metrics = evaluate_reconstruction(model, data, tc.gridsize, tc.model.neighbours_at(tc.gridsize), tc.eval, run_dir,
@@ -134,7 +136,7 @@ def evaluate_refined(tc: TrainConfig, run_dir: Path, model: PtychoModule, test: 
     out = run_dir / REFINE_DIR
     eval_cfg = replace(tc.eval, average_symmetries=tc.refine.average_symmetries)
     plane_from = read_object(run_dir / OBJECT_FILE) if tc.refine.single_pass_plane else None
-    data, region = under_model_probe(test, tuned, record, "refined")
+    data, region = under_model_probe(test, tuned, record, "refined", out)
     if region is not None:  # the single pass's references hold its own probe; refinement moved it
         references = None
     metrics = evaluate_reconstruction(tuned, data, tc.gridsize, tc.model.neighbours_at(tc.gridsize), eval_cfg, out,
