@@ -116,18 +116,18 @@ def _reconstruct_task(cfg: DictConfig) -> None:
     from .bundle import load_bundle
     from .data import read_dataset
     from .data_fit import DATA_FIT_FILE, write_data_fit
-    from .prediction import model_from_weights, with_model_probe
-    from .stitching import reconstruct_from_bundle, write_reconstruction
+    from .prediction import with_model_probe
+    from .stitching import bundle_model, reconstruct_from_bundle, write_reconstruction
 
     def run() -> None:
         bundle = load_bundle(rc.bundle)
         data = read_dataset(rc.data)
+        model = bundle_model(bundle, data)
         stitched = reconstruct_from_bundle(bundle, data, rc.batch_size, rc.device, rc.tile_patches,
-                                           rc.fit_overrides())
+                                           rc.fit_overrides(), model)
         title = f"{Path(rc.data).name} from {bundle.sha256[:12]}"
         out = write_reconstruction(Path(rc.output_dir), stitched, title)
         # under the probe the reconstruction was made with: the one the network learnt, if it did
-        model = model_from_weights(bundle.models[bundle.inference["model"]])
         fit = write_data_fit(Path(rc.output_dir), stitched.obj, with_model_probe(data, model), title)
         print(f"wrote {out} (object {stitched.obj.shape}, bundle sha256 {bundle.sha256}); its patterns' deviance "
               f"{fit['ratio']:.3f} x the noise floor (a flat object {fit['flat']:.2f}; {DATA_FIT_FILE})")

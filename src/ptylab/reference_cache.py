@@ -32,6 +32,7 @@ from .config import EvalConfig
 from .data import PtychoData
 from .evaluation import FitAlone, SplitReferences
 from .fileio import atomic_write_json, sha256_bytes
+from .stitching import Region
 
 log = logging.getLogger(__name__)
 SUBDIR = "references"
@@ -73,7 +74,7 @@ def inputs_key(test: PtychoData, **settings: Any) -> str:
 
 
 def references_key(test: PtychoData, gridsize: int, neighbours: int, cfg: EvalConfig, device: str,
-                   region: tuple[int, int, int, int] | None = None) -> str:
+                   region: Region | None = None) -> str:
     """The cache key of ``test``'s references as an evaluation with these settings computes them
     (on ``region`` where it is not ``test``'s own: a learnt probe's data, scored on the file's area)."""
     area = {} if region is None else {"region": list(region)}

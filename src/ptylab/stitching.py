@@ -284,18 +284,26 @@ def _stitch_groups(crops: np.ndarray, groups: Groups, data: PtychoData, crop: in
                   also_unfitted)
 
 
-def reconstruct_from_bundle(bundle: Bundle, data: PtychoData, batch_size: int = 64,
-                            device: str | torch.device = "cpu", tile_patches: int = DEFAULT_TILE_PATCHES,
-                            fit_overrides: Mapping[str, Any] | None = None) -> Stitched:
-    """Reconstruct ``data`` as the bundle's run did (under the probe its network learnt, if it
-    learnt one, on the area the data's own probe gives); ``fit_overrides`` (``OffsetFit`` field
-    names: steps, order, average, phase_tv, amplitude_tv, ...) replace its recorded fit's settings
-    where not None."""
+def bundle_model(bundle: Bundle, data: PtychoData) -> PtychoModule:
+    """The bundle's network, rebuilt, for ``data`` (refused where its patterns are of another size)."""
     info = bundle.inference
     if info["N"] != data.N:
         raise PtylabError(f"{bundle.path}: its network takes {info['N']} x {info['N']} patterns (the size it was "
                           f"trained on); the data's are {data.N} x {data.N}")
-    model = model_from_weights(bundle.models[info["model"]])
+    return model_from_weights(bundle.models[info["model"]])
+
+
+def reconstruct_from_bundle(bundle: Bundle, data: PtychoData, batch_size: int = 64,
+                            device: str | torch.device = "cpu", tile_patches: int = DEFAULT_TILE_PATCHES,
+                            fit_overrides: Mapping[str, Any] | None = None,
+                            model: PtychoModule | None = None) -> Stitched:
+    """Reconstruct ``data`` as the bundle's run did (under the probe its network learnt, if it
+    learnt one, on the area the data's own probe gives); ``fit_overrides`` (``OffsetFit`` field
+    names: steps, order, average, phase_tv, amplitude_tv, ...) replace its recorded fit's settings
+    where not None. ``model``: the bundle's network where the caller has rebuilt it already
+    (``bundle_model``)."""
+    info = bundle.inference
+    model = model or bundle_model(bundle, data)
     offset_fit = OffsetFit.from_inference(info).overridden(**(fit_overrides or {}))
     return reconstruct(model, with_model_probe(data, model), info["gridsize"], info["neighbours"],
                        info.get("stitch_crop"), batch_size, device, info.get("sync_phase", True), tile_patches,
